@@ -1,0 +1,5 @@
+"""`timemark` commands: model group."""
+
+from __future__ import annotations
+
+from timemark.cli import app  # noqa: F401

@@ -1,0 +1,5 @@
+"""`timemark` commands: video group."""
+
+from __future__ import annotations
+
+from timemark.cli import app  # noqa: F401
