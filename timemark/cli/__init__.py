@@ -21,6 +21,6 @@ app = typer.Typer(
 def main() -> None:
     """Entry point of the `timemark` script."""
     # Imported for their side effect: each module adds its commands to `app`.
-    from timemark.cli import grounding, model, service, video  # noqa: F401
+    from timemark.cli import grounding, model, serve_model, service, video  # noqa: F401
 
     app()

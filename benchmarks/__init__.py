@@ -1,0 +1,1 @@
+"""Benchmarks: `python -m benchmarks.<area>` writes benchmarks/results/<area>.md; `make bench` runs them."""
