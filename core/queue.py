@@ -57,9 +57,9 @@ def embedded_broker_url(data_dir: str | Path) -> str:
 
 
 def resolve_broker_url(settings: Any) -> str:
-    """The broker URL settings ask for; embedded mode without a Redis URL gets the SQLite transport."""
+    """The broker URL settings ask for; embedded mode without one gets the SQLite transport."""
     url = getattr(settings, "broker_url", None)
-    if getattr(settings, "embedded", False) and (not url or str(url).startswith("redis")):
+    if not url and getattr(settings, "embedded", False):
         return embedded_broker_url(_setting(settings, "data_dir", "~/.cache/timemark"))
     if not url:
         raise ValueError("settings.broker_url is empty and embedded mode is off")

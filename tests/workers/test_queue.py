@@ -1,0 +1,100 @@
+"""core.queue: reliability settings, routing by name on real Redis, the embedded SQLite transport."""
+
+from __future__ import annotations
+
+import json
+import random
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import redis
+
+from core.queue import QueueUnavailableError, broker_ping, enqueue, make_celery
+from core.settings import Settings
+
+REDIS_HOST = "127.0.0.1"
+
+
+def _settings(**kw: object) -> Settings:
+    return Settings(secret_key="x" * 32, **kw)
+
+
+@pytest.fixture
+def redis_db() -> tuple[str, redis.Redis]:
+    """A Redis DB index nobody else's test is using right now (empty), flushed after."""
+    for index in random.sample(range(1, 16), 15):
+        client = redis.Redis(host=REDIS_HOST, db=index)
+        if client.dbsize() == 0:
+            yield f"redis://{REDIS_HOST}:6379/{index}", client
+            client.flushdb()
+            return
+    pytest.skip("no empty Redis database")
+
+
+def test_reliability_settings_are_set_everywhere() -> None:
+    settings = _settings(broker_url="redis://127.0.0.1:6379/3", visibility_timeout_s=4000)
+    conf = make_celery(settings).conf
+    assert conf.task_acks_late and conf.task_reject_on_worker_lost
+    assert conf.worker_prefetch_multiplier == 1 and conf.worker_disable_prefetch
+    assert conf.broker_transport_options["visibility_timeout"] == 4000
+    assert conf.result_backend_transport_options["visibility_timeout"] == 4000
+    assert conf.task_soft_time_limit == settings.task_soft_time_limit_s < conf.task_time_limit < 4000
+    assert conf.task_ignore_result
+    assert conf.worker_cancel_long_running_tasks_on_connection_loss
+    assert conf.task_routes["timemark.infer"]["queue"] == "gpu"
+    assert conf.task_routes["timemark.probe"]["queue"] == "cpu"
+    assert conf.beat_schedule["timemark-sweep"]["task"] == "timemark.sweep"
+
+
+def test_visibility_timeout_below_hard_limit_is_refused() -> None:
+    settings = _settings(
+        broker_url="redis://127.0.0.1:6379/3", task_time_limit_s=4000, task_soft_time_limit_s=100
+    )
+    with pytest.raises(ValueError, match="visibility"):
+        make_celery(settings)
+
+
+def test_enqueue_routes_by_name_to_the_right_redis_list(redis_db: tuple[str, redis.Redis]) -> None:
+    url, client = redis_db
+    settings = _settings(broker_url=url)
+    task_id = enqueue("timemark.infer", "job-1", 3, settings=settings)
+    enqueue("timemark.probe", "job-1", settings=settings)
+    assert client.llen("gpu") == 1 and client.llen("cpu") == 1
+    message = json.loads(client.lpop("gpu"))
+    assert message["headers"]["task"] == "timemark.infer"
+    assert message["headers"]["id"] == task_id
+    assert broker_ping(settings)
+
+
+def test_unknown_task_or_queue_is_refused() -> None:
+    settings = _settings(broker_url="redis://127.0.0.1:6379/3")
+    with pytest.raises(ValueError, match="unknown task"):
+        enqueue("timemark.nope", settings=settings)
+    with pytest.raises(ValueError, match="unknown queue"):
+        enqueue("timemark.probe", "j", queue="fast", settings=settings)
+
+
+def test_dead_broker_gives_typed_error_quickly() -> None:
+    settings = _settings(broker_url="redis://127.0.0.1:1/3")  # nothing listens on port 1
+    assert broker_ping(settings) is False
+    with pytest.raises(QueueUnavailableError):
+        enqueue("timemark.probe", "j", settings=settings)
+
+
+def test_embedded_transport_stores_messages_in_sqlite(tmp_path: Path) -> None:
+    settings = _settings(embedded=True, data_dir=tmp_path)
+    assert str(settings.broker_url).startswith("sqla+sqlite")
+    assert broker_ping(settings)
+    enqueue("timemark.finalize", "job-9", settings=settings)
+    db_file = Path(str(settings.broker_url).removeprefix("sqla+sqlite:///"))
+    with sqlite3.connect(db_file) as conn:
+        (count,) = conn.execute("select count(*) from kombu_message").fetchone()
+    assert count == 1
+
+
+def test_importing_queue_stays_light() -> None:
+    code = "import sys, core.queue; assert 'torch' not in sys.modules and 'workers' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[2])
