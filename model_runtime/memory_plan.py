@@ -43,8 +43,8 @@ class ModelDims:
 
     @classmethod
     def from_config(cls, config: Any) -> ModelDims:
-        """Read the shapes from a `model_runtime.config.KeyeConfig` (its `text` and `vision` parts)."""
-        text, vision = config.text, config.vision
+        """Read the shapes from a `model_runtime.config.KeyeConfig` (its `text`, `text.sa`, `vision` parts)."""
+        text, vision, sa = config.text, config.vision, config.text.sa
         return cls(
             vocab_size=text.vocab_size,
             hidden_size=text.hidden_size,
@@ -55,8 +55,8 @@ class ModelDims:
             num_experts=text.num_experts,
             experts_per_token=text.num_experts_per_tok,
             moe_intermediate_size=text.moe_intermediate_size,
-            indexer_heads=text.indexer_num_heads,
-            indexer_head_dim=text.indexer_head_dim,
+            indexer_heads=sa.indexer_num_heads if sa is not None else 0,
+            indexer_head_dim=sa.indexer_head_dim if sa is not None else 0,
             tie_word_embeddings=text.tie_word_embeddings,
             vision_params=_vision_params(vision, projector_out=text.hidden_size),
         )

@@ -61,6 +61,12 @@ def test_vision_params_by_hand() -> None:
     assert patch + positions + 27 * layer + 2 * 1152 + projector == 481_422_704
 
 
+def test_dims_from_the_full_config() -> None:
+    from model_runtime.config import KeyeConfig
+
+    assert ModelDims.from_config(KeyeConfig.full()) == FULL
+
+
 def test_full_size_parameter_count() -> None:
     counts = count_params(FULL)
     assert counts.total == 31_122_082_160
