@@ -1,0 +1,168 @@
+"""Triton lightning-indexer scores and the fused indexer -> top-k entry point.
+
+Each program scores a [BLOCK_T queries x BLOCK_S keys] tile: per indexer head one tensor-core
+product q_h . k^T, ReLU, weighted by w[:, h], summed over heads in fp32 registers. Tiles wholly
+above the causal diagonal are skipped. `indexer_topk` streams the queries in chunks: each chunk's
+scores go to one reusable fp32 buffer [chunk, S] (bounded by `max_buffer_bytes`, so the full
+[T, S] matrix never exists) and the radix-select kernel reads them straight back.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels._validate import require
+from kernels.indexer.reference import causal_lengths, check_indexer_args
+from kernels.topk.kernel import launch_select_topk
+
+
+@triton.jit
+def _indexer_scores_kernel(
+    q_ptr,
+    w_ptr,
+    k_ptr,
+    out_ptr,
+    T,
+    S,
+    start,
+    stride_qt,
+    stride_qh,
+    stride_wt,
+    stride_ks,
+    stride_ot,
+    H: tl.constexpr,
+    D: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+    FILL_FUTURE: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    pid_t = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
+    offs_s = pid_s * BLOCK_S + tl.arange(0, BLOCK_S)
+    offs_d = tl.arange(0, BLOCK_D)
+    t_ok = offs_t < T
+    s_ok = offs_s < S
+    out_ptrs = out_ptr + offs_t[:, None].to(tl.int64) * stride_ot + offs_s[None, :]
+    last_position = start + tl.minimum(pid_t * BLOCK_T + BLOCK_T, T) - 1
+    if pid_s * BLOCK_S <= last_position:
+        k_tile = tl.load(
+            k_ptr + offs_s[None, :].to(tl.int64) * stride_ks + offs_d[:, None],
+            mask=s_ok[None, :] & (offs_d[:, None] < D),
+            other=0.0,
+        )  # [BLOCK_D, BLOCK_S]
+        scores = tl.zeros((BLOCK_T, BLOCK_S), dtype=tl.float32)
+        q_rows = q_ptr + offs_t[:, None].to(tl.int64) * stride_qt + offs_d[None, :]
+        q_mask = t_ok[:, None] & (offs_d[None, :] < D)
+        for h in tl.static_range(H):
+            q_h = tl.load(q_rows + h * stride_qh, mask=q_mask, other=0.0)  # [BLOCK_T, BLOCK_D]
+            w_h = tl.load(w_ptr + offs_t * stride_wt + h, mask=t_ok, other=0.0).to(tl.float32)
+            logits = tl.dot(q_h, k_tile, input_precision=PRECISION)  # [BLOCK_T, BLOCK_S]
+            scores += tl.maximum(logits, 0.0) * w_h[:, None]
+        visible = offs_s[None, :] <= (start + offs_t)[:, None]
+        tl.store(out_ptrs, tl.where(visible, scores, float("-inf")), mask=t_ok[:, None] & s_ok[None, :])
+    elif FILL_FUTURE:
+        tile = tl.full((BLOCK_T, BLOCK_S), float("-inf"), dtype=tl.float32)
+        tl.store(out_ptrs, tile, mask=t_ok[:, None] & s_ok[None, :])
+
+
+def launch_indexer_scores(
+    q: torch.Tensor,
+    w: torch.Tensor,
+    k: torch.Tensor,
+    start: int,
+    out: torch.Tensor,
+    *,
+    fill_future: bool,
+    block_t: int = 64,
+    block_s: int = 128,
+    num_warps: int = 4,
+    num_stages: int = 2,
+) -> None:
+    """Score q [T, H, D] against k [S, D] into out [T, >= S] (row stride out.stride(0)); no checks."""
+    tokens, heads, dim = q.shape
+    keys = k.shape[0]
+    if tokens == 0 or keys == 0:
+        return
+    block_d = max(16, triton.next_power_of_2(dim))
+    precision = "ieee" if q.dtype == torch.float32 else "tf32"
+    grid = (triton.cdiv(tokens, block_t), triton.cdiv(keys, block_s))
+    _indexer_scores_kernel[grid](
+        q, w, k, out, tokens, keys, start,
+        q.stride(0), q.stride(1), w.stride(0), k.stride(0), out.stride(0),
+        H=heads, D=dim, BLOCK_D=block_d, BLOCK_T=block_t, BLOCK_S=block_s,
+        FILL_FUTURE=fill_future, PRECISION=precision, num_warps=num_warps, num_stages=num_stages,
+    )  # fmt: skip
+
+
+def _contiguous_last(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor if tensor.stride(-1) == 1 else tensor.contiguous()
+
+
+def indexer_scores(q: torch.Tensor, w: torch.Tensor, k: torch.Tensor, start: int) -> torch.Tensor:
+    """Lightning-indexer scores, materialised (for tests and short sequences).
+
+    Args:
+        q: [T, H_I, D_I] fp32/fp16/bf16 indexer queries; query t sits at position start + t.
+        w: [T, H_I] per-head weights (any positive scale already folded in).
+        k: [S, D_I] indexer keys, S = start + T, same dtype as q.
+        start: absolute position of the first query.
+
+    Returns:
+        fp32 [T, S]: I[t, s] = sum_j w[t, j] * ReLU(q[t, j] . k[s]); -inf where s > start + t.
+    """
+    check_indexer_args(q, w, k, start)
+    q, w, k = _contiguous_last(q), _contiguous_last(w), _contiguous_last(k)
+    out = torch.empty(q.shape[0], k.shape[0], dtype=torch.float32, device=q.device)
+    launch_indexer_scores(q, w, k, start, out, fill_future=True)
+    return out
+
+
+def indexer_topk(
+    q: torch.Tensor,
+    w: torch.Tensor,
+    k: torch.Tensor,
+    topk: int,
+    start: int,
+    *,
+    max_buffer_bytes: int = 1 << 30,
+) -> torch.Tensor:
+    """Per query, the `topk` causal keys with the largest indexer scores.
+
+    Args:
+        q: [T, H_I, D_I] fp32/fp16/bf16 indexer queries; query t sits at absolute position start + t.
+        w: [T, H_I] per-head weights (fp32 preferred; any positive scale folded in by the caller).
+        k: [S, D_I] indexer keys for positions 0 .. S-1, S = start + T, same dtype as q.
+        topk: keys to keep per query (2048 for Keye-VL-2.0).
+        start: absolute position of the first query (history length).
+        max_buffer_bytes: bound on the fp32 score buffer reused across query chunks.
+
+    Returns:
+        int32 [T, topk] key positions in no particular order. A query that sees L <= topk keys
+        selects all of them (0 .. L-1) and is padded with -1. Ties at the threshold go to the
+        lower position.
+    """
+    check_indexer_args(q, w, k, start)
+    require(topk >= 1, f"topk must be >= 1, got {topk}")
+    q, w, k = _contiguous_last(q), _contiguous_last(w), _contiguous_last(k)
+    tokens, keys = q.shape[0], k.shape[0]
+    out = torch.empty(tokens, topk, dtype=torch.int32, device=q.device)
+    lengths = causal_lengths(tokens, start, q.device)  # [T]
+    chunk = max(64, (max_buffer_bytes // (4 * max(keys, 1))) // 64 * 64)
+    buffer = None
+    for first in range(0, tokens, chunk):
+        last = min(first + chunk, tokens)
+        visible = start + last  # keys the last query of this chunk sees
+        if visible > topk:  # otherwise every row is "select everything" and scores are not read
+            if buffer is None:
+                buffer = torch.empty(min(chunk, tokens), keys, dtype=torch.float32, device=q.device)
+            launch_indexer_scores(
+                q[first:last], w[first:last], k[:visible], start + first, buffer, fill_future=False
+            )
+        scores = buffer if buffer is not None else torch.empty(last - first, 1, device=q.device)
+        launch_select_topk(scores[: last - first], topk, lengths[first:last], out[first:last])
+    return out

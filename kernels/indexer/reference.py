@@ -1,0 +1,62 @@
+"""Plain-PyTorch lightning-indexer scores and causal top-k: the oracles for the Triton path.
+
+I[t, s] = sum_j w[t, j] * ReLU(q[t, j] . k[s]) in fp32 (spec keye-vl-2 §2.2, with any positive
+scale folded into w by the caller). Query t sits at absolute position start + t and sees keys
+s <= start + t. The top-k reference tiles over queries so long sequences never hold the full
+[T, S] matrix at once.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from kernels._validate import FLOAT_DTYPES, require, require_dtype, require_rank, require_same_device
+from kernels.topk.reference import select_topk_ref
+
+
+def check_indexer_args(q: torch.Tensor, w: torch.Tensor, k: torch.Tensor, start: int) -> None:
+    require_rank("q", q, 3)
+    require_rank("w", w, 2)
+    require_rank("k", k, 2)
+    require_dtype("q", q, FLOAT_DTYPES)
+    require_dtype("w", w, FLOAT_DTYPES)
+    require(k.dtype == q.dtype, f"k dtype {k.dtype} must match q dtype {q.dtype}")
+    require_same_device(q=q, w=w, k=k)
+    tokens, heads, dim = q.shape
+    require(w.shape == (tokens, heads), f"w must be [T, H_I] = {(tokens, heads)}, got {tuple(w.shape)}")
+    require(k.shape[1] == dim, f"k head dim {k.shape[1]} must match q head dim {dim}")
+    require(start >= 0, f"start must be >= 0, got {start}")
+    require(k.shape[0] == start + tokens, f"k must hold start + T = {start + tokens} keys, got {k.shape[0]}")
+
+
+def causal_lengths(tokens: int, start: int, device: torch.device) -> torch.Tensor:
+    """int32 [T]: how many keys query t may see (positions 0 .. start + t inclusive)."""
+    return torch.arange(start + 1, start + tokens + 1, dtype=torch.int32, device=device)
+
+
+def indexer_scores_ref(q: torch.Tensor, w: torch.Tensor, k: torch.Tensor, start: int) -> torch.Tensor:
+    """fp32 [T, S] indexer scores; entries above the causal diagonal are -inf."""
+    check_indexer_args(q, w, k, start)
+    logits = torch.einsum("thd,sd->ths", q.float(), k.float())  # [T, H, S]
+    scores = torch.einsum("th,ths->ts", w.float(), logits.clamp_min(0))  # [T, S]
+    lengths = causal_lengths(q.shape[0], start, q.device)  # [T]
+    future = torch.arange(k.shape[0], device=q.device)[None, :] >= lengths[:, None]  # [T, S]
+    return scores.masked_fill(future, float("-inf"))
+
+
+def indexer_topk_ref(
+    q: torch.Tensor, w: torch.Tensor, k: torch.Tensor, topk: int, start: int, *, query_chunk: int = 256
+) -> torch.Tensor:
+    """int32 [T, topk]: per query, the `topk` best causal keys by indexer score, padded with -1."""
+    check_indexer_args(q, w, k, start)
+    require(topk >= 1, f"topk must be >= 1, got {topk}")
+    pieces = []
+    for first in range(0, q.shape[0], query_chunk):
+        last = min(first + query_chunk, q.shape[0])
+        visible = start + last  # keys any query of this chunk may see
+        scores = indexer_scores_ref(q[first:last], w[first:last], k[:visible], start + first)  # [t, visible]
+        lengths = causal_lengths(last - first, start + first, q.device)
+        pieces.append(select_topk_ref(scores, topk, lengths))
+    if not pieces:
+        return torch.empty(0, topk, dtype=torch.int32, device=q.device)
+    return torch.cat(pieces)

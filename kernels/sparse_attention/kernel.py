@@ -1,0 +1,178 @@
+"""Triton top-k sparse attention for prefill: one program per (query block, kv head).
+
+A block holds BLOCK_Q adjacent queries; with GQA their G = Hq / Hkv heads that share the kv
+head are stacked into BLOCK_Q * G matrix rows, so one gathered key tile feeds a tensor-core
+product for all of them. The program walks the sorted union of the block's selected keys
+(`union.py`) in tiles, masks each (query, key) pair with the query's bit, and keeps an exact
+online softmax (running max and sum, rescaled per tile). Rows that never see a key end with
+sum 0 and are written as zeros instead of 0/0.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels._validate import require
+from kernels.sparse_attention.reference import check_sparse_attention_args
+from kernels.sparse_attention.union import BlockUnion, build_block_union
+
+_LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _sparse_attention_kernel(
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    o_ptr,
+    union_ptr,
+    counts_ptr,
+    mask_ptr,
+    T,
+    qk_scale,
+    stride_qt,
+    stride_qh,
+    stride_ks,
+    stride_kh,
+    stride_vs,
+    stride_vh,
+    stride_ot,
+    stride_oh,
+    stride_union,
+    stride_mask,
+    G: tl.constexpr,
+    D: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_Q: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    block = tl.program_id(0)
+    kv_head = tl.program_id(1)
+    rows = tl.arange(0, BLOCK_M)
+    token = block * BLOCK_Q + rows // G  # [BLOCK_M]
+    head = kv_head * G + rows % G
+    row_ok = (rows < BLOCK_Q * G) & (token < T)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < D
+    q = tl.load(
+        q_ptr + token[:, None].to(tl.int64) * stride_qt + head[:, None] * stride_qh + offs_d[None, :],
+        mask=row_ok[:, None] & d_ok[None, :],
+        other=0.0,
+    )  # [BLOCK_M, BLOCK_D]
+    n_keys = tl.load(counts_ptr + block)
+    row_max = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
+    row_sum = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
+    mask_rows = mask_ptr + token[:, None].to(tl.int64) * stride_mask  # [BLOCK_M, 1]
+    for first in range(0, n_keys, BLOCK_N):
+        slot = first + tl.arange(0, BLOCK_N)
+        slot_ok = slot < n_keys
+        key_pos = tl.load(union_ptr + block.to(tl.int64) * stride_union + slot, mask=slot_ok, other=0)
+        key_pos = key_pos.to(tl.int64)
+        k_tile = tl.load(
+            k_ptr + key_pos[None, :] * stride_ks + kv_head * stride_kh + offs_d[:, None],
+            mask=slot_ok[None, :] & d_ok[:, None],
+            other=0.0,
+        )  # [BLOCK_D, BLOCK_N]
+        v_tile = tl.load(
+            v_ptr + key_pos[:, None] * stride_vs + kv_head * stride_vh + offs_d[None, :],
+            mask=slot_ok[:, None] & d_ok[None, :],
+            other=0.0,
+        )  # [BLOCK_N, BLOCK_D]
+        words = tl.load(mask_rows + (slot // 32)[None, :], mask=row_ok[:, None] & slot_ok[None, :], other=0)
+        picked = ((words >> (slot % 32)[None, :]) & 1) != 0  # [BLOCK_M, BLOCK_N]
+        logits = tl.dot(q, k_tile, input_precision=PRECISION) * qk_scale  # log2 domain
+        logits = tl.where(picked, logits, float("-inf"))
+        new_max = tl.maximum(row_max, tl.max(logits, 1))
+        # A row with nothing picked yet keeps max -inf; shift by 0 there so exp2 gives 0, not NaN.
+        shift = tl.where(new_max == float("-inf"), 0.0, new_max)
+        probs = tl.exp2(logits - shift[:, None])
+        rescale = tl.exp2(row_max - shift)
+        row_sum = row_sum * rescale + tl.sum(probs, 1)
+        acc = acc * rescale[:, None] + tl.dot(probs.to(v_tile.dtype), v_tile, input_precision=PRECISION)
+        row_max = new_max
+    out = acc / tl.where(row_sum == 0.0, 1.0, row_sum)[:, None]
+    tl.store(
+        o_ptr + token[:, None].to(tl.int64) * stride_ot + head[:, None] * stride_oh + offs_d[None, :],
+        out.to(o_ptr.dtype.element_ty),
+        mask=row_ok[:, None] & d_ok[None, :],
+    )
+
+
+def default_block_q(group: int) -> int:
+    """Queries per block so that BLOCK_Q * G fills about 64 matrix rows (16 rows minimum)."""
+    return max(1, 64 // group)
+
+
+def launch_sparse_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    union: BlockUnion,
+    block_q: int,
+    scale: float,
+    out: torch.Tensor,
+    *,
+    block_n: int = 64,
+    num_warps: int = 4,
+    num_stages: int = 2,
+) -> None:
+    """Run the prefill kernel over a prepared block union; no checks."""
+    tokens, q_heads, dim = q.shape
+    kv_heads = k.shape[1]
+    group = q_heads // kv_heads
+    if tokens == 0:
+        return
+    block_m = max(16, triton.next_power_of_2(block_q * group))
+    block_d = max(16, triton.next_power_of_2(dim))
+    precision = "ieee" if q.dtype == torch.float32 else "tf32"
+    grid = (union.keys.shape[0], kv_heads)
+    _sparse_attention_kernel[grid](
+        q, k, v, out, union.keys, union.counts, union.mask, tokens, scale * _LOG2E,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+        out.stride(0), out.stride(1), union.keys.stride(0), union.mask.stride(0),
+        G=group, D=dim, BLOCK_D=block_d, BLOCK_Q=block_q, BLOCK_M=block_m, BLOCK_N=block_n,
+        PRECISION=precision, num_warps=num_warps, num_stages=num_stages,
+    )  # fmt: skip
+
+
+def sparse_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    idx: torch.Tensor,
+    scale: float,
+    *,
+    block_q: int | None = None,
+) -> torch.Tensor:
+    """Attention of each query over only its selected keys (DSA prefill), GQA.
+
+    Args:
+        q: [T, Hq, D] fp32/fp16/bf16 queries.
+        k, v: [S, Hkv, D] keys and values (same dtype as q); Hq must be a multiple of Hkv and
+            head h uses kv head h // (Hq // Hkv).
+        idx: int32/int64 [T, K] key positions per query; -1 entries are ignored, duplicates
+            count once, positions must lie in [0, S).
+        scale: softmax scale (1 / sqrt(D) for Keye).
+        block_q: adjacent queries that share one union walk (default: 64 // G rows, min 1).
+
+    Returns:
+        [T, Hq, D] in q's dtype; a query whose row holds no valid index gets zeros.
+    """
+    check_sparse_attention_args(q, k, v, idx)
+    group = q.shape[1] // k.shape[1]
+    block_q = block_q or default_block_q(group)
+    require(block_q >= 1, f"block_q must be >= 1, got {block_q}")
+    q = q if q.stride(-1) == 1 else q.contiguous()
+    k = k if k.stride(-1) == 1 else k.contiguous()
+    v = v if v.stride(-1) == 1 else v.contiguous()
+    out = torch.empty_like(q)
+    if q.shape[0] == 0:
+        return out
+    union = build_block_union(idx, block_q)
+    launch_sparse_attention(q, k, v, union, block_q, scale, out)
+    return out
