@@ -1,0 +1,303 @@
+"""Full-size Keye-VL-2.0 LM on one GPU: peak memory, prefill and decode speed per attention backend.
+
+Builds the full-size architecture (`KeyeConfig.full()`) with random bf16 weights directly on the GPU
+(no checkpoint files; speed does not depend on the values) and, for each `attn_impl`, prefills
+video-shaped prompts of 16K/64K/128K tokens in chunks (as the engine does: a KV cache reserved once,
+`--chunk` tokens per forward) and then decodes single tokens. Prompt embeddings are random, laid out
+as 256-token frames with timestamp text between them (mRoPE positions per spec §4.6); the vision
+tower's cost is measured separately on frames of the same size. Model FLOP utilisation divides the
+FLOPs the architecture needs by the time and by 787 TFLOP/s (the H200's measured dense bf16 rate):
+linear layers of the 8 active experts, attention over all causal keys for `dense` and over
+min(position, top-k) keys plus the indexer's scoring of all causal keys for `reference`/`triton`.
+Each measurement has a time cap; a size whose projected time exceeds it is reported as skipped.
+
+    python -m benchmarks.runtime_gpu --out benchmarks/results/runtime_gpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+PEAK_BF16_FLOPS = 787e12
+FRAME_GRID = 16  # merged tokens per frame side: 256 tokens per 448x448 frame
+TEXT_PER_FRAME = 5  # "<|frame|>" + "12.5" + vision markers, roughly
+
+
+@dataclass
+class Result:
+    impl: str
+    what: str
+    tokens: int
+    seconds: float | None
+    tokens_per_s: float | None
+    mfu: float | None
+    peak_gib: float
+    note: str = ""
+
+
+def video_positions(n_tokens: int, device: torch.device) -> torch.Tensor:
+    """[3, n] mRoPE positions of a prompt made of text runs and 16x16-token frames (spec §4.6)."""
+    t, h, w = [], [], []
+    s = 0
+    while len(t) < n_tokens:
+        for _ in range(TEXT_PER_FRAME):  # timestamp text: all three channels advance together
+            t.append(s), h.append(s), w.append(s)
+            s += 1
+        rows = torch.arange(FRAME_GRID).repeat_interleave(FRAME_GRID).tolist()
+        cols = torch.arange(FRAME_GRID).repeat(FRAME_GRID).tolist()
+        for r, c in zip(rows, cols, strict=True):
+            t.append(s), h.append(s + r), w.append(s + c)
+        s += FRAME_GRID  # next text starts after the frame's largest position
+    return torch.tensor([t[:n_tokens], h[:n_tokens], w[:n_tokens]], device=device)
+
+
+def linear_flops_per_token(cfg: Any) -> float:
+    """2 x the active LM parameters a token passes through (lm_head excluded: prefill keeps one row)."""
+    d, hd = cfg.hidden_size, cfg.head_dim
+    attn = d * hd * (2 * cfg.num_attention_heads + 2 * cfg.num_key_value_heads)
+    sa = cfg.sa
+    indexer = d * (sa.indexer_num_heads * (sa.indexer_head_dim + 1) + sa.indexer_head_dim) if sa else 0
+    experts = cfg.num_experts_per_tok * 3 * d * cfg.moe_intermediate_size
+    router = d * cfg.num_experts
+    return 2.0 * cfg.num_hidden_layers * (attn + indexer + experts + router)
+
+
+def attention_flops(cfg: Any, start: int, n_new: int, impl: str) -> float:
+    """QK^T and PV (and the indexer's scores) for queries at positions start..start+n_new-1."""
+    positions = torch.arange(start + 1, start + n_new + 1, dtype=torch.float64)  # keys each query sees
+    per_key = 4.0 * cfg.num_attention_heads * cfg.head_dim
+    sa = cfg.sa
+    if impl == "dense" or sa is None:
+        return cfg.num_hidden_layers * per_key * float(positions.sum())
+    attended = positions.clamp(max=sa.topk)
+    scoring = 2.0 * sa.indexer_num_heads * sa.indexer_head_dim * positions  # q.k per indexer head
+    scoring = torch.where(positions > sa.topk, scoring, torch.zeros_like(scoring))  # skipped at <= topk
+    return cfg.num_hidden_layers * float((per_key * attended + scoring).sum())
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        sync(device)
+
+
+def peak_gib(device: torch.device) -> float:
+    return torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else 0.0
+
+
+def build_model(device: torch.device, size: str) -> Any:
+    from model_runtime.config import KeyeConfig
+    from model_runtime.vlm import KeyeVL
+
+    config = KeyeConfig.from_size(size)
+    torch.manual_seed(0)
+    with torch.device(device):
+        torch.set_default_dtype(torch.bfloat16)
+        model = KeyeVL(config)
+        torch.set_default_dtype(torch.float32)
+    with torch.no_grad():
+        for name, param in model.named_parameters():  # never time on zeros or uninitialised memory
+            if name.endswith("bias"):
+                param.zero_()
+            elif param.ndim == 1:
+                param.fill_(1.0)
+            else:
+                param.normal_(0.0, 0.02)
+    return model.eval()
+
+
+@torch.no_grad()
+def prefill(model: Any, n_tokens: int, chunk: int, cache: Any, device: torch.device) -> float:
+    """Chunked prefill of n_tokens random video-prompt embeddings; returns seconds."""
+    from model_runtime.model import Segment
+
+    d = model.config.text.hidden_size
+    positions = video_positions(n_tokens, device)
+    sync(device)
+    t0 = time.perf_counter()
+    for lo in range(0, n_tokens, chunk):
+        hi = min(n_tokens, lo + chunk)
+        embeds = torch.randn(hi - lo, d, device=device, dtype=torch.bfloat16) * 0.02
+        hidden = model.model(embeds, positions[:, lo:hi], [Segment(hi - lo, cache)])
+    model.logits(hidden[-1:])
+    sync(device)
+    return time.perf_counter() - t0
+
+
+@torch.no_grad()
+def decode(model: Any, cache: Any, steps: int, device: torch.device) -> float:
+    """Greedy single-token decode steps on top of `cache`; returns seconds per token."""
+    from model_runtime.model import Segment
+
+    token = torch.tensor([1], device=device)
+    pos = cache.length
+    sync(device)
+    t0 = time.perf_counter()
+    for i in range(steps):
+        hidden = model.model(
+            model.embed(token), torch.full((3, 1), pos + i, device=device), [Segment(1, cache)]
+        )
+        token = model.logits(hidden).argmax(-1)
+    sync(device)
+    return (time.perf_counter() - t0) / steps
+
+
+def run(args: argparse.Namespace) -> list[Result]:
+    from model_runtime.model import KVCache
+
+    device = torch.device(args.device)
+    t_build = time.perf_counter()
+    model = build_model(device, args.size)
+    sync(device)
+    print(
+        f"built {args.size} model in {time.perf_counter() - t_build:.1f}s, peak {peak_gib(device):.1f} GiB",
+        flush=True,
+    )
+    cfg = model.config.text
+    lin = linear_flops_per_token(cfg)
+    results: list[Result] = []
+
+    def gib() -> float:
+        return peak_gib(device)
+
+    def reset_peak() -> None:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+
+    for impl in args.impls:
+        if impl == "triton" and model.model.kernels.get(device) is None:
+            results.append(Result(impl, "prefill", 0, None, None, None, 0.0, "skipped: kernels unavailable"))
+            print("triton: kernels unavailable, skipped", flush=True)
+            continue
+        model.model.set_impl(attn_impl=impl)
+        # warm-up: kernels, cuBLAS handles, allocator (a prompt just past top-k to reach the sparse path)
+        n_warm = min(4096, args.sizes[0])
+        warm = KVCache(cfg, capacity=n_warm + 2, device=device, dtype=torch.bfloat16)
+        prefill(model, n_warm, args.chunk, warm, device)
+        decode(model, warm, 2, device)
+        del warm
+        projected = None  # seconds per token^2-ish scaling from the previous size
+        for n in args.sizes:
+            if projected is not None and projected > args.cap_s:
+                results.append(
+                    Result(impl, "prefill", n, None, None, None, 0.0, f"skipped: ~{projected:.0f}s projected")
+                )
+                print(
+                    f"{impl} prefill {n}: skipped (projected {projected:.0f}s > cap {args.cap_s}s)",
+                    flush=True,
+                )
+                continue
+            reset_peak()
+            cache = KVCache(cfg, capacity=n + args.decode_steps + 1, device=device, dtype=torch.bfloat16)
+            seconds = prefill(model, n, args.chunk, cache, device)
+            flops = n * lin + attention_flops(cfg, 0, n, impl)
+            results.append(
+                Result(impl, "prefill", n, seconds, n / seconds, flops / seconds / PEAK_BF16_FLOPS, gib())
+            )
+            print(
+                f"{impl} prefill {n}: {seconds:.2f}s {n / seconds:,.0f} tok/s "
+                f"MFU {flops / seconds / PEAK_BF16_FLOPS:.1%} peak {gib():.1f} GiB",
+                flush=True,
+            )
+            if n == args.sizes[0]:
+                reset_peak()
+                per_token = decode(model, cache, args.decode_steps, device)
+                flops = lin + attention_flops(cfg, n, 1, impl)
+                results.append(
+                    Result(
+                        impl,
+                        f"decode@{n}",
+                        1,
+                        per_token,
+                        1 / per_token,
+                        flops / per_token / PEAK_BF16_FLOPS,
+                        gib(),
+                        "batch 1",
+                    )
+                )
+                print(f"{impl} decode at {n}: {1 / per_token:.1f} tok/s", flush=True)
+            del cache
+            # Attention (and the reference path's per-query scoring and sort) grows with n^2: project
+            # the next size's time from this one, conservatively, to skip what would not finish.
+            grow = args.sizes[args.sizes.index(n) + 1] / n if n != args.sizes[-1] else 1.0
+            projected = seconds * grow * grow
+    return results
+
+
+def vision_speed(device: torch.device, size: str, frames: int = 64) -> Result:
+    """The vision tower + projector on `frames` 448x448 frames (1024 patches, 256 LLM tokens each)."""
+    from model_runtime.config import KeyeConfig
+    from model_runtime.vision import Projector, VisionModel
+
+    cfg = KeyeConfig.from_size(size)
+    with torch.device(device):
+        torch.set_default_dtype(torch.bfloat16)
+        tower, projector = (
+            VisionModel(cfg.vision),
+            Projector(cfg.vision, cfg.text.hidden_size, cfg.projector_ln_eps),
+        )
+        torch.set_default_dtype(torch.float32)
+    grids = [(1, 32, 32)] * frames
+    pixels = torch.randn(frames * 1024, 3, 14, 14, device=device, dtype=torch.bfloat16)
+    with torch.no_grad():
+        projector(tower(pixels, grids), grids)  # warm-up
+        sync(device)
+        t0 = time.perf_counter()
+        projector(tower(pixels, grids), grids)
+        sync(device)
+    seconds = time.perf_counter() - t0
+    tokens = frames * 256
+    return Result(
+        "vision", f"encode {frames} frames", tokens, seconds, tokens / seconds, None, peak_gib(device)
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--impls", nargs="+", default=["dense", "reference", "triton"])
+    parser.add_argument("--sizes", nargs="+", type=int, default=[16_384, 65_536, 131_072])
+    parser.add_argument("--chunk", type=int, default=8192, help="prefill chunk tokens")
+    parser.add_argument("--decode-steps", type=int, default=32)
+    parser.add_argument("--cap-s", type=float, default=60.0, help="skip a size projected to take longer")
+    parser.add_argument("--vision", action="store_true", help="also time the vision tower")
+    parser.add_argument("--size", default="full", help="full, or tiny for a CPU smoke run")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    try:
+        query = ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"]
+        smi = subprocess.run(query, capture_output=True, text=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        smi = f"no nvidia-smi ({args.device})"
+    print(f"device: {smi}; torch {torch.__version__}", flush=True)
+    results = run(args)
+    if args.vision:
+        results.append(vision_speed(torch.device(args.device), args.size))
+    header = f"| impl | what | tokens | s | tokens/s | MFU | peak GiB | note |\n|{'---|' * 8}"
+    rows = [
+        f"| {r.impl} | {r.what} | {r.tokens} | {'' if r.seconds is None else f'{r.seconds:.3f}'} | "
+        f"{'' if r.tokens_per_s is None else f'{r.tokens_per_s:,.0f}'} | "
+        f"{'' if r.mfu is None else f'{r.mfu:.1%}'} | {r.peak_gib:.1f} | {r.note} |"
+        for r in results
+    ]
+    print(header + "\n" + "\n".join(rows), flush=True)
+    if args.out:
+        payload = {
+            "device": smi,
+            "torch": torch.__version__,
+            "chunk": args.chunk,
+            "results": [r.__dict__ for r in results],
+        }
+        with open(args.out, "w") as f:
+            json.dump(payload, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
