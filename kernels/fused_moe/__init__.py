@@ -1,0 +1,6 @@
+"""Fused mixture-of-experts FFN: expert sort + grouped GEMMs (Triton + PyTorch reference)."""
+
+from kernels.fused_moe.kernel import fused_moe, sort_slots_by_expert
+from kernels.fused_moe.reference import fused_moe_ref
+
+__all__ = ["fused_moe", "fused_moe_ref", "sort_slots_by_expert"]

@@ -1,0 +1,209 @@
+"""Triton fused MoE: sort token slots by expert, then two grouped GEMMs.
+
+Every (token, k) routing slot is placed in its expert's segment of a sorted list; segments are
+padded to BLOCK_M so each row block belongs to one expert. Kernel 1 multiplies a block's
+gathered token rows by that expert's gate and up columns at once and writes SiLU(gate) * up
+(the [slots, F] activation, in x's dtype). Kernel 2 multiplies it by the expert's down matrix,
+scales by the routing weight and writes each slot's row; the k rows of a token are then summed.
+Blocks past the padded end of the list (the grid is sized without a host sync) exit at once.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels.fused_moe.reference import check_fused_moe_args
+
+
+@triton.jit
+def _gate_up_kernel(
+    x_ptr,
+    w_ptr,
+    h_ptr,
+    sorted_slots_ptr,
+    block_expert_ptr,
+    n_blocks_ptr,
+    n_slots,
+    D,
+    F,
+    stride_xt,
+    stride_we,
+    stride_wd,
+    stride_hs,
+    TOPK: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    block = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    if block >= tl.load(n_blocks_ptr):
+        return
+    offs_m = block * BLOCK_M + tl.arange(0, BLOCK_M)
+    slot = tl.load(sorted_slots_ptr + offs_m)
+    slot_ok = slot < n_slots
+    token = (slot // TOPK).to(tl.int64)
+    expert = tl.load(block_expert_ptr + block).to(tl.int64)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = offs_n < F
+    offs_k = tl.arange(0, BLOCK_K)
+    a_ptrs = x_ptr + token[:, None] * stride_xt + offs_k[None, :]
+    gate_ptrs = w_ptr + expert * stride_we + offs_k[:, None] * stride_wd + offs_n[None, :]
+    acc_gate = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc_up = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, D, BLOCK_K):
+        k_ok = (k0 + offs_k) < D
+        a = tl.load(a_ptrs, mask=slot_ok[:, None] & k_ok[None, :], other=0.0)
+        b_gate = tl.load(gate_ptrs, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+        b_up = tl.load(gate_ptrs + F, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+        acc_gate = tl.dot(a, b_gate, acc_gate, input_precision=PRECISION)
+        acc_up = tl.dot(a, b_up, acc_up, input_precision=PRECISION)
+        a_ptrs += BLOCK_K
+        gate_ptrs += BLOCK_K * stride_wd
+    act = acc_gate / (1.0 + tl.exp(-acc_gate)) * acc_up  # SiLU(gate) * up
+    tl.store(
+        h_ptr + offs_m[:, None].to(tl.int64) * stride_hs + offs_n[None, :],
+        act.to(h_ptr.dtype.element_ty),
+        mask=slot_ok[:, None] & n_ok[None, :],
+    )
+
+
+@triton.jit
+def _down_kernel(
+    h_ptr,
+    w_ptr,
+    y_ptr,
+    weights_ptr,
+    sorted_slots_ptr,
+    block_expert_ptr,
+    n_blocks_ptr,
+    n_slots,
+    D,
+    F,
+    stride_hs,
+    stride_we,
+    stride_wf,
+    stride_ys,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    block = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    if block >= tl.load(n_blocks_ptr):
+        return
+    offs_m = block * BLOCK_M + tl.arange(0, BLOCK_M)
+    slot = tl.load(sorted_slots_ptr + offs_m)
+    slot_ok = slot < n_slots
+    expert = tl.load(block_expert_ptr + block).to(tl.int64)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = offs_n < D
+    offs_k = tl.arange(0, BLOCK_K)
+    a_ptrs = h_ptr + offs_m[:, None].to(tl.int64) * stride_hs + offs_k[None, :]
+    b_ptrs = w_ptr + expert * stride_we + offs_k[:, None] * stride_wf + offs_n[None, :]
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, F, BLOCK_K):
+        k_ok = (k0 + offs_k) < F
+        a = tl.load(a_ptrs, mask=slot_ok[:, None] & k_ok[None, :], other=0.0)
+        b = tl.load(b_ptrs, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+        acc = tl.dot(a, b, acc, input_precision=PRECISION)
+        a_ptrs += BLOCK_K
+        b_ptrs += BLOCK_K * stride_wf
+    routing = tl.load(weights_ptr + slot, mask=slot_ok, other=0.0).to(tl.float32)
+    acc = acc * routing[:, None]
+    tl.store(
+        y_ptr + slot[:, None].to(tl.int64) * stride_ys + offs_n[None, :],
+        acc.to(y_ptr.dtype.element_ty),
+        mask=slot_ok[:, None] & n_ok[None, :],
+    )
+
+
+def sort_slots_by_expert(
+    topk_ids: torch.Tensor, experts: int, block_m: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Slots (token * k + j) grouped by expert, each expert's segment padded to block_m.
+
+    Returns (sorted_slots int32 [max_rows] with n_slots as padding, block_expert int32
+    [max_blocks], n_blocks int32 [1]); sizes are upper bounds so no host sync is needed.
+    """
+    flat = topk_ids.reshape(-1).to(torch.int64)  # [n_slots]
+    n_slots = flat.shape[0]
+    counts = torch.bincount(flat, minlength=experts)  # [E]
+    padded = (counts + block_m - 1) // block_m * block_m  # [E]
+    padded_end = torch.cumsum(padded, 0)  # [E]
+    padded_start = padded_end - padded
+    order = torch.argsort(flat, stable=True)  # [n_slots] slots sorted by expert
+    expert_sorted = flat[order]
+    rank = torch.arange(n_slots, device=flat.device) - (torch.cumsum(counts, 0) - counts)[expert_sorted]
+    max_blocks = triton.cdiv(n_slots, block_m) + experts
+    sorted_slots = torch.full((max_blocks * block_m,), n_slots, dtype=torch.int32, device=flat.device)
+    sorted_slots[padded_start[expert_sorted] + rank] = order.to(torch.int32)
+    block_start = torch.arange(max_blocks, device=flat.device) * block_m  # [max_blocks]
+    block_expert = torch.searchsorted(padded_end, block_start, right=True).clamp(max=experts - 1)
+    n_blocks = (padded_end[-1:] // block_m).to(torch.int32)  # [1]
+    return sorted_slots, block_expert.to(torch.int32), n_blocks
+
+
+def fused_moe(
+    x: torch.Tensor,
+    gate_up: torch.Tensor,
+    down: torch.Tensor,
+    topk_ids: torch.Tensor,
+    topk_weights: torch.Tensor,
+    *,
+    block_m: int = 64,
+    block_n: int = 128,
+    block_k: int = 64,
+    num_warps: int = 4,
+    num_stages: int = 3,
+) -> torch.Tensor:
+    """Routed SiLU-gated expert FFN for a batch of tokens.
+
+    Args:
+        x: [T, D] fp32/fp16/bf16 token activations.
+        gate_up: [E, D, 2F] (gate = columns :F, up = columns F:), same dtype as x.
+        down: [E, F, D], same dtype as x.
+        topk_ids: int32/int64 [T, k] expert of each routing slot, in [0, E).
+        topk_weights: [T, k] routing weights (any float dtype; used in fp32).
+        block_m/n/k, num_warps, num_stages: tile configuration of both GEMMs.
+
+    Returns:
+        [T, D] in x's dtype: sum_j topk_weights[t, j] * (SiLU(x gate) * (x up)) down for
+        expert topk_ids[t, j]. The SiLU * up activation is rounded to x's dtype between the
+        two GEMMs (as in the usual fused-MoE kernels); accumulation is fp32.
+    """
+    check_fused_moe_args(x, gate_up, down, topk_ids, topk_weights)
+    tokens, hidden = x.shape
+    experts, _, width2 = gate_up.shape
+    width = width2 // 2
+    top = topk_ids.shape[1]
+    if tokens == 0 or top == 0:
+        return torch.zeros_like(x)
+    x = x.contiguous()
+    gate_up = gate_up if gate_up.stride(-1) == 1 else gate_up.contiguous()
+    down = down if down.stride(-1) == 1 else down.contiguous()
+    weights = topk_weights.reshape(-1).contiguous()
+    n_slots = tokens * top
+    sorted_slots, block_expert, n_blocks = sort_slots_by_expert(topk_ids, experts, block_m)
+    max_blocks = block_expert.shape[0]
+    precision = "ieee" if x.dtype == torch.float32 else "tf32"
+    act = torch.empty(max_blocks * block_m, width, dtype=x.dtype, device=x.device)  # [rows, F]
+    _gate_up_kernel[(max_blocks, triton.cdiv(width, block_n))](
+        x, gate_up, act, sorted_slots, block_expert, n_blocks, n_slots, hidden, width,
+        x.stride(0), gate_up.stride(0), gate_up.stride(1), act.stride(0),
+        TOPK=top, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, PRECISION=precision,
+        num_warps=num_warps, num_stages=num_stages,
+    )  # fmt: skip
+    out_dtype = torch.float32 if x.dtype == torch.float32 else x.dtype
+    per_slot = torch.empty(n_slots, hidden, dtype=out_dtype, device=x.device)  # [T*k, D]
+    _down_kernel[(max_blocks, triton.cdiv(hidden, block_n))](
+        act, down, per_slot, weights, sorted_slots, block_expert, n_blocks, n_slots, hidden, width,
+        act.stride(0), down.stride(0), down.stride(1), per_slot.stride(0),
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, PRECISION=precision,
+        num_warps=num_warps, num_stages=num_stages,
+    )  # fmt: skip
+    return per_slot.view(tokens, top, hidden).sum(dim=1, dtype=torch.float32).to(x.dtype)
