@@ -1,0 +1,1 @@
+"""Temporal grounding: prompts, answer parsing, confidence, merging across chunks, strategies, evaluation."""
