@@ -118,15 +118,17 @@ def expert_bytes(dims: ModelDims, weight_format: WeightFormat) -> int:
 
 @dataclass(frozen=True)
 class ActivationModel:
-    """How the engine's prefill spends working memory (what `NativeEngine` allocates per prefill chunk).
+    """How the native engine's prefill spends working memory besides the per-token tensors.
 
-    `attn_query_tile` is the number of queries whose attention scores over the whole cached context
-    exist at once (the reference/dense paths tile over queries); `score_bytes` is their dtype width.
+    The reference/dense attention paths tile over queries so that one tile's scores hold at most
+    `score_tile_elements` (queries x heads x keys; `model_runtime.model.SCORE_TILE_ELEMENTS`) and at
+    most `max_query_tile` queries (the config's `sa_config.q_chunk_size`). `materialised_scores=False`
+    models kernels that never hold a [queries, keys] matrix (flash attention, the Triton kernels).
     """
 
-    attn_query_tile: int = 512
-    score_bytes: int = 4
-    materialised_scores: bool = True  # False for kernels that never hold a [q, k] score matrix
+    score_tile_elements: int = 1 << 26
+    max_query_tile: int = 512
+    materialised_scores: bool = True
 
 
 @dataclass(frozen=True)
@@ -179,18 +181,23 @@ def plan_memory(
     tp: int = 1,
     prefill_chunk_tokens: int = 8192,
     kv_bytes: int = 2,
-    indexer_cache_format: Literal["fp8", "bf16"] = "fp8",
+    indexer_cache_format: Literal["fp8", "bf16"] = "bf16",
     activations: ActivationModel = ActivationModel(),
+    kv_copies: int = 1,
     reserve_bytes: int = 3 * GIB,
 ) -> MemoryPlan:
     """Bytes on each of `tp` GPUs to hold the model and prefill a `context_tokens`-token prompt.
 
     `context_tokens` is the chunk-token budget (how many tokens the KV cache must hold: the video chunk
     plus the question and answer); the prompt is prefilled `prefill_chunk_tokens` at a time.
+    `kv_copies` counts whole copies of the context's KV + indexer cache alive at once (the native
+    engine's `KVCache.fork` copies the encoded video prefix for each query branch it decodes).
     `reserve_bytes` covers the CUDA context, cuBLAS workspaces and allocator fragmentation.
     """
     if context_tokens <= 0 or prefill_chunk_tokens <= 0:
         raise ValueError("context_tokens and prefill_chunk_tokens must be positive")
+    if kv_copies < 1:
+        raise ValueError(f"kv_copies must be >= 1, got {kv_copies}")
     if tp < 1 or dims.num_kv_heads % tp or dims.num_heads % tp:
         raise ValueError(
             f"tp={tp} must divide the {dims.num_kv_heads} KV heads and {dims.num_heads} query heads"
@@ -203,13 +210,21 @@ def plan_memory(
     weights = sharded // tp + 2 * counts.replicated
 
     # KV: K and V per layer for the kv heads this GPU owns (spec §2.3).
-    kv_cache = dims.num_layers * context_tokens * 2 * (dims.num_kv_heads // tp) * dims.head_dim * kv_bytes
-    # The indexer has one key head, so every GPU keeps the whole indexer cache: FP8 key + fp32 scale,
-    # or the plain bf16 key.
+    kv_cache = (
+        kv_copies
+        * dims.num_layers
+        * context_tokens
+        * 2
+        * (dims.num_kv_heads // tp)
+        * dims.head_dim
+        * kv_bytes
+    )
+    # The indexer has one key head, so every GPU keeps the whole indexer cache: the plain bf16 key
+    # (what the native engine stores), or the fork's FP8 key + fp32 scale (68 B/token/layer).
     per_token_layer = (
         dims.indexer_head_dim + 4 if indexer_cache_format == "fp8" else 2 * dims.indexer_head_dim
     )
-    indexer_cache = dims.num_layers * context_tokens * per_token_layer
+    indexer_cache = kv_copies * dims.num_layers * context_tokens * per_token_layer
 
     act = _prefill_activation_bytes(
         dims, context_tokens, min(prefill_chunk_tokens, context_tokens), tp, activations
@@ -253,9 +268,11 @@ def _prefill_activation_bytes(
     )  # fp32 indexer q/w, router
     scores = 0
     if model.materialised_scores:
-        tile = min(model.attn_query_tile, chunk)
-        # attention probabilities for this GPU's heads, per-head indexer scores, summed index score, mask
-        per_pair = model.score_bytes * (heads + dims.indexer_heads + 1) + 1
+        tile = max(1, min(model.max_query_tile, chunk, model.score_tile_elements // (heads * context)))
+        # per (query, key) pair: fp32 attention scores of this GPU's heads, fp32 per-head indexer
+        # scores, their sum, its masked copy and sorted values (3 x 4 B), the sort's int64 indices,
+        # and two bool masks (causal, selected)
+        per_pair = 4 * heads + 4 * dims.indexer_heads + 3 * 4 + 8 + 2
         scores = tile * context * per_pair
     logits = dims.vocab_size * 4
     return prompt_embeds + chunk * per_token + scores + logits

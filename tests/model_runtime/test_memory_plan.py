@@ -63,8 +63,10 @@ def test_vision_params_by_hand() -> None:
 
 def test_dims_from_the_full_config() -> None:
     from model_runtime.config import KeyeConfig
+    from model_runtime.model import SCORE_TILE_ELEMENTS
 
     assert ModelDims.from_config(KeyeConfig.full()) == FULL
+    assert ActivationModel().score_tile_elements == SCORE_TILE_ELEMENTS  # the planner models the engine
 
 
 def test_full_size_parameter_count() -> None:
@@ -89,15 +91,23 @@ def test_fp8_experts_with_block_scales() -> None:
 
 
 def test_kv_and_indexer_cache_for_one_chunk() -> None:
-    plan = plan_memory(FULL, context_tokens=CHUNK, gpu_memory_bytes=H200)
+    plan = plan_memory(FULL, context_tokens=CHUNK, gpu_memory_bytes=H200, indexer_cache_format="fp8")
     assert plan.kv_cache == 48 * CHUNK * 2 * 4 * 128 * 2 == 18_119_393_280  # the "about 18 GB"
     assert plan.indexer_cache == 48 * CHUNK * 68 == 601_620_480  # 64 FP8 bytes + one fp32 scale
-    bf16_index = plan_memory(FULL, context_tokens=CHUNK, gpu_memory_bytes=H200, indexer_cache_format="bf16")
+    bf16_index = plan_memory(
+        FULL, context_tokens=CHUNK, gpu_memory_bytes=H200
+    )  # what the native engine keeps
     assert bf16_index.indexer_cache == 48 * CHUNK * 128
 
 
+def test_forked_prefixes_multiply_the_caches() -> None:
+    one = plan_memory(FULL, context_tokens=CHUNK, gpu_memory_bytes=H200)
+    three = plan_memory(FULL, context_tokens=CHUNK, gpu_memory_bytes=H200, kv_copies=3)
+    assert three.kv_cache == 3 * one.kv_cache and three.indexer_cache == 3 * one.indexer_cache
+
+
 def test_tensor_parallel_two_halves_the_sharded_parts() -> None:
-    plan = plan_memory(FULL, context_tokens=CHUNK, gpu_memory_bytes=H100, tp=2)
+    plan = plan_memory(FULL, context_tokens=CHUNK, gpu_memory_bytes=H100, tp=2, indexer_cache_format="fp8")
     counts = count_params(FULL)
     sharded = 2 * (counts.experts + counts.attention + counts.embeddings)
     assert plan.weights == sharded // 2 + 2 * counts.replicated == 31_724_835_552
@@ -106,13 +116,12 @@ def test_tensor_parallel_two_halves_the_sharded_parts() -> None:
 
 
 def test_activations_by_hand() -> None:
-    model = ActivationModel(attn_query_tile=64, score_bytes=4)
-    plan = plan_memory(
-        FULL, context_tokens=CHUNK, gpu_memory_bytes=H200, prefill_chunk_tokens=8192, activations=model
-    )
+    plan = plan_memory(FULL, context_tokens=CHUNK, gpu_memory_bytes=H200, prefill_chunk_tokens=8192)
     prompt_embeds = CHUNK * 2048 * 2
     per_token = 2 * (2 * 2048 + 40 * 128 + 32 * 128 + 8 * (2048 + 1536 + 768 + 2048)) + 4 * (16 * 65 + 128)
-    scores = 64 * CHUNK * (4 * (32 + 16 + 1) + 1)
+    tile = (1 << 26) // (32 * CHUNK)  # 11 queries per score tile at 184K keys
+    assert tile == 11
+    scores = tile * CHUNK * (4 * 32 + 4 * 16 + 12 + 8 + 2)
     logits = 151_936 * 4
     assert plan.activations == prompt_embeds + 8192 * per_token + scores + logits
 
@@ -147,5 +156,7 @@ def test_bad_knobs_are_refused() -> None:
         plan_memory(FULL, context_tokens=CHUNK, gpu_memory_bytes=H100, tp=3)
     with pytest.raises(ValueError, match="weight_format"):
         plan_memory(FULL, context_tokens=CHUNK, gpu_memory_bytes=H100, weight_format="int4")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="kv_copies"):
+        plan_memory(FULL, context_tokens=CHUNK, gpu_memory_bytes=H100, kv_copies=0)
     with pytest.raises(ValueError, match="positive"):
         plan_memory(FULL, context_tokens=0, gpu_memory_bytes=H100)
