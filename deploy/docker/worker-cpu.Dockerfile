@@ -34,7 +34,7 @@ COPY --from=build /opt/venv /opt/venv
 WORKDIR /app
 COPY alembic.ini ./
 COPY migrations ./migrations
-COPY deploy/docker/prestart.sh deploy/docker/drain_worker.py /opt/timemark/
+COPY deploy/docker/prestart.sh deploy/docker/worker_control.py /opt/timemark/
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \

@@ -30,7 +30,7 @@ RUN groupadd --system --gid 10001 timemark \
 WORKDIR /app
 COPY alembic.ini ./
 COPY migrations ./migrations
-COPY deploy/docker/prestart.sh deploy/docker/drain_worker.py /opt/timemark/
+COPY deploy/docker/prestart.sh deploy/docker/worker_control.py /opt/timemark/
 ENV PYTHONUNBUFFERED=1 \
     TIMEMARK_DATA_DIR=/var/lib/timemark \
     TRITON_CACHE_DIR=/var/cache/timemark/triton \

@@ -1,13 +1,16 @@
-"""preStop hook of worker pods: stop taking tasks from a queue, then wait for the running one to finish.
+"""Worker pod hooks: `drain` (preStop) and `ping` (liveness), talking to this pod's Celery nodes only.
 
-Kubernetes (or KEDA's HPA) picks which pod to remove; it may be mid-chunk (service-conventions §4.3,
-pitfall 2). Before the kubelet sends SIGTERM this script (1) finds the Celery nodes running in this
-pod (node names end in `@<pod hostname>`), (2) sends them `cancel_consumer <queue>` so they take no new
-message, and (3) polls `inspect active` until they run nothing or `--wait-s` has passed. SIGTERM then
-finds an idle worker; a chunk that outlives the wait is handled by Celery's soft shutdown and, being
-late-acked, goes back to the queue. It exits 0 in every case: a failed hook must not block the stop.
+drain: Kubernetes (or KEDA's HPA) picks which pod to remove and it may be mid-chunk
+(service-conventions §4.3, pitfall 2). Before the kubelet sends SIGTERM, `drain` (1) finds the Celery
+nodes running in this pod (node names end in `@<pod hostname>`), (2) sends them `cancel_consumer
+<queue>` so they take no new message, and (3) polls `inspect active` until they run nothing or
+`--wait-s` has passed. SIGTERM then finds an idle worker; a chunk that outlives the wait is handled by
+Celery's soft shutdown and, being late-acked, goes back to the queue. It exits 0 in every case: a failed
+hook must not block the stop. ping: exits 0 when a node of this pod answers (prefork keeps the main
+process answering while a child runs a chunk).
 
-    python /opt/timemark/drain_worker.py --queue gpu --wait-s 780
+    python /opt/timemark/worker_control.py drain --queue gpu --wait-s 780
+    python /opt/timemark/worker_control.py ping
 """
 
 from __future__ import annotations
@@ -62,15 +65,25 @@ def drain(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--queue", required=True, help="queue to stop consuming, e.g. gpu")
-    parser.add_argument("--wait-s", type=float, default=780.0, help="longest wait for the running task")
-    parser.add_argument("--poll-s", type=float, default=5.0)
+    parser = argparse.ArgumentParser(description="Drain or ping this pod's Celery worker.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    drain_cmd = commands.add_parser("drain", help="stop consuming a queue, wait for the running task")
+    drain_cmd.add_argument("--queue", required=True, help="queue to stop consuming, e.g. gpu")
+    drain_cmd.add_argument("--wait-s", type=float, default=780.0, help="longest wait for the running task")
+    drain_cmd.add_argument("--poll-s", type=float, default=5.0)
+    ping_cmd = commands.add_parser("ping", help="exit 0 when a Celery node of this host answers")
+    ping_cmd.add_argument("--timeout-s", type=float, default=5.0)
     args = parser.parse_args(argv)
-    try:
-        from core.queue import celery_app  # the app's own broker settings (TIMEMARK_BROKER_URL)
 
-        drain(celery_app(), args.queue, hostname=socket.gethostname(), wait_s=args.wait_s, poll_s=args.poll_s)
+    from core.queue import celery_app  # the app's own broker settings (TIMEMARK_BROKER_URL)
+
+    hostname = socket.gethostname()
+    if args.command == "ping":
+        nodes = local_nodes(celery_app(), hostname, timeout_s=args.timeout_s)
+        print(f"ping: {nodes or 'no node answered'} on {hostname}")
+        return 0 if nodes else 1
+    try:
+        drain(celery_app(), args.queue, hostname=hostname, wait_s=args.wait_s, poll_s=args.poll_s)
     except Exception as err:  # a hook that fails still lets the pod stop; say why in the pod events
         print(f"drain: failed ({type(err).__name__}: {err}); stopping without a drain", file=sys.stderr)
     return 0
