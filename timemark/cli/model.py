@@ -1,5 +1,54 @@
-"""`timemark` commands: model group."""
+"""`timemark model …`: make and inspect native Keye checkpoints.
+
+`timemark model init --size tiny --out DIR` writes a random-weight checkpoint in the official layout
+(what the tests, the CPU demo and a fresh training run start from); `timemark model info DIR` prints
+its configuration and parameter count. torch is imported inside the commands so `--help` stays fast.
+"""
 
 from __future__ import annotations
 
-from timemark.cli import app  # noqa: F401
+from pathlib import Path
+
+import typer
+
+from timemark.cli import app
+
+model_app = typer.Typer(help="Native Keye-VL checkpoints: create and inspect.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
+
+
+@model_app.command("init")
+def init(
+    out: Path = typer.Option(..., "--out", help="Folder to write the checkpoint into."),
+    size: str = typer.Option("tiny", "--size", help="Model size; only 'tiny' is written to disk."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random weights."),
+    expert_layout: str = typer.Option("fused", "--expert-layout", help="'fused' or 'per_expert' tensors."),
+) -> None:
+    """Write a random-weight checkpoint (config, safetensors, tokenizer, preprocessor config)."""
+    from model_runtime.checkpoint import init_checkpoint
+
+    try:
+        path = init_checkpoint(out, size=size, seed=seed, expert_layout=expert_layout)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    typer.echo(f"wrote {size} checkpoint to {path}")
+
+
+@model_app.command("info")
+def info(checkpoint: Path = typer.Argument(..., help="Checkpoint folder.")) -> None:
+    """Print the architecture numbers and the parameter count of a checkpoint's config."""
+    import torch
+
+    from model_runtime.config import KeyeConfig
+    from model_runtime.model import count_parameters
+    from model_runtime.vlm import KeyeVL
+
+    config = KeyeConfig.from_pretrained(checkpoint)
+    with torch.device("meta"):
+        n_params = count_parameters(KeyeVL(config))
+    t = config.text
+    typer.echo(
+        f"layers={t.num_hidden_layers} hidden={t.hidden_size} heads={t.num_attention_heads}/"
+        f"{t.num_key_value_heads}x{t.head_dim} experts={t.num_experts} top{t.num_experts_per_tok} "
+        f"vocab={t.vocab_size} sa_topk={t.sa.topk if t.sa else None} params={n_params:,}"
+    )

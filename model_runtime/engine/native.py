@@ -1,0 +1,271 @@
+"""The native engine: our PyTorch Keye-VL-2.0 in this process, behind the `Engine` interface.
+
+It owns what the model does not: per-sequence KV caches, chunked prefill (activation memory bounded by
+`prefill_chunk` tokens whatever the prompt length), batched decode, sampling, stop tokens and strings,
+and per-token log-probs of the unmodified distribution. Requests that carry the same `VideoInput`
+object and system text share one encoded video prefix: the frames go through the vision tower and the
+LM once, then each query forks that cache and continues on its own.
+
+Legend: B = sequences decoding together, N = tokens in one forward, D = hidden, V = vocabulary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from model_runtime.checkpoint import load_model
+from model_runtime.engine.base import Completion, GenerationRequest
+from model_runtime.model import KVCache, Segment
+from model_runtime.processor import KeyeProcessor, ModelInputs
+
+
+@dataclass
+class _Sequence:
+    """One request in flight."""
+
+    index: int
+    request: GenerationRequest
+    inputs: ModelInputs
+    cache: KVCache
+    generator: torch.Generator
+    last_hidden: Tensor | None = None  # [D] hidden state whose logits pick the next token
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    text: str = ""
+    finish_reason: str | None = None
+
+
+@dataclass
+class _Prefill:
+    """Tokens to push through the LM into `cache` (embeddings already built)."""
+
+    embeds: Tensor  # [n, D]
+    positions: Tensor  # [3, n]
+    cache: KVCache
+
+
+class NativeEngine:
+    name = "native"
+
+    def __init__(
+        self,
+        checkpoint: str | Path,
+        *,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | None = None,
+        attn_impl: str = "reference",
+        moe_impl: str = "reference",
+        max_batch: int = 8,
+        prefill_chunk: int = 4096,
+        vision_chunk_frames: int = 32,
+    ):
+        self.device = torch.device(device)
+        self.model = load_model(
+            checkpoint, device=self.device, dtype=dtype, attn_impl=attn_impl, moe_impl=moe_impl
+        )
+        self.processor = KeyeProcessor.from_pretrained(checkpoint)
+        self.dtype = self.model.lm_head.weight.dtype
+        self.max_batch, self.prefill_chunk, self.vision_chunk_frames = (
+            max_batch,
+            prefill_chunk,
+            vision_chunk_frames,
+        )
+        cfg = self.model.config
+        self.stop_token_ids = set(self.processor.stop_token_ids) | (
+            {cfg.pad_token_id} if cfg.pad_token_id is not None else set()
+        )
+
+    def close(self) -> None:
+        del self.model
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    # ---- the Engine interface -------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[Completion]:
+        inputs = [self.processor.encode_request(r.prompt, r.video, r.system) for r in requests]
+        # Shared prefixes live until the last request that uses them has started.
+        uses: dict[tuple[int, str | None], int] = {}
+        for r in requests:
+            if r.video is not None:
+                uses[(id(r.video), r.system)] = uses.get((id(r.video), r.system), 0) + 1
+        prefixes: dict[tuple[int, str | None], KVCache] = {}
+        results: list[Completion] = []
+        for lo in range(0, len(requests), self.max_batch):
+            started = [
+                self._start(i, requests[i], inputs[i], prefixes, uses)
+                for i in range(lo, min(len(requests), lo + self.max_batch))
+            ]
+            wave = [seq for seq, _ in started]
+            # The prompts' own tokens (after any shared prefix) go through the LM together.
+            for seq, hidden in zip(wave, self._prefill([job for _, job in started]), strict=True):
+                seq.last_hidden = hidden
+            self._decode(wave)
+            results += [self._completion(s) for s in wave]
+        return results
+
+    # ---- prefill --------------------------------------------------------------------------------------
+
+    def _start(
+        self,
+        index: int,
+        request: GenerationRequest,
+        inputs: ModelInputs,
+        prefixes: dict[tuple[int, str | None], KVCache],
+        uses: dict[tuple[int, str | None], int],
+    ) -> tuple[_Sequence, _Prefill]:
+        """Set up one request: its cache holds the shared video prefix (encoded now if this is its first
+        user); the returned job prefills the rest of the prompt."""
+        n, start = inputs.input_ids.shape[0], 0
+        room = n + request.max_new_tokens + 1
+        if request.video is not None:
+            key = (id(request.video), request.system)
+            if key not in prefixes:
+                prefix_cache = KVCache(
+                    self.model.config.text, capacity=inputs.prefix_len, device=self.device, dtype=self.dtype
+                )
+                self._prefill([self._prepare(inputs, 0, inputs.prefix_len, prefix_cache)])
+                prefixes[key] = prefix_cache
+            start = inputs.prefix_len
+            cache = prefixes[key].fork(extra_capacity=room - start)
+            uses[key] -= 1
+            if uses[key] == 0:
+                del prefixes[key]
+        else:
+            cache = KVCache(self.model.config.text, capacity=room, device=self.device, dtype=self.dtype)
+        generator = torch.Generator(device="cpu")
+        generator.manual_seed(
+            request.seed if request.seed is not None else int(torch.randint(0, 2**62, ()).item())
+        )
+        return _Sequence(index, request, inputs, cache, generator), self._prepare(inputs, start, n, cache)
+
+    def _prepare(self, inputs: ModelInputs, lo: int, hi: int, cache: KVCache) -> _Prefill:
+        """Embeddings of prompt tokens [lo, hi), encoding the visual tokens that fall inside."""
+        ids = inputs.input_ids[lo:hi].to(self.device)
+        cfg = self.model.config
+        visual = None
+        n_visual = int(((ids == cfg.image_token_id) | (ids == cfg.video_token_id)).sum())
+        if n_visual:
+            # Visual tokens in [lo, hi) are those of the whole prompt when lo is 0 or past all of them.
+            if lo != 0:
+                raise ValueError("visual tokens must lie inside the shared prefix")
+            visual = self._encode_vision(inputs)
+        embeds = self.model.embed(ids, visual)
+        return _Prefill(embeds, inputs.positions[:, lo:hi].to(self.device), cache)
+
+    def _encode_vision(self, inputs: ModelInputs) -> Tensor:
+        """All frames through the tower + projector, `vision_chunk_frames` at a time. [M, D]"""
+        assert inputs.pixel_values is not None
+        out, offset = [], 0
+        grids = inputs.grids
+        for lo in range(0, len(grids), self.vision_chunk_frames):
+            chunk = grids[lo : lo + self.vision_chunk_frames]
+            n = sum(t * h * w for t, h, w in chunk)
+            pixels = inputs.pixel_values[offset : offset + n].to(self.device)
+            out.append(self.model.encode_vision(pixels, chunk))
+            offset += n
+        return torch.cat(out)
+
+    def _prefill(self, jobs: list[_Prefill]) -> list[Tensor]:
+        """Push the jobs' tokens through the LM in forwards of ≤ prefill_chunk tokens (several jobs may
+        share one forward); returns each job's last hidden state [D]."""
+        cursor = [0] * len(jobs)
+        last: list[Tensor | None] = [None] * len(jobs)
+        while any(c < job.embeds.shape[0] for c, job in zip(cursor, jobs, strict=True)):
+            budget, pieces = self.prefill_chunk, []
+            for j, job in enumerate(jobs):
+                take = min(job.embeds.shape[0] - cursor[j], budget)
+                if take > 0:
+                    pieces.append((j, cursor[j], cursor[j] + take))
+                    budget -= take
+            embeds = torch.cat([jobs[j].embeds[a:b] for j, a, b in pieces])  # [N, D]
+            positions = torch.cat([jobs[j].positions[:, a:b] for j, a, b in pieces], dim=1)  # [3, N]
+            hidden = self.model.model(
+                embeds, positions, [Segment(b - a, jobs[j].cache) for j, a, b in pieces]
+            )
+            offset = 0
+            for j, a, b in pieces:
+                offset += b - a
+                cursor[j] = b
+                if b == jobs[j].embeds.shape[0]:
+                    last[j] = hidden[offset - 1]
+        return last  # type: ignore[return-value]
+
+    # ---- decode ---------------------------------------------------------------------------------------
+
+    def _decode(self, seqs: list[_Sequence]) -> None:
+        """Sample and append one token per unfinished sequence per step, all in one forward."""
+        active = [s for s in seqs if s.request.max_new_tokens > 0]
+        for s in seqs:
+            if s.request.max_new_tokens <= 0:
+                s.finish_reason = "length"
+        while active:
+            logits = self.model.logits(torch.stack([s.last_hidden for s in active]))  # [B, V] fp32
+            logprobs = torch.log_softmax(logits, dim=-1).cpu()  # [B, V]
+            still = []
+            for s, row_logits, row_logprobs in zip(active, logits.cpu(), logprobs, strict=True):
+                token = self._pick(s, row_logits)
+                if self._append(s, token, float(row_logprobs[token])):
+                    still.append(s)
+            active = still
+            if not active:
+                break
+            tokens = torch.tensor([s.token_ids[-1] for s in active], device=self.device)
+            positions = torch.tensor(
+                [s.cache.length + s.inputs.rope_delta for s in active], device=self.device
+            ).expand(3, -1)  # [3, B]
+            hidden = self.model.model(
+                self.model.embed(tokens), positions, [Segment(1, s.cache) for s in active]
+            )  # [B, D]
+            for s, h in zip(active, hidden, strict=True):
+                s.last_hidden = h
+
+    def _pick(self, seq: _Sequence, logits: Tensor) -> int:
+        """Greedy at temperature 0, else temperature + top-k + top-p sampling with the request's seed."""
+        req = seq.request
+        if req.temperature <= 0:
+            return int(logits.argmax())
+        scaled = logits / req.temperature
+        if req.top_k > 0:
+            kth = scaled.topk(min(req.top_k, scaled.shape[0])).values[-1]
+            scaled = scaled.masked_fill(scaled < kth, float("-inf"))
+        probs = scaled.softmax(-1)
+        if req.top_p < 1.0:
+            sorted_probs, order = probs.sort(descending=True)
+            # Keep the smallest prefix whose mass reaches top_p (the first token always stays).
+            drop = sorted_probs.cumsum(0) - sorted_probs > req.top_p
+            probs = probs.scatter(0, order, sorted_probs.masked_fill(drop, 0.0))
+        return int(torch.multinomial(probs, 1, generator=seq.generator))
+
+    def _append(self, seq: _Sequence, token: int, logprob: float) -> bool:
+        """Record a sampled token; False once the sequence is finished."""
+        req = seq.request
+        if token in self.stop_token_ids:
+            seq.finish_reason = "stop"
+            return False
+        seq.token_ids.append(token)
+        seq.logprobs.append(logprob)
+        seq.text = self.processor.decode(seq.token_ids)
+        cut = min((seq.text.find(s) for s in req.stop if s and s in seq.text), default=-1)
+        if cut >= 0:
+            seq.text, seq.finish_reason = seq.text[:cut], "stop"
+            return False
+        if len(seq.token_ids) >= req.max_new_tokens:
+            seq.finish_reason = "length"
+            return False
+        return True
+
+    def _completion(self, seq: _Sequence) -> Completion:
+        return Completion(
+            text=seq.text,
+            token_ids=seq.token_ids,
+            token_logprobs=seq.logprobs,
+            prompt_tokens=int(seq.inputs.input_ids.shape[0]),
+            finish_reason=seq.finish_reason or "length",  # type: ignore[arg-type]
+        )

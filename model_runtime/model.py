@@ -1,0 +1,519 @@
+"""Keye-VL-2.0's language model: a Qwen3-MoE decoder whose attention is top-k sparse (spec §1–§2).
+
+Read top-down: the per-sequence cache, the decoder (`KeyeTextModel` → `DecoderLayer` → `Attention`), the
+attention backends (dense / reference top-k mask / Triton kernels), the `Indexer` that picks each query's
+keys, the MoE block, norms and rotary helpers. The model only does math: the engine creates caches,
+decides what to prefill and decode, and samples. A forward takes a ragged batch: the new tokens of
+several sequences concatenated, each `Segment` saying how many tokens are its own and which cache they
+extend, so prefill of different prompts and batched decode are the same call.
+
+Legend: N = new tokens of all sequences, T = new tokens of one sequence, S = its keys (cached + new),
+D = hidden, H = query heads, K = kv heads, G = H/K, Dh = head dim, I = indexer heads, Di = indexer dim,
+E = experts, F = expert width, k = experts per token, L = layers.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from model_runtime.config import TextConfig
+
+ATTN_IMPLS = ("dense", "reference", "triton")
+MOE_IMPLS = ("reference", "triton")
+# Upper bound on the elements of one attention-score tile (queries × heads × keys): bounds the
+# activation memory of long prefills, whatever the prompt length.
+SCORE_TILE_ELEMENTS = 1 << 26
+
+
+class KVCache:
+    """Keys, values and indexer keys of ONE sequence for every layer; grows by doubling.
+
+    `length` counts the tokens already stored. A forward writes its new tokens at [length, length + T)
+    in every layer and then advances `length`. `fork()` copies the filled part, which is how several
+    queries branch from one encoded video prefix.
+    """
+
+    def __init__(self, config: TextConfig, *, capacity: int = 256, device: Any = "cpu", dtype: Any = None):
+        self.config = config
+        self.length = 0
+        dtype = dtype or torch.get_default_dtype()
+        n_layers, kv, dh = config.num_hidden_layers, config.num_key_value_heads, config.head_dim
+        di = config.sa.indexer_head_dim if config.sa else 0
+        self.k = torch.zeros(n_layers, capacity, kv, dh, device=device, dtype=dtype)  # [L, C, K, Dh]
+        self.v = torch.zeros_like(self.k)  # [L, C, K, Dh]
+        self.index_k = torch.zeros(n_layers, capacity, di, device=device, dtype=dtype)  # [L, C, Di]
+
+    @property
+    def capacity(self) -> int:
+        return self.k.shape[1]
+
+    def reserve(self, n_new: int) -> None:
+        """Make room for n_new more tokens (doubling, so appending one token at a time stays cheap)."""
+        need = self.length + n_new
+        if need <= self.capacity:
+            return
+        new_cap = max(need, 2 * self.capacity)
+        for name in ("k", "v", "index_k"):
+            old = getattr(self, name)
+            grown = old.new_zeros((old.shape[0], new_cap, *old.shape[2:]))
+            grown[:, : self.length] = old[:, : self.length]
+            setattr(self, name, grown)
+
+    def fork(self, extra_capacity: int = 0) -> KVCache:
+        """An independent copy of the filled part, with room for `extra_capacity` more tokens."""
+        twin = KVCache.__new__(KVCache)
+        twin.config, twin.length = self.config, self.length
+        cap = self.length + max(extra_capacity, 1)
+        for name in ("k", "v", "index_k"):
+            old = getattr(self, name)
+            new = old.new_zeros((old.shape[0], cap, *old.shape[2:]))
+            new[:, : self.length] = old[:, : self.length]
+            setattr(twin, name, new)
+        return twin
+
+
+@dataclass
+class Segment:
+    """`length` consecutive new tokens of one sequence; `cache` None means no history and nothing kept."""
+
+    length: int
+    cache: KVCache | None = None
+
+
+@dataclass
+class ForwardContext:
+    """What every layer needs besides its input: the ragged layout, rotary tables, backend choices."""
+
+    segments: Sequence[Segment]
+    starts: list[int]  # tokens already cached per segment (absolute position of its first new key)
+    rope: tuple[Tensor, Tensor]  # cos, sin [N, Dh]
+    index_rope: tuple[Tensor, Tensor] | None  # cos, sin [N, Di]
+    attn_impl: str
+    moe_impl: str
+    kernels: KernelLoader
+
+
+# ---- the decoder ------------------------------------------------------------------------------------
+
+
+class KeyeTextModel(nn.Module):
+    """Token embedding, L decoder layers, final RMSNorm. Names match the checkpoint's `model.*`."""
+
+    def __init__(self, config: TextConfig, *, attn_impl: str = "reference", moe_impl: str = "reference"):
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.kernels = KernelLoader()
+        self.set_impl(attn_impl=attn_impl, moe_impl=moe_impl)
+
+    def set_impl(self, *, attn_impl: str | None = None, moe_impl: str | None = None) -> None:
+        if attn_impl is not None:
+            if attn_impl not in ATTN_IMPLS:
+                raise ValueError(f"attn_impl must be one of {ATTN_IMPLS}, got {attn_impl!r}")
+            self.attn_impl = attn_impl
+        if moe_impl is not None:
+            if moe_impl not in MOE_IMPLS:
+                raise ValueError(f"moe_impl must be one of {MOE_IMPLS}, got {moe_impl!r}")
+            self.moe_impl = moe_impl
+
+    def forward(self, embeds: Tensor, positions: Tensor, segments: Sequence[Segment] | None = None) -> Tensor:
+        """embeds [N, D], positions [3, N] (t/h/w mRoPE channels) → normed hidden states [N, D].
+
+        Segments with a cache read its history and append their new keys; `length` advances at the end.
+        """
+        n = embeds.shape[0]
+        segments = list(segments) if segments is not None else [Segment(n)]
+        if sum(s.length for s in segments) != n:
+            raise ValueError(f"segments cover {sum(s.length for s in segments)} tokens, embeds has {n}")
+        if positions.shape != (3, n):
+            raise ValueError(f"positions must be [3, {n}], got {list(positions.shape)}")
+        for seg in segments:
+            if seg.cache is not None:
+                seg.cache.reserve(seg.length)
+        cfg = self.config
+        index_rope = None
+        if cfg.sa is not None:
+            index_rope = mrope_cos_sin(
+                positions, cfg.sa.indexer_head_dim, cfg.indexer_mrope_section, cfg.rope_theta
+            )
+        ctx = ForwardContext(
+            segments=segments,
+            starts=[s.cache.length if s.cache is not None else 0 for s in segments],
+            rope=mrope_cos_sin(positions, cfg.head_dim, cfg.mrope_section, cfg.rope_theta),
+            index_rope=index_rope,
+            attn_impl=self.attn_impl,
+            moe_impl=self.moe_impl,
+            kernels=self.kernels,
+        )
+        h = embeds  # [N, D]
+        for layer in self.layers:
+            h = layer(h, ctx)
+        for seg in segments:
+            if seg.cache is not None:
+                seg.cache.length += seg.length
+        return self.norm(h)
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm residual block: h += attn(norm(h)); h += moe(norm(h))."""
+
+    def __init__(self, config: TextConfig, layer_idx: int):
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = Attention(config, layer_idx)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = SparseMoe(config)
+
+    def forward(self, h: Tensor, ctx: ForwardContext) -> Tensor:
+        h = h + self.self_attn(self.input_layernorm(h), ctx)
+        return h + self.mlp(self.post_attention_layernorm(h), ctx)
+
+
+class Attention(nn.Module):
+    """GQA with QK RMSNorm and mRoPE; each query attends only to the keys its indexer selects (§2.1)."""
+
+    def __init__(self, config: TextConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_heads, self.n_kv, self.head_dim = (
+            config.num_attention_heads,
+            config.num_key_value_heads,
+            config.head_dim,
+        )
+        d, bias = config.hidden_size, config.attention_bias
+        self.q_proj = nn.Linear(d, self.n_heads * self.head_dim, bias=bias)
+        self.k_proj = nn.Linear(d, self.n_kv * self.head_dim, bias=bias)
+        self.v_proj = nn.Linear(d, self.n_kv * self.head_dim, bias=bias)
+        self.o_proj = nn.Linear(self.n_heads * self.head_dim, d, bias=bias)
+        self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
+        self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
+        self.topk = config.sa.topk if config.sa else None
+        self.q_chunk = config.sa.q_chunk_size if config.sa else 512
+        self.sa_indexer = Indexer(config) if config.sa else None
+
+    def project(self, x: Tensor, ctx: ForwardContext) -> tuple[Tensor, Tensor, Tensor]:
+        """x [N, D] → q [N, H, Dh], k [N, K, Dh], v [N, K, Dh] after QK-norm and mRoPE."""
+        n = x.shape[0]
+        q = self.q_norm(self.q_proj(x).view(n, self.n_heads, self.head_dim))
+        k = self.k_norm(self.k_proj(x).view(n, self.n_kv, self.head_dim))
+        v = self.v_proj(x).view(n, self.n_kv, self.head_dim)
+        cos, sin = ctx.rope
+        return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
+
+    def forward(self, x: Tensor, ctx: ForwardContext) -> Tensor:
+        q, k, v = self.project(x, ctx)  # [N, H, Dh], [N, K, Dh], [N, K, Dh]
+        iq = iw = ik = None
+        if self.sa_indexer is not None:
+            iq, iw, ik = self.sa_indexer(x, ctx.index_rope)  # [N, I, Di], [N, I], [N, Di]
+        out = torch.empty_like(q)  # [N, H, Dh]
+        a = 0
+        for seg, start in zip(ctx.segments, ctx.starts, strict=True):
+            b = a + seg.length
+            keys, values, index_keys = k[a:b], v[a:b], ik[a:b] if ik is not None else None
+            if seg.cache is not None:
+                # Write the new keys first: a token attends to (and scores) itself.
+                li, end = self.layer_idx, start + seg.length
+                seg.cache.k[li, start:end] = k[a:b]
+                seg.cache.v[li, start:end] = v[a:b]
+                keys, values = seg.cache.k[li, :end], seg.cache.v[li, :end]  # [S, K, Dh]
+                if ik is not None:
+                    seg.cache.index_k[li, start:end] = ik[a:b]
+                    index_keys = seg.cache.index_k[li, :end]  # [S, Di]
+            index = (iq[a:b], iw[a:b], index_keys) if iq is not None else None
+            out[a:b] = self.attend(q[a:b], keys, values, index, start, ctx)
+            a = b
+        return self.o_proj(out.flatten(1))
+
+    def attend(
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        index: tuple[Tensor, Tensor, Tensor] | None,
+        start: int,
+        ctx: ForwardContext,
+    ) -> Tensor:
+        """One sequence: q [T, H, Dh] at positions start…start+T−1, k/v [S, K, Dh] → [T, H, Dh]."""
+        scale = self.head_dim**-0.5
+        n_keys = k.shape[0]
+        impl = ctx.attn_impl
+        # At ≤ topk keys every causal key is selected, so sparse == dense (spec §2.2); skip the indexer.
+        if impl == "dense" or index is None or n_keys <= self.topk:
+            return causal_attention(q, k, v, start, scale)
+        iq, iw, ik = index
+        if impl == "triton":
+            kern = ctx.kernels.get(q.device)
+            if kern is not None:
+                idx = kern.indexer_topk(iq, iw, ik, self.topk, start)  # [T, topk] int32
+                return kern.sparse_attention(q, k, v, idx, scale)
+        return topk_masked_attention(q, k, v, iq, iw, ik, start, self.topk, scale, self.q_chunk)
+
+
+# ---- attention backends -----------------------------------------------------------------------------
+
+
+def causal_attention(q: Tensor, k: Tensor, v: Tensor, start: int, scale: float) -> Tensor:
+    """Dense causal GQA: query t (absolute position start+t) sees keys 0…start+t. [T, H, Dh] out."""
+    t, n_keys = q.shape[0], k.shape[0]
+    if start == 0 and t == n_keys:  # fresh prefill: the fused causal kernel, no explicit mask
+        return _sdpa(q, k, v, None, scale, is_causal=True)
+    if t == 1:  # decode: every cached key is visible
+        return _sdpa(q, k, v, None, scale)
+    return _tiled(q, k, v, start, scale, lambda lo, hi: _causal_mask(lo, hi, start, n_keys, q.device))
+
+
+def topk_masked_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    iq: Tensor,
+    iw: Tensor,
+    ik: Tensor,
+    start: int,
+    topk: int,
+    scale: float,
+    q_chunk: int,
+) -> Tensor:
+    """The reference sparse path: causal attention with every key outside the query's top-k masked.
+
+    Tiled over query blocks so the [block, S] index scores and masks stay bounded.
+    """
+    n_keys = k.shape[0]
+
+    def keep(lo: int, hi: int) -> Tensor:
+        scores = indexer_scores(iq[lo:hi], iw[lo:hi], ik)  # [tq, S] fp32
+        causal = _causal_mask(lo, hi, start, n_keys, q.device)  # [tq, S]
+        selected = select_topk(scores, causal, topk)  # [tq, min(topk, S)]
+        mask = torch.zeros_like(causal).scatter_(1, selected, True)
+        return mask & causal
+
+    return _tiled(q, k, v, start, scale, keep, max_block=q_chunk)
+
+
+def indexer_scores(iq: Tensor, iw: Tensor, ik: Tensor) -> Tensor:
+    """I[t, s] = Σ_j w[t, j]·ReLU(q[t, j]·k[s]) in fp32; iq [T, I, Di], iw [T, I], ik [S, Di] → [T, S].
+
+    The Di^(−1/2) factor of spec §2.2 is already folded into w by the indexer.
+    """
+    logits = torch.einsum("tid,sd->tis", iq.float(), ik.float()).relu_()  # [T, I, S]
+    return torch.einsum("tis,ti->ts", logits, iw.float())
+
+
+def select_topk(scores: Tensor, causal: Tensor, topk: int) -> Tensor:
+    """Indices of the topk best causal keys per row, [T, min(topk, S)] (rows with fewer keys pad with
+    masked ones, which the caller drops again by AND-ing with the causal mask).
+
+    Ties go to the earlier key (stable sort), so the selection does not depend on how queries are
+    tiled or chunked; the fork's radix select leaves ties unordered (spec §2.2).
+    """
+    masked = scores.masked_fill(~causal, float("-inf"))
+    return masked.sort(dim=1, descending=True, stable=True).indices[:, : min(topk, scores.shape[1])]
+
+
+def _causal_mask(lo: int, hi: int, start: int, n_keys: int, device: Any) -> Tensor:
+    rows = torch.arange(start + lo, start + hi, device=device)[:, None]  # absolute query positions
+    return torch.arange(n_keys, device=device)[None, :] <= rows  # [tq, S]
+
+
+def _tiled(q: Tensor, k: Tensor, v: Tensor, start: int, scale: float, mask_fn: Any, max_block: int = 1 << 30):
+    """Masked attention over query blocks sized so one block's scores fit SCORE_TILE_ELEMENTS."""
+    t, h = q.shape[:2]
+    block = max(1, min(max_block, SCORE_TILE_ELEMENTS // max(1, h * k.shape[0])))
+    out = torch.empty_like(q)
+    for lo in range(0, t, block):
+        hi = min(t, lo + block)
+        out[lo:hi] = _sdpa(q[lo:hi], k, v, mask_fn(lo, hi), scale)
+    return out
+
+
+def _sdpa(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float, is_causal: bool = False):
+    """q [T, H, Dh], k/v [S, K, Dh], mask [T, S] bool → [T, H, Dh]; GQA by grouping query heads."""
+    out = F.scaled_dot_product_attention(
+        q.transpose(0, 1)[None],  # [1, H, T, Dh]
+        k.transpose(0, 1)[None],  # [1, K, S, Dh]
+        v.transpose(0, 1)[None],
+        attn_mask=mask,
+        is_causal=is_causal,
+        scale=scale,
+        enable_gqa=True,
+    )
+    return out[0].transpose(0, 1)
+
+
+# ---- the lightning indexer --------------------------------------------------------------------------
+
+
+class Indexer(nn.Module):
+    """`sa_indexer`: MQA scorer with I heads of width Di and one shared key per token (spec §2.2).
+
+    q_proj holds the I×Di query rows and then the I head weights (DeepSeek's `weights_proj`, fused).
+    The Hadamard rotation and FP8 quantisation of the fork are left out: in exact arithmetic the
+    rotation changes no score, and FP8 only matters for ties near the top-k boundary.
+    """
+
+    def __init__(self, config: TextConfig):
+        super().__init__()
+        sa = config.sa
+        assert sa is not None
+        self.n_heads, self.head_dim = sa.indexer_num_heads, sa.indexer_head_dim
+        d = config.hidden_size
+        self.q_proj = nn.Linear(d, self.n_heads * self.head_dim + self.n_heads, bias=False)
+        self.k_proj = nn.Linear(d, self.head_dim, bias=False)
+        self.q_norm = RMSNorm(self.head_dim, 1e-6)
+        self.k_norm = nn.LayerNorm(self.head_dim, eps=1e-6)
+
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """x [N, D] (the normed layer input) → q [N, I, Di], w [N, I] fp32, k [N, Di]."""
+        n = x.shape[0]
+        qw = self.q_proj(x)  # [N, I·Di + I]
+        q = self.q_norm(qw[:, : self.n_heads * self.head_dim].view(n, self.n_heads, self.head_dim))
+        w = qw[:, self.n_heads * self.head_dim :].float() * self.head_dim**-0.5  # [N, I]
+        k = F.layer_norm(
+            self.k_proj(x).float(),
+            (self.head_dim,),
+            self.k_norm.weight.float(),
+            self.k_norm.bias.float(),
+            1e-6,
+        ).to(x.dtype)  # [N, Di]
+        cos, sin = rope
+        return apply_rotary(q, cos, sin), w, apply_rotary(k[:, None], cos, sin)[:, 0]
+
+
+# ---- mixture of experts -----------------------------------------------------------------------------
+
+
+class SparseMoe(nn.Module):
+    """Softmax router, top-k experts with renormalised weights, no shared expert (spec §1.2)."""
+
+    def __init__(self, config: TextConfig):
+        super().__init__()
+        self.top_k, self.renormalize = config.num_experts_per_tok, config.norm_topk_prob
+        self.gate = nn.Linear(config.hidden_size, config.num_experts, bias=False)
+        self.experts = Experts(config.num_experts, config.hidden_size, config.moe_intermediate_size)
+
+    def route(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """x [N, D] → (expert ids [N, k], weights [N, k] in x's dtype)."""
+        probs = self.gate(x).float().softmax(dim=-1)  # [N, E]
+        weights, ids = probs.topk(self.top_k, dim=-1)  # [N, k]
+        if self.renormalize:
+            weights = weights / weights.sum(dim=-1, keepdim=True)
+        return ids, weights.to(x.dtype)
+
+    def forward(self, x: Tensor, ctx: ForwardContext) -> Tensor:
+        ids, weights = self.route(x)
+        gate_up, down = self.experts.gate_up_proj, self.experts.down_proj
+        if ctx.moe_impl == "triton":
+            kern = ctx.kernels.get(x.device)
+            if kern is not None:
+                return kern.fused_moe(x, gate_up, down, ids, weights)
+        return moe_reference(x, gate_up, down, ids, weights)
+
+
+class Experts(nn.Module):
+    """All experts' weights in the checkpoint's fused, input-major layout (gate = first F columns)."""
+
+    def __init__(self, n_experts: int, hidden: int, width: int):
+        super().__init__()
+        self.gate_up_proj = nn.Parameter(torch.empty(n_experts, hidden, 2 * width))  # [E, D, 2F]
+        self.down_proj = nn.Parameter(torch.empty(n_experts, width, hidden))  # [E, F, D]
+
+
+def moe_reference(x: Tensor, gate_up: Tensor, down: Tensor, ids: Tensor, weights: Tensor) -> Tensor:
+    """Loop over the experts that got tokens: out[t] = Σ_k w·(SiLU(x·gate)⊙(x·up))·down. [N, D] out."""
+    out = torch.zeros_like(x)  # [N, D]
+    width = down.shape[1]
+    counts = torch.bincount(ids.flatten(), minlength=gate_up.shape[0]).tolist()
+    for e, count in enumerate(counts):
+        if count == 0:
+            continue
+        tok, slot = torch.where(ids == e)  # [n], [n]
+        h = x[tok] @ gate_up[e]  # [n, 2F]
+        y = (F.silu(h[:, :width]) * h[:, width:]) @ down[e]  # [n, D]
+        out.index_add_(0, tok, y * weights[tok, slot, None])
+    return out
+
+
+# ---- norms and rotary -------------------------------------------------------------------------------
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        xf = x.float()
+        normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * normed.to(x.dtype)
+
+
+def mrope_cos_sin(
+    positions: Tensor, dim: int, sections: Sequence[int], theta: float
+) -> tuple[Tensor, Tensor]:
+    """positions [3, N] → cos, sin [N, dim] fp32 for contiguous-section mRoPE (spec §1.2).
+
+    Frequency i (of dim/2) takes its position from channel t, h or w by the section it falls in; the
+    dim/2 angles are duplicated for rotate-half pairing (lane j with j + dim/2).
+    """
+    device = positions.device
+    inv_freq = 1.0 / theta ** (torch.arange(0, dim, 2, device=device, dtype=torch.float64) / dim)  # [dim/2]
+    channel = torch.repeat_interleave(torch.arange(3, device=device), torch.tensor(sections, device=device))
+    pos = positions.to(torch.float64)[channel]  # [dim/2, N]
+    angles = (pos.T * inv_freq).float()  # [N, dim/2]
+    emb = torch.cat([angles, angles], dim=-1)  # [N, dim]
+    return emb.cos(), emb.sin()
+
+
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """x [N, heads, dim] rotated by per-token angles cos/sin [N, dim] (NeoX rotate-half)."""
+    xf = x.float()
+    half = xf.shape[-1] // 2
+    rotated = torch.cat([-xf[..., half:], xf[..., :half]], dim=-1)
+    return (xf * cos[:, None] + rotated * sin[:, None]).to(x.dtype)
+
+
+# ---- optional Triton kernels ------------------------------------------------------------------------
+
+
+class KernelLoader:
+    """Imports `kernels` lazily on first use; warns once and returns None where it cannot run."""
+
+    def __init__(self) -> None:
+        self._module: Any = None
+        self._failed: str | None = None
+        self._warned = False
+
+    def get(self, device: torch.device) -> Any:
+        if device.type != "cuda":
+            return self._fail("the Triton kernels need a CUDA device")
+        if self._module is None and self._failed is None:
+            try:
+                import kernels
+
+                for name in ("indexer_topk", "sparse_attention", "fused_moe"):
+                    getattr(kernels, name)
+                self._module = kernels
+            except (ImportError, AttributeError) as exc:
+                self._failed = f"kernels unavailable ({exc})"
+        return self._module if self._module is not None else self._fail(self._failed or "")
+
+    def _fail(self, why: str) -> None:
+        if not self._warned:
+            warnings.warn(f"attn/moe impl 'triton' falls back to 'reference': {why}", stacklevel=3)
+            self._warned = True
+        return None
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(math.prod(p.shape) for p in module.parameters())
