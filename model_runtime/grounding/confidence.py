@@ -45,8 +45,14 @@ def span_confidence(
 ) -> float:
     """Confidence of one parsed span of `completion` (see the module docstring for the mapping)."""
     logprobs = completion.token_logprobs
-    if token_texts is not None and len(token_texts) == len(logprobs):
-        indices = span_token_indices(span, token_texts)
+    # Token strings are only trusted when they spell the text exactly (byte-level pieces may not).
+    aligned = (
+        token_texts is not None
+        and len(token_texts) == len(logprobs)
+        and sum(len(t) for t in token_texts) == len(completion.text)
+    )
+    if aligned:
+        indices = span_token_indices(span, token_texts)  # type: ignore[arg-type]
         if indices:
             return geometric_mean_probability([logprobs[i] for i in indices])
     return geometric_mean_probability(logprobs)
