@@ -1,0 +1,101 @@
+"""Sparse-attention prefill (`sparse_attention`) and its block union against the PyTorch oracle.
+
+Tolerances (relative Frobenius error vs the fp32 oracle on the same rounded inputs): fp32 1e-5,
+fp16 2e-3, bf16 1e-2 (P is rounded to the input dtype before the P.V product, as in flash
+attention). The launcher writes into a NaN-filled buffer, so an unwritten element fails.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kernels import KernelInputError, sparse_attention, sparse_attention_ref
+from kernels.sparse_attention import build_block_union
+from kernels.sparse_attention.kernel import launch_sparse_attention
+from kernels.testing import assert_close
+
+GPU = pytest.mark.gpu
+REL_TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
+
+
+def random_selection(tokens: int, keys: int, topk: int, generator: torch.Generator) -> torch.Tensor:
+    """Uniform random causal picks (the union worst case), -1 padded, with duplicates sprinkled in."""
+    idx = torch.randint(-1, keys, (tokens, topk), generator=generator, dtype=torch.int32)
+    if tokens > 3 and topk > 3:
+        idx[3, :3] = idx[3, 3]  # duplicates must count once
+    idx[0] = -1  # a query with nothing selected must give zeros, not NaN
+    return idx
+
+
+def structured_selection(tokens: int, keys: int, topk: int) -> torch.Tensor:
+    """Attention-sink + local-window picks (what trained indexers mostly produce): small unions."""
+    position = torch.arange(tokens)[:, None] + (keys - tokens)  # absolute query positions
+    offsets = torch.arange(topk)[None, :]
+    sinks = 4
+    local = position - (offsets - sinks)  # most recent keys, newest first
+    idx = torch.where(offsets < sinks, offsets, local)
+    return torch.where((idx >= 0) & (idx <= position), idx, -1).to(torch.int32)
+
+
+CASES = [
+    # (tokens, keys, q heads, kv heads, head dim, topk, dtype, selection)
+    pytest.param(1, 1, 2, 1, 32, 4, torch.float32, "random", id="T1-S1-H2-KV1-D32-K4"),
+    pytest.param(63, 80, 12, 4, 64, 16, torch.float16, "random", id="T63-S80-H12-KV4-D64-K16-fp16"),
+    pytest.param(40, 200, 6, 3, 24, 33, torch.float32, "random", id="T40-S200-H6-KV3-D24-K33"),
+    pytest.param(33, 50, 5, 1, 16, 20, torch.float32, "structured", id="T33-S50-H5-KV1-D16-K20-local"),
+    pytest.param(
+        2049, 2049, 32, 4, 128, 2048, torch.bfloat16, "structured", id="T2049-H32-KV4-K2048-local", marks=GPU
+    ),  # fmt: skip
+    pytest.param(
+        300, 5000, 32, 4, 128, 2048, torch.bfloat16, "random", id="T300-S5000-H32-KV4-K2048", marks=GPU
+    ),  # fmt: skip
+]
+
+
+@pytest.mark.parametrize(("tokens", "keys", "q_heads", "kv_heads", "dim", "topk", "dtype", "kind"), CASES)
+def test_sparse_attention_matches_reference(tokens, keys, q_heads, kv_heads, dim, topk, dtype, kind, device):
+    generator = torch.Generator().manual_seed(3)
+    q = torch.randn(tokens, q_heads, dim, generator=generator).to(dtype).to(device)
+    k = torch.randn(keys, kv_heads, dim, generator=generator).to(dtype).to(device)
+    v = torch.randn(keys, kv_heads, dim, generator=generator).to(dtype).to(device)
+    if kind == "random":
+        idx = random_selection(tokens, keys, topk, generator)
+    else:
+        idx = structured_selection(tokens, keys, topk)
+    idx = idx.to(device)
+    scale = dim**-0.5
+    # Poison the output buffer so a row the kernel forgets to write fails the comparison.
+    out = torch.full_like(q, float("nan"))
+    union = build_block_union(idx, block_q=max(1, 64 // (q_heads // kv_heads)))
+    launch_sparse_attention(q, k, v, union, max(1, 64 // (q_heads // kv_heads)), scale, out)
+    ref = sparse_attention_ref(q, k, v, idx, scale)
+    assert not out.isnan().any(), "unwritten or NaN output"
+    assert_close(out, ref, rel_tol=REL_TOL[dtype], what="sparse_attention")
+    assert torch.equal(sparse_attention(q, k, v, idx, scale), out), "public entry must equal the launcher"
+    empty_rows = (idx < 0).all(dim=1)
+    assert (out[empty_rows] == 0).all(), "queries with no selected key must be zero"
+
+
+def test_block_union_lists_each_key_once_and_marks_owners() -> None:
+    idx = torch.tensor([[3, 1, -1], [1, 7, 7], [-1, -1, -1], [2, 2, 9]], dtype=torch.int32)
+    union = build_block_union(idx, block_q=2)
+    assert union.counts.tolist() == [3, 2]
+    assert union.keys[0, :3].tolist() == [1, 3, 7]
+    assert union.keys[1, :2].tolist() == [2, 9]
+    bits = [[int(word) & (1 << slot) != 0 for slot in range(3)] for word in union.mask[:, 0].tolist()]
+    assert bits == [[True, True, False], [True, False, True], [False, False, False], [True, True, False]]
+
+
+def test_sparse_attention_rejects_bad_input(device: str) -> None:
+    q = torch.randn(4, 6, 16, device=device)
+    k = torch.randn(8, 4, 16, device=device)
+    idx = torch.zeros(4, 2, dtype=torch.int32, device=device)
+    with pytest.raises(KernelInputError, match="multiple of Hkv"):
+        sparse_attention(q, k, k, idx, 0.25)
+    with pytest.raises(KernelInputError, match="one row per query"):
+        sparse_attention(q, k[:, :2], k[:, :2], idx[:3], 0.25)
+    with pytest.raises(KernelInputError, match="dtype"):
+        sparse_attention(q, k[:, :2], k[:, :2], idx.float(), 0.25)
+    with pytest.raises(KernelInputError, match="one shape"):
+        sparse_attention(q, k[:, :2], k[:6, :2], idx, 0.25)

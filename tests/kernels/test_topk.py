@@ -1,0 +1,71 @@
+"""Radix top-k (`select_topk`) against the torch.topk oracle, tie-aware, with awkward lengths."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kernels import KernelInputError, select_topk, select_topk_ref
+from kernels.testing import assert_same_selection
+
+GPU = pytest.mark.gpu
+
+# (rows, columns, topk, kind of scores)
+CASES = [
+    pytest.param(1, 1, 4, "normal", id="R1-S1-K4"),
+    pytest.param(3, 63, 8, "normal", id="R3-S63-K8"),
+    pytest.param(4, 300, 64, "ties", id="R4-S300-K64-ties"),
+    pytest.param(2, 200, 16, "constant", id="R2-S200-K16-allequal"),
+    pytest.param(3, 130, 5, "signed", id="R3-S130-K5-negative-and-inf"),
+    pytest.param(3, 2049, 2048, "normal", id="R3-S2049-K2048"),
+    pytest.param(64, 5000, 2048, "normal", id="R64-S5000-K2048", marks=GPU),
+    pytest.param(8, 131072, 2048, "ties", id="R8-S128K-K2048-ties", marks=GPU),
+]
+
+
+def make_scores(rows: int, cols: int, kind: str, generator: torch.Generator) -> torch.Tensor:
+    scores = torch.randn(rows, cols, generator=generator)
+    if kind == "ties":  # a handful of distinct values: the threshold bin is full of ties
+        scores = (scores * 2).round()
+    elif kind == "constant":
+        scores = torch.full((rows, cols), 0.5)
+    elif kind == "signed":
+        scores[:, ::7] = float("-inf")
+        scores[:, 1::5] = -scores[:, 1::5].abs() - 3.0
+        scores[:, 0] = 0.0
+        scores[:, 2] = -0.0
+    return scores
+
+
+@pytest.mark.parametrize(("rows", "cols", "topk", "kind"), CASES)
+def test_select_topk_matches_reference(rows: int, cols: int, topk: int, kind: str, device: str) -> None:
+    generator = torch.Generator().manual_seed(1234)
+    scores = make_scores(rows, cols, kind, generator)
+    # Mixed valid lengths: full rows, rows shorter than k, and the k-1 / k / k+1 borders.
+    lengths = torch.randint(1, cols + 1, (rows,), generator=generator)
+    lengths[0] = cols
+    borders = [topk - 1, topk, topk + 1]
+    for row, length in zip(range(1, rows), borders, strict=False):
+        lengths[row] = min(max(length, 1), cols)
+    picked = select_topk(scores.to(device), topk, lengths.to(device))
+    expected = select_topk_ref(scores, topk, lengths)
+    # fp32 in, fp32 compared: the selected score multisets must be identical (tolerance 0).
+    assert_same_selection(picked, expected, scores, lengths, score_tol=0.0, what="select_topk")
+    short = lengths <= topk
+    for row in torch.nonzero(short).flatten().tolist():
+        ids = picked[row].cpu()
+        assert sorted(ids[ids >= 0].tolist()) == list(range(int(lengths[row]))), "short row must select all"
+        assert (ids[int(lengths[row]) :] == -1).all(), "short row must be padded with -1 at the end"
+
+
+def test_select_topk_rejects_bad_input(device: str) -> None:
+    scores = torch.randn(2, 10, device=device)
+    lengths = torch.tensor([10, 10], device=device)
+    with pytest.raises(KernelInputError, match="float32"):
+        select_topk(scores.half(), 4, lengths)
+    with pytest.raises(KernelInputError, match="one entry per score row"):
+        select_topk(scores, 4, lengths[:1])
+    with pytest.raises(KernelInputError, match="topk"):
+        select_topk(scores, 0, lengths)
+    with pytest.raises(KernelInputError, match="dtype"):
+        select_topk(scores, 4, lengths.float())
