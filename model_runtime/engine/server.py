@@ -146,14 +146,11 @@ class VideoDecoder:
 
 
 def _window(window: dict[str, Any], duration_s: float) -> tuple[float, float]:
+    """The requested [start_s, end_s) as floats (end defaults to the video's end); plan_window checks the rest."""
     try:
-        start_s = float(window.get("start_s", 0.0))
-        end_s = float(window.get("end_s", duration_s))
+        return float(window.get("start_s", 0.0)), float(window.get("end_s", duration_s))
     except (TypeError, ValueError) as err:
         raise ApiError(400, "start_s and end_s must be numbers of seconds", code="bad-window") from err
-    if not 0.0 <= start_s < end_s:
-        raise ApiError(400, f"window [{start_s}, {end_s}] is empty or negative", code="bad-window")
-    return start_s, min(end_s, duration_s)
 
 
 def resolve_source(url: str, *, allow_local_files: bool, what: str) -> str:
@@ -198,7 +195,7 @@ def decode_image(url: str, *, allow_local_files: bool, timeout_s: float = 15.0) 
             raw = Path(source).read_bytes()
     try:
         with Image.open(io.BytesIO(raw)) as image:
-            return np.asarray(image.convert("RGB"), dtype=np.uint8)  # [H, W, 3]
+            return np.array(image.convert("RGB"), dtype=np.uint8)  # [H, W, 3], writable
     except (UnidentifiedImageError, OSError) as err:
         raise ApiError(400, f"cannot decode image {url[:80]!r}", code="bad-image") from err
 
@@ -388,9 +385,12 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, err: RequestValidationError) -> JSONResponse:
-        first = err.errors()[0] if err.errors() else {}
-        where = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
-        message = f"{where}: {first.get('msg', 'invalid request')}" if where else "invalid request body"
+        # The deepest error is the specific one (a union reports one error per branch it tried).
+        first = max(err.errors(), key=lambda e: len(e.get("loc", ())), default={})
+        where = ".".join(str(p) for p in first.get("loc", ())[1:] if not _is_branch_name(p)) or None
+        message = (
+            f"{where}: {first.get('msg', 'invalid request')}" if where else first.get("msg", "invalid body")
+        )
         return JSONResponse(
             ApiError(400, message, code="invalid-request", param=where).body(), status_code=400
         )
@@ -411,12 +411,13 @@ def create_app(
                 404, f"model {body.model!r} is not served here (try {served_name!r})", code="model_not_found"
             )
         parsed = to_generation_request(body, decode_video=decoder, allow_local_files=allow_local_files)
-        if parsed.images:
-            parsed.request = _with_images(parsed.request, parsed.images, engine)
         with engine_lock:
             try:
-                (completion,) = engine.generate([parsed.request])
-            except ValueError as err:  # e.g. a prompt longer than the engine's context
+                if parsed.images:
+                    completion = generate_with_images(engine, parsed.request, parsed.images)
+                else:
+                    (completion,) = engine.generate([parsed.request])
+            except ValueError as err:  # e.g. frames the processor cannot take
                 raise ApiError(400, str(err), code="engine-refused") from err
         return completion_body(completion, body, model=served_name, token_text=token_text, decode=decode)
 
@@ -424,17 +425,61 @@ def create_app(
     return app
 
 
-def _with_images(request: GenerationRequest, images: list[np.ndarray], engine: Engine) -> GenerationRequest:
-    raise ApiError(400, f"engine {engine.name!r} takes no images", code="unsupported")
+def generate_with_images(engine: Engine, request: GenerationRequest, images: list[np.ndarray]) -> Completion:
+    """One request whose user turn holds images, through the native engine's processor and caches.
+
+    `GenerationRequest` carries no images, so this drives `NativeEngine`'s own steps (encode the chat
+    with image parts, prefill, decode) for one sequence; other engines refuse images.
+    """
+    processor = getattr(engine, "processor", None)
+    if processor is None or not hasattr(engine, "_start"):
+        raise ApiError(400, f"engine {engine.name!r} takes no images", code="unsupported")
+    import torch
+
+    from model_runtime.video import smart_resize
+
+    parts: list[dict[str, Any]] = []
+    for image in images:
+        height, width = smart_resize(
+            image.shape[0],
+            image.shape[1],
+            factor=processor.factor,
+            min_pixels=int(processor.pre["min_pixels"]),
+            max_pixels=int(processor.pre["max_pixels"]),
+        )
+        parts.append({"type": "image", "image": _resize(image, height, width)})
+    parts.append({"type": "text", "text": request.prompt})
+    messages: list[dict[str, Any]] = [{"role": "system", "content": request.system}] if request.system else []
+    messages.append({"role": "user", "content": parts})
+    with torch.inference_mode():
+        inputs = processor.encode_messages(messages)
+        sequence, job = engine._start(0, request, inputs, {}, {})  # type: ignore[attr-defined]
+        (sequence.last_hidden,) = engine._prefill([job])  # type: ignore[attr-defined]
+        engine._decode([sequence])  # type: ignore[attr-defined]
+        return engine._completion(sequence)  # type: ignore[attr-defined]
+
+
+def _resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    from PIL import Image
+
+    if image.shape[:2] == (height, width):
+        return image
+    resized = Image.fromarray(image).resize((width, height), Image.Resampling.BICUBIC)
+    return np.array(resized, dtype=np.uint8)  # [height, width, 3], writable
+
+
+def _is_branch_name(loc_part: Any) -> bool:
+    """Pydantic names union branches in error locations ("str", "list[...]", "function-after[...]")."""
+    return isinstance(loc_part, str) and (loc_part == "str" or "[" in loc_part)
 
 
 def _token_decoders(engine: Engine) -> tuple[Callable[[int], str], Callable[[list[int], bool], str] | None]:
     """Per-token text for logprobs and a full decode for skip_special_tokens=false, if the engine has a tokenizer."""
-    tokenizer = getattr(getattr(engine, "processor", None), "tokenizer", None)
-    if tokenizer is None:
+    processor = getattr(engine, "processor", None)
+    if processor is None:
         return (lambda token_id: f"token_id:{token_id}"), None
 
     def decode(ids: list[int], skip_special: bool) -> str:
-        return tokenizer.decode(ids, skip_special_tokens=skip_special)
+        return processor.decode(ids, skip_special_tokens=skip_special)
 
     return (lambda token_id: decode([token_id], False)), decode
