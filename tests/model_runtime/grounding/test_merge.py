@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from model_runtime.grounding.merge import ChunkSegment, FinalSegment, merge_segments
-from model_runtime.video.plan import Chunk
+from model_runtime.video import Chunk
 
 
 def _chunk(index: int, start: float, end: float, fps: float = 1.0) -> Chunk:
