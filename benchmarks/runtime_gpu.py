@@ -148,86 +148,120 @@ def decode(model: Any, cache: Any, steps: int, device: torch.device) -> float:
     return (time.perf_counter() - t0) / steps
 
 
+def parse_config(text: str, default_chunk: int) -> tuple[str, str, int]:
+    """ "attn[/moe][@chunk]" -> (attn_impl, moe_impl, prefill chunk; 0 = the whole prompt in one forward)."""
+    impls, _, chunk = text.partition("@")
+    attn, _, moe = impls.partition("/")
+    return attn, moe or "reference", int(chunk) if chunk else default_chunk
+
+
 def run(args: argparse.Namespace) -> list[Result]:
     from model_runtime.model import KVCache
 
     device = torch.device(args.device)
-    t_build = time.perf_counter()
+    t_start = time.perf_counter()
     model = build_model(device, args.size)
     sync(device)
     print(
-        f"built {args.size} model in {time.perf_counter() - t_build:.1f}s, peak {peak_gib(device):.1f} GiB",
+        f"built {args.size} model in {time.perf_counter() - t_start:.1f}s, peak {peak_gib(device):.1f} GiB",
         flush=True,
     )
     cfg = model.config.text
     lin = linear_flops_per_token(cfg)
     results: list[Result] = []
 
-    def gib() -> float:
-        return peak_gib(device)
+    def record(result: Result) -> None:
+        results.append(result)
+        if args.out:  # written after every measurement, so a run cut short keeps what it measured
+            with open(args.out, "w") as f:
+                json.dump({"results": [r.__dict__ for r in results]}, f, indent=2)
 
     def reset_peak() -> None:
         if device.type == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
 
-    for impl in args.impls:
-        if impl == "triton" and model.model.kernels.get(device) is None:
-            results.append(Result(impl, "prefill", 0, None, None, None, 0.0, "skipped: kernels unavailable"))
-            print("triton: kernels unavailable, skipped", flush=True)
+    def left() -> float:
+        return args.budget_s - (time.perf_counter() - t_start)
+
+    for text in args.configs:
+        attn, moe, chunk = parse_config(text, args.chunk)
+        label = f"{attn}/{moe} " + ("one forward" if chunk == 0 else f"chunk {chunk}")
+        needs_kernels = "triton" in (attn, moe)
+        if needs_kernels and model.model.kernels.get(device) is None:
+            record(Result(label, "prefill", 0, None, None, None, 0.0, "skipped: Triton kernels unavailable"))
             continue
-        model.model.set_impl(attn_impl=impl)
-        # warm-up: kernels, cuBLAS handles, allocator (a prompt just past top-k to reach the sparse path)
-        n_warm = min(4096, args.sizes[0])
-        warm = KVCache(cfg, capacity=n_warm + 2, device=device, dtype=torch.bfloat16)
-        prefill(model, n_warm, args.chunk, warm, device)
-        decode(model, warm, 2, device)
-        del warm
-        projected = None  # seconds per token^2-ish scaling from the previous size
-        for n in args.sizes:
-            if projected is not None and projected > args.cap_s:
-                results.append(
-                    Result(impl, "prefill", n, None, None, None, 0.0, f"skipped: ~{projected:.0f}s projected")
+        if left() < 20:
+            record(Result(label, "prefill", 0, None, None, None, 0.0, "skipped: out of device time"))
+            continue
+        try:
+            model.model.set_impl(attn_impl=attn, moe_impl=moe)
+            # warm-up past top-k (so the sparse path and its kernels compile), then 2 decode steps
+            n_warm = min(4096, args.sizes[0])
+            warm = KVCache(cfg, capacity=n_warm + 2, device=device, dtype=torch.bfloat16)
+            prefill(model, n_warm, chunk or n_warm, warm, device)
+            decode(model, warm, 2, device)
+            del warm
+        except Exception as exc:  # a backend that fails here is reported, not fatal to the others
+            record(
+                Result(
+                    label, "prefill", 0, None, None, None, 0.0, f"failed: {type(exc).__name__}: {exc}"[:200]
+                )
+            )
+            print(f"{label}: warm-up failed: {exc!r}", flush=True)
+            continue
+        projected = 0.0
+        for i, n in enumerate(args.sizes):
+            cap = min(args.cap_s, left() - 10)
+            if projected > cap:
+                record(
+                    Result(
+                        label, "prefill", n, None, None, None, 0.0, f"skipped: ~{projected:.0f}s projected"
+                    )
                 )
                 print(
-                    f"{impl} prefill {n}: skipped (projected {projected:.0f}s > cap {args.cap_s}s)",
+                    f"{label} prefill {n}: skipped (~{projected:.0f}s projected, {cap:.0f}s allowed)",
                     flush=True,
                 )
                 continue
             reset_peak()
-            cache = KVCache(cfg, capacity=n + args.decode_steps + 1, device=device, dtype=torch.bfloat16)
-            seconds = prefill(model, n, args.chunk, cache, device)
-            flops = n * lin + attention_flops(cfg, 0, n, impl)
-            results.append(
-                Result(impl, "prefill", n, seconds, n / seconds, flops / seconds / PEAK_BF16_FLOPS, gib())
-            )
+            try:
+                cache = KVCache(cfg, capacity=n + args.decode_steps + 1, device=device, dtype=torch.bfloat16)
+                seconds = prefill(model, n, chunk or n, cache, device)
+            except torch.OutOfMemoryError as exc:
+                record(Result(label, "prefill", n, None, None, None, peak_gib(device), f"OOM: {exc}"[:120]))
+                break
+            flops = n * lin + attention_flops(cfg, 0, n, attn)
+            mfu = flops / seconds / PEAK_BF16_FLOPS
+            record(Result(label, "prefill", n, seconds, n / seconds, mfu, peak_gib(device)))
             print(
-                f"{impl} prefill {n}: {seconds:.2f}s {n / seconds:,.0f} tok/s "
-                f"MFU {flops / seconds / PEAK_BF16_FLOPS:.1%} peak {gib():.1f} GiB",
+                f"{label} prefill {n}: {seconds:.2f}s {n / seconds:,.0f} tok/s MFU {mfu:.1%} "
+                f"peak {peak_gib(device):.1f} GiB",
                 flush=True,
             )
-            if n == args.sizes[0]:
+            if i == 0 and args.decode_steps > 0:
                 reset_peak()
                 per_token = decode(model, cache, args.decode_steps, device)
-                flops = lin + attention_flops(cfg, n, 1, impl)
-                results.append(
+                flops = lin + attention_flops(cfg, n, 1, attn)
+                record(
                     Result(
-                        impl,
-                        f"decode@{n}",
+                        label,
+                        f"decode @ {n} context",
                         1,
                         per_token,
                         1 / per_token,
                         flops / per_token / PEAK_BF16_FLOPS,
-                        gib(),
+                        peak_gib(device),
                         "batch 1",
                     )
                 )
-                print(f"{impl} decode at {n}: {1 / per_token:.1f} tok/s", flush=True)
+                print(f"{label} decode at {n}: {1 / per_token:.1f} tok/s", flush=True)
             del cache
             # Attention (and the reference path's per-query scoring and sort) grows with n^2: project
             # the next size's time from this one, conservatively, to skip what would not finish.
-            grow = args.sizes[args.sizes.index(n) + 1] / n if n != args.sizes[-1] else 1.0
-            projected = seconds * grow * grow
+            if i + 1 < len(args.sizes):
+                grow = args.sizes[i + 1] / n
+                projected = seconds * grow * grow
     return results
 
 
@@ -261,9 +295,17 @@ def vision_speed(device: torch.device, size: str, frames: int = 64) -> Result:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--impls", nargs="+", default=["dense", "reference", "triton"])
+    parser.add_argument(
+        "--configs",
+        nargs="+",
+        default=["dense@0", "triton", "reference", "dense", "triton/triton"],
+        help='"attn[/moe][@chunk]"; @0 prefills the whole prompt in one forward',
+    )
     parser.add_argument("--sizes", nargs="+", type=int, default=[16_384, 65_536, 131_072])
-    parser.add_argument("--chunk", type=int, default=8192, help="prefill chunk tokens")
+    parser.add_argument(
+        "--chunk", type=int, default=4096, help="prefill chunk tokens (NativeEngine's default)"
+    )
+    parser.add_argument("--budget-s", type=float, default=1e9, help="stop starting measurements after this")
     parser.add_argument("--decode-steps", type=int, default=32)
     parser.add_argument("--cap-s", type=float, default=60.0, help="skip a size projected to take longer")
     parser.add_argument("--vision", action="store_true", help="also time the vision tower")
