@@ -159,11 +159,18 @@ def celery_app(settings: Any | None = None) -> Celery:
         return app
 
 
-def enqueue(task_name: str, *args: Any, queue: str | None = None, settings: Any | None = None) -> str:
+def enqueue(
+    task_name: str,
+    *args: Any,
+    queue: str | None = None,
+    countdown: float | None = None,
+    settings: Any | None = None,
+) -> str:
     """Send task `task_name` with `args` by name; returns the Celery task id.
 
     Call it only after the database commit that the task will read. Raises `QueueUnavailableError`
-    when the broker cannot be reached (the row stays; the sweeper re-sends queued work).
+    when the broker cannot be reached (the row stays; the sweeper re-sends queued work). Keep
+    `countdown` short (seconds, well under the visibility timeout): longer waits belong in the database.
     """
     if task_name not in TASK_QUEUES:
         raise ValueError(f"unknown task {task_name!r}; known: {sorted(TASK_QUEUES)}")
@@ -172,7 +179,9 @@ def enqueue(task_name: str, *args: Any, queue: str | None = None, settings: Any 
         raise ValueError(f"unknown queue {target!r}")
     app = celery_app(settings)
     try:
-        result = app.send_task(task_name, args=list(args), queue=target, routing_key=target)
+        result = app.send_task(
+            task_name, args=list(args), queue=target, routing_key=target, countdown=countdown or None
+        )
     except _transport_errors(app) as err:
         raise QueueUnavailableError(f"broker unavailable: {type(err).__name__}") from err
     return str(result.id)
@@ -195,3 +204,18 @@ def broker_ping(settings: Any | None = None, *, timeout_s: float = BROKER_CONNEC
         return True
     except Exception:
         return False
+
+
+def queue_length(queue: str, settings: Any | None = None) -> int | None:
+    """Messages waiting in `queue` (not counting ones workers hold), or None when the broker is down."""
+    app = celery_app(settings)
+    try:
+        with app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=BROKER_CONNECT_TIMEOUT_S)
+            _name, count, _consumers = conn.default_channel.queue_declare(queue=queue, passive=True)
+            return int(count)
+    except Exception as err:
+        # A queue never declared yet is empty; anything else means we cannot tell.
+        if "NOT_FOUND" in str(err) or "404" in str(err):
+            return 0
+        return None

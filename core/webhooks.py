@@ -5,7 +5,8 @@ Receivers verify with any Standard Webhooks library: the signature is `v1,<base6
 `webhook-id` is the delivery's id and stays the same across retries (the receiver's dedupe key); the
 timestamp is set per attempt. Payloads are thin (ids, state, links): receivers fetch results through
 the API. The schedule follows the spec's example (0 s, 5 s, 5 min … 24 h, ~75 h in all) with jitter;
-after the last attempt the delivery is dead. Pure functions only: the `deliver` task does the I/O.
+after the last attempt the delivery is dead. The HTTP call lives in the `deliver` task; here are the
+pure parts and `record_job_event`, which writes deliveries in the transaction of the state change.
 """
 
 from __future__ import annotations
@@ -17,10 +18,18 @@ import hmac
 import json
 import random
 import secrets as secrets_module
+import uuid
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from core.models import Batch, BatchItem, Delivery, Job, Segment, WebhookEndpoint
+from core.settings import Settings
+from core.states import ACTIVE_STATES, JobState
 
 SECRET_PREFIX = "whsec_"
 SIGNATURE_VERSION = "v1"
@@ -204,3 +213,165 @@ def _iso(at: datetime) -> str:
     if at.tzinfo is None:
         at = at.replace(tzinfo=UTC)
     return at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+# ------------------------------------------------------------------------------ recording events
+# Deliveries are written in the same transaction as the state change they announce (an outbox): a
+# crash between commit and enqueue leaves a due `pending` row that the sweeper sends later.
+
+
+def record_job_event(
+    session: Session, job: Job, settings: Settings, *, now: datetime | None = None
+) -> list[uuid.UUID]:
+    """Add deliveries for `job`'s terminal state (and its batch's completion); returns their ids.
+
+    Call inside the transaction that moved the job to a terminal state, after `transition`; enqueue
+    `timemark.deliver` for the returned ids after the commit. Safe to call twice: `event_key` is unique
+    and existing deliveries are not duplicated.
+    """
+    event_type = JOB_TERMINAL_EVENTS.get(job.state)
+    if event_type is None:
+        raise ValueError(f"job {job.id} is {job.state}, not terminal: no event to record")
+    now = now or datetime.now(UTC)
+    segment_count = session.scalar(
+        select(func.count()).select_from(Segment).where(Segment.job_id == job.id, Segment.final.is_(True))
+    )
+    data = job_event_data(
+        job_id=str(job.id),
+        state=job.state,
+        client_ref=job.client_ref,
+        batch_id=str(job.batch_id) if job.batch_id else None,
+        segment_count=int(segment_count or 0),
+        error=job.error,
+        base_url=(settings.public_base_url or "").rstrip("/"),
+    )
+    event = build_event(event_type, data, at=now)
+    targets: list[tuple[str, uuid.UUID | None]] = []
+    if job.webhook_url:
+        targets.append((job.webhook_url, None))
+    targets += _endpoint_targets(session, job.tenant_id, event_type)
+    ids = [
+        _add_delivery(
+            session, event, event_type, f"{event_type}:{job.id}", url, endpoint_id, now, job_id=job.id
+        )
+        for url, endpoint_id in targets
+    ]
+    if job.batch_id is not None:
+        ids += _maybe_complete_batch(session, job.batch_id, settings, now=now)
+    return [delivery_id for delivery_id in ids if delivery_id is not None]
+
+
+def record_batch_event(
+    session: Session, batch: Batch, settings: Settings, *, now: datetime | None = None
+) -> list[uuid.UUID]:
+    """Add `batch.completed` deliveries for a batch whose state is `completed`; returns their ids."""
+    now = now or datetime.now(UTC)
+    counts = batch_counts(session, batch.id)
+    event = build_event(
+        EventType.BATCH_COMPLETED,
+        batch_event_data(
+            batch_id=str(batch.id), counts=counts, base_url=(settings.public_base_url or "").rstrip("/")
+        ),
+        at=now,
+    )
+    targets: list[tuple[str, uuid.UUID | None]] = []
+    if batch.webhook_url:
+        targets.append((batch.webhook_url, None))
+    targets += _endpoint_targets(session, batch.tenant_id, EventType.BATCH_COMPLETED)
+    key = f"{EventType.BATCH_COMPLETED}:{batch.id}"
+    ids = [
+        _add_delivery(
+            session, event, EventType.BATCH_COMPLETED, key, url, endpoint_id, now, batch_id=batch.id
+        )
+        for url, endpoint_id in targets
+    ]
+    return [delivery_id for delivery_id in ids if delivery_id is not None]
+
+
+def batch_counts(session: Session, batch_id: uuid.UUID) -> dict[str, int]:
+    """Child jobs per state, plus `total` and `errors` (items that never became a job)."""
+    rows = session.execute(
+        select(Job.state, func.count()).where(Job.batch_id == batch_id).group_by(Job.state)
+    ).all()
+    counts = {state.value: 0 for state in JobState}
+    counts.update({state: int(n) for state, n in rows})
+    counts["total"] = sum(int(n) for _, n in rows)
+    counts["errors"] = int(
+        session.scalar(
+            select(func.count())
+            .select_from(BatchItem)
+            .where(BatchItem.batch_id == batch_id, BatchItem.job_id.is_(None))
+        )
+        or 0
+    )
+    return counts
+
+
+def _maybe_complete_batch(
+    session: Session, batch_id: uuid.UUID, settings: Settings, *, now: datetime
+) -> list[uuid.UUID]:
+    # The row lock serialises the last two children finishing at once: exactly one completes the batch.
+    batch = session.get(Batch, batch_id, with_for_update=True)
+    if batch is None or batch.state != "running":
+        return []
+    active = session.scalar(
+        select(func.count())
+        .select_from(Job)
+        .where(Job.batch_id == batch_id, Job.state.in_([s.value for s in ACTIVE_STATES]))
+    )
+    if active:
+        return []
+    batch.state = "completed"
+    batch.completed_at = now
+    return record_batch_event(session, batch, settings, now=now)
+
+
+def _endpoint_targets(
+    session: Session, tenant_id: uuid.UUID, event_type: EventType
+) -> list[tuple[str, uuid.UUID | None]]:
+    endpoints = session.scalars(
+        select(WebhookEndpoint).where(
+            WebhookEndpoint.tenant_id == tenant_id, WebhookEndpoint.enabled.is_(True)
+        )
+    ).all()
+    return [(e.url, e.id) for e in endpoints if not e.events or event_type.value in e.events]
+
+
+def _add_delivery(
+    session: Session,
+    event: dict[str, Any],
+    event_type: EventType,
+    subject_key: str,
+    url: str,
+    endpoint_id: uuid.UUID | None,
+    now: datetime,
+    *,
+    job_id: uuid.UUID | None = None,
+    batch_id: uuid.UUID | None = None,
+) -> uuid.UUID | None:
+    target = str(endpoint_id) if endpoint_id else "inline"
+    event_key = f"{subject_key}:{target}"[:300]
+    if session.scalar(select(Delivery.id).where(Delivery.event_key == event_key)) is not None:
+        return None
+    tenant_id = session.scalar(
+        select(Job.tenant_id).where(Job.id == job_id)
+        if job_id is not None
+        else select(Batch.tenant_id).where(Batch.id == batch_id)
+    )
+    delivery = Delivery(
+        id=uuid.uuid4(),
+        tenant_id=tenant_id,
+        endpoint_id=endpoint_id,
+        job_id=job_id,
+        batch_id=batch_id,
+        event_type=event_type.value,
+        event_key=event_key,
+        url=url,
+        payload=event,
+        state="pending",
+        attempts=0,
+        next_attempt_at=now,
+    )
+    session.add(delivery)
+    session.flush()
+    return delivery.id
