@@ -129,9 +129,18 @@ class KeyeConfig:
 
     @classmethod
     def tiny(cls) -> KeyeConfig:
-        """A toy model of the same architecture (token ids are set from the tiny tokenizer at init)."""
+        """A toy model of the same architecture. Token ids are those of the tiny tokenizer (448 BPE tokens,
+        then the Keye added tokens in order); `init_checkpoint` re-reads them from the tokenizer."""
         return cls(
-            text=TextConfig(), vision=VisionConfig(packing_position_embedding_size=64), torch_dtype="float32"
+            text=TextConfig(),
+            vision=VisionConfig(packing_position_embedding_size=64),
+            torch_dtype="float32",
+            image_token_id=460,
+            video_token_id=461,
+            vision_start_token_id=457,
+            vision_end_token_id=458,
+            eos_token_id=450,
+            pad_token_id=448,
         )
 
     @classmethod

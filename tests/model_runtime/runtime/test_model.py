@@ -1,0 +1,234 @@
+"""The LM: cached decode == full forward, sparse attention vs dense and vs a naive loop, MoE, backends."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from model_runtime.config import KeyeConfig
+from model_runtime.model import (
+    Attention,
+    ForwardContext,
+    KernelLoader,
+    KVCache,
+    Segment,
+    causal_attention,
+    moe_reference,
+    mrope_cos_sin,
+    topk_masked_attention,
+)
+from model_runtime.vlm import KeyeVL, init_weights
+
+N_TOKENS = 120  # > the tiny topk (48), so the indexer really selects
+
+
+@pytest.fixture(scope="module")
+def tiny() -> KeyeVL:
+    return init_weights(KeyeVL(KeyeConfig.tiny()), seed=0).eval()
+
+
+def _prompt(n: int = N_TOKENS, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, 400, (n,), generator=gen)
+    # Hand-made 3-channel positions that differ per channel, as a video prompt has.
+    base = torch.arange(n)
+    positions = torch.stack([base, base + (base % 3), base + (base % 5)])
+    return ids, positions
+
+
+def test_tiny_topk_is_smaller_than_test_prompts(tiny: KeyeVL) -> None:
+    assert tiny.config.text.sa.topk < N_TOKENS
+
+
+@pytest.mark.parametrize("impl", ["dense", "reference"])
+def test_full_forward_equals_prefill_then_cached_decode(tiny: KeyeVL, impl: str) -> None:
+    tiny.model.set_impl(attn_impl=impl)
+    ids, pos = _prompt()
+    with torch.no_grad():
+        full = tiny(ids, pos)  # [N, V]
+        cache = KVCache(tiny.config.text, capacity=4)  # small on purpose: it must grow
+        steps = [tiny(ids[:30], pos[:, :30], [Segment(30, cache)])]
+        for i in range(30, N_TOKENS):
+            steps.append(tiny(ids[i : i + 1], pos[:, i : i + 1], [Segment(1, cache)]))
+    assert cache.length == N_TOKENS
+    torch.testing.assert_close(torch.cat(steps), full, atol=2e-5, rtol=1e-4)
+
+
+def test_chunked_prefill_equals_one_pass(tiny: KeyeVL) -> None:
+    tiny.model.set_impl(attn_impl="reference")
+    ids, pos = _prompt()
+    with torch.no_grad():
+        full = tiny(ids, pos)
+        cache = KVCache(tiny.config.text)
+        chunks = [
+            tiny(ids[a : a + 37], pos[:, a : a + 37], [Segment(len(ids[a : a + 37]), cache)])
+            for a in range(0, N_TOKENS, 37)
+        ]
+    torch.testing.assert_close(torch.cat(chunks), full, atol=2e-5, rtol=1e-4)
+
+
+def test_ragged_batch_equals_separate_sequences(tiny: KeyeVL) -> None:
+    tiny.model.set_impl(attn_impl="reference")
+    (a_ids, a_pos), (b_ids, b_pos) = _prompt(70, seed=1), _prompt(90, seed=2)
+    with torch.no_grad():
+        alone = [tiny(a_ids, a_pos), tiny(b_ids, b_pos)]
+        caches = [KVCache(tiny.config.text), KVCache(tiny.config.text)]
+        together = tiny(
+            torch.cat([a_ids, b_ids]),
+            torch.cat([a_pos, b_pos], 1),
+            [Segment(70, caches[0]), Segment(90, caches[1])],
+        )
+    torch.testing.assert_close(together, torch.cat(alone), atol=2e-5, rtol=1e-4)
+    assert [c.length for c in caches] == [70, 90]
+
+
+def test_sparse_selection_changes_the_output_beyond_topk(tiny: KeyeVL) -> None:
+    ids, pos = _prompt()
+    with torch.no_grad():
+        tiny.model.set_impl(attn_impl="dense")
+        dense = tiny(ids, pos)
+        tiny.model.set_impl(attn_impl="reference")
+        sparse = tiny(ids, pos)
+    topk = tiny.config.text.sa.topk
+    # Exactly dense while every causal range fits in topk, different after.
+    torch.testing.assert_close(sparse[:topk], dense[:topk], atol=2e-5, rtol=1e-4)
+    assert (sparse[topk:] - dense[topk:]).abs().max() > 1e-3
+
+
+def _attention_inputs(seed: int = 0, n: int = N_TOKENS):
+    config = KeyeConfig.tiny().text
+    torch.manual_seed(seed)
+    attn = Attention(config, 0)
+    for p in attn.parameters():
+        torch.nn.init.normal_(p, std=0.3) if p.ndim > 1 else torch.nn.init.uniform_(p, 0.5, 1.5)
+    x = torch.randn(n, config.hidden_size)
+    _, pos = _prompt(n, seed)
+    ctx = ForwardContext(
+        segments=[Segment(n)],
+        starts=[0],
+        rope=mrope_cos_sin(pos, config.head_dim, config.mrope_section, config.rope_theta),
+        index_rope=mrope_cos_sin(
+            pos, config.sa.indexer_head_dim, config.indexer_mrope_section, config.rope_theta
+        ),
+        attn_impl="reference",
+        moe_impl="reference",
+        kernels=KernelLoader(),
+    )
+    q, k, v = attn.project(x, ctx)
+    iq, iw, ik = attn.sa_indexer(x, ctx.index_rope)
+    return attn, q, k, v, iq, iw, ik
+
+
+def test_topk_mask_with_topk_at_least_length_equals_dense() -> None:
+    _, q, k, v, iq, iw, ik = _attention_inputs()
+    scale = q.shape[-1] ** -0.5
+    dense = causal_attention(q, k, v, 0, scale)
+    masked = topk_masked_attention(q, k, v, iq, iw, ik, 0, N_TOKENS, scale, q_chunk=16)
+    torch.testing.assert_close(masked, dense, atol=1e-5, rtol=1e-5)
+
+
+def _naive_sparse(q, k, v, iq, iw, ik, topk: int, scale: float) -> torch.Tensor:
+    """Per query: score every causal key one by one, keep the topk best (ties to the earlier key),
+    softmax over exactly those keys, per head with its kv group."""
+    n, n_heads, _ = q.shape
+    group = n_heads // k.shape[1]
+    out = torch.zeros_like(q)
+    for t in range(n):
+        scores = []
+        for s in range(t + 1):
+            scores.append(
+                sum(float(iw[t, j]) * max(0.0, float(iq[t, j] @ ik[s])) for j in range(iq.shape[1]))
+            )
+        order = sorted(range(t + 1), key=lambda s: (-scores[s], s))[:topk]
+        keep = torch.tensor(sorted(order))
+        for h in range(n_heads):
+            logits = (k[keep, h // group] @ q[t, h]) * scale
+            out[t, h] = logits.softmax(0) @ v[keep, h // group]
+    return out
+
+
+@pytest.mark.parametrize("topk", [8, 33])
+def test_topk_mask_equals_naive_loop_over_selected_keys(topk: int) -> None:
+    n = 60
+    _, q, k, v, iq, iw, ik = _attention_inputs(seed=1, n=n)
+    scale = q.shape[-1] ** -0.5
+    with torch.no_grad():
+        masked = topk_masked_attention(q, k, v, iq, iw, ik, 0, topk, scale, q_chunk=7)
+        naive = _naive_sparse(q, k, v, iq, iw, ik, topk, scale)
+    torch.testing.assert_close(masked, naive, atol=1e-5, rtol=1e-4)
+
+
+def test_topk_mask_with_history_equals_without() -> None:
+    """A query block that starts after cached keys selects as the same rows of a full pass."""
+    _, q, k, v, iq, iw, ik = _attention_inputs(seed=2)
+    scale = q.shape[-1] ** -0.5
+    with torch.no_grad():
+        full = topk_masked_attention(q, k, v, iq, iw, ik, 0, 20, scale, q_chunk=64)
+        tail = topk_masked_attention(q[90:], k, v, iq[90:], iw[90:], ik, 90, 20, scale, q_chunk=64)
+    torch.testing.assert_close(tail, full[90:], atol=1e-6, rtol=1e-5)
+
+
+def test_moe_reference_equals_per_token_loop() -> None:
+    torch.manual_seed(0)
+    n, d, f, e, k = 13, 16, 8, 6, 2
+    x = torch.randn(n, d)
+    gate_up, down = torch.randn(e, d, 2 * f), torch.randn(e, f, d)
+    ids = torch.stack([torch.randperm(e)[:k] for _ in range(n)])
+    weights = torch.rand(n, k)
+    expected = torch.zeros(n, d)
+    for t in range(n):
+        for slot in range(k):
+            h = x[t] @ gate_up[ids[t, slot]]
+            expected[t] += weights[t, slot] * ((torch.nn.functional.silu(h[:f]) * h[f:]) @ down[ids[t, slot]])
+    torch.testing.assert_close(moe_reference(x, gate_up, down, ids, weights), expected, atol=1e-4, rtol=1e-5)
+
+
+def test_router_renormalises_top_k_softmax(tiny: KeyeVL) -> None:
+    moe = tiny.model.layers[0].mlp
+    x = torch.randn(5, tiny.config.text.hidden_size)
+    ids, weights = moe.route(x)
+    probs = moe.gate(x).softmax(-1)
+    assert ids.shape == (5, tiny.config.text.num_experts_per_tok)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(5))
+    torch.testing.assert_close(weights, probs.gather(1, ids) / probs.gather(1, ids).sum(-1, keepdim=True))
+
+
+def test_triton_falls_back_to_reference_with_one_warning_on_cpu(tiny: KeyeVL) -> None:
+    ids, pos = _prompt()
+    with torch.no_grad():
+        tiny.model.set_impl(attn_impl="reference", moe_impl="reference")
+        reference = tiny(ids, pos)
+        tiny.model.set_impl(attn_impl="triton", moe_impl="triton")
+        tiny.model.kernels = KernelLoader()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            fallback = tiny(ids, pos)
+            tiny(ids, pos)
+        tiny.model.set_impl(attn_impl="reference", moe_impl="reference")
+    assert len([w for w in caught if "falls back" in str(w.message)]) == 1
+    torch.testing.assert_close(fallback, reference)
+
+
+def test_bad_arguments_are_refused(tiny: KeyeVL) -> None:
+    ids, pos = _prompt(10)
+    with pytest.raises(ValueError, match="attn_impl"):
+        tiny.model.set_impl(attn_impl="flash")
+    with pytest.raises(ValueError, match="segments cover"):
+        tiny(ids, pos, [Segment(4)])
+    with pytest.raises(ValueError, match="positions"):
+        tiny(ids, pos[:, :5])
+    with pytest.raises(ValueError, match="visual placeholders"):
+        tiny(torch.full((3,), tiny.config.video_token_id), torch.zeros(3, 3, dtype=torch.long))
+
+
+def test_fork_is_independent(tiny: KeyeVL) -> None:
+    ids, pos = _prompt(20)
+    cache = KVCache(tiny.config.text)
+    with torch.no_grad():
+        tiny(ids[:10], pos[:, :10], [Segment(10, cache)])
+        twin = cache.fork(extra_capacity=10)
+        tiny(ids[10:], pos[:, 10:], [Segment(10, twin)])
+    assert (cache.length, twin.length) == (10, 20)
+    assert torch.equal(twin.k[:, :10], cache.k[:, :10])

@@ -1,0 +1,130 @@
+"""NativeEngine on a tiny checkpoint: determinism, prefix sharing, log-probs, stops, batching, chunking."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from model_runtime.engine.base import Engine, GenerationRequest
+from model_runtime.engine.native import NativeEngine
+
+QUERIES = ["When does the red circle appear?", "When does the blue square move?", "Find the green triangle."]
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_ckpt) -> NativeEngine:
+    return NativeEngine(tiny_ckpt, max_batch=8)
+
+
+def _requests(video, n_new: int = 10, **kw) -> list[GenerationRequest]:
+    return [GenerationRequest(prompt=q, video=video, max_new_tokens=n_new, **kw) for q in QUERIES]
+
+
+def test_engine_satisfies_the_interface(engine: NativeEngine) -> None:
+    assert isinstance(engine, Engine) and engine.name == "native"
+
+
+def test_greedy_is_deterministic(engine: NativeEngine, video) -> None:
+    first = engine.generate(_requests(video))
+    second = engine.generate(_requests(video))
+    assert [c.token_ids for c in first] == [c.token_ids for c in second]
+    assert all(len(c.token_ids) == 10 and c.finish_reason == "length" for c in first)
+    assert first[0].prompt_tokens > engine.model.config.text.sa.topk  # the sparse path is exercised
+
+
+def test_prefix_shared_answers_equal_unshared(engine: NativeEngine, make_video) -> None:
+    shared = engine.generate(_requests(make_video(seed=4)))
+    # Equal frames in different objects: nothing is shared, each request encodes its own video.
+    alone = [
+        engine.generate([GenerationRequest(prompt=q, video=make_video(seed=4), max_new_tokens=10)])[0]
+        for q in QUERIES
+    ]
+    for a, b in zip(shared, alone, strict=True):
+        assert a.token_ids == b.token_ids
+        torch.testing.assert_close(
+            torch.tensor(a.token_logprobs), torch.tensor(b.token_logprobs), atol=1e-4, rtol=1e-4
+        )
+
+
+def _direct_logprobs(engine: NativeEngine, prompt: str, video, token_ids: list[int]) -> torch.Tensor:
+    """log p(token) of each generated token from one plain forward over prompt + answer, no cache."""
+    inputs = engine.processor.encode_request(prompt, video)
+    n = inputs.input_ids.shape[0]
+    generated = torch.tensor(token_ids)
+    ids = torch.cat([inputs.input_ids, generated])
+    gen_pos = (torch.arange(n, n + len(generated)) + inputs.rope_delta).expand(3, -1)
+    positions = torch.cat([inputs.positions, gen_pos], dim=1)
+    with torch.no_grad():
+        logits = engine.model(ids, positions, pixel_values=inputs.pixel_values, grids=inputs.grids)
+    return torch.log_softmax(logits[n - 1 : -1], -1).gather(1, generated[:, None])[:, 0]
+
+
+def test_logprobs_match_a_direct_forward(engine: NativeEngine, video) -> None:
+    (completion,) = engine.generate([GenerationRequest(prompt=QUERIES[0], video=video, max_new_tokens=8)])
+    expected = _direct_logprobs(engine, QUERIES[0], video, completion.token_ids)
+    torch.testing.assert_close(torch.tensor(completion.token_logprobs), expected, atol=1e-4, rtol=1e-4)
+    assert completion.prompt_tokens == engine.processor.encode_request(QUERIES[0], video).input_ids.shape[0]
+
+
+def test_sampling_is_reproducible_per_seed_with_unmodified_logprobs(engine: NativeEngine, video) -> None:
+    def run(seed: int):
+        req = GenerationRequest(
+            prompt=QUERIES[1], video=video, max_new_tokens=12, temperature=1.5, top_p=0.9, top_k=50, seed=seed
+        )
+        return engine.generate([req])[0]
+
+    a, b, c = run(1), run(1), run(2)
+    assert a.token_ids == b.token_ids
+    assert a.token_ids != c.token_ids
+    # The log-probs are those of the model's own distribution, not of the tempered / truncated one.
+    expected = _direct_logprobs(engine, QUERIES[1], video, a.token_ids)
+    torch.testing.assert_close(torch.tensor(a.token_logprobs), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_stop_strings_and_stop_tokens(engine: NativeEngine, video) -> None:
+    (full,) = engine.generate([GenerationRequest(prompt=QUERIES[2], video=video, max_new_tokens=16)])
+    ascii_pairs = [
+        full.text[i : i + 2]
+        for i in range(2, len(full.text) - 1)
+        if full.text[i : i + 2].isascii() and full.text[i : i + 2].strip()
+    ]
+    assert ascii_pairs, full.text
+    stop = ascii_pairs[0]
+    (cut,) = engine.generate(
+        [GenerationRequest(prompt=QUERIES[2], video=video, max_new_tokens=16, stop=[stop])]
+    )
+    assert cut.finish_reason == "stop"
+    assert cut.text == full.text[: full.text.find(stop)]
+    assert cut.token_ids == full.token_ids[: len(cut.token_ids)]
+    # A stop token ends generation without being part of the answer.
+    engine.stop_token_ids.add(full.token_ids[3])
+    try:
+        (stopped,) = engine.generate([GenerationRequest(prompt=QUERIES[2], video=video, max_new_tokens=16)])
+    finally:
+        engine.stop_token_ids.discard(full.token_ids[3])
+    first_stop = full.token_ids.index(full.token_ids[3])
+    assert stopped.finish_reason == "stop" and stopped.token_ids == full.token_ids[:first_stop]
+
+
+def test_batching_and_chunked_prefill_do_not_change_answers(tiny_ckpt, engine: NativeEngine, video) -> None:
+    reqs = _requests(video) + [GenerationRequest(prompt="Hello there", max_new_tokens=6)]
+    batched = engine.generate(reqs)
+    small = NativeEngine(tiny_ckpt, max_batch=1, prefill_chunk=16, vision_chunk_frames=1)
+    for a, b in zip(batched, small.generate(reqs), strict=True):
+        assert a.token_ids == b.token_ids
+        torch.testing.assert_close(
+            torch.tensor(a.token_logprobs), torch.tensor(b.token_logprobs), atol=1e-4, rtol=1e-4
+        )
+
+
+def test_dense_engine_runs_and_zero_tokens_is_allowed(tiny_ckpt, video) -> None:
+    dense = NativeEngine(tiny_ckpt, attn_impl="dense")
+    out = dense.generate(
+        [
+            GenerationRequest(prompt="Hi", max_new_tokens=0),
+            GenerationRequest(prompt="Hi", video=video, max_new_tokens=3),
+        ]
+    )
+    assert out[0].token_ids == [] and out[0].finish_reason == "length" and out[0].text == ""
+    assert len(out[1].token_ids) == 3
+    dense.close()
