@@ -84,7 +84,7 @@ def attention_flops(cfg: Any, start: int, n_new: int, impl: str) -> float:
 
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
-        sync(device)
+        torch.cuda.synchronize()
 
 
 def peak_gib(device: torch.device) -> float:
@@ -228,8 +228,10 @@ def run(args: argparse.Namespace) -> list[Result]:
             try:
                 cache = KVCache(cfg, capacity=n + args.decode_steps + 1, device=device, dtype=torch.bfloat16)
                 seconds = prefill(model, n, chunk or n, cache, device)
-            except torch.OutOfMemoryError as exc:
-                record(Result(label, "prefill", n, None, None, None, peak_gib(device), f"OOM: {exc}"[:120]))
+            except Exception as exc:  # OOM or a failing kernel: report it and move on to the next config
+                note = f"failed: {type(exc).__name__}: {exc}"[:160]
+                record(Result(label, "prefill", n, None, None, None, peak_gib(device), note))
+                print(f"{label} prefill {n}: {note}", flush=True)
                 break
             flops = n * lin + attention_flops(cfg, 0, n, attn)
             mfu = flops / seconds / PEAK_BF16_FLOPS
@@ -298,7 +300,7 @@ def main() -> None:
     parser.add_argument(
         "--configs",
         nargs="+",
-        default=["dense@0", "triton", "reference", "dense", "triton/triton"],
+        default=["dense@0", "reference", "dense", "triton", "triton/triton"],
         help='"attn[/moe][@chunk]"; @0 prefills the whole prompt in one forward',
     )
     parser.add_argument("--sizes", nargs="+", type=int, default=[16_384, 65_536, 131_072])
