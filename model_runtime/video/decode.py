@@ -48,6 +48,7 @@ class DecodeStats:
     gops_skipped: int = 0
     gops_redecoded: int = 0
     seeks: int = 0
+    corrupt_packets: int = 0
     max_skew_s: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -153,16 +154,20 @@ def _sample_pyav(source: str, chunk: Chunk, times: list[float], *, skip: SkipMod
         def decode_gop(packets: list[av.Packet], ids: list[int], skip_mode: str) -> None:
             nonlocal rotation
             ctx.skip_frame = SKIP_TO_FFMPEG[skip_mode]
-            try:
-                for packet in [*packets, None]:
-                    for frame in ctx.decode(packet):
-                        stats.frames_decoded += 1
-                        if rotation is None:
-                            rotation = _normalise_rotation(frame.rotation or 0)
-                        if frame.pts is not None:
-                            picker.offer(ids, float(frame.pts * time_base) - start_s, frame)
-            except av.error.InvalidDataError as exc:
-                raise UnreadableVideoError(f"{name}: corrupt video data") from exc
+            for packet in [*packets, None]:
+                try:
+                    frames = ctx.decode(packet)
+                except av.error.InvalidDataError:
+                    # A damaged packet (cut file, bit rot): FFmpeg conceals what it can and goes on;
+                    # targets left without a frame nearby are reported as truncation below.
+                    stats.corrupt_packets += 1
+                    continue
+                for frame in frames:
+                    stats.frames_decoded += 1
+                    if rotation is None:
+                        rotation = _normalise_rotation(frame.rotation or 0)
+                    if frame.pts is not None:
+                        picker.offer(ids, float(frame.pts * time_base) - start_s, frame)
             ctx.flush_buffers()  # the drain above ends the stream for the decoder; reopen it
 
         def finish_gop(packets: list[av.Packet], gop_end_s: float) -> None:
@@ -215,6 +220,8 @@ def _sample_pyav(source: str, chunk: Chunk, times: list[float], *, skip: SkipMod
                 finish_gop(packets, math.inf)
             break  # end of stream
 
+        if stats.frames_decoded == 0 and stats.corrupt_packets:
+            raise UnreadableVideoError(f"{name}: the video data does not decode")
         if stats.frames_decoded == 0:
             raise NoFramesError(f"{name}: no frame decoded in [{times[0]:.2f}s, {times[-1]:.2f}s]")
         rotation = rotation or 0
@@ -245,12 +252,11 @@ def _sample_decord(
         raise BackendMissingError("the decord backend is not installed (pip install decord)") from exc
     from model_runtime.video.probe import probe_video
 
-    info = probe_video(source, timeout_s=timeout_s)  # rotation and start time: decord ignores both
-    turns = (info.rotation // 90) % 4
-    coded_h, coded_w = (chunk.width, chunk.height) if turns % 2 else (chunk.height, chunk.width)
+    info = probe_video(source, timeout_s=timeout_s)  # start time: decord reports raw pts
     try:
+        # decord applies the display rotation itself and takes the size as displayed.
         reader = decord.VideoReader(
-            source, ctx=decord.cpu(0), width=coded_w, height=coded_h, num_threads=threads
+            source, ctx=decord.cpu(0), width=chunk.width, height=chunk.height, num_threads=threads
         )
         frame_times = reader.get_frame_timestamp(np.arange(len(reader)))[:, 0] - info.start_time_s  # [F]
     except decord.DECORDError as exc:
@@ -259,10 +265,12 @@ def _sample_decord(
     right = np.clip(np.searchsorted(frame_times, target), 0, len(frame_times) - 1)
     left = np.clip(right - 1, 0, len(frame_times) - 1)
     nearest = np.where(np.abs(frame_times[left] - target) <= np.abs(frame_times[right] - target), left, right)
-    batch = reader.get_batch(nearest.tolist()).asnumpy()  # [N, h, w, 3]
-    if turns:
-        batch = np.ascontiguousarray(np.rot90(batch, turns, axes=(1, 2)))
-    chosen = frame_times[nearest]
+    batch = reader.get_batch(nearest.tolist()).asnumpy()  # [N, H, W, 3]
+    if batch.shape[1:3] != (chunk.height, chunk.width):
+        raise UnreadableVideoError(
+            f"decord returned {batch.shape[1:3]}, expected {(chunk.height, chunk.width)}"
+        )
+    chosen = np.round(frame_times[nearest].astype(np.float64), 6)  # decord's float32 seconds
     stats = DecodeStats(backend="decord", max_skew_s=float(np.max(np.abs(chosen - target))))
     return SampledFrames(batch, [float(t) for t in chosen], stats)
 

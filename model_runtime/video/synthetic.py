@@ -209,10 +209,11 @@ def read_barcode(rgb: np.ndarray) -> int:
     return value
 
 
-def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-    """A dim two-tone gradient with texture; each scene gets its own."""
-    base = rng.integers(20, 90, size=3)
-    tint = rng.integers(20, 90, size=3)
+def _background(rng: np.random.Generator, height: int, width: int, scene: int) -> np.ndarray:
+    """A two-tone gradient with texture; scenes alternate dark and light so every cut is a clear cut."""
+    low = 0 if scene % 2 == 0 else 120
+    base = rng.integers(low, low + 80, size=3)
+    tint = rng.integers(low, low + 80, size=3)
     ramp = np.linspace(0.0, 1.0, width, dtype=np.float32)[None, :, None]  # [1, W, 1]
     img = base[None, None, :] * (1 - ramp) + tint[None, None, :] * ramp  # [1, W, 3]
     img = np.broadcast_to(img, (height, width, 3)).copy()
@@ -279,7 +280,7 @@ def make_synthetic_video(
     n_frames = max(1, math.floor(duration_s * fps + 1e-9))
     times = _frame_times(n_frames, fps, vfr_jitter, rng)
     cuts = sorted(float(c) for c in scene_cuts_s)
-    backgrounds = [_background(rng, height, width) for _ in range(len(cuts) + 1)]
+    backgrounds = [_background(rng, height, width, scene) for scene in range(len(cuts) + 1)]
     radius = max(3.0, min(width, height) * 0.12)
     quarter_turns = (rotation // 90) % 4
     coded_w, coded_h = (height, width) if quarter_turns % 2 else (width, height)
@@ -292,13 +293,15 @@ def make_synthetic_video(
         stream = out.add_stream("libx264", rate=rate)
         stream.width, stream.height, stream.pix_fmt = coded_w, coded_h, pix_fmt
         stream.time_base = Fraction(1, 1000) if vfr_jitter > 0 else Fraction(1, int(round(fps * 1000)))
+        stream.codec_context.time_base = stream.time_base  # VFR pts must not be rounded to 1/fps
         stream.codec_context.options = {
             "preset": preset,
             "crf": str(crf),
             "g": str(gop),
-            "keyint_min": str(min(gop, 25)),
+            "keyint_min": str(max(1, gop // 10)),  # x264 default: scene cuts may start a GOP early
             "bf": str(bframes),
-            "sc_threshold": "40" if scenecut else "0",
+            # x264-params beats the preset (ultrafast turns scene-cut detection off on its own)
+            "x264-params": f"scenecut={40 if scenecut else 0}",
         }
         stream.thread_count = threads
         if rotation:
