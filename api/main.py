@@ -1,0 +1,45 @@
+"""The timemark HTTP API: `create_app(settings)` wires settings, database, storage, errors and routes.
+
+Run it with `uvicorn api.main:app` (the app is built on first access, from the environment) or
+`uvicorn --factory api.main:create_app`. Nothing here imports torch or the model runtime.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
+
+from api.deps import AuthCache
+from api.errors import install_error_handlers
+from api.middleware import BodyGuard, RequestMetrics
+from api.routes import batches, deliveries, health, jobs, uploads
+from core.db import make_engine, make_sessionmaker
+from core.settings import Settings, get_settings
+from core.storage import open_storage
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    app = FastAPI(title="timemark", version="0.1.0", summary="Find when things happen in long videos.")
+    app.state.settings = settings
+    app.state.db_engine = make_engine(settings)
+    app.state.sessions = make_sessionmaker(app.state.db_engine)
+    app.state.storage = open_storage(settings)
+    app.state.auth_cache = AuthCache(settings.auth_cache_ttl_s)
+    app.state.metrics_registry = CollectorRegistry()
+    install_error_handlers(app)
+    for module in (jobs, uploads, batches, deliveries, health):
+        app.include_router(module.router)
+    app.add_middleware(
+        BodyGuard, max_body_bytes=settings.max_body_bytes, streaming_paths=uploads.STREAMING_PATHS
+    )
+    app.add_middleware(RequestMetrics, registry=app.state.metrics_registry)
+    return app
+
+
+def __getattr__(name: str) -> Any:  # `api.main.app` for uvicorn, built lazily so importing stays cheap
+    if name == "app":
+        return create_app()
+    raise AttributeError(name)

@@ -1,0 +1,215 @@
+"""Accepting work: source checks, Idempotency-Key semantics, tenant quota, write-then-enqueue.
+
+Idempotency (IETF draft, spec §3.2): the key is 1–255 visible ASCII characters (a structured-field
+string's quotes are accepted); the request's fingerprint is SHA-256 of its validated, canonical JSON.
+Same key + same fingerprint → the original resource; same key + another fingerprint → 422; a request
+arriving while the first one's transaction is still open → 409 (a PostgreSQL advisory lock on
+(tenant, key) detects it). Keys stay valid for as long as the job exists.
+
+Queue consistency: the row is committed first, then the task is sent. If the broker refuses, the row
+is deleted again and the client gets 503 + Retry-After (so a client retrying without a key does not
+get a duplicate); if even that delete fails, the row stays `queued` with `enqueued_at` NULL and the
+sweeper sends it later. Either way no job exists that no message will ever reach.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel
+from sqlalchemy import delete, func, select, text, update
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from api.deps import Principal
+from api.schemas import JobCreate, JobTemplate, Sampling
+from core import queue
+from core.media import not_video_reason
+from core.models import Job, Upload
+from core.problems import Kinds, Problem
+from core.security import UnsafeURLError, check_url
+from core.settings import Settings
+from core.states import ACTIVE_STATES
+from core.storage import ObjectNotFound, split_s3_uri
+from core.webhooks import generate_secret
+
+IDEMPOTENCY_KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,255}$")
+
+
+def parse_idempotency_key(raw: str | None) -> str | None:
+    if raw is None:
+        return None
+    value = raw.strip()
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        value = value[1:-1]  # RFC 8941 sf-string form: "…"
+    if not IDEMPOTENCY_KEY_PATTERN.match(value):
+        raise Problem(Kinds.IDEMPOTENCY_KEY_INVALID, "Idempotency-Key must be 1-255 visible ASCII characters")
+    return value
+
+
+def fingerprint(body: BaseModel) -> str:
+    canonical = json.dumps(
+        body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    )
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def lock_idempotency_key(session: Session, tenant_id: uuid.UUID, key: str) -> None:
+    """Take a transaction-scoped advisory lock for (tenant, key), or answer 409 if another request holds it."""
+    if session.get_bind().dialect.name != "postgresql":
+        return  # SQLite serialises writers on its own
+    digest = hashlib.sha256(f"{tenant_id}:{key}".encode()).digest()
+    lock_id = int.from_bytes(digest[:8], "big", signed=True)
+    if not session.scalar(text("SELECT pg_try_advisory_xact_lock(:id)"), {"id": lock_id}):
+        raise Problem(Kinds.IDEMPOTENCY_IN_PROGRESS, headers={"Retry-After": "1"})
+
+
+def replay_or_conflict(existing: Any, request_fingerprint: str) -> Any:
+    if existing.request_fingerprint != request_fingerprint:
+        raise Problem(
+            Kinds.IDEMPOTENCY_KEY_REUSED, "this Idempotency-Key was used with a different request body"
+        )
+    return existing
+
+
+def sampling_with_defaults(sampling: Sampling, settings: Settings) -> dict[str, Any]:
+    merged = dict(settings.sampling_defaults)
+    merged.update(sampling.model_dump(exclude_none=True))
+    if merged["min_pixels"] > merged["max_pixels"]:
+        raise Problem(Kinds.VALIDATION, "sampling.min_pixels must not exceed sampling.max_pixels")
+    if merged["max_frames"] is not None and merged["min_frames"] > merged["max_frames"]:
+        raise Problem(Kinds.VALIDATION, "sampling.min_frames must not exceed sampling.max_frames")
+    return merged
+
+
+def check_outbound_url(url: str, settings: Settings, field: str) -> None:
+    try:
+        check_url(url, settings)
+    except UnsafeURLError as err:
+        raise Problem(Kinds.UNSAFE_URL, f"{field}: {err.detail}", code=err.code) from err
+
+
+def check_queries(queries: list[str], settings: Settings) -> None:
+    if len(queries) > settings.max_queries_per_job:
+        raise Problem(Kinds.VALIDATION, f"at most {settings.max_queries_per_job} queries per job")
+    too_long = [i for i, q in enumerate(queries) if len(q) > settings.max_query_chars]
+    if too_long:
+        raise Problem(
+            Kinds.VALIDATION, f"queries {too_long[:5]} exceed {settings.max_query_chars} characters"
+        )
+
+
+def resolve_source(
+    source: str, principal: Principal, session: Session, storage: Any, settings: Settings
+) -> str:
+    """The URI workers will read for `source`, after checking it exists and is plausibly a video."""
+    if source.startswith(("https://", "http://")):
+        check_outbound_url(source, settings, "source")
+        return source
+    if source.startswith("upload:"):
+        upload_id = _parse_uuid(source.removeprefix("upload:"))
+        upload = session.scalar(
+            select(Upload).where(Upload.id == upload_id, Upload.tenant_id == principal.tenant_id)
+        )
+        if upload is None or upload.state != "complete":
+            raise Problem(Kinds.SOURCE_NOT_FOUND, f"no completed upload {source}")
+        return upload.storage_uri
+    if not hasattr(storage, "read_head"):
+        raise Problem(Kinds.VALIDATION, "s3:// sources need S3 storage")
+    split_s3_uri(source)
+    try:
+        head = storage.read_head(source, 64)
+    except ObjectNotFound as err:
+        raise Problem(Kinds.SOURCE_NOT_FOUND, f"{source} does not exist") from err
+    reason = not_video_reason(head)
+    if reason is not None:
+        raise Problem(Kinds.SOURCE_NOT_VIDEO, f"{source}: {reason}")
+    return source
+
+
+def _parse_uuid(value: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError as err:
+        raise Problem(Kinds.SOURCE_NOT_FOUND, f"no upload {value!r}") from err
+
+
+def check_quota(session: Session, principal: Principal, settings: Settings) -> None:
+    limit = principal.max_active_jobs or settings.tenant_max_active_jobs
+    active = session.scalar(
+        select(func.count())
+        .select_from(Job)
+        .where(Job.tenant_id == principal.tenant_id, Job.state.in_([s.value for s in ACTIVE_STATES]))
+    )
+    if active is not None and active >= limit:
+        retry_after = settings.quota_retry_after_s
+        raise Problem(
+            Kinds.QUOTA_EXCEEDED,
+            f"{active} active jobs; the limit is {limit}",
+            headers={"Retry-After": str(retry_after)},
+            retry_after=retry_after,
+        )
+
+
+def build_job(
+    body: JobCreate | JobTemplate,
+    *,
+    tenant_id: uuid.UUID,
+    source: str,
+    source_uri: str,
+    settings: Settings,
+    client_ref: str | None = None,
+    batch_id: uuid.UUID | None = None,
+    idempotency_key: str | None = None,
+    request_fingerprint: str | None = None,
+    webhook_secret: str | None = None,
+) -> Job:
+    """A new `queued` job row from a validated request (or a batch's template plus one object)."""
+    webhook_url = body.webhook.url if body.webhook else None
+    return Job(
+        id=uuid.uuid4(),
+        tenant_id=tenant_id,
+        batch_id=batch_id,
+        source=source,
+        source_uri=source_uri,
+        task=body.task,
+        queries=list(body.queries),
+        sampling=sampling_with_defaults(body.sampling, settings),
+        strategy=body.strategy or settings.default_strategy,
+        webhook_url=webhook_url,
+        webhook_secret=webhook_secret if webhook_url else None,
+        meta=body.metadata,
+        client_ref=client_ref,
+        idempotency_key=idempotency_key,
+        request_fingerprint=request_fingerprint,
+    )
+
+
+def webhook_secret_for(body: JobCreate | JobTemplate) -> str | None:
+    if body.webhook is None:
+        return None
+    return body.webhook.secret or generate_secret()
+
+
+def commit_then_enqueue(session: Session, row: Any, task_name: str, settings: Settings) -> None:
+    """Commit `row` (already added), send `task_name(row.id)`, stamp `enqueued_at`; 503 if the broker is down."""
+    session.commit()
+    try:
+        queue.enqueue(task_name, str(row.id), settings=settings)
+    except queue.QueueUnavailableError:
+        try:
+            session.execute(delete(type(row)).where(type(row).id == row.id))
+            session.commit()
+        except SQLAlchemyError:
+            session.rollback()  # the row stays queued with enqueued_at NULL: the sweeper sends it
+        raise
+    if hasattr(row, "enqueued_at"):
+        now = datetime.now(UTC)
+        session.execute(update(type(row)).where(type(row).id == row.id).values(enqueued_at=now))
+        session.commit()
+        row.enqueued_at = now
