@@ -487,14 +487,20 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 
 class KernelLoader:
-    """Imports `kernels` lazily on first use; warns once and returns None where it cannot run."""
+    """Imports `kernels` lazily on first use; warns once and returns None where it cannot run.
 
-    def __init__(self) -> None:
-        self._module: Any = None
+    `functions` (anything with `indexer_topk`, `sparse_attention`, `fused_moe`) replaces the import,
+    e.g. the kernels' plain-PyTorch `*_ref` twins, which also run on the CPU.
+    """
+
+    def __init__(self, functions: Any = None) -> None:
+        self._module: Any = functions
         self._failed: str | None = None
         self._warned = False
 
     def get(self, device: torch.device) -> Any:
+        if self._module is not None and device.type != "cuda" and not hasattr(self._module, "__path__"):
+            return self._module  # injected functions: no device requirement
         if device.type != "cuda":
             return self._fail("the Triton kernels need a CUDA device")
         if self._module is None and self._failed is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -232,3 +233,32 @@ def test_fork_is_independent(tiny: KeyeVL) -> None:
         tiny(ids[10:], pos[:, 10:], [Segment(10, twin)])
     assert (cache.length, twin.length) == (10, 20)
     assert torch.equal(twin.k[:, :10], cache.k[:, :10])
+
+
+def test_triton_path_follows_the_kernel_contract() -> None:
+    """The 'triton' code path, fed the kernels' plain-PyTorch twins, equals the reference path.
+
+    Many indexer heads make an exact tie (a score of exactly 0 because every head's ReLU is 0)
+    practically impossible; the two top-k implementations break such ties differently, both rightly.
+    """
+    kernels = pytest.importorskip("kernels")
+    config = KeyeConfig.tiny()
+    config.text.sa.indexer_num_heads = 32
+    tiny = init_weights(KeyeVL(config), seed=0).eval()
+    twins = SimpleNamespace(
+        indexer_topk=kernels.indexer_topk_ref,
+        sparse_attention=kernels.sparse_attention_ref,
+        fused_moe=kernels.fused_moe_ref,
+    )
+    ids, pos = _prompt()
+    with torch.no_grad():
+        tiny.model.set_impl(attn_impl="reference", moe_impl="reference")
+        reference = tiny(ids, pos)
+        saved, tiny.model.kernels = tiny.model.kernels, KernelLoader(twins)
+        tiny.model.set_impl(attn_impl="triton", moe_impl="triton")
+        try:
+            contract = tiny(ids, pos)
+        finally:
+            tiny.model.kernels = saved
+            tiny.model.set_impl(attn_impl="reference", moe_impl="reference")
+    torch.testing.assert_close(contract, reference, atol=1e-4, rtol=1e-4)
