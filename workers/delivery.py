@@ -32,6 +32,7 @@ from workers.context import WorkerContext
 from workers.lifecycle import Send, parse_id, utcnow
 
 LEASE_MARGIN_S = 60.0
+DUE_SLACK_S = 0.25  # a countdown message may arrive a hair early
 
 
 def deliver_event(ctx: WorkerContext, delivery_id: str) -> list[Send]:
@@ -45,9 +46,8 @@ def deliver_event(ctx: WorkerContext, delivery_id: str) -> list[Send]:
         delivery = session.get(Delivery, key, with_for_update=True, populate_existing=True)
         if delivery is None or delivery.state != "pending":
             return []
-        if delivery.next_attempt_at is not None and _aware(delivery.next_attempt_at) > now + timedelta(
-            seconds=1
-        ):
+        due_by = now + timedelta(seconds=DUE_SLACK_S)
+        if delivery.next_attempt_at is not None and _aware(delivery.next_attempt_at) > due_by:
             return []  # not due: a duplicate message, or a retry the database will bring back
         secret, refusal = _signing_secret(session, delivery)
         if secret is None:
