@@ -160,9 +160,11 @@ def indexer_topk(
         if visible > topk:  # otherwise every row is "select everything" and scores are not read
             if buffer is None:
                 buffer = torch.empty(min(chunk, tokens), keys, dtype=torch.float32, device=q.device)
+            # A decode step (a handful of queries) wants the smallest tile the tensor cores take.
             launch_indexer_scores(
-                q[first:last], w[first:last], k[:visible], start + first, buffer, fill_future=False
-            )
+                q[first:last], w[first:last], k[:visible], start + first, buffer, fill_future=False,
+                block_t=16 if last - first <= 16 else 64,
+            )  # fmt: skip
         scores = buffer if buffer is not None else torch.empty(last - first, 1, device=q.device)
         launch_select_topk(scores[: last - first], topk, lengths[first:last], out[first:last])
     return out

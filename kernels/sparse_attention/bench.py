@@ -1,0 +1,158 @@
+"""Sweep: one DSA layer (indexer + top-k + sparse-attention prefill) against dense causal SDPA.
+
+`python -m kernels.sparse_attention.bench [--sizes 32768 131072 262144]`. Keye shapes: 32 q heads,
+4 kv heads, head dim 128, indexer 16 x 64, top-2048. FLOPs: 4*32*128 per attended (query, key)
+pair (useful work: T*K pairs for sparse, T(T+1)/2 for dense causal), 2*16*64 per causal indexer
+pair. Three selections are measured for the union size U (keys walked per 8-query block) and
+the attention time: the indexer's own output on random inputs (near-uniform: the worst case),
+on position-structured inputs (scores that favour nearby keys, like trained indexers), and an
+explicit sink + local-window selection. The PyTorch reference runs at the smallest size only.
+"""
+
+# ruff: noqa: B023 -- each timed lambda runs inside its own loop iteration
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from kernels._bench import bench_ms, format_table
+from kernels.indexer import indexer_topk
+from kernels.sparse_attention import build_block_union, sparse_attention_ref
+from kernels.sparse_attention.kernel import default_block_q, launch_sparse_attention
+
+Q_HEADS, KV_HEADS, HEAD_DIM = 32, 4, 128
+INDEX_HEADS, INDEX_DIM, TOPK = 16, 64, 2048
+
+
+def positional_indexer_inputs(tokens: int, device: str, dtype: torch.dtype, structured: bool):
+    """Indexer q/w/k; `structured` gives keys and queries a shared positional code so scores favour nearby keys."""
+    q = torch.randn(tokens, INDEX_HEADS, INDEX_DIM, device=device)
+    k = torch.randn(tokens, INDEX_DIM, device=device)
+    if structured:
+        position = torch.arange(tokens, device=device, dtype=torch.float32)[:, None]
+        freq = torch.logspace(-4, -1, INDEX_DIM // 2, device=device)[None, :]
+        code = torch.cat([torch.sin(position * freq), torch.cos(position * freq)], dim=1) * 3.0  # [N, D]
+        k = k * 0.3 + code
+        q = q * 0.3 + code[:, None, :]
+    w = torch.rand(tokens, INDEX_HEADS, device=device) * INDEX_DIM**-0.5
+    return q.to(dtype), w, k.to(dtype)
+
+
+def local_selection(tokens: int, device: str, sinks: int = 64) -> torch.Tensor:
+    position = torch.arange(tokens, device=device)[:, None]
+    offsets = torch.arange(TOPK, device=device)[None, :]
+    idx = torch.where(offsets < sinks, offsets, position - (offsets - sinks))
+    return torch.where((idx >= 0) & (idx <= position), idx, -1).to(torch.int32)
+
+
+def dense_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> Callable[[], torch.Tensor]:
+    """Dense causal GQA attention through torch SDPA, flash backend on CUDA.
+
+    Returns a closure for timing. Flash takes GQA natively where this torch supports it;
+    otherwise kv heads are expanded once, outside the timed call.
+    """
+    qh, kh, vh = (t.transpose(0, 1).unsqueeze(0) for t in (q, k, v))  # [1, H, N, D]
+    if not qh.is_cuda:
+        return lambda: F.scaled_dot_product_attention(qh, kh, vh, is_causal=True, enable_gqa=True)
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    def flash(kk: torch.Tensor, vv: torch.Tensor, gqa: bool) -> torch.Tensor:
+        with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+            return F.scaled_dot_product_attention(qh, kk, vv, is_causal=True, enable_gqa=gqa)
+
+    try:
+        flash(kh, vh, True)
+        return lambda: flash(kh, vh, True)
+    except RuntimeError:
+        group = qh.shape[1] // kh.shape[1]
+        kx, vx = kh.repeat_interleave(group, dim=1), vh.repeat_interleave(group, dim=1)
+        return lambda: flash(kx, vx, False)
+
+
+def layer_sweep(tokens: int, device: str, reference: bool) -> list[dict[str, object]]:
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    scale = HEAD_DIM**-0.5
+    q = torch.randn(tokens, Q_HEADS, HEAD_DIM, device=device, dtype=dtype)
+    k = torch.randn(tokens, KV_HEADS, HEAD_DIM, device=device, dtype=dtype)
+    v = torch.randn(tokens, KV_HEADS, HEAD_DIM, device=device, dtype=dtype)
+    out = torch.empty_like(q)
+    block_q = default_block_q(Q_HEADS // KV_HEADS)
+    dense_ms = bench_ms(dense_sdpa(q, k, v), budget_ms=500)
+    dense_flop = 4 * Q_HEADS * HEAD_DIM * tokens * (tokens + 1) / 2
+    rows = []
+    for kind in ("indexer-random", "indexer-positional", "sink+local"):
+        if kind == "sink+local":
+            idx, index_ms = local_selection(tokens, device), None
+        else:
+            qi, wi, ki = positional_indexer_inputs(
+                tokens, device, dtype, structured=kind == "indexer-positional"
+            )
+            index_ms = bench_ms(
+                lambda: indexer_topk(qi, wi, ki, TOPK, 0, max_buffer_bytes=1 << 32), budget_ms=500
+            )
+            idx = indexer_topk(qi, wi, ki, TOPK, 0, max_buffer_bytes=1 << 32)
+            qi = wi = ki = None
+        union_ms = bench_ms(lambda: build_block_union(idx, block_q), budget_ms=200)
+        union = build_block_union(idx, block_q)
+        attn_ms = bench_ms(
+            lambda: launch_sparse_attention(q, k, v, union, block_q, scale, out), budget_ms=500
+        )
+        pairs = int((idx >= 0).sum())
+        useful_flop = 4 * Q_HEADS * HEAD_DIM * pairs
+        indexer_flop = 2 * INDEX_HEADS * INDEX_DIM * tokens * (tokens + 1) / 2
+        layer_ms = (index_ms or 0.0) + union_ms + attn_ms
+        row = {
+            "N": tokens,
+            "selection": kind,
+            "U_max": union.width,
+            "U_mean": union.counts.float().mean().item(),
+            "indexer+topk_ms": index_ms,
+            "indexer_TFLOP/s": indexer_flop / index_ms / 1e9 if index_ms else None,
+            "union_ms": union_ms,
+            "sparse_attn_ms": attn_ms,
+            "sparse_attn_useful_TFLOP/s": useful_flop / attn_ms / 1e9,
+            "dense_sdpa_ms": dense_ms,
+            "dense_TFLOP/s": dense_flop / dense_ms / 1e9,
+            "layer_ms": layer_ms if index_ms else None,
+            "speedup_vs_dense": dense_ms / layer_ms if index_ms else None,
+        }
+        if reference and kind == "indexer-random":
+            start = time.perf_counter()
+            ref = sparse_attention_ref(q, k, v, idx, scale)
+            if device == "cuda":
+                torch.cuda.synchronize()
+            row["reference_attn_ms"] = (time.perf_counter() - start) * 1e3
+            launch_sparse_attention(q, k, v, union, block_q, scale, out)
+            row["rel_err_vs_ref"] = ((out.float() - ref.float()).norm() / ref.float().norm()).item()
+        rows.append(row)
+        idx = union = None  # free before the next selection
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    return rows
+
+
+def main(argv: list[str] | None = None, deadline_s: float = math.inf) -> list[dict[str, object]]:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[32768, 131072, 262144])
+    parser.add_argument("--reference-max", type=int, default=8192)
+    args = parser.parse_args(argv)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    rows: list[dict[str, object]] = []
+    for tokens in args.sizes:
+        if time.monotonic() > deadline_s:
+            print(f"skipping N={tokens}: out of time")
+            continue
+        rows += layer_sweep(tokens, device, reference=tokens <= args.reference_max)
+        print(format_table(rows[-3:], f"DSA layer N={tokens} ({device})"), flush=True)
+    print(format_table(rows, f"DSA layer vs dense SDPA ({device})"))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
