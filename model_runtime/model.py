@@ -99,6 +99,7 @@ class ForwardContext:
     attn_impl: str
     moe_impl: str
     kernels: KernelLoader
+    score_tile_elements: int = SCORE_TILE_ELEMENTS
 
 
 # ---- the decoder ------------------------------------------------------------------------------------
@@ -114,6 +115,8 @@ class KeyeTextModel(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.kernels = KernelLoader()
+        # Bound on one attention-score tile (queries × heads × keys); larger is faster, needs more memory.
+        self.score_tile_elements = SCORE_TILE_ELEMENTS
         self.set_impl(attn_impl=attn_impl, moe_impl=moe_impl)
 
     def set_impl(self, *, attn_impl: str | None = None, moe_impl: str | None = None) -> None:
@@ -154,6 +157,7 @@ class KeyeTextModel(nn.Module):
             attn_impl=self.attn_impl,
             moe_impl=self.moe_impl,
             kernels=self.kernels,
+            score_tile_elements=self.score_tile_elements,
         )
         h = embeds  # [N, D]
         for layer in self.layers:
@@ -249,27 +253,32 @@ class Attention(nn.Module):
         impl = ctx.attn_impl
         # At ≤ topk keys every causal key is selected, so sparse == dense (spec §2.2); skip the indexer.
         if impl == "dense" or index is None or n_keys <= self.topk:
-            return causal_attention(q, k, v, start, scale)
+            return causal_attention(q, k, v, start, scale, ctx.score_tile_elements)
         iq, iw, ik = index
         if impl == "triton":
             kern = ctx.kernels.get(q.device)
             if kern is not None:
                 idx = kern.indexer_topk(iq, iw, ik, self.topk, start)  # [T, topk] int32
                 return kern.sparse_attention(q, k, v, idx, scale)
-        return topk_masked_attention(q, k, v, iq, iw, ik, start, self.topk, scale, self.q_chunk)
+        return topk_masked_attention(
+            q, k, v, iq, iw, ik, start, self.topk, scale, self.q_chunk, ctx.score_tile_elements
+        )
 
 
 # ---- attention backends -----------------------------------------------------------------------------
 
 
-def causal_attention(q: Tensor, k: Tensor, v: Tensor, start: int, scale: float) -> Tensor:
+def causal_attention(
+    q: Tensor, k: Tensor, v: Tensor, start: int, scale: float, tile_elements: int = SCORE_TILE_ELEMENTS
+) -> Tensor:
     """Dense causal GQA: query t (absolute position start+t) sees keys 0…start+t. [T, H, Dh] out."""
     t, n_keys = q.shape[0], k.shape[0]
     if start == 0 and t == n_keys:  # fresh prefill: the fused causal kernel, no explicit mask
         return _sdpa(q, k, v, None, scale, is_causal=True)
     if t == 1:  # decode: every cached key is visible
         return _sdpa(q, k, v, None, scale)
-    return _tiled(q, k, v, start, scale, lambda lo, hi: _causal_mask(lo, hi, start, n_keys, q.device))
+    mask_fn = lambda lo, hi: _causal_mask(lo, hi, start, n_keys, q.device)  # noqa: E731
+    return _tiled(q, k, v, scale, mask_fn, tile_elements)
 
 
 def topk_masked_attention(
@@ -283,12 +292,18 @@ def topk_masked_attention(
     topk: int,
     scale: float,
     q_chunk: int,
+    tile_elements: int = SCORE_TILE_ELEMENTS,
 ) -> Tensor:
     """The reference sparse path: causal attention with every key outside the query's top-k masked.
 
-    Tiled over query blocks so the [block, S] index scores and masks stay bounded.
+    Tiled over query blocks so the [block, S] index scores and masks stay bounded. A single query
+    (decode) gathers its selected keys instead of masking all of them.
     """
     n_keys = k.shape[0]
+    if q.shape[0] == 1:
+        causal = _causal_mask(0, 1, start, n_keys, q.device)  # [1, S]
+        selected = select_topk(indexer_scores(iq, iw, ik), causal, topk)[0]  # [min(topk, S)]
+        return _sdpa(q, k[selected], v[selected], None, scale)
 
     def keep(lo: int, hi: int) -> Tensor:
         scores = indexer_scores(iq[lo:hi], iw[lo:hi], ik)  # [tq, S] fp32
@@ -297,7 +312,7 @@ def topk_masked_attention(
         mask = torch.zeros_like(causal).scatter_(1, selected, True)
         return mask & causal
 
-    return _tiled(q, k, v, start, scale, keep, max_block=q_chunk)
+    return _tiled(q, k, v, scale, keep, tile_elements, max_block=q_chunk)
 
 
 def indexer_scores(iq: Tensor, iw: Tensor, ik: Tensor) -> Tensor:
@@ -325,10 +340,15 @@ def _causal_mask(lo: int, hi: int, start: int, n_keys: int, device: Any) -> Tens
     return torch.arange(n_keys, device=device)[None, :] <= rows  # [tq, S]
 
 
-def _tiled(q: Tensor, k: Tensor, v: Tensor, start: int, scale: float, mask_fn: Any, max_block: int = 1 << 30):
-    """Masked attention over query blocks sized so one block's scores fit SCORE_TILE_ELEMENTS."""
+def _tiled(
+    q: Tensor, k: Tensor, v: Tensor, scale: float, mask_fn: Any, tile_elements: int, max_block: int = 1 << 30
+) -> Tensor:
+    """Masked attention over query blocks sized so one block's scores fit `tile_elements`."""
     t, h = q.shape[:2]
-    block = max(1, min(max_block, SCORE_TILE_ELEMENTS // max(1, h * k.shape[0])))
+    block = max(1, min(max_block, tile_elements // max(1, h * k.shape[0])))
+    # One copy of K/V per query head: masked attention kernels (memory-efficient SDPA) lack GQA.
+    group = h // k.shape[1]
+    k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)  # [S, H, Dh]
     out = torch.empty_like(q)
     for lo in range(0, t, block):
         hi = min(t, lo + block)

@@ -70,13 +70,15 @@ class KeyeVL(nn.Module):
 @torch.no_grad()
 def init_weights(model: KeyeVL, seed: int = 0, std: float = 0.02) -> KeyeVL:
     """Random weights of sensible scale, reproducible from `seed` (norms 1, biases 0)."""
-    gen = torch.Generator(device="cpu").manual_seed(seed)
+    generators: dict[torch.device, torch.Generator] = {}
     for name, param in model.named_parameters():
         if name.endswith("bias"):
             param.zero_()
         elif param.ndim == 1:  # RMSNorm / LayerNorm weights
             param.fill_(1.0)
         else:
-            noise = torch.randn(param.shape, generator=gen, dtype=torch.float32) * std
-            param.copy_(noise.to(param.dtype))
+            # Drawn where the parameter lives, so a full-size model on a GPU initialises in seconds.
+            if param.device not in generators:
+                generators[param.device] = torch.Generator(device=param.device).manual_seed(seed)
+            param.normal_(0.0, std, generator=generators[param.device])
     return model

@@ -63,11 +63,14 @@ class NativeEngine:
         max_batch: int = 8,
         prefill_chunk: int = 4096,
         vision_chunk_frames: int = 32,
+        score_tile_elements: int | None = None,
     ):
         self.device = torch.device(device)
         self.model = load_model(
             checkpoint, device=self.device, dtype=dtype, attn_impl=attn_impl, moe_impl=moe_impl
         )
+        if score_tile_elements is not None:
+            self.model.model.score_tile_elements = score_tile_elements
         self.processor = KeyeProcessor.from_pretrained(checkpoint)
         self.dtype = self.model.lm_head.weight.dtype
         self.max_batch, self.prefill_chunk, self.vision_chunk_frames = (

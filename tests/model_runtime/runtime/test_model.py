@@ -156,7 +156,7 @@ def test_topk_mask_equals_naive_loop_over_selected_keys(topk: int) -> None:
     _, q, k, v, iq, iw, ik = _attention_inputs(seed=1, n=n)
     scale = q.shape[-1] ** -0.5
     with torch.no_grad():
-        masked = topk_masked_attention(q, k, v, iq, iw, ik, 0, topk, scale, q_chunk=7)
+        masked = topk_masked_attention(q, k, v, iq, iw, ik, 0, topk, scale, q_chunk=7, tile_elements=4096)
         naive = _naive_sparse(q, k, v, iq, iw, ik, topk, scale)
     torch.testing.assert_close(masked, naive, atol=1e-5, rtol=1e-4)
 
@@ -168,7 +168,9 @@ def test_topk_mask_with_history_equals_without() -> None:
     with torch.no_grad():
         full = topk_masked_attention(q, k, v, iq, iw, ik, 0, 20, scale, q_chunk=64)
         tail = topk_masked_attention(q[90:], k, v, iq[90:], iw[90:], ik, 90, 20, scale, q_chunk=64)
+        last = topk_masked_attention(q[-1:], k, v, iq[-1:], iw[-1:], ik, N_TOKENS - 1, 20, scale, q_chunk=64)
     torch.testing.assert_close(tail, full[90:], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(last, full[-1:], atol=1e-6, rtol=1e-5)  # the decode gather path
 
 
 def test_moe_reference_equals_per_token_loop() -> None:

@@ -1,0 +1,60 @@
+"""The native runtime on a CUDA GPU: same answers as the CPU, bf16 works, the Triton kernels plug in."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from model_runtime.config import KeyeConfig
+from model_runtime.engine.base import GenerationRequest
+from model_runtime.engine.native import NativeEngine
+from model_runtime.model import KernelLoader
+from model_runtime.vlm import KeyeVL, init_weights
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+
+
+def _requests(video) -> list[GenerationRequest]:
+    return [
+        GenerationRequest(prompt="When does the red circle appear?", video=video, max_new_tokens=12),
+        GenerationRequest(prompt="When does the blue square move?", video=video, max_new_tokens=12),
+        GenerationRequest(prompt="Hello", max_new_tokens=6, temperature=0.7, seed=3),
+    ]
+
+
+def test_cuda_fp32_matches_cpu(tiny_ckpt, video) -> None:
+    cpu = NativeEngine(tiny_ckpt).generate(_requests(video))
+    gpu = NativeEngine(tiny_ckpt, device="cuda", dtype=torch.float32).generate(_requests(video))
+    for a, b in zip(cpu, gpu, strict=True):
+        assert a.token_ids == b.token_ids
+        torch.testing.assert_close(
+            torch.tensor(a.token_logprobs), torch.tensor(b.token_logprobs), atol=1e-3, rtol=1e-3
+        )
+
+
+def test_cuda_defaults_to_bf16_and_generates(tiny_ckpt, video) -> None:
+    engine = NativeEngine(tiny_ckpt, device="cuda")
+    assert engine.model.lm_head.weight.dtype == torch.bfloat16
+    out = engine.generate(_requests(video))
+    assert [len(c.token_ids) for c in out] == [12, 12, 6]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_triton_kernels_match_reference(dtype: torch.dtype) -> None:
+    pytest.importorskip("kernels")
+    config = KeyeConfig.tiny()
+    config.text.sa.indexer_num_heads = 32  # no exact score ties (see test_model.py)
+    model = init_weights(KeyeVL(config), seed=0).to("cuda", dtype).eval()
+    n = 300
+    ids = torch.randint(0, 400, (n,), generator=torch.Generator().manual_seed(0)).cuda()
+    pos = torch.arange(n, device="cuda").expand(3, -1)
+    with torch.no_grad():
+        reference = model(ids, pos)
+        model.model.kernels = KernelLoader()
+        model.model.set_impl(attn_impl="triton", moe_impl="triton")
+        fast = model(ids, pos)
+    tol = 2e-3 if dtype == torch.float32 else 0.15
+    torch.testing.assert_close(fast, reference, atol=tol, rtol=tol)
