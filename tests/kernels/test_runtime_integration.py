@@ -1,0 +1,86 @@
+"""The tiny Keye model gives the same logits with the Triton kernels as with the reference path.
+
+On the CPU the real Triton kernels run under the interpreter, injected into the model's
+`KernelLoader` (which refuses the `kernels` package itself off-CUDA); on a GPU the loader imports
+`kernels` as the runtime does for attn_impl="triton" / moe_impl="triton". 32 indexer heads make
+exact score ties (which two correct top-k implementations may break differently) practically
+impossible, as in M's contract test.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Iterator
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import kernels
+
+config_module = pytest.importorskip("model_runtime.config")
+model_module = pytest.importorskip("model_runtime.model")
+vlm_module = pytest.importorskip("model_runtime.vlm")
+
+N_TOKENS = 120  # > the tiny topk, so the indexer really selects
+
+
+def tiny_model(device: str, dtype: torch.dtype):
+    config = config_module.KeyeConfig.tiny()
+    config.text.sa.indexer_num_heads = 32
+    model = vlm_module.init_weights(vlm_module.KeyeVL(config), seed=0).eval()
+    assert config.text.sa.topk < N_TOKENS
+    return model.to(device, dtype)
+
+
+def prompt(device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    ids = torch.randint(0, 400, (N_TOKENS,), generator=torch.Generator().manual_seed(0)).to(device)
+    base = torch.arange(N_TOKENS, device=device)
+    positions = torch.stack([base, base + (base % 3), base + (base % 5)])  # video-like 3-channel positions
+    return ids, positions
+
+
+def logits_both_ways(device: str, dtype: torch.dtype, loader) -> tuple[torch.Tensor, torch.Tensor]:
+    model = tiny_model(device, dtype)
+    ids, positions = prompt(device)
+    with torch.no_grad():
+        model.model.set_impl(attn_impl="reference", moe_impl="reference")
+        reference = model(ids, positions)
+        model.model.kernels = loader
+        model.model.set_impl(attn_impl="triton", moe_impl="triton")
+        fast = model(ids, positions)
+    return fast, reference
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU variant below covers CUDA")
+def test_tiny_model_triton_kernels_match_reference_on_cpu_interpreter() -> None:
+    triton_functions = SimpleNamespace(
+        indexer_topk=kernels.indexer_topk,
+        sparse_attention=kernels.sparse_attention,
+        fused_moe=kernels.fused_moe,
+    )
+    fast, reference = logits_both_ways("cpu", torch.float32, model_module.KernelLoader(triton_functions))
+    assert not fast.isnan().any()
+    torch.testing.assert_close(fast, reference, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(
+    ("dtype", "tol"),
+    [pytest.param(torch.float32, 2e-3, id="fp32"), pytest.param(torch.bfloat16, 0.15, id="bf16")],
+)
+def test_tiny_model_triton_kernels_match_reference_on_gpu(dtype: torch.dtype, tol: float) -> None:
+    with no_fallback_warning():
+        fast, reference = logits_both_ways("cuda", dtype, model_module.KernelLoader())
+    torch.testing.assert_close(fast, reference, atol=tol, rtol=tol)
+
+
+@contextlib.contextmanager
+def no_fallback_warning() -> Iterator[None]:
+    """Fail if the runtime silently fell back to the reference path (it warns once when it does)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    fallbacks = [w for w in caught if "falls back" in str(w.message)]
+    assert not fallbacks, f"triton path fell back: {fallbacks[0].message}"
