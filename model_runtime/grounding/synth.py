@@ -1,0 +1,68 @@
+"""Synthetic grounding sets: videos with known events plus their annotation file in TimeLens-Bench format.
+
+`timemark synth` and the benchmarks use this to get a test set that needs no download: each video holds
+a few coloured shapes that appear during known intervals (model_runtime.video.synthetic), and each
+event becomes one query ("When does the red circle appear?") with exactly one answer, written as
+`{video_id: {duration, spans, queries}}` so `timemark eval` reads it like the published sets.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from model_runtime.video import SyntheticEvent, make_synthetic_video, random_events
+
+ANNOTATION_FILE = "annotations.json"
+
+
+def event_query(event: SyntheticEvent) -> str:
+    """The natural-language query whose one answer is `event`'s interval."""
+    return f"When does the {event.label} appear?"
+
+
+def write_synthetic_set(
+    out_dir: str | Path,
+    *,
+    count: int,
+    seed: int,
+    duration_s: float = 60.0,
+    events_per_video: int = 2,
+    fps: float = 10.0,
+    width: int = 160,
+    height: int = 96,
+    min_event_s: float | None = None,
+    distractors: int = 2,
+) -> Path:
+    """Write `count` videos (`synth_000.mp4`, …) and `annotations.json` into `out_dir`; returns the latter.
+
+    Deterministic per `seed`. Events last between `min_event_s` (default 5 % of the video, at least 1 s)
+    and a third of the video; `distractors` unrelated shapes per video come and go (no query is about them).
+    """
+    if count < 1:
+        raise ValueError(f"count must be at least 1, got {count}")
+    if not duration_s > 0:
+        raise ValueError(f"duration must be positive, got {duration_s}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    min_len = min_event_s if min_event_s is not None else max(1.0, 0.05 * duration_s)
+    annotations: dict[str, Any] = {}
+    for i in range(count):
+        video_id = f"synth_{i:03d}"
+        events = random_events(rng, duration_s, n_events=events_per_video, min_len_s=min_len)
+        truth = make_synthetic_video(
+            out / f"{video_id}.mp4", duration_s=duration_s, fps=fps, width=width, height=height,
+            events=events, seed=seed * 1000 + i, n_distractors=distractors,
+        )  # fmt: skip
+        annotations[video_id] = {
+            "duration": round(truth.duration_s, 3),
+            "spans": [[e.start_s, e.end_s] for e in truth.events],
+            "queries": [event_query(e) for e in truth.events],
+        }
+    path = out / ANNOTATION_FILE
+    path.write_text(json.dumps(annotations, indent=2) + "\n", encoding="utf-8")
+    return path
