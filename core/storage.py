@@ -211,7 +211,12 @@ class S3Storage:
 
     def read_head(self, uri: str, n_bytes: int = 64) -> bytes:
         bucket, key = split_s3_uri(uri)
-        answer = self._call("get_object", Bucket=bucket, Key=key, Range=f"bytes=0-{n_bytes - 1}")
+        try:
+            answer = self._call("get_object", Bucket=bucket, Key=key, Range=f"bytes=0-{n_bytes - 1}")
+        except StorageError as err:
+            if "InvalidRange" in str(err):  # S3 refuses any range of an empty object
+                return b""
+            raise
         return answer["Body"].read()
 
     def list_objects(self, prefix_uri: str, *, max_objects: int) -> Iterator[ObjectInfo]:
