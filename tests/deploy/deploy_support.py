@@ -36,11 +36,11 @@ def tool(name: str) -> str:
 
 
 def load_deploy_module(name: str) -> ModuleType:
-    """Import `deploy/<name>.py` (deploy/ is scripts, not a package) with deploy/ on sys.path."""
+    """Import `deploy/<name>.py` (deploy/ is scripts, not a package; `name` may be `docker/worker_control`)."""
     if str(DEPLOY) not in sys.path:
         sys.path.insert(0, str(DEPLOY))
     path = DEPLOY / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"deploy_{name}", path)
+    spec = importlib.util.spec_from_file_location("deploy_" + name.replace("/", "_"), path)
     assert spec and spec.loader, path
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
