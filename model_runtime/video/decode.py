@@ -33,7 +33,7 @@ from model_runtime.video.probe import _normalise_rotation
 
 SkipMode = Literal["auto", "none", "nonref", "bidir"]
 SKIP_TO_FFMPEG = {"none": "DEFAULT", "nonref": "NONREF", "bidir": "BIDIR"}
-SEEK_MARGIN_S = 0.25  # seek a little before the target: mp4 indexes keyframes by dts, which trails pts
+SEEK_MARGIN_S = 0.05  # plus 3 frames: mp4 indexes keyframes by dts, which trails pts by the reorder delay
 END_TOLERANCE_S = 1.0  # targets this far past the last decodable frame mean the file was cut short
 
 
@@ -50,6 +50,8 @@ class DecodeStats:
     seeks: int = 0
     corrupt_packets: int = 0
     max_skew_s: float = 0.0
+    processes: int = 1
+    worker_peak_rss_kib: int = 0  # summed over worker processes (parallel decoding only)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -131,7 +133,8 @@ def _convert(frame: av.VideoFrame, height: int, width: int, rotation: int) -> np
 
 
 def _sample_pyav(source: str, chunk: Chunk, times: list[float], *, skip: SkipMode, threads: int,
-                 max_skew_s: float | None, timeout_s: float) -> SampledFrames:  # fmt: skip
+                 max_skew_s: float | None, timeout_s: float, seek_s: float | None = None) -> SampledFrames:  # fmt: skip
+    """PyAV decode of one chunk; `seek_s` (a keyframe time) replaces the first seek's safety margin."""
     name = display_name(source)
     with open_input(source, timeout_s=timeout_s) as container:
         stream = video_stream(container, source)
@@ -185,12 +188,16 @@ def _sample_pyav(source: str, chunk: Chunk, times: list[float], *, skip: SkipMod
                 stats.gops_redecoded += 1
                 decode_gop(packets, ids, "none")
 
-        def seek_to(t: float) -> None:
-            offset = int(math.floor((max(0.0, t - SEEK_MARGIN_S - 3 * frame_dt) + start_s) / time_base))
+        def seek_to(t: float, margin: bool = True) -> None:
+            t = max(0.0, t - SEEK_MARGIN_S - 3 * frame_dt) if margin else t
+            offset = int(math.floor((t + start_s) / time_base))
             container.seek(offset, stream=stream, backward=True, any_frame=False)
             stats.seeks += 1
 
-        seek_to(times[0])
+        if seek_s is None:
+            seek_to(times[0])
+        else:
+            seek_to(seek_s, margin=False)
         gop_span_s = 0.0  # longest GOP seen: decides when seeking ahead beats demuxing through
         while pending < len(times):
             packets: list[av.Packet] = []
@@ -284,14 +291,22 @@ def sample_chunk(
     threads: int = 2,
     max_skew_s: float | None = None,
     timeout_s: float = 15.0,
+    processes: int = 1,
 ) -> SampledFrames:
     """Decode the frames nearest `chunk.timestamps`, resized to chunk.height x chunk.width.
 
     One output frame per planned time (a frame may repeat when two targets share it). `skip="auto"`
     drops unreferenced frames when the sampling spacing allows; `max_skew_s` (default a quarter of the
     spacing) bounds how far a kept frame may sit from its target before its GOP is decoded in full.
+    `processes` > 1 splits the chunk at keyframes over that many processes (`sample_chunk_parallel`).
     """
     times = check_chunk(chunk)
+    if backend == "pyav" and processes > 1:
+        from model_runtime.video.parallel import sample_chunk_parallel
+
+        per_process = max(1, threads // processes)
+        return sample_chunk_parallel(source, chunk, processes=processes, threads_per_process=per_process,
+                                     skip=skip, max_skew_s=max_skew_s, timeout_s=timeout_s)  # fmt: skip
     if backend == "pyav":
         return _sample_pyav(
             source, chunk, times, skip=skip, threads=threads, max_skew_s=max_skew_s, timeout_s=timeout_s

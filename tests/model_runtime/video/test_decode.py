@@ -201,3 +201,21 @@ def test_sampling_over_http(http_base: str, synthetic: Callable[[str], Synthetic
     remote = sample_chunk(f"{http_base}/basic.mp4", chunk, timeout_s=5)
     assert remote.timestamps == local.timestamps
     assert np.array_equal(remote.frames, local.frames)
+
+
+def test_parallel_processes_give_the_same_frames(synthetic: Callable[[str], SyntheticTruth]) -> None:
+    from model_runtime.video.parallel import keyframe_times, split_targets
+
+    truth = synthetic("short_gop")  # keyframe every 1 s
+    keys = keyframe_times(truth.path)
+    assert keys[:4] == pytest.approx([0.0, 1.0, 2.0, 3.0], abs=1e-6)
+    chunk = plan_window(probe_video(truth.path), DEFAULT, 0.0, 60.0)
+    runs = split_targets(chunk.timestamps, keys, 3)
+    assert [(first, last) for first, last, _ in runs] == [(0, 40), (40, 80), (80, 120)]
+    assert [seek for _, _, seek in runs] == [None, pytest.approx(20.0), pytest.approx(40.0)]
+    single = sample_chunk(truth.path, chunk, skip="none")
+    multi = sample_chunk(truth.path, chunk, skip="none", processes=3, threads=3)
+    assert multi.timestamps == single.timestamps
+    assert np.array_equal(multi.frames, single.frames)
+    assert multi.stats.processes == 3 and multi.stats.seeks == 3
+    assert multi.stats.frames_decoded == single.stats.frames_decoded  # no GOP decoded twice
