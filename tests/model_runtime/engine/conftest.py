@@ -60,3 +60,22 @@ def server_url(tiny_checkpoint: Path) -> Iterator[str]:
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True
     thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def http_files(small_video: Path) -> Iterator[str]:
+    """A plain HTTP server on 127.0.0.1 serving the synthetic video's folder (for http(s) video URLs)."""
+    import functools
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    class QuietHandler(SimpleHTTPRequestHandler):
+        def log_message(self, format: str, *args: object) -> None:  # keep test output clean
+            pass
+
+    handler = functools.partial(QuietHandler, directory=str(small_video.parent))
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    thread.join(timeout=10)

@@ -167,6 +167,29 @@ def test_requests_client_with_video_url_and_preprocess_kwargs(server_url: str, s
     assert as_file_url.json()["usage"] == data["usage"]
 
 
+def test_http_video_and_image_urls(server_url: str, small_video: Path, http_files: str) -> None:
+    from PIL import Image
+
+    Image.fromarray(np.full((56, 56, 3), 200, np.uint8)).save(small_video.parent / "grey.png")
+    question = {"type": "text", "text": "When?"}
+    body = {"max_tokens": 3, "temperature": 0}
+    local = chat(
+        server_url, {**body, "messages": [{"role": "user", "content": [video_part(small_video), question]}]}
+    )
+    remote_part = video_part(f"{http_files}/{small_video.name}")
+    remote = chat(server_url, {**body, "messages": [{"role": "user", "content": [remote_part, question]}]})
+    assert remote.status_code == 200, remote.text
+    assert remote.json()["choices"][0]["message"] == local.json()["choices"][0]["message"]
+    assert remote.json()["usage"] == local.json()["usage"]
+
+    image_part = {"type": "image_url", "image_url": {"url": f"{http_files}/grey.png"}}
+    image = chat(server_url, {**body, "messages": [{"role": "user", "content": [image_part, question]}]})
+    assert image.status_code == 200, image.text
+    missing = video_part(f"{http_files}/missing.mp4")
+    gone = chat(server_url, {**body, "messages": [{"role": "user", "content": [missing, question]}]})
+    assert_openai_error(gone, 400)
+
+
 def test_video_window_has_fewer_tokens_than_the_whole_video(server_url: str, small_video: Path) -> None:
     def prompt_tokens(part: dict) -> int:
         response = chat(server_url, {"messages": [{"role": "user", "content": [part]}], "max_tokens": 1})
