@@ -90,15 +90,24 @@ class NativeEngine:
 
     # ---- the Engine interface -------------------------------------------------------------------------
 
-    @torch.inference_mode()
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Completion]:
         inputs = [self.processor.encode_request(r.prompt, r.video, r.system) for r in requests]
+        return self.generate_encoded(list(zip(requests, inputs, strict=True)))
+
+    @torch.inference_mode()
+    def generate_encoded(self, items: Sequence[tuple[GenerationRequest, ModelInputs]]) -> list[Completion]:
+        """Like `generate`, for prompts the caller encoded (`processor.encode_messages`: images, several
+        turns). The request supplies the sampling settings; its prompt is not re-read. Requests sharing
+        one `VideoInput` object and system text share the encoded prefix up to `inputs.prefix_len`."""
+        requests = [r for r, _ in items]
+        inputs = [i for _, i in items]
         # Shared prefixes live until the last request that uses them has started.
-        uses: dict[tuple[int, str | None], int] = {}
-        for r in requests:
-            if r.video is not None:
-                uses[(id(r.video), r.system)] = uses.get((id(r.video), r.system), 0) + 1
-        prefixes: dict[tuple[int, str | None], KVCache] = {}
+        uses: dict[tuple, int] = {}
+        for r, i in items:
+            key = _prefix_key(r, i)
+            if key is not None:
+                uses[key] = uses.get(key, 0) + 1
+        prefixes: dict[tuple, KVCache] = {}
         results: list[Completion] = []
         for lo in range(0, len(requests), self.max_batch):
             started = [
@@ -120,15 +129,15 @@ class NativeEngine:
         index: int,
         request: GenerationRequest,
         inputs: ModelInputs,
-        prefixes: dict[tuple[int, str | None], KVCache],
-        uses: dict[tuple[int, str | None], int],
+        prefixes: dict[tuple, KVCache],
+        uses: dict[tuple, int],
     ) -> tuple[_Sequence, _Prefill]:
         """Set up one request: its cache holds the shared video prefix (encoded now if this is its first
         user); the returned job prefills the rest of the prompt."""
         n, start = inputs.input_ids.shape[0], 0
         room = n + request.max_new_tokens + 1
-        if request.video is not None:
-            key = (id(request.video), request.system)
+        key = _prefix_key(request, inputs)
+        if key is not None and key in uses:
             if key not in prefixes:
                 prefix_cache = KVCache(
                     self.model.config.text, capacity=inputs.prefix_len, device=self.device, dtype=self.dtype
@@ -223,9 +232,10 @@ class NativeEngine:
             positions = torch.tensor(
                 [s.cache.length + s.inputs.rope_delta for s in active], device=self.device
             ).expand(3, -1)  # [3, B]
-            hidden = self.model.model(
-                self.model.embed(tokens), positions, [Segment(1, s.cache) for s in active]
-            )  # [B, D]
+            # Generated tokens are text even when they happen to be a placeholder id (a random model
+            # may write <|video_pad|>): plain embedding lookup, no visual scatter.
+            embeds = self.model.model.embed_tokens(tokens)  # [B, D]
+            hidden = self.model.model(embeds, positions, [Segment(1, s.cache) for s in active])  # [B, D]
             for s, h in zip(active, hidden, strict=True):
                 s.last_hidden = h
 
@@ -272,3 +282,12 @@ class NativeEngine:
             prompt_tokens=int(seq.inputs.input_ids.shape[0]),
             finish_reason=seq.finish_reason or "length",  # type: ignore[arg-type]
         )
+
+
+def _prefix_key(request: GenerationRequest, inputs: ModelInputs) -> tuple | None:
+    """Requests with equal keys share one encoded prefix: same VideoInput object, same system text and
+    the same prefix tokens (which also covers callers that built the messages themselves)."""
+    if request.video is None or inputs.prefix_len == 0:
+        return None
+    prefix = inputs.input_ids[: inputs.prefix_len].numpy().tobytes()
+    return (id(request.video), request.system, hash(prefix))

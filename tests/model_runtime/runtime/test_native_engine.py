@@ -128,3 +128,28 @@ def test_dense_engine_runs_and_zero_tokens_is_allowed(tiny_ckpt, video) -> None:
     assert out[0].token_ids == [] and out[0].finish_reason == "length" and out[0].text == ""
     assert len(out[1].token_ids) == 3
     dense.close()
+
+
+def test_generated_placeholder_tokens_are_plain_text(tiny_ckpt, video) -> None:
+    """A model that writes <|video_pad|> (random weights do) must not trip the visual scatter."""
+    engine = NativeEngine(tiny_ckpt)
+    old = engine.model.lm_head
+    head = torch.nn.Linear(old.in_features, old.out_features, bias=True)
+    with torch.no_grad():
+        head.weight.copy_(old.weight)
+        head.bias.zero_()
+        head.bias[engine.model.config.video_token_id] = 50.0  # a head that prefers the placeholder
+    engine.model.lm_head = head
+    (out,) = engine.generate([GenerationRequest(prompt="Hi", video=video, max_new_tokens=3)])
+    assert out.token_ids == [engine.model.config.video_token_id] * 3
+    assert all(lp > -1e-3 for lp in out.token_logprobs)
+
+
+def test_generate_encoded_takes_caller_built_messages(engine: NativeEngine, video) -> None:
+    image = video.frames[0]
+    messages = [
+        {"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": "Hi"}]}
+    ]
+    inputs = engine.processor.encode_messages(messages)
+    (out,) = engine.generate_encoded([(GenerationRequest(prompt="", max_new_tokens=4), inputs)])
+    assert len(out.token_ids) == 4 and out.prompt_tokens == inputs.input_ids.shape[0]
