@@ -247,3 +247,27 @@ class GuardedTransport(httpx.HTTPTransport):
 def guarded_client(settings: Settings, *, timeout_s: float = 15.0) -> httpx.Client:
     """An httpx client for user-supplied URLs (webhooks, video fetches): guarded, no redirects."""
     return httpx.Client(transport=GuardedTransport(settings), timeout=timeout_s, follow_redirects=False)
+
+
+def resolve_redirects(url: str, settings: Settings, *, timeout_s: float = 10.0) -> str:
+    """Follow `url`'s redirects by hand, checking every hop with the guard; returns the final URL.
+
+    For readers that follow redirects on their own (PyAV/FFmpeg): hand them the URL this returns,
+    so a public URL that redirects to 169.254.169.254 is refused here instead of fetched there.
+    """
+    check_url(url, settings)
+    with guarded_client(settings, timeout_s=timeout_s) as client:
+        for _ in range(settings.url_max_redirects + 1):
+            try:
+                # A one-byte ranged GET: some servers answer HEAD differently from GET.
+                with client.stream("GET", url, headers={"Range": "bytes=0-0"}) as answer:
+                    location = answer.headers.get("location") if answer.is_redirect else None
+            except httpx.HTTPError as err:
+                raise UnsafeURLError(
+                    "fetch-failed", f"could not fetch the URL: {type(err).__name__}"
+                ) from err
+            if location is None:
+                return url
+            url = str(httpx.URL(url).join(location))
+            check_url(url, settings)
+    raise UnsafeURLError("too-many-redirects", f"more than {settings.url_max_redirects} redirects")

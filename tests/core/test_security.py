@@ -155,3 +155,44 @@ def test_guarded_transport_checks_the_address_it_connects_to(webhook_receiver, m
         answer = client.post(f"http://rebind.example:{port}/hooks", content=b"{}")
     assert answer.status_code == 204 and len(webhook_receiver.requests) == 1
     assert webhook_receiver.requests[0].headers["host"] == f"rebind.example:{port}"
+
+
+def test_resolve_redirects_rechecks_every_hop() -> None:
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from core.security import resolve_redirects
+
+    class Redirector(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            targets = {
+                "/to-metadata": "http://169.254.169.254/latest/meta-data/",
+                "/hop": "/final.mp4",
+                "/loop": "/loop",
+            }
+            if self.path in targets:
+                self.send_response(302)
+                self.send_header("Location", targets[self.path])
+            else:
+                self.send_response(206)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Redirector)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        assert resolve_redirects(f"{base}/hop", LOOPBACK_OK) == f"{base}/final.mp4"
+        with pytest.raises(UnsafeURLError) as info:
+            resolve_redirects(f"{base}/to-metadata", LOOPBACK_OK)
+        assert info.value.code == "address-not-allowed"
+        with pytest.raises(UnsafeURLError, match="redirects"):
+            resolve_redirects(f"{base}/loop", LOOPBACK_OK)
+        with pytest.raises(UnsafeURLError):
+            resolve_redirects(f"{base}/hop", STRICT)  # loopback itself not allowed by default
+    finally:
+        server.shutdown()
+        server.server_close()
