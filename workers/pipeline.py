@@ -23,6 +23,7 @@ from core.db import session_scope
 from core.models import FINAL_CHUNK_INDEX, Chunk, Job, Segment
 from core.security import UnsafeURLError, check_url
 from core.states import JobState, transition
+from core.storage import ObjectNotFound, StorageError
 from core.webhooks import record_job_event
 from workers.context import EngineConfigError, WorkerContext
 from workers.lifecycle import (
@@ -43,7 +44,14 @@ log = logging.getLogger(__name__)
 
 
 class TransientTaskError(RuntimeError):
-    """Worth another try later (network blip, retryable video error); the task retries with backoff."""
+    """Worth another try later (network blip, retryable video error); the task retries with backoff.
+
+    `error` is the job's problem document should the attempts run out first.
+    """
+
+    def __init__(self, message: str, error: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.error = error
 
 
 # --------------------------------------------------------------------------------------------- probe
@@ -69,13 +77,22 @@ def probe_job(ctx: WorkerContext, job_id: str) -> list[Send]:
         transition(job, JobState.PROBING)
         job.stage = "probe"
         source_uri, sampling, strategy = job.source_uri, dict(job.sampling or {}), job.strategy
+        attempts = job.attempts
 
     try:
         info, plan = _probe_and_plan(ctx, source_uri, sampling, strategy)
+    except TransientTaskError as err:
+        if attempts < settings.job_max_attempts or err.error is None:
+            raise  # the task retries with backoff
+        failure = err.error  # out of attempts: the last transient error becomes the job's error
     except _JobInputError as err:
+        failure = err.error
+    else:
+        failure = None
+    if failure is not None:
         with session_scope(ctx.session_factory) as session:
             job = lock_job(session, job_id)
-            return [] if job is None else fail_job(session, job, err.error, settings)
+            return [] if job is None else fail_job(session, job, failure, settings)
 
     with session_scope(ctx.session_factory) as session:
         job = lock_job(session, job_id)
@@ -117,6 +134,7 @@ def _probe_and_plan(
         params = SamplingParams.from_kwargs(sampling)
     except (TypeError, ValueError) as err:
         raise _JobInputError(stage_error("invalid-sampling", str(err), stage="probe")) from err
+    _check_stored_object(ctx, source_uri)
     url = _openable_source(ctx, source_uri, stage="probe")
     try:
         info = probe_video(url, timeout_s=settings.probe_timeout_s)
@@ -127,11 +145,28 @@ def _probe_and_plan(
         )
     except VideoError as err:
         if err.retryable:
-            raise TransientTaskError(f"probe: {err.code}") from err
+            error = stage_error(err.code, str(err), stage="probe", retryable=True)
+            raise TransientTaskError(f"probe: {err.code}", error) from err
         raise _JobInputError(stage_error(err.code, str(err), stage="probe")) from err
     if not plan.chunks:
         raise _JobInputError(stage_error("no-frames", "the video yields no frames to sample", stage="probe"))
     return info, plan
+
+
+def _check_stored_object(ctx: WorkerContext, source_uri: str) -> None:
+    """Our own storage can say "missing" or "empty" plainly, before FFmpeg turns it into a network error."""
+    if not source_uri.startswith(("s3://", "file://")):
+        return
+    try:
+        size = ctx.storage.head(source_uri).size
+    except ObjectNotFound as err:
+        raise _JobInputError(
+            stage_error("not-found", "the video object does not exist", stage="probe")
+        ) from err
+    except StorageError as err:
+        raise TransientTaskError(f"probe: storage: {err}") from err
+    if size == 0:
+        raise _JobInputError(stage_error("empty-file", "the video object is empty (0 bytes)", stage="probe"))
 
 
 def _openable_source(ctx: WorkerContext, source_uri: str, *, stage: str) -> str:
@@ -249,7 +284,9 @@ def _ground_one_chunk(
         frames = sample_chunk(url, chunk)
     except VideoError as err:
         if err.retryable:
-            raise TransientTaskError(f"infer: {err.code}") from err
+            raise TransientTaskError(
+                f"infer: {err.code}", stage_error(err.code, str(err), stage="infer")
+            ) from err
         raise _JobInputError(stage_error(err.code, str(err), stage="infer")) from err
     try:
         engine = ctx.engine()
