@@ -36,14 +36,26 @@ SCORE_TILE_ELEMENTS = 1 << 26
 class KVCache:
     """Keys, values and indexer keys of ONE sequence for every layer; grows by doubling.
 
-    `length` counts the tokens already stored. A forward writes its new tokens at [length, length + T)
-    in every layer and then advances `length`. `fork()` copies the filled part, which is how several
-    queries branch from one encoded video prefix.
+    `length` counts the tokens of the sequence so far. A forward writes its new tokens at
+    [length, length + T) in every layer (`write`), reads [0, end) back (`read`), and then advances
+    `length`. Several queries continue one encoded video prefix either by `fork()` (a full copy) or by
+    `branch()`: the branch keeps only its own tokens and reads the prefix from its parent, which must
+    not grow afterwards; one copy of the prefix then serves every query.
     """
 
-    def __init__(self, config: TextConfig, *, capacity: int = 256, device: Any = "cpu", dtype: Any = None):
+    def __init__(
+        self,
+        config: TextConfig,
+        *,
+        capacity: int = 256,
+        device: Any = "cpu",
+        dtype: Any = None,
+        parent: KVCache | None = None,
+    ):
         self.config = config
-        self.length = 0
+        self.parent = parent
+        self.base = parent.length if parent is not None else 0  # tokens that live in the parent
+        self.length = self.base
         dtype = dtype or torch.get_default_dtype()
         n_layers, kv, dh = config.num_hidden_layers, config.num_key_value_heads, config.head_dim
         di = config.sa.indexer_head_dim if config.sa else 0
@@ -53,30 +65,63 @@ class KVCache:
 
     @property
     def capacity(self) -> int:
-        return self.k.shape[1]
+        return self.base + self.k.shape[1]
 
     def reserve(self, n_new: int) -> None:
         """Make room for n_new more tokens (doubling, so appending one token at a time stays cheap)."""
-        need = self.length + n_new
-        if need <= self.capacity:
+        need = self.length + n_new - self.base
+        own = self.length - self.base
+        if need <= self.k.shape[1]:
             return
-        new_cap = max(need, 2 * self.capacity)
+        new_cap = max(need, 2 * self.k.shape[1])
         for name in ("k", "v", "index_k"):
             old = getattr(self, name)
             grown = old.new_zeros((old.shape[0], new_cap, *old.shape[2:]))
-            grown[:, : self.length] = old[:, : self.length]
+            grown[:, :own] = old[:, :own]
             setattr(self, name, grown)
 
+    def write(self, layer: int, start: int, k: Tensor, v: Tensor, index_k: Tensor | None) -> None:
+        """Store T new tokens' k/v [T, K, Dh] and indexer keys [T, Di] at positions start…start+T−1."""
+        lo, hi = start - self.base, start - self.base + k.shape[0]
+        if lo < 0:
+            raise ValueError("cannot overwrite tokens that live in the parent cache")
+        self.k[layer, lo:hi], self.v[layer, lo:hi] = k, v
+        if index_k is not None:
+            self.index_k[layer, lo:hi] = index_k
+
+    def read(self, layer: int, end: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Keys, values [end, K, Dh] and indexer keys [end, Di] of positions 0…end−1."""
+        own = end - self.base
+        mine = self.k[layer, :own], self.v[layer, :own], self.index_k[layer, :own]
+        if self.parent is None:
+            return mine
+        if self.parent.length != self.base:
+            raise RuntimeError("the parent cache of a branch grew after branching")
+        theirs = self.parent.read(layer, self.base)
+        return tuple(torch.cat([p, m]) for p, m in zip(theirs, mine, strict=True))  # type: ignore[return-value]
+
+    def branch(self, extra_capacity: int = 0) -> KVCache:
+        """A cache that continues this one without copying it (this one must stay as it is)."""
+        return KVCache(
+            self.config,
+            capacity=max(extra_capacity, 1),
+            device=self.k.device,
+            dtype=self.k.dtype,
+            parent=self,
+        )
+
     def fork(self, extra_capacity: int = 0) -> KVCache:
-        """An independent copy of the filled part, with room for `extra_capacity` more tokens."""
-        twin = KVCache.__new__(KVCache)
-        twin.config, twin.length = self.config, self.length
-        cap = self.length + max(extra_capacity, 1)
-        for name in ("k", "v", "index_k"):
-            old = getattr(self, name)
-            new = old.new_zeros((old.shape[0], cap, *old.shape[2:]))
-            new[:, : self.length] = old[:, : self.length]
-            setattr(twin, name, new)
+        """An independent flat copy of everything so far, with room for `extra_capacity` more tokens."""
+        twin = KVCache(
+            self.config,
+            capacity=self.length + max(extra_capacity, 1),
+            device=self.k.device,
+            dtype=self.k.dtype,
+        )
+        for layer in range(self.k.shape[0]):
+            k, v, index_k = self.read(layer, self.length)
+            twin.write(layer, 0, k, v, index_k)
+        twin.length = self.length
         return twin
 
 
@@ -226,13 +271,9 @@ class Attention(nn.Module):
             keys, values, index_keys = k[a:b], v[a:b], ik[a:b] if ik is not None else None
             if seg.cache is not None:
                 # Write the new keys first: a token attends to (and scores) itself.
-                li, end = self.layer_idx, start + seg.length
-                seg.cache.k[li, start:end] = k[a:b]
-                seg.cache.v[li, start:end] = v[a:b]
-                keys, values = seg.cache.k[li, :end], seg.cache.v[li, :end]  # [S, K, Dh]
-                if ik is not None:
-                    seg.cache.index_k[li, start:end] = ik[a:b]
-                    index_keys = seg.cache.index_k[li, :end]  # [S, Di]
+                seg.cache.write(self.layer_idx, start, k[a:b], v[a:b], index_keys)
+                keys, values, cached_index = seg.cache.read(self.layer_idx, start + seg.length)  # [S, …]
+                index_keys = cached_index if ik is not None else None
             index = (iq[a:b], iw[a:b], index_keys) if iq is not None else None
             out[a:b] = self.attend(q[a:b], keys, values, index, start, ctx)
             a = b

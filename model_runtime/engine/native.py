@@ -4,7 +4,7 @@ It owns what the model does not: per-sequence KV caches, chunked prefill (activa
 `prefill_chunk` tokens whatever the prompt length), batched decode, sampling, stop tokens and strings,
 and per-token log-probs of the unmodified distribution. Requests that carry the same `VideoInput`
 object and system text share one encoded video prefix: the frames go through the vision tower and the
-LM once, then each query forks that cache and continues on its own.
+LM once, then each query branches from that cache (one copy of the prefix serves all of them).
 
 Legend: B = sequences decoding together, N = tokens in one forward, D = hidden, V = vocabulary.
 """
@@ -145,7 +145,7 @@ class NativeEngine:
                 self._prefill([self._prepare(inputs, 0, inputs.prefix_len, prefix_cache)])
                 prefixes[key] = prefix_cache
             start = inputs.prefix_len
-            cache = prefixes[key].fork(extra_capacity=room - start)
+            cache = prefixes[key].branch(extra_capacity=room - start)  # reads the prefix, no copy
             uses[key] -= 1
             if uses[key] == 0:
                 del prefixes[key]

@@ -226,6 +226,24 @@ def test_bad_arguments_are_refused(tiny: KeyeVL) -> None:
         tiny(torch.full((3,), tiny.config.video_token_id), torch.zeros(3, 3, dtype=torch.long))
 
 
+def test_branch_reads_its_parent_and_equals_a_fork(tiny: KeyeVL) -> None:
+    tiny.model.set_impl(attn_impl="reference")
+    ids, pos = _prompt()
+    prefix = KVCache(tiny.config.text)
+    with torch.no_grad():
+        tiny(ids[:70], pos[:, :70], [Segment(70, prefix)])
+        branch, fork = prefix.branch(extra_capacity=2), prefix.fork()
+        via_branch = tiny(ids[70:], pos[:, 70:], [Segment(50, branch)])  # grows past its capacity
+        via_fork = tiny(ids[70:], pos[:, 70:], [Segment(50, fork)])
+    assert branch.k.shape[1] >= 50 and branch.length == fork.length == N_TOKENS
+    torch.testing.assert_close(via_branch, via_fork, atol=0, rtol=0)
+    torch.testing.assert_close(branch.fork().k[:, :N_TOKENS], fork.k[:, :N_TOKENS], atol=0, rtol=0)
+    with torch.no_grad():
+        tiny(ids[:1], pos[:, :1], [Segment(1, prefix)])  # the parent grows: its branches are invalid
+        with pytest.raises(RuntimeError, match="grew"):
+            tiny(ids[:1], pos[:, :1], [Segment(1, branch)])
+
+
 def test_fork_is_independent(tiny: KeyeVL) -> None:
     ids, pos = _prompt(20)
     cache = KVCache(tiny.config.text)
