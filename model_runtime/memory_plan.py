@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 GIB = 1024**3
@@ -60,6 +61,13 @@ class ModelDims:
             tie_word_embeddings=text.tie_word_embeddings,
             vision_params=_vision_params(vision, projector_out=text.hidden_size),
         )
+
+
+def dims_from_checkpoint(checkpoint_dir: str | Path) -> ModelDims:
+    """The shapes of a checkpoint folder, from its config.json alone (no weights are read)."""
+    from model_runtime.config import KeyeConfig
+
+    return ModelDims.from_config(KeyeConfig.from_pretrained(checkpoint_dir))
 
 
 def _vision_params(vision: Any, *, projector_out: int) -> int:

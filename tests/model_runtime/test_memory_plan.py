@@ -160,3 +160,11 @@ def test_bad_knobs_are_refused() -> None:
         plan_memory(FULL, context_tokens=CHUNK, gpu_memory_bytes=H100, kv_copies=0)
     with pytest.raises(ValueError, match="positive"):
         plan_memory(FULL, context_tokens=0, gpu_memory_bytes=H100)
+
+
+def test_dims_from_a_checkpoint_folder(tmp_path) -> None:
+    from model_runtime.config import KeyeConfig
+    from model_runtime.memory_plan import dims_from_checkpoint
+
+    KeyeConfig.full().save(tmp_path)  # config.json only: the planner reads no weights
+    assert dims_from_checkpoint(tmp_path) == FULL

@@ -24,12 +24,24 @@ def serve_model(
     no_local_files: bool = typer.Option(
         False, "--no-local-files", help="Refuse file paths and file:// URLs."
     ),
+    context_tokens: int = typer.Option(
+        188_416, "--context-tokens", help="Tokens one request may hold (KV cache), for the memory check."
+    ),
+    gpu_memory_gib: float | None = typer.Option(
+        None, "--gpu-memory-gib", help="Memory to plan against (default on CUDA: the GPU's free memory)."
+    ),
 ) -> None:
-    """Serve /v1/chat/completions, /v1/models and /healthz over the native Keye runtime."""
+    """Serve /v1/chat/completions, /v1/models and /healthz over the native Keye runtime.
+
+    Before loading the weights, the memory planner checks that they, the KV and indexer caches for
+    --context-tokens and the prefill activations fit (on CUDA, or wherever --gpu-memory-gib is given).
+    """
     import uvicorn
 
     from model_runtime.engine.server import create_app
 
+    if gpu_memory_gib is not None or device.startswith("cuda"):
+        _check_memory(checkpoint, device, context_tokens, gpu_memory_gib)
     server_app = create_app(
         checkpoint,
         model_name=model_name,
@@ -38,3 +50,23 @@ def serve_model(
         allow_local_files=not no_local_files,
     )
     uvicorn.run(server_app, host=host, port=port, log_level="info")
+
+
+def _check_memory(checkpoint: Path, device: str, context_tokens: int, gpu_memory_gib: float | None) -> None:
+    """Refuse (exit 1, the planner's message naming the knobs) a configuration that cannot fit."""
+    from model_runtime.memory_plan import GIB, MemoryPlanError, check_fits, dims_from_checkpoint
+
+    if gpu_memory_gib is not None:
+        available = int(gpu_memory_gib * GIB)
+    else:
+        import torch
+
+        available, _ = torch.cuda.mem_get_info(torch.device(device))
+    try:
+        plan = check_fits(
+            dims_from_checkpoint(checkpoint), context_tokens=context_tokens, gpu_memory_bytes=available
+        )
+    except MemoryPlanError as err:
+        typer.echo(f"serve-model: {err}", err=True)
+        raise typer.Exit(1) from err
+    typer.echo(f"memory plan: {plan.describe()}")

@@ -51,3 +51,13 @@ def test_serve_model_refuses_a_missing_checkpoint(tmp_path: Path) -> None:
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "--checkpoint" in result.stdout + result.stderr  # a usage error
+
+
+def test_serve_model_refuses_what_the_memory_planner_says_cannot_fit(tiny_checkpoint: Path) -> None:
+    command = [
+        sys.executable, "-c", "from timemark.cli import main; main()", "serve-model",
+        "--checkpoint", str(tiny_checkpoint), "--gpu-memory-gib", "0.5",
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "does not fit" in result.stderr and "reserve 3.0" in result.stderr
