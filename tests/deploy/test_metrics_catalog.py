@@ -9,14 +9,52 @@ from __future__ import annotations
 
 import json
 import re
+from typing import Any
 
+import promql_parser
+import pytest
+import yaml
 from deploy_support import DEPLOY, K8S, load_deploy_module
 
 PROMETHEUS_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
+CHILD_ATTRIBUTES = ("expr", "lhs", "rhs", "param", "args", "vector_selector")
 
 
-def series_in(text: str) -> set[str]:
-    return set(re.findall(r"\btimemark_[a-z0-9_]+", text))
+def selected_series(node: Any) -> set[str]:
+    """Metric names a parsed PromQL expression selects (walks promql_parser's AST)."""
+    if isinstance(node, list | tuple):
+        return set().union(set(), *(selected_series(child) for child in node))
+    found = {node.name} if type(node).__name__ == "VectorSelector" and node.name else set()
+    for attribute in CHILD_ATTRIBUTES:
+        child = getattr(node, attribute, None)
+        if child is not None:
+            found |= selected_series(child)
+    return found
+
+
+def series_in(query: str) -> set[str]:
+    """Parse `query` as Prometheus would (a syntax error raises) and return the series it reads."""
+    return selected_series(promql_parser.parse(query))
+
+
+def keda_queries() -> list[str]:
+    docs = yaml.safe_load_all((K8S / "base" / "keda.yaml").read_text())
+    return [
+        t["metadata"]["query"]
+        for d in docs
+        if d["kind"] == "ScaledObject"
+        for t in d["spec"]["triggers"]
+        if t["type"] == "prometheus"
+    ]
+
+
+def test_promql_walker_finds_every_selector_and_rejects_bad_syntax() -> None:
+    query = (
+        "histogram_quantile(0.9, sum by (le) (rate(a_bucket[5m]))) / -sum(increase(b_total[1h])) or max(c)"
+    )
+    assert series_in(query) == {"a_bucket", "b_total", "c"}
+    with pytest.raises(ValueError):
+        series_in("sum(rate(a_total[5m])")
 
 
 def test_catalog_names_follow_prometheus_conventions() -> None:
@@ -53,8 +91,9 @@ def test_dashboard_is_built_from_the_catalog() -> None:
 
 def test_keda_and_readme_use_exactly_catalog_names() -> None:
     catalog = load_deploy_module("metrics_catalog")
-    keda_text = (K8S / "base" / "keda.yaml").read_text()
-    assert series_in(keda_text) and series_in(keda_text) <= catalog.metric_names("api")
+    queries = keda_queries()
+    used = set().union(*(series_in(query) for query in queries))
+    assert queries and used and used <= catalog.metric_names("api")
     readme = (DEPLOY / "README.md").read_text()
     table = readme.split("<!-- metrics-table:start -->")[1].split("<!-- metrics-table:end -->")[0]
     rows = [line for line in table.splitlines() if line.startswith("| `")]
