@@ -44,7 +44,11 @@ def _open_engine(
         if not base_url:
             _fail("--engine openai needs --base-url URL")
         return load_engine("openai", base_url=base_url, model=model, api_key=api_key)
-    _fail(f"unknown engine {kind!r} (expected native or openai)")
+    if kind == "color":  # the model-free baseline for synthetic sets
+        from model_runtime.grounding.color_engine import ColorBaselineEngine
+
+        return ColorBaselineEngine()
+    _fail(f"unknown engine {kind!r} (expected native, openai or color)")
 
 
 def _sampling(
@@ -65,7 +69,11 @@ def _sampling(
 
 
 # Options shared by `ground` and `eval` (Typer wants them spelled out per command).
-_ENGINE = typer.Option("native", "--engine", help="native (in-process, needs --checkpoint) or openai.")
+_ENGINE = typer.Option(
+    "native",
+    "--engine",
+    help="native (in-process, needs --checkpoint), openai, or color (baseline for synth sets).",
+)
 _CHECKPOINT = typer.Option(None, "--checkpoint", help="Native checkpoint folder.")
 _BASE_URL = typer.Option(None, "--base-url", help="OpenAI-compatible server (with --engine openai).")
 _MODEL = typer.Option("keye", "--model", help="Model name sent to the openai server.")
@@ -172,6 +180,12 @@ def synth(
     fps: float = typer.Option(10.0, "--video-fps", help="Frame rate of the written videos."),
     width: int = typer.Option(160, "--width", help="Frame width."),
     height: int = typer.Option(96, "--height", help="Frame height."),
+    distractors: int = typer.Option(
+        2, "--distractors", help="Unrelated shapes per video (no query asks for them)."
+    ),
+    min_event: float | None = typer.Option(
+        None, "--min-event", help="Shortest event in seconds (default 5%% of the video)."
+    ),
 ) -> None:
     """Write synthetic videos with known events and their annotation file (TimeLens-Bench JSON)."""
     from model_runtime.grounding.synth import write_synthetic_set
@@ -180,7 +194,7 @@ def synth(
     try:
         path = write_synthetic_set(
             out, count=count, seed=seed, duration_s=duration, events_per_video=events, fps=fps, width=width,
-            height=height,
+            height=height, distractors=distractors, min_event_s=min_event,
         )  # fmt: skip
     except (ValueError, VideoError, OSError) as err:
         _fail(str(err))

@@ -2,14 +2,13 @@
 
 Two engines. The tiny random-weight Keye checkpoint through `NativeEngine` proves the plumbing with the
 real runtime (chunk counts, one engine call per chunk, one request per query sharing one VideoInput,
-well-formed output); its answers are noise, so nothing is asserted about accuracy. A colour-detecting
-engine that really looks at the frames it is given (test helper below) proves the time bookkeeping:
+well-formed output); its answers are noise, so nothing is asserted about accuracy. The colour-detecting
+baseline engine (it really looks at the frames it is given) proves the time bookkeeping:
 chunk-local timestamps in, video-time segments out, overlapping for real with the known events.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,13 +21,13 @@ from model_runtime.engine.base import Completion, Engine, GenerationRequest
 from model_runtime.engine.native import NativeEngine
 from model_runtime.grounding import GroundingStats, ground_chunk, ground_video, refine_windows
 from model_runtime.grounding.annotations import load_annotations
+from model_runtime.grounding.color_engine import ColorBaselineEngine
 from model_runtime.grounding.evaluate import score_predictions
 from model_runtime.grounding.merge import FinalSegment
 from model_runtime.grounding.metrics import temporal_iou
 from model_runtime.grounding.predict import predict_samples
 from model_runtime.grounding.synth import write_synthetic_set
 from model_runtime.video import (
-    COLORS,
     SamplingParams,
     SyntheticTruth,
     make_event,
@@ -76,46 +75,6 @@ class RecordingEngine:
 
     def close(self) -> None:
         self.inner.close()
-
-
-class ColorEngine:
-    """Answers "when does the <colour> <shape> appear" by finding that colour's pixels in the frames.
-
-    It reads the chunk length and the query from the grounding prompt and the chunk-local timestamps
-    from the VideoInput, exactly as a VLM would, and writes `[[start, end], ...]` in those seconds.
-    """
-
-    name = "color"
-
-    def __init__(self) -> None:
-        self.batches: list[list[GenerationRequest]] = []
-
-    def generate(self, requests: Sequence[GenerationRequest]) -> list[Completion]:
-        self.batches.append(list(requests))
-        return [self._answer(r) for r in requests]
-
-    def _answer(self, request: GenerationRequest) -> Completion:
-        duration = float(re.search(r"clip is ([\d.]+) seconds", request.prompt).group(1))
-        query = re.search(r'happens: "([^"]+)"', request.prompt).group(1)
-        color = next(c for c in COLORS if re.search(rf"\b{c}\b", query))
-        frames = request.video.frames.astype(np.int32)  # [N, H, W, 3]
-        close = np.abs(frames - np.array(COLORS[color])).sum(-1) < 120  # [N, H, W]
-        hit = close.sum(axis=(1, 2)) >= 3  # [N]
-        times = list(request.video.timestamps)
-        step = times[1] - times[0] if len(times) > 1 else duration
-        spans, start = [], None
-        for i, h in enumerate([*hit, False]):
-            if h and start is None:
-                start = i
-            elif not h and start is not None:
-                spans.append(f"[{times[start]:.1f}, {min(times[i - 1] + step, duration):.1f}]")
-                start = None
-        text = f"[{', '.join(spans)}]" if spans else "none"
-        pieces = re.findall(r"\d+|\D", text)
-        return Completion(text, list(range(len(pieces))), [-0.05] * len(pieces), 10 * len(times), "stop")
-
-    def close(self) -> None:
-        pass
 
 
 def _check_well_formed(finals: list[FinalSegment], queries: list[str], top_k: int) -> None:
@@ -166,7 +125,7 @@ def test_native_engine_coarse_to_fine_plumbing(
 @pytest.mark.parametrize("strategy", ["chunked", "coarse_to_fine"])
 def test_segments_land_on_the_events(hour_video: SyntheticTruth, strategy: str) -> None:
     queries = [f"{e.label}" for e in hour_video.events]
-    engine, stats = ColorEngine(), GroundingStats()
+    engine, stats = RecordingEngine(ColorBaselineEngine()), GroundingStats()
     finals = ground_video(
         hour_video.path, queries, engine, strategy=strategy, params=PARAMS, overlap_s=OVERLAP_S, stats=stats
     )
@@ -201,7 +160,7 @@ def test_predict_and_score_a_synthetic_set(tmp_path: Path) -> None:
         assert len(set(colors)) == len(colors)
     params = SamplingParams(fps=2.0, min_pixels=4 * 784, max_pixels=4 * 784, video_total_pixels=40 * 4 * 784)
     stats = GroundingStats()
-    predictions = predict_samples(samples, tmp_path, ColorEngine(), params=params, stats=stats)
+    predictions = predict_samples(samples, tmp_path, ColorBaselineEngine(), params=params, stats=stats)
     assert [(p.video, p.query) for p in predictions] == [(s.video, s.query) for s in samples]
     report = score_predictions(samples, predictions)
     # 0.5 s between frames: boundaries are off by at most one spacing on 8-13 s events.
@@ -213,7 +172,7 @@ def test_ground_chunk_maps_local_answers_to_video_time(hour_video: SyntheticTrut
     info = probe_video(hour_video.path)
     chunk = plan_chunks(info, PARAMS, overlap_s=OVERLAP_S).chunks[2]  # starts well after 0
     frames = sample_chunk(hour_video.path, chunk)
-    engine = ColorEngine()
+    engine = RecordingEngine(ColorBaselineEngine())
     (seg,) = ground_chunk(engine, frames, chunk, ["blue square"])
     (request,) = engine.batches[0]
     assert request.video.timestamps[0] == 0.0 and "This video clip is" in request.prompt
@@ -227,11 +186,18 @@ def test_engine_that_decodes_itself_gets_source_and_window(hour_video: Synthetic
     info = probe_video(hour_video.path)
     chunk = plan_chunks(info, PARAMS, overlap_s=OVERLAP_S).chunks[1]
 
-    class Capture(ColorEngine):
-        def _answer(self, request: GenerationRequest) -> Completion:
-            return Completion("The event happens in 10 - 20 seconds.", [1, 2], [-0.1, -0.1], 5, "stop")
+    class FixedAnswer:  # stands for a server-side decoder: it never looks at frames
+        name = "fixed"
 
-    engine = Capture()
+        def generate(self, requests: Sequence[GenerationRequest]) -> list[Completion]:
+            return [
+                Completion("The event happens in 10 - 20 seconds.", [1, 2], [-0.1, -0.1], 5, "stop")
+            ] * len(requests)
+
+        def close(self) -> None:
+            pass
+
+    engine = RecordingEngine(FixedAnswer())
     (seg,) = ground_chunk(engine, None, chunk, ["red circle"], source=hour_video.path, params=PARAMS)
     video = engine.batches[0][0].video
     assert video.frames.shape[0] == 0 and video.source == hour_video.path
@@ -255,10 +221,12 @@ def test_refine_windows_pad_clip_and_merge(hour_video: SyntheticTruth) -> None:
 
 def test_bad_arguments(hour_video: SyntheticTruth) -> None:
     with pytest.raises(ValueError, match="strategy"):
-        ground_video(hour_video.path, ["x"], ColorEngine(), strategy="nope")
+        ground_video(hour_video.path, ["x"], ColorBaselineEngine(), strategy="nope")
     with pytest.raises(ValueError, match="query"):
-        ground_video(hour_video.path, ["  "], ColorEngine())
+        ground_video(hour_video.path, ["  "], ColorBaselineEngine())
     assert (
-        ground_chunk(ColorEngine(), None, plan_chunks(probe_video(hour_video.path), PARAMS).chunks[0], [])
+        ground_chunk(
+            ColorBaselineEngine(), None, plan_chunks(probe_video(hour_video.path), PARAMS).chunks[0], []
+        )
         == []
     )
