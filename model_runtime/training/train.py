@@ -58,7 +58,7 @@ def small_config(tokenizer: Any) -> KeyeConfig:
         ),
     )
     vision = VisionConfig(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, image_size=84,
+        hidden_size=96, intermediate_size=192, num_hidden_layers=3, num_attention_heads=3, image_size=84,
         packing_position_embedding_size=64,
     )  # fmt: skip
     return KeyeConfig(
