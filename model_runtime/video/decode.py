@@ -153,6 +153,9 @@ def _sample_pyav(source: str, chunk: Chunk, times: list[float], *, skip: SkipMod
         picker = _Picker(times)
         rotation: int | None = None
         pending = 0  # index of the first target not yet assigned to a GOP
+        out = np.empty((len(times), chunk.height, chunk.width, 3), dtype=np.uint8)  # [N, H, W, 3]
+        true_times = [math.nan] * len(times)
+        skews = [math.inf] * len(times)
 
         def decode_gop(packets: list[av.Packet], ids: list[int], skip_mode: str) -> None:
             nonlocal rotation
@@ -187,6 +190,23 @@ def _sample_pyav(source: str, chunk: Chunk, times: list[float], *, skip: SkipMod
             if mode != "none" and picker.worst(ids) > max_skew_s:
                 stats.gops_redecoded += 1
                 decode_gop(packets, ids, "none")
+            keep_gop(ids)
+
+        def keep_gop(ids: list[int]) -> None:
+            """Convert this GOP's kept frames now and let go of the decoded pictures (bounded memory)."""
+            converted: dict[int, int] = {}  # id(frame) -> row already holding it
+            for i in ids:
+                best = picker.best[i]
+                if best is None:
+                    continue
+                distance, time_s, frame = best
+                row = converted.get(id(frame))
+                out[i] = (
+                    out[row] if row is not None else _convert(frame, chunk.height, chunk.width, rotation or 0)
+                )
+                converted.setdefault(id(frame), i)
+                true_times[i], skews[i] = time_s, distance
+                picker.best[i] = None
 
         def seek_to(t: float, margin: bool = True) -> None:
             t = max(0.0, t - SEEK_MARGIN_S - 3 * frame_dt) if margin else t
@@ -231,21 +251,12 @@ def _sample_pyav(source: str, chunk: Chunk, times: list[float], *, skip: SkipMod
             raise UnreadableVideoError(f"{name}: the video data does not decode")
         if stats.frames_decoded == 0:
             raise NoFramesError(f"{name}: no frame decoded in [{times[0]:.2f}s, {times[-1]:.2f}s]")
-        rotation = rotation or 0
-        out = np.empty((len(times), chunk.height, chunk.width, 3), dtype=np.uint8)  # [N, H, W, 3]
-        true_times: list[float] = []
-        converted: dict[int, int] = {}  # id(frame) -> row already holding it
-        for i, best in enumerate(picker.best):
-            if best is None or best[0] > END_TOLERANCE_S + max_skew_s:
+        for i, skew in enumerate(skews):
+            if skew > END_TOLERANCE_S + max_skew_s:
                 raise TruncatedVideoError(
                     f"{name}: no frame near {times[i]:.2f}s (the file ends early or is cut short)"
                 )
-            _, time_s, frame = best
-            row = converted.get(id(frame))
-            out[i] = out[row] if row is not None else _convert(frame, chunk.height, chunk.width, rotation)
-            converted.setdefault(id(frame), i)
-            true_times.append(time_s)
-            stats.max_skew_s = max(stats.max_skew_s, best[0])
+        stats.max_skew_s = max(skews)
         return SampledFrames(out, true_times, stats)
 
 
