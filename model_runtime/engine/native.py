@@ -101,6 +101,8 @@ class NativeEngine:
         one `VideoInput` object and system text share the encoded prefix up to `inputs.prefix_len`."""
         requests = [r for r, _ in items]
         inputs = [i for _, i in items]
+        for request, encoded in items:
+            self._check(request, encoded)
         # Shared prefixes live until the last request that uses them has started.
         uses: dict[tuple, int] = {}
         for r, i in items:
@@ -121,6 +123,23 @@ class NativeEngine:
             self._decode(wave)
             results += [self._completion(s) for s in wave]
         return results
+
+    def _check(self, request: GenerationRequest, inputs: ModelInputs) -> None:
+        """Refuse settings that have no meaning, before any compute is spent."""
+        problems = []
+        if request.max_new_tokens < 0:
+            problems.append(f"max_new_tokens must be >= 0, got {request.max_new_tokens}")
+        if request.temperature < 0:
+            problems.append(f"temperature must be >= 0, got {request.temperature}")
+        if not 0 < request.top_p <= 1:
+            problems.append(f"top_p must be in (0, 1], got {request.top_p}")
+        if request.top_k < 0:
+            problems.append(f"top_k must be >= 0, got {request.top_k}")
+        limit = self.model.config.text.max_position_embeddings
+        if int(inputs.positions.max()) + 1 + request.max_new_tokens > limit:
+            problems.append(f"prompt + max_new_tokens exceed the model's {limit} positions")
+        if problems:
+            raise ValueError("; ".join(problems))
 
     # ---- prefill --------------------------------------------------------------------------------------
 

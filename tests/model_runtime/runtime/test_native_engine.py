@@ -153,3 +153,19 @@ def test_generate_encoded_takes_caller_built_messages(engine: NativeEngine, vide
     inputs = engine.processor.encode_messages(messages)
     (out,) = engine.generate_encoded([(GenerationRequest(prompt="", max_new_tokens=4), inputs)])
     assert len(out.token_ids) == 4 and out.prompt_tokens == inputs.input_ids.shape[0]
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("temperature", -1.0, "temperature"),
+        ("top_p", 0.0, "top_p"),
+        ("top_k", -2, "top_k"),
+        ("max_new_tokens", -1, "max_new_tokens"),
+        ("max_new_tokens", 10**9, "positions"),
+    ],
+)
+def test_bad_requests_are_refused(engine: NativeEngine, field: str, value: float, message: str) -> None:
+    request = GenerationRequest(prompt="Hi", **{field: value})
+    with pytest.raises(ValueError, match=message):
+        engine.generate([request])
