@@ -160,6 +160,7 @@ def _sample_pyav(source: str, chunk: Chunk, times: list[float], *, skip: SkipMod
         def decode_gop(packets: list[av.Packet], ids: list[int], skip_mode: str) -> None:
             nonlocal rotation
             ctx.skip_frame = SKIP_TO_FFMPEG[skip_mode]
+            last_target = times[ids[-1]]
             for packet in [*packets, None]:
                 try:
                     frames = ctx.decode(packet)
@@ -168,13 +169,18 @@ def _sample_pyav(source: str, chunk: Chunk, times: list[float], *, skip: SkipMod
                     # targets left without a frame nearby are reported as truncation below.
                     stats.corrupt_packets += 1
                     continue
+                passed_last = False
                 for frame in frames:
                     stats.frames_decoded += 1
                     if rotation is None:
                         rotation = _normalise_rotation(frame.rotation or 0)
                     if frame.pts is not None:
-                        picker.offer(ids, float(frame.pts * time_base) - start_s, frame)
-            ctx.flush_buffers()  # the drain above ends the stream for the decoder; reopen it
+                        time_s = float(frame.pts * time_base) - start_s
+                        picker.offer(ids, time_s, frame)
+                        passed_last = passed_last or time_s >= last_target
+                if passed_last:  # frames come out in pts order: none later can be nearer to any target
+                    break
+            ctx.flush_buffers()  # drop what is still in flight and reopen the decoder for the next GOP
 
         def finish_gop(packets: list[av.Packet], gop_end_s: float) -> None:
             nonlocal pending

@@ -218,4 +218,4 @@ def test_parallel_processes_give_the_same_frames(synthetic: Callable[[str], Synt
     assert multi.timestamps == single.timestamps
     assert np.array_equal(multi.frames, single.frames)
     assert multi.stats.processes == 3 and multi.stats.seeks == 3
-    assert multi.stats.frames_decoded == single.stats.frames_decoded  # no GOP decoded twice
+    assert multi.stats.gops_decoded == single.stats.gops_decoded  # no GOP decoded twice
