@@ -27,6 +27,7 @@ from model_runtime.video.errors import (
     NoFramesError,
     TruncatedVideoError,
     UnreadableVideoError,
+    VideoSourceError,
 )
 from model_runtime.video.plan import Chunk
 from model_runtime.video.probe import _normalise_rotation
@@ -274,8 +275,11 @@ def _sample_decord(
         import decord
     except ImportError as exc:
         raise BackendMissingError("the decord backend is not installed (pip install decord)") from exc
+    from model_runtime.video.container import is_url
     from model_runtime.video.probe import probe_video
 
+    if is_url(source):  # decord has no read timeout; a stalled server would hang the worker
+        raise VideoSourceError("the decord backend reads local files only; use the pyav backend for URLs")
     info = probe_video(source, timeout_s=timeout_s)  # start time: decord reports raw pts
     try:
         # decord applies the display rotation itself and takes the size as displayed.

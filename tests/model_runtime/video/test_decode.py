@@ -19,6 +19,7 @@ from model_runtime.video import (
     SamplingParams,
     SyntheticTruth,
     TruncatedVideoError,
+    VideoSourceError,
     plan_chunks,
     plan_coarse,
     plan_window,
@@ -201,6 +202,8 @@ def test_sampling_over_http(http_base: str, synthetic: Callable[[str], Synthetic
     remote = sample_chunk(f"{http_base}/basic.mp4", chunk, timeout_s=5)
     assert remote.timestamps == local.timestamps
     assert np.array_equal(remote.frames, local.frames)
+    with pytest.raises(VideoSourceError, match="local files only"):
+        sample_chunk(f"{http_base}/basic.mp4", chunk, backend="decord")
 
 
 def test_parallel_processes_give_the_same_frames(synthetic: Callable[[str], SyntheticTruth]) -> None:
