@@ -50,6 +50,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     TIMEMARK_DATA_DIR=/var/lib/timemark \
     TRITON_CACHE_DIR=/var/cache/timemark/triton \
+    XDG_CACHE_HOME=/var/cache/timemark \
     NVIDIA_VISIBLE_DEVICES=all \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility \
     TIMEMARK_ENGINE_KIND=native \

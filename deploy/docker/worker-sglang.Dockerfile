@@ -34,6 +34,7 @@ COPY deploy/docker/prestart.sh deploy/docker/worker_control.py /opt/timemark/
 ENV PYTHONUNBUFFERED=1 \
     TIMEMARK_DATA_DIR=/var/lib/timemark \
     TRITON_CACHE_DIR=/var/cache/timemark/triton \
+    XDG_CACHE_HOME=/var/cache/timemark \
     TIMEMARK_ENGINE_KIND=sglang
 USER 10001:10001
 EXPOSE 9808
