@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from core.db import session_scope
 from core.models import FINAL_CHUNK_INDEX, Chunk, Job, Segment
-from core.security import UnsafeURLError, check_url
+from core.security import UnsafeURLError, resolve_redirects
 from core.states import JobState, transition
 from core.storage import ObjectNotFound, StorageError
 from core.webhooks import record_job_event
@@ -170,12 +170,16 @@ def _check_stored_object(ctx: WorkerContext, source_uri: str) -> None:
 
 
 def _openable_source(ctx: WorkerContext, source_uri: str, *, stage: str) -> str:
-    """What the decoder opens; a user's http(s) URL is checked again here (its DNS may have changed)."""
+    """What the decoder opens. A user's http(s) URL is checked again here (its DNS may have changed)
+    and its redirects are followed by hand through the guard, since FFmpeg would follow them blindly."""
     if source_uri.startswith(("http://", "https://")):
         try:
-            check_url(source_uri, ctx.settings)
+            return resolve_redirects(source_uri, ctx.settings, timeout_s=ctx.settings.probe_timeout_s)
         except UnsafeURLError as err:
-            raise _JobInputError(stage_error("unsafe-url", err.detail, stage=stage)) from err
+            error = stage_error(err.code, err.detail, stage=stage, retryable=err.code == "fetch-failed")
+            if err.code == "fetch-failed":
+                raise TransientTaskError(f"{stage}: {err.detail}", error) from err
+            raise _JobInputError(error) from err
     try:
         return ctx.source_url(source_uri)
     except Exception as err:  # storage errors: the object may come back (S3 hiccup)

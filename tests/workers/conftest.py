@@ -43,8 +43,11 @@ def worker_settings(service_settings: Any, tiny_checkpoint: Path) -> Any:
 
 @pytest.fixture(scope="session")
 def ctx(worker_settings: Any, db_engine: Any) -> Iterator[Any]:
+    import torch
+
     from workers.context import WorkerContext
 
+    torch.set_num_threads(1)  # 2 shared cores: more threads only spin against other people's work
     context = WorkerContext(worker_settings)
     yield context
     context.close()

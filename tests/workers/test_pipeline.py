@@ -97,7 +97,9 @@ def test_probe_refuses_an_unsafe_url(ctx: Any, session_factory: Any, make_job: A
     probe_job(strict, str(job_id))
     job = _job(session_factory, job_id)
     assert (
-        job.state == "failed" and job.error["type"].endswith("unsafe-url") and job.error["stage"] == "probe"
+        job.state == "failed"
+        and job.error["type"].endswith("address-not-allowed")
+        and job.error["stage"] == "probe"
     )
 
 
