@@ -556,12 +556,13 @@ class KernelLoader:
 
     def __init__(self, functions: Any = None) -> None:
         self._module: Any = functions
+        self._injected = functions is not None
         self._failed: str | None = None
         self._warned = False
 
     def get(self, device: torch.device) -> Any:
-        if self._module is not None and device.type != "cuda" and not hasattr(self._module, "__path__"):
-            return self._module  # injected functions: no device requirement
+        if self._injected:
+            return self._module  # the caller vouches for the device
         if device.type != "cuda":
             return self._fail("the Triton kernels need a CUDA device")
         if self._module is None and self._failed is None:
