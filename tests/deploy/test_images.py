@@ -216,6 +216,7 @@ def test_prestart_script_is_valid_sh() -> None:
     assert usage.returncode == 2 and "usage" in usage.stderr
 
 
+@pytest.mark.slow
 def test_prestart_migrates_a_real_database_and_wait_sees_head(make_pg_database) -> None:
     if not (REPO_ROOT / "alembic.ini").exists():
         pytest.skip("alembic.ini has not landed yet; the migration step cannot run")
