@@ -5,8 +5,9 @@ our native runtime, so the `openai` engine is tested against a real server. Requ
 shape: `video_url` parts with `preprocess_kwargs` (fps, max_frames, min_frames, min_pixels,
 max_pixels, video_total_pixels; our extension `start_s`/`end_s` picks a window). The server decodes the
 video itself with `model_runtime.video` and writes chunk-local timestamps (CONTRACTS "Timestamps in
-prompts"). Bad input gets an OpenAI-style JSON error with a 4xx status; the engine runs one batch at
-a time behind a lock.
+prompts"). Concurrent requests are gathered into one `generate` call, and requests for the same video
+and kwargs share one decoded `VideoInput`, so the engine encodes a chunk once for all its queries.
+Bad input gets an OpenAI-style JSON error with a 4xx status.
 """
 
 from __future__ import annotations
@@ -14,11 +15,16 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import json
+import os
 import threading
 import time
 import urllib.parse
 import uuid
-from collections.abc import Callable
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Future
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -347,6 +353,149 @@ def _cut_at_stop(text: str, stop: str | list[str] | None) -> str:
     return text[: min(cuts)] if cuts else text
 
 
+# ---------------------------------------------------------------------------- sharing and batching
+
+
+class VideoCache:
+    """Decoded videos by (URL, kwargs, file identity), newest `max_entries` kept.
+
+    Concurrent requests for one video wait for a single decode and get the SAME `VideoInput` object,
+    which is what lets the engine encode the video once and branch per query (base.py).
+    """
+
+    def __init__(self, decode: Callable[[str, dict[str, Any]], VideoInput], *, max_entries: int = 2) -> None:
+        self._decode = decode
+        self._max_entries = max_entries
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[tuple[str, str, Any], Future[VideoInput]] = OrderedDict()
+        self.decodes = 0
+
+    def __call__(self, url: str, preprocess_kwargs: dict[str, Any]) -> VideoInput:
+        key = (url, json.dumps(preprocess_kwargs, sort_keys=True, default=str), _file_identity(url))
+        with self._lock:
+            future = self._entries.get(key)
+            owner = future is None
+            if future is None:
+                future = self._entries[key] = Future()
+                while len(self._entries) > self._max_entries:
+                    self._entries.popitem(last=False)  # waiters keep their own reference to the future
+            else:
+                self._entries.move_to_end(key)
+        if owner:
+            try:
+                future.set_result(self._decode(url, preprocess_kwargs))
+                with self._lock:
+                    self.decodes += 1
+            except BaseException as err:  # every waiter sees the error; the next request tries again
+                future.set_exception(err)
+                with self._lock:
+                    if self._entries.get(key) is future:
+                        del self._entries[key]
+        return future.result()
+
+
+def _file_identity(url: str) -> tuple[int, int] | None:
+    """(mtime, size) of a local file, so a rewritten file is decoded again; None for URLs."""
+    parsed = urllib.parse.urlparse(url)
+    if parsed.scheme not in ("", "file"):
+        return None
+    path = urllib.parse.unquote(parsed.path) if parsed.scheme == "file" else url
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_mtime_ns, stat.st_size
+
+
+@dataclass
+class _Job:
+    work: GenerationRequest | Callable[[], Completion]  # a request to batch, or work that runs alone
+    future: Future[Completion]
+
+
+class RequestBatcher:
+    """Runs the engine on one thread: requests arriving within `window_s` of the first (up to
+    `max_batch`) go into one `generate` call; callables (image requests) run alone, in order.
+
+    A failing batch is re-run one request at a time, so an error reaches only the request that
+    caused it. `batch_sizes` records the recent batches.
+    """
+
+    def __init__(self, engine: Engine, *, max_batch: int = 8, window_s: float = 0.02) -> None:
+        self.engine, self.max_batch, self.window_s = engine, max(1, max_batch), window_s
+        self.batch_sizes: deque[int] = deque(maxlen=1000)
+        self._jobs: deque[_Job] = deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="engine-batcher", daemon=True)
+        self._thread.start()
+
+    def generate(self, request: GenerationRequest) -> Completion:
+        return self._submit(request)
+
+    def call(self, work: Callable[[], Completion]) -> Completion:
+        return self._submit(work)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join(timeout=60)
+
+    def _submit(self, work: GenerationRequest | Callable[[], Completion]) -> Completion:
+        job = _Job(work, Future())
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("the model server is shutting down")
+            self._jobs.append(job)
+            self._cond.notify_all()
+        return job.future.result()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._jobs and not self._closed:
+                    self._cond.wait()
+                if not self._jobs:
+                    return
+                first = self._jobs.popleft()
+            if callable(first.work):
+                _settle(first, first.work)
+                continue
+            batch = [first]
+            deadline = time.monotonic() + self.window_s
+            with self._cond:
+                while len(batch) < self.max_batch and not self._closed:
+                    if self._jobs and not callable(self._jobs[0].work):
+                        batch.append(self._jobs.popleft())
+                    elif self._jobs or time.monotonic() >= deadline:
+                        break  # work that runs alone is next, or the window closed
+                    else:
+                        self._cond.wait(deadline - time.monotonic())
+            self._run(batch)
+
+    def _run(self, batch: list[_Job]) -> None:
+        self.batch_sizes.append(len(batch))
+        try:
+            completions = self.engine.generate([job.work for job in batch])  # type: ignore[misc]
+        except Exception as err:
+            if len(batch) == 1:
+                batch[0].future.set_exception(err)
+            else:
+                for job in batch:
+                    self._run([job])
+            return
+        for job, completion in zip(batch, completions, strict=True):
+            job.future.set_result(completion)
+
+
+def _settle(job: _Job, work: Callable[[], Completion]) -> None:
+    try:
+        job.future.set_result(work())
+    except Exception as err:
+        job.future.set_exception(err)
+
+
 # ---------------------------------------------------------------------------- app
 
 
@@ -358,26 +507,42 @@ def create_app(
     attn_impl: str = "reference",
     video_decoder: VideoDecoder | None = None,
     allow_local_files: bool = True,
+    max_batch: int = 8,
+    batch_window_s: float = 0.02,
+    video_cache_entries: int = 2,
 ) -> FastAPI:
     """The FastAPI app serving `/v1/chat/completions`, `/v1/models` and `/healthz`.
 
     Pass an `Engine` (any kind) or a checkpoint folder, which is loaded into a `NativeEngine` on
-    `device` with `attn_impl`. `model_name` defaults to the checkpoint folder's name (or the engine's).
+    `device` with `attn_impl` (and closed with the app). `model_name` defaults to the checkpoint
+    folder's name (or the engine's). Requests arriving within `batch_window_s` of each other run as
+    one batch of at most `max_batch`; the last `video_cache_entries` decoded videos are kept.
     """
     if isinstance(engine_or_checkpoint, (str, Path)):
         from model_runtime.engine.native import NativeEngine
 
         engine: Engine = NativeEngine(engine_or_checkpoint, device=device, attn_impl=attn_impl)
         served_name = model_name or Path(engine_or_checkpoint).resolve().name
+        owns_engine = True
     else:
         engine = engine_or_checkpoint
         served_name = model_name or engine.name
-    decoder = video_decoder or VideoDecoder(allow_local_files=allow_local_files)
+        owns_engine = False
+    videos = VideoCache(
+        video_decoder or VideoDecoder(allow_local_files=allow_local_files), max_entries=video_cache_entries
+    )
     token_text, decode = _token_decoders(engine)
-    engine_lock = threading.Lock()  # the engine keeps caches on the GPU: one batch at a time
+    batcher = RequestBatcher(engine, max_batch=max_batch, window_s=batch_window_s)
     created = int(time.time())
 
-    app = FastAPI(title="timemark model server", version="1")
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        batcher.close()
+        if owns_engine:
+            engine.close()
+
+    app = FastAPI(title="timemark model server", version="1", lifespan=lifespan)
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, err: ApiError) -> JSONResponse:
@@ -395,6 +560,12 @@ def create_app(
             ApiError(400, message, code="invalid-request", param=where).body(), status_code=400
         )
 
+    @app.exception_handler(Exception)
+    async def server_error(_: Request, err: Exception) -> JSONResponse:
+        # e.g. CUDA out of memory: the client sees OpenAI's shape, the log keeps the traceback
+        error = ApiError(500, f"{type(err).__name__}: {err}", code="engine-failed")
+        return JSONResponse(error.body(), status_code=500)
+
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
         return {"status": "ok", "model": served_name}
@@ -410,18 +581,17 @@ def create_app(
             raise ApiError(
                 404, f"model {body.model!r} is not served here (try {served_name!r})", code="model_not_found"
             )
-        parsed = to_generation_request(body, decode_video=decoder, allow_local_files=allow_local_files)
-        with engine_lock:
-            try:
-                if parsed.images:
-                    completion = generate_with_images(engine, parsed.request, parsed.images)
-                else:
-                    (completion,) = engine.generate([parsed.request])
-            except ValueError as err:  # e.g. frames the processor cannot take
-                raise ApiError(400, str(err), code="engine-refused") from err
+        parsed = to_generation_request(body, decode_video=videos, allow_local_files=allow_local_files)
+        try:
+            if parsed.images:
+                completion = batcher.call(lambda: generate_with_images(engine, parsed.request, parsed.images))
+            else:
+                completion = batcher.generate(parsed.request)
+        except ValueError as err:  # e.g. frames the processor cannot take
+            raise ApiError(400, str(err), code="engine-refused") from err
         return completion_body(completion, body, model=served_name, token_text=token_text, decode=decode)
 
-    app.state.engine = engine
+    app.state.engine, app.state.batcher, app.state.videos = engine, batcher, videos
     return app
 
 

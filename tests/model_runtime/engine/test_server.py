@@ -394,3 +394,62 @@ def test_body_that_is_not_json_is_400(server_url: str) -> None:
         timeout=10,
     )
     assert_openai_error(response, 400, "invalid-request")
+
+
+# ---------------------------------------------------------------------------- batching and sharing
+
+
+def test_concurrent_queries_on_one_video_are_one_batch_with_one_decode(
+    tiny_checkpoint: Path, small_video: Path
+) -> None:
+    import threading
+
+    import uvicorn
+
+    from model_runtime.engine.native import NativeEngine
+    from model_runtime.engine.server import create_app
+
+    from .conftest import _free_port
+
+    engine = NativeEngine(tiny_checkpoint)
+    # The batch closes as soon as all three requests are in (max_batch), so the long window costs nothing.
+    app = create_app(engine, model_name=MODEL, max_batch=3, batch_window_s=30.0)
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        assert thread.is_alive()
+        threading.Event().wait(0.05)
+    questions = ["When does the red circle appear?", "When does it leave?", "Is there a square?"]
+    replies: dict[str, dict] = {}
+
+    def ask(question: str) -> None:
+        content = [video_part(small_video), {"type": "text", "text": question}]
+        body = {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": content}],
+            "max_tokens": 4,
+            "temperature": 0,
+        }
+        replies[question] = requests.post(
+            f"http://127.0.0.1:{port}/v1/chat/completions", json=body, timeout=60
+        ).json()
+
+    try:
+        askers = [threading.Thread(target=ask, args=(q,)) for q in questions]
+        for asker in askers:
+            asker.start()
+        for asker in askers:
+            asker.join(timeout=90)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+    assert list(app.state.batcher.batch_sizes) == [3]
+    assert app.state.videos.decodes == 1
+
+    shared, _ = frames_as_the_fork_decodes_them(small_video)
+    direct = engine.generate([GenerationRequest(prompt=q, video=shared, max_new_tokens=4) for q in questions])
+    for question, completion in zip(questions, direct, strict=True):
+        assert replies[question]["choices"][0]["message"]["content"] == completion.text
+        assert replies[question]["usage"]["prompt_tokens"] == completion.prompt_tokens
