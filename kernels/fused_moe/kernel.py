@@ -155,10 +155,10 @@ def fused_moe(
     topk_ids: torch.Tensor,
     topk_weights: torch.Tensor,
     *,
-    block_m: int = 64,
+    block_m: int = 128,
     block_n: int = 128,
     block_k: int = 64,
-    num_warps: int = 4,
+    num_warps: int = 8,
     num_stages: int = 3,
 ) -> torch.Tensor:
     """Routed SiLU-gated expert FFN for a batch of tokens.
@@ -169,7 +169,8 @@ def fused_moe(
         down: [E, F, D], same dtype as x.
         topk_ids: int32/int64 [T, k] expert of each routing slot, in [0, E).
         topk_weights: [T, k] routing weights (any float dtype; used in fp32).
-        block_m/n/k, num_warps, num_stages: tile configuration of both GEMMs.
+        block_m/n/k, num_warps, num_stages: tile configuration of both GEMMs (defaults: the best
+            of the sweep in kernels/fused_moe/bench.py on an H200, 2026-11-29).
 
     Returns:
         [T, D] in x's dtype: sum_j topk_weights[t, j] * (SiLU(x gate) * (x up)) down for
@@ -190,7 +191,7 @@ def fused_moe(
     n_slots = tokens * top
     sorted_slots, block_expert, n_blocks = sort_slots_by_expert(topk_ids, experts, block_m)
     max_blocks = block_expert.shape[0]
-    precision = "ieee" if x.dtype == torch.float32 else "tf32"
+    precision = "tf32x3" if x.dtype == torch.float32 else "tf32"
     act = torch.empty(max_blocks * block_m, width, dtype=x.dtype, device=x.device)  # [rows, F]
     _gate_up_kernel[(max_blocks, triton.cdiv(width, block_n))](
         x, gate_up, act, sorted_slots, block_expert, n_blocks, n_slots, hidden, width,

@@ -115,8 +115,8 @@ def decode_sweep(sizes: list[int], device: str) -> list[dict[str, object]]:
     for keys in sizes:
         q, w, k = make_inputs(keys, device)
         last = keys - 1
-        ours = bench_ms(lambda: indexer_topk(q[last:], w[last:], k, TOPK, last))
-        baseline = bench_ms(lambda: torch_indexer_topk(q[last:], w[last:], k, TOPK, last))
+        ours = bench_ms(lambda: indexer_topk(q[last:], w[last:], k, TOPK, last), graph=True)
+        baseline = bench_ms(lambda: torch_indexer_topk(q[last:], w[last:], k, TOPK, last), graph=True)
         key_bytes = keys * DIM * 2
         results.append(
             {

@@ -129,7 +129,7 @@ def launch_sparse_attention(
         return
     block_m = max(16, triton.next_power_of_2(block_q * group))
     block_d = max(16, triton.next_power_of_2(dim))
-    precision = "ieee" if q.dtype == torch.float32 else "tf32"
+    precision = "tf32x3" if q.dtype == torch.float32 else "tf32"
     grid = (union.keys.shape[0], kv_heads)
     _sparse_attention_kernel[grid](
         q, k, v, out, union.keys, union.counts, union.mask, tokens, scale * _LOG2E,

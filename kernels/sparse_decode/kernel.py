@@ -195,7 +195,7 @@ def sparse_decode(
     part_max = torch.empty(batch * q_heads * n_splits, dtype=torch.float32, device=q.device)
     part_sum = torch.empty_like(part_max)
     block_d = max(16, triton.next_power_of_2(dim))
-    precision = "ieee" if q.dtype == torch.float32 else "tf32"
+    precision = "tf32x3" if q.dtype == torch.float32 else "tf32"
     _sparse_decode_split_kernel[(batch, kv_heads, n_splits)](
         q, k_cache, v_cache, page_table, idx, part_acc, part_max, part_sum,
         topk, keys_per_split, scale * _LOG2E,

@@ -48,7 +48,7 @@ def _select_topk_kernel(
         prefix = tl.zeros((), dtype=tl.uint32)
         needed = tl.full((), K, tl.int32)  # how many of the prefix-matching keys still go in
         for step in tl.static_range(4):
-            shift: tl.constexpr = 24 - 8 * step
+            shift = 24 - 8 * step  # constexpr: the loop is unrolled
             hist = tl.zeros((512,), dtype=tl.int32)
             for first in range(0, length, BLOCK):
                 col = first + lanes
