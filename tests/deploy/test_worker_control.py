@@ -102,7 +102,7 @@ def test_drain_stops_consuming_waits_for_the_running_task_and_leaves_the_next(ce
     assert nodes == [f"w@{host}"]
 
     first = folder / "first.done"
-    celery_worker["slow"].delay(str(first), 2.5)
+    celery_worker["slow"].delay(str(first), 4.0)
     wait_until(lambda: control.running_tasks(app, nodes, timeout_s=1.0) == 1, 30, "the task to start")
 
     # A deadline shorter than the task: drain gives up (the soft shutdown handles the rest).
