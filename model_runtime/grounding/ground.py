@@ -62,6 +62,18 @@ class GroundingStats:
         return asdict(self)
 
 
+def token_texts_of(engine: Engine) -> TokenTexts | None:
+    """Per-token strings for engines that can decode ids themselves (the native engine's processor).
+
+    Not part of the Engine interface, so looked up by duck typing; None means span confidence falls
+    back to all answer tokens (the openai engine's servers do not return token strings through it).
+    """
+    decode = getattr(getattr(engine, "processor", None), "decode", None)
+    if not callable(decode):
+        return None
+    return lambda ids: [decode([i]) for i in ids]
+
+
 def _chunk_video_input(
     frames: SampledFrames | None, chunk: Chunk, source: str | None, params: SamplingParams | None
 ) -> VideoInput:
@@ -215,6 +227,7 @@ def ground_video(
     params = params if params is not None else SamplingParams()
     info = info if info is not None else probe_video(source)
     stats = stats if stats is not None else GroundingStats()
+    token_texts = token_texts if token_texts is not None else token_texts_of(engine)
 
     def ask(chunk: Chunk, asked: list[str]) -> list[ChunkSegment]:
         if decode_frames:

@@ -23,6 +23,7 @@ from model_runtime.grounding import GroundingStats, ground_chunk, ground_video, 
 from model_runtime.grounding.annotations import load_annotations
 from model_runtime.grounding.color_engine import ColorBaselineEngine
 from model_runtime.grounding.evaluate import score_predictions
+from model_runtime.grounding.ground import token_texts_of
 from model_runtime.grounding.merge import FinalSegment
 from model_runtime.grounding.metrics import temporal_iou
 from model_runtime.grounding.predict import predict_samples
@@ -105,6 +106,13 @@ def test_native_engine_chunked_plumbing(hour_video: SyntheticTruth, native_engin
         assert local[0] == 0.0 and local[-1] <= chunk.end_s - chunk.start_s
         assert all(q.split("?")[0] in r.prompt for q, r in zip(queries, batch, strict=True))
     _check_well_formed(finals, queries, 5)
+
+
+def test_native_token_texts_spell_the_completion(native_engine: NativeEngine) -> None:
+    texts = token_texts_of(native_engine)
+    assert texts is not None and token_texts_of(ColorBaselineEngine()) is None
+    (completion,) = native_engine.generate([GenerationRequest("Say 12.5 - 30 seconds.", max_new_tokens=12)])
+    assert "".join(texts(completion.token_ids)) == completion.text
 
 
 def test_native_engine_coarse_to_fine_plumbing(
