@@ -230,7 +230,10 @@ def draw_timeline(path: Path, queries: list[str], truth: Any, segments: list[dic
         draw.text((10, y + 18), query[:40], fill="black")
         draw.rectangle([x(0), y + 4, x(truth.duration_s), y + row_h - 8], outline=(200, 200, 200))
         draw.rectangle([x(event.start_s), y + 8, x(event.end_s), y + 22], fill=(40, 170, 60))
-        for s in (s for s in segments if s["query_index"] == qi):
+        found = [s for s in segments if s["query_index"] == qi]
+        if not found:
+            draw.text((x(0) + 6, y + 28), "no segment found", fill=(150, 150, 150))
+        for s in found:
             shade = int(220 - 180 * max(0.0, min(1.0, s["confidence"])))
             draw.rectangle(
                 [x(s["start_s"]), y + 28, max(x(s["end_s"]), x(s["start_s"]) + 2), y + 42],

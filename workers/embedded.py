@@ -67,7 +67,8 @@ def embedded_env(data_dir: Path, checkpoint: Path, *, base: dict[str, str] | Non
             "TIMEMARK_URL_ALLOW_CIDRS": '["127.0.0.0/8"]',
         }
     )
-    env.setdefault("OMP_NUM_THREADS", "2")
+    # One thread: the CPU model is tiny, and on a shared machine more threads only spin against each other.
+    env.setdefault("OMP_NUM_THREADS", "1")
     return env
 
 
