@@ -33,7 +33,7 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from model_runtime.engine.base import Completion, Engine, GenerationRequest, VideoInput
 
@@ -108,6 +108,12 @@ class ChatCompletionRequest(_Part):
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     skip_special_tokens: bool = True
     return_tokens_as_token_ids: bool = False  # vLLM's extension: tokens come back as "token_id:N"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_means_default(cls, data: Any) -> Any:
+        # Some clients send every field, unset ones as null; OpenAI treats those as absent.
+        return {k: v for k, v in data.items() if v is not None} if isinstance(data, dict) else data
 
 
 # ---------------------------------------------------------------------------- media decoding
@@ -261,21 +267,23 @@ def to_generation_request(
             400, f"expected exactly one user message, got {len(user_messages)}", code="unsupported"
         )
 
+    content = user_messages[0].content
+    parts = content if isinstance(content, list) else [TextPart(type="text", text=content or "")]
+    n_videos = sum(isinstance(part, VideoPart) for part in parts)
+    if n_videos > 1:
+        raise ApiError(400, "at most one video per request", code="unsupported")
+    if n_videos and any(isinstance(part, ImagePart) for part in parts):
+        raise ApiError(400, "send a video or images, not both", code="unsupported")
     texts: list[str] = []
     videos: list[VideoInput] = []
     images: list[np.ndarray] = []
-    content = user_messages[0].content
-    for part in [TextPart(type="text", text=content or "")] if not isinstance(content, list) else content:
+    for part in parts:  # checked before decoding anything, so a refused request costs no decode
         if isinstance(part, TextPart):
             texts.append(part.text)
         elif isinstance(part, VideoPart):
             videos.append(decode_video(part.video_url.url, part.video_url.preprocess_kwargs))
         else:
             images.append(decode_image(part.image_url.url, allow_local_files=allow_local_files))
-    if len(videos) > 1:
-        raise ApiError(400, "at most one video per request", code="unsupported")
-    if videos and images:
-        raise ApiError(400, "send a video or images, not both", code="unsupported")
 
     stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
     request = GenerationRequest(

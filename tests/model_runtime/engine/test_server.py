@@ -222,6 +222,18 @@ def test_seeded_sampling_repeats_and_skip_special_tokens(server_url: str, tiny_c
     assert first["choices"][0]["message"]["content"] == processor.decode(ids, skip_special_tokens=False)
 
 
+def test_null_fields_mean_defaults(server_url: str) -> None:
+    body = {
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 2,
+        "temperature": None,
+        "top_p": None,
+    }
+    body |= {"stop": None, "seed": None, "logprobs": None, "n": None, "stream": None}
+    response = chat(server_url, body)
+    assert response.status_code == 200, response.text
+
+
 def test_healthz(server_url: str) -> None:
     assert requests.get(f"{server_url}/healthz", timeout=10).json() == {"status": "ok", "model": MODEL}
 
