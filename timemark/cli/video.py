@@ -42,7 +42,8 @@ def frames(
     skip: str = typer.Option(
         "auto", "--skip", help="Frames the decoder may drop: auto, none, nonref, bidir."
     ),
-    threads: int = typer.Option(2, "--threads", help="Decoder threads."),
+    threads: int = typer.Option(2, "--threads", help="Decoder threads (shared among --processes)."),
+    processes: int = typer.Option(1, "--processes", help="Decode each chunk in this many processes (PyAV)."),
     timeout: float = typer.Option(15.0, "--timeout", help="Seconds any network read may take."),
     plan_only: bool = typer.Option(False, "--plan-only", help="Print the plan without decoding."),
 ) -> None:
@@ -86,7 +87,8 @@ def frames(
     document: dict[str, Any] = {"source": video, **plan.to_dict(), "kind": kind, "probe_s": round(probe_s, 4)}
     if not plan_only:
         try:
-            document["decoded"] = _decode_all(video, plan, out, sample_chunk, backend, skip, threads, timeout)
+            document["decoded"] = _decode_all(video, plan, out, sample_chunk, backend, skip, threads, processes,
+                                              timeout)  # fmt: skip
         except VideoError as err:
             _fail(str(err))
         document["total_s"] = round(time.perf_counter() - began, 4)
@@ -95,7 +97,7 @@ def frames(
 
 
 def _decode_all(video: str, plan: Any, out: Path | None, sample_chunk: Any, backend: str, skip: str,
-                threads: int, timeout: float) -> list[dict[str, Any]]:  # fmt: skip
+                threads: int, processes: int, timeout: float) -> list[dict[str, Any]]:  # fmt: skip
     """Decode every chunk in order (one in memory at a time), with a progress bar on stderr."""
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
