@@ -1,0 +1,251 @@
+"""End to end through HTTP: API (uvicorn) + a real Celery worker process on PostgreSQL, Redis and moto S3.
+
+A generated video with known events goes to the moto S3 server; a grounding job with several queries
+is submitted over HTTP with a webhook; the test waits for the webhook, verifies its signature with the
+`standardwebhooks` library, then checks the job over HTTP and its chunks and segments in PostgreSQL.
+With the shipped small trained model the found segments must match the ground truth (IoU ≥ 0.5 for
+most queries); with the tiny random-weight checkpoint (until that model ships) the answers are noise,
+so only the plumbing is checked: every chunk processed once, job succeeded, webhook verified.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+from sqlalchemy import func, select
+from standardwebhooks import Webhook
+
+from workers.embedded import TRAINED_CHECKPOINT, stop_process, wait_ready
+
+pytestmark = pytest.mark.timeout(180)
+
+SAMPLING = {"fps": 1.0, "min_pixels": 50_176, "max_pixels": 50_176, "video_total_pixels": 50_176 * 6}
+
+
+def _free_redis_url() -> str:
+    """A Redis DB index 1–15 that is empty right now (other people's sessions use the others)."""
+    for index in random.sample(range(1, 16), 15):
+        client = redis.Redis(host="127.0.0.1", db=index)
+        try:
+            if client.dbsize() == 0:
+                return f"redis://127.0.0.1:6379/{index}"
+        finally:
+            client.close()
+    pytest.skip("no empty Redis database index")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bool]:
+    """The shipped trained small model if present (answers checked), else a tiny random one (plumbing only)."""
+    if (TRAINED_CHECKPOINT / "config.json").is_file():
+        return TRAINED_CHECKPOINT, True
+    from model_runtime.checkpoint import init_checkpoint
+
+    return init_checkpoint(tmp_path_factory.mktemp("e2e-ckpt") / "tiny", seed=0), False
+
+
+@pytest.fixture(scope="module")
+def e2e_env(
+    service_env: dict[str, str], make_pg_database: Any, checkpoint: tuple[Path, bool]
+) -> dict[str, str]:
+    """This module's own database and Redis DB, so no other test's messages reach its worker."""
+    from core.db import make_engine
+    from core.models import Base
+    from core.settings import Settings
+
+    env = dict(service_env)
+    env["TIMEMARK_DATABASE_URL"] = make_pg_database()
+    env["TIMEMARK_BROKER_URL"] = _free_redis_url()
+    env["TIMEMARK_ENGINE_CHECKPOINT"] = str(checkpoint[0])
+    env["TIMEMARK_SWEEP_INTERVAL_S"] = "5"
+    engine = make_engine(Settings(database_url=env["TIMEMARK_DATABASE_URL"], secret_key="x" * 32))
+    Base.metadata.create_all(engine)
+    engine.dispose()
+    return env
+
+
+def _child_env(env: dict[str, str]) -> dict[str, str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("TIMEMARK_")}
+    # One torch thread: two shared cores; more threads only spin against each other.
+    return {**base, **env, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.fixture(scope="module")
+def service(e2e_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """uvicorn serving the API and a Celery worker (prefork, one child, both queues, beat inside)."""
+    from tests.conftest import free_port
+
+    logs = tmp_path_factory.mktemp("e2e-logs")
+    port = free_port()
+    env = _child_env({**e2e_env, "TIMEMARK_DATA_DIR": str(logs)})
+    api_log = (logs / "api.log").open("wb")
+    worker_log = (logs / "worker.log").open("wb")
+    api = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--factory",
+            "api.main:create_app",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        env=env,
+        stdout=api_log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from timemark.cli import main; main()",
+            "worker",
+            "--queues",
+            "cpu,gpu",
+            "--pool",
+            "prefork",
+            "--concurrency",
+            "1",
+            "--beat",
+        ],
+        env=env,
+        stdout=worker_log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        wait_ready(f"http://127.0.0.1:{port}", timeout_s=60, process=api)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop_process(worker, grace_s=15)
+        stop_process(api)
+        api_log.close()
+        worker_log.close()
+        if os.environ.get("TIMEMARK_E2E_SHOW_LOGS"):
+            print((logs / "worker.log").read_text(errors="replace")[-5000:])
+
+
+def _iou(a: tuple[float, float], b: tuple[float, float]) -> float:
+    inter = max(0.0, min(a[1], b[1]) - max(a[0], b[0]))
+    union = max(a[1], b[1]) - min(a[0], b[0])
+    return inter / union if union > 0 else 0.0
+
+
+def test_submit_run_store_and_webhook(
+    service: str,
+    e2e_env: dict[str, str],
+    checkpoint: tuple[Path, bool],
+    s3_endpoint: str,
+    s3_bucket: str,
+    webhook_receiver: Any,
+    tmp_path: Path,
+) -> None:
+    import boto3
+
+    from core.db import make_engine, make_sessionmaker
+    from core.models import Chunk, Job, Segment
+    from core.security import create_api_key
+    from core.settings import Settings
+    from core.webhooks import generate_secret
+    from model_runtime.video import make_synthetic_video
+    from model_runtime.video.synthetic import make_event
+
+    # A video with three known events, uploaded to the moto S3 server.
+    events = [
+        make_event("circle", "red", 1.0, 5.0),
+        make_event("square", "blue", 7.0, 11.0),
+        make_event("star", "yellow", 12.0, 15.0),
+    ]
+    truth = make_synthetic_video(tmp_path / "events.mp4", duration_s=16.0, events=events, seed=11)
+    key = f"e2e/{uuid.uuid4().hex}.mp4"
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=s3_endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    s3.put_object(Bucket=s3_bucket, Key=key, Body=Path(truth.path).read_bytes())
+
+    settings = Settings(database_url=e2e_env["TIMEMARK_DATABASE_URL"], secret_key="x" * 32)
+    engine = make_engine(settings)
+    sessions = make_sessionmaker(engine)
+    with sessions() as session:
+        api_key = create_api_key(session, f"e2e-{uuid.uuid4().hex[:8]}")
+
+    secret = generate_secret()
+    queries = [f"When does the {e.label} appear?" for e in events]
+    started = time.monotonic()
+    with httpx.Client(base_url=service, headers={"Authorization": f"Bearer {api_key}"}, timeout=30) as client:
+        answer = client.post(
+            "/v1/jobs",
+            json={
+                "source": f"s3://{s3_bucket}/{key}",
+                "queries": queries,
+                "sampling": SAMPLING,
+                "webhook": {"url": webhook_receiver.url, "secret": secret},
+                "client_ref": "e2e",
+            },
+            headers={"Idempotency-Key": f"e2e-{uuid.uuid4().hex}"},
+        )
+        assert answer.status_code == 202, answer.text
+        job_id = answer.json()["id"]
+        assert answer.headers["location"].endswith(f"/v1/jobs/{job_id}")
+
+        # The webhook arrives once the job is done; it verifies with the Standard Webhooks library.
+        (request,) = webhook_receiver.wait_for(1, timeout_s=150)
+        event = Webhook(secret).verify(request.body, request.headers)
+        assert event["type"] == "job.succeeded", event
+        assert event["data"]["id"] == job_id and event["data"]["client_ref"] == "e2e"
+
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        assert job["state"] == "succeeded" and job["terminal"]
+        assert job["progress"]["chunks_done"] == job["progress"]["chunks_total"] >= 2
+        final = client.get(f"/v1/jobs/{job_id}/segments", params={"page_size": 1000}).json()["data"]
+    elapsed = time.monotonic() - started
+
+    with sessions() as session:
+        chunks = session.scalars(select(Chunk).where(Chunk.job_id == uuid.UUID(job_id))).all()
+        assert {c.state for c in chunks} == {"done"} and all(c.attempts == 1 for c in chunks)
+        stored_final = session.scalar(
+            select(func.count())
+            .select_from(Segment)
+            .where(Segment.job_id == uuid.UUID(job_id), Segment.final.is_(True))
+        )
+        assert stored_final == len(final)
+        duplicates = session.execute(
+            select(Segment.chunk_index, Segment.query_index, Segment.start_s, Segment.end_s, func.count())
+            .where(Segment.job_id == uuid.UUID(job_id))
+            .group_by(Segment.chunk_index, Segment.query_index, Segment.start_s, Segment.end_s)
+            .having(func.count() > 1)
+        ).all()
+        assert duplicates == []
+        db_job = session.get(Job, uuid.UUID(job_id))
+        assert db_job.tokens > 0 and db_job.gpu_seconds > 0
+    engine.dispose()
+    assert event["data"]["segment_count"] == len(final)
+    for seg in final:
+        assert 0 <= seg["start_s"] < seg["end_s"] <= truth.duration_s + 0.5 and 0 <= seg["confidence"] <= 1
+
+    trained = checkpoint[1]
+    if trained:
+        top1 = {s["query_index"]: (s["start_s"], s["end_s"]) for s in final if s["rank"] == 1}
+        hits = sum(_iou(top1[i], (e.start_s, e.end_s)) >= 0.5 for i, e in enumerate(events) if i in top1)
+        assert hits >= 2, f"top-1 segments {top1} vs truth {[(e.start_s, e.end_s) for e in events]}"
+    print(
+        f"e2e job done in {elapsed:.1f} s, {len(chunks)} chunks, {len(final)} final segments, trained={trained}"
+    )
