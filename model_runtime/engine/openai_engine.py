@@ -36,7 +36,8 @@ class OpenAIEngine:
 
     `base_url` is the server root with or without `/v1`; `model` the served model name. Transient
     failures (connection errors, 408/429/5xx) are retried `max_retries` times with backoff; other 4xx
-    answers raise `OpenAIEngineError` at once.
+    answers raise `OpenAIEngineError` at once. `request_token_ids=False` leaves out vLLM's
+    `return_tokens_as_token_ids` for servers that reject unknown fields (token_ids then come back empty).
     """
 
     name = "openai"
@@ -50,6 +51,7 @@ class OpenAIEngine:
         timeout_s: float = 120.0,
         max_retries: int = 2,
         max_concurrency: int = 8,
+        request_token_ids: bool = True,
         extra_body: dict[str, Any] | None = None,
     ) -> None:
         root = base_url.rstrip("/")
@@ -57,6 +59,7 @@ class OpenAIEngine:
         self.model = model
         self.max_retries = max_retries
         self.max_concurrency = max(1, max_concurrency)
+        self.request_token_ids = request_token_ids
         self.extra_body = dict(extra_body or {})
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.Client(timeout=timeout_s, headers=headers)
@@ -102,8 +105,11 @@ class OpenAIEngine:
             "temperature": request.temperature,
             "top_p": request.top_p,
             "logprobs": True,
-            "return_tokens_as_token_ids": True,
         }
+        if (
+            self.request_token_ids
+        ):  # vLLM's extension, which our server honours; off for servers that refuse it
+            body["return_tokens_as_token_ids"] = True
         if request.top_k > 0:
             body["top_k"] = request.top_k
         if request.seed is not None:

@@ -147,8 +147,9 @@ class VideoDecoder:
             sampled = video.sample_chunk(source, chunk, backend=self.backend)
         except video.VideoError as err:
             raise ApiError(400, f"video {url!r}: {err}", code=getattr(err, "code", "bad-video")) from err
-        # Chunk-local seconds: every window looks like a clip starting at 0 (CONTRACTS).
-        local_times = [round(t - chunk.start_s, 1) for t in sampled.timestamps]
+        # Chunk-local seconds: every window looks like a clip starting at 0 (CONTRACTS); a kept frame
+        # may sit a hair before the window's start, which still reads 0.0 (as grounding writes it).
+        local_times = [max(0.0, round(t - chunk.start_s, 1)) for t in sampled.timestamps]
         return VideoInput(
             frames=sampled.frames,
             timestamps=local_times,

@@ -56,7 +56,7 @@ def frames_as_the_fork_decodes_them(path: Path, **window: float) -> tuple[VideoI
     else:
         chunk = plan_coarse(info, params).chunks[0]
     sampled = sample_chunk(str(path), chunk)
-    local = [round(t - chunk.start_s, 1) for t in sampled.timestamps]
+    local = [max(0.0, round(t - chunk.start_s, 1)) for t in sampled.timestamps]
     video = VideoInput(sampled.frames, local, source=str(path), preprocess_kwargs={**VIDEO_KWARGS, **window})
     return video, chunk.start_s
 
@@ -465,3 +465,12 @@ def test_concurrent_queries_on_one_video_are_one_batch_with_one_decode(
     for question, completion in zip(questions, direct, strict=True):
         assert replies[question]["choices"][0]["message"]["content"] == completion.text
         assert replies[question]["usage"]["prompt_tokens"] == completion.prompt_tokens
+
+
+def test_openai_engine_without_the_token_id_extension(server_url: str) -> None:
+    from model_runtime.engine.openai_engine import OpenAIEngine
+
+    engine = OpenAIEngine(server_url, MODEL, request_token_ids=False)
+    (completion,) = engine.generate([GenerationRequest(prompt="Hello", max_new_tokens=3)])
+    engine.close()
+    assert completion.token_ids == [] and 1 <= len(completion.token_logprobs) <= 3
