@@ -9,7 +9,10 @@ chunk-local timestamps in, video-time segments out, overlapping for real with th
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import socket
+import threading
+import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +22,7 @@ import torch
 from model_runtime.checkpoint import init_checkpoint
 from model_runtime.engine.base import Completion, Engine, GenerationRequest
 from model_runtime.engine.native import NativeEngine
+from model_runtime.engine.openai_engine import OpenAIEngine
 from model_runtime.grounding import GroundingStats, ground_chunk, ground_video, refine_windows
 from model_runtime.grounding.annotations import load_annotations
 from model_runtime.grounding.color_engine import ColorBaselineEngine
@@ -188,6 +192,54 @@ def test_ground_chunk_maps_local_answers_to_video_time(hour_video: SyntheticTrut
     assert chunk.start_s <= seg.start_s < seg.end_s <= chunk.end_s and seg.chunk_index == 2
     assert temporal_iou((seg.start_s, seg.end_s), (2010.0, 2130.0)) >= 0.6
     assert seg.confidence == pytest.approx(np.exp(-0.05))
+
+
+@pytest.fixture(scope="module")
+def color_server_url() -> Iterator[str]:
+    """E's OpenAI-compatible server (real `create_app`) in front of the colour baseline, on a free port."""
+    import uvicorn
+
+    from model_runtime.engine.server import create_app
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(ColorBaselineEngine(), model_name="color"),
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+        )
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "the model server did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.mark.parametrize("strategy", ["chunked", "coarse_to_fine"])
+def test_openai_engine_through_a_real_server(
+    hour_video: SyntheticTruth, color_server_url: str, strategy: str
+) -> None:
+    # The server decodes each chunk window itself (source + start_s/end_s), so no frames travel.
+    engine = OpenAIEngine(color_server_url, "color")
+    stats = GroundingStats()
+    queries = [e.label for e in hour_video.events]
+    finals = ground_video(
+        hour_video.path, queries, engine, strategy=strategy, params=PARAMS, overlap_s=OVERLAP_S,
+        decode_frames=False, stats=stats,
+    )  # fmt: skip
+    engine.close()
+    assert stats.decode_s == 0.0 and stats.frames == 0
+    for qi, event in enumerate(hour_video.events):
+        top = next(f for f in finals if f.query_index == qi and f.rank == 1)
+        assert temporal_iou((top.start_s, top.end_s), (event.start_s, event.end_s)) >= 0.6, (top, event)
 
 
 def test_engine_that_decodes_itself_gets_source_and_window(hour_video: SyntheticTruth) -> None:
