@@ -259,7 +259,9 @@ def _prefill_activation_bytes(
     Counted: the prompt's input embeddings (built once for the whole prompt, visual tokens scattered in),
     one layer's live tensors for the chunk (residual, normed input, q/k/v, attention output, indexer
     q/w, MoE routing, gathered expert inputs and their gate/up/act/down outputs), the attention and
-    indexer score tiles over the whole context, and the last token's fp32 logits.
+    indexer score tiles over the whole context, and the last token's fp32 logits. While the embeddings
+    are built, three [context, D] copies exist at once (visual tokens, text embeddings, the scattered
+    result) but no layer runs, so the peak is the larger of the two moments.
     """
     d, hd = dims.hidden_size, dims.head_dim
     heads, kv_heads = dims.num_heads // tp, dims.num_kv_heads // tp
@@ -283,7 +285,7 @@ def _prefill_activation_bytes(
         per_pair = 4 * heads + 4 * dims.indexer_heads + 3 * 4 + 8 + 2
         scores = tile * context * per_pair
     logits = dims.vocab_size * 4
-    return prompt_embeds + chunk * per_token + scores + logits
+    return max(3 * prompt_embeds, prompt_embeds + chunk * per_token + scores + logits)
 
 
 def check_fits(dims: ModelDims, **plan_options: Any) -> MemoryPlan:

@@ -123,7 +123,11 @@ def test_activations_by_hand() -> None:
     assert tile == 11
     scores = tile * CHUNK * (4 * 32 + 4 * 16 + 12 + 8 + 2)
     logits = 151_936 * 4
-    assert plan.activations == prompt_embeds + 8192 * per_token + scores + logits
+    while_layers_run = prompt_embeds + 8192 * per_token + scores + logits
+    while_embedding = 3 * prompt_embeds  # visual tokens + text embeddings + scattered result
+    assert plan.activations == while_layers_run > while_embedding  # 2.28 GB vs 2.26 GB
+    small_chunks = plan_memory(FULL, context_tokens=CHUNK, gpu_memory_bytes=H200, prefill_chunk_tokens=256)
+    assert small_chunks.activations == while_embedding  # with 256-token chunks, building the embeddings peaks
 
 
 def test_bf16_full_chunk_does_not_fit_80gb_and_names_the_knobs() -> None:
