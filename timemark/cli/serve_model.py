@@ -30,6 +30,10 @@ def serve_model(
     gpu_memory_gib: float | None = typer.Option(
         None, "--gpu-memory-gib", help="Memory to plan against (default on CUDA: the GPU's free memory)."
     ),
+    max_batch: int = typer.Option(8, "--max-batch", help="Most requests run together in one engine call."),
+    batch_window_ms: float = typer.Option(
+        20.0, "--batch-window-ms", help="How long the first request of a batch waits for company."
+    ),
 ) -> None:
     """Serve /v1/chat/completions, /v1/models and /healthz over the native Keye runtime.
 
@@ -48,6 +52,8 @@ def serve_model(
         device=device,
         attn_impl=attn_impl,
         allow_local_files=not no_local_files,
+        max_batch=max_batch,
+        batch_window_s=batch_window_ms / 1000,
     )
     uvicorn.run(server_app, host=host, port=port, log_level="info")
 
