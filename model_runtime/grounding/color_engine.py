@@ -18,6 +18,7 @@ import numpy as np
 
 from model_runtime.engine.base import Completion, GenerationRequest
 from model_runtime.video import COLORS
+from model_runtime.video.synthetic import BARCODE_BAND
 
 _DURATION = re.compile(r"([\d.]+) seconds long")
 _COLOR_WORDS = re.compile(r"\b(" + "|".join(COLORS) + r")\b", re.IGNORECASE)
@@ -51,7 +52,9 @@ class ColorBaselineEngine:
         step = times[1] - times[0] if len(times) > 1 else 1.0
         duration = float(duration_match.group(1)) if duration_match else times[-1] + step
         target = np.array(COLORS[color.group(1).lower()], dtype=np.int32)
-        distance = np.abs(video.frames.astype(np.int32) - target).sum(-1)  # [N, H, W]
+        # The top band may hold the frame-index barcode (black and white columns): not part of the scene.
+        band = int(np.ceil(video.frames.shape[1] * BARCODE_BAND)) + 1
+        distance = np.abs(video.frames[:, band:].astype(np.int32) - target).sum(-1)  # [N, H - band, W]
         shown = (distance < self.max_distance).sum(axis=(1, 2)) >= self.min_pixels  # [N]
         spans, first = [], None
         for i, is_shown in enumerate([*shown.tolist(), False]):
