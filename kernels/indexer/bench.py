@@ -86,12 +86,27 @@ def score_config_sweep(keys: int, chunk: int, device: str) -> list[dict[str, obj
     return results
 
 
+def scores_pass(q, w, k, max_buffer_bytes: int) -> None:
+    """The score half of indexer_topk alone (same chunking, no top-k), to split the time."""
+    tokens, keys = q.shape[0], k.shape[0]
+    chunk = max(64, (max_buffer_bytes // (4 * keys)) // 64 * 64)
+    buffer = torch.empty(min(chunk, tokens), keys, device=q.device)
+    for first in range(0, tokens, chunk):
+        last = min(first + chunk, tokens)
+        launch_indexer_scores(q[first:last], w[first:last], k[:last], first, buffer, fill_future=False)
+
+
 def prefill_sweep(sizes: list[int], device: str, reference_max: int) -> list[dict[str, object]]:
     results = []
     for tokens in sizes:
         q, w, k = make_inputs(tokens, device)
         pairs = tokens * (tokens + 1) // 2
-        ours = bench_ms(lambda: indexer_topk(q, w, k, TOPK, 0, max_buffer_bytes=1 << 32), budget_ms=1000)
+        ours = bench_ms(lambda: indexer_topk(q, w, k, TOPK, 0, max_buffer_bytes=3 << 32), budget_ms=1000)
+        radix = bench_ms(
+            lambda: indexer_topk(q, w, k, TOPK, 0, max_buffer_bytes=1 << 32, topk_method="radix"),
+            budget_ms=1000,
+        )
+        scores_only = bench_ms(lambda: scores_pass(q, w, k, 1 << 32), budget_ms=1000)
         baseline = bench_ms(lambda: torch_indexer_topk(q, w, k, TOPK, 0), budget_ms=1000)
         reference = None
         if tokens <= reference_max:
@@ -100,6 +115,8 @@ def prefill_sweep(sizes: list[int], device: str, reference_max: int) -> list[dic
             {
                 "N": tokens,
                 "ours_ms": ours,
+                "ours_radix_topk_ms": radix,
+                "scores_only_ms": scores_only,
                 "torch_bf16_ms": baseline,
                 "reference_ms": reference,
                 "ours_TFLOP/s(2*16*64/pair)": 2 * HEADS * DIM * pairs / ours / 1e9,

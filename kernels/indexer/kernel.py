@@ -4,7 +4,7 @@ Each program scores a [BLOCK_T queries x BLOCK_S keys] tile: per indexer head on
 product q_h . k^T, ReLU, weighted by w[:, h], summed over heads in fp32 registers. Tiles wholly
 above the causal diagonal are skipped. `indexer_topk` streams the queries in chunks: each chunk's
 scores go to one reusable fp32 buffer [chunk, S] (bounded by `max_buffer_bytes`, so the full
-[T, S] matrix never exists) and the radix-select kernel reads them straight back.
+[T, S] matrix never exists) and the top-k kernel (`kernels.topk`) reads them straight back.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import triton.language as tl
 
 from kernels._validate import require
 from kernels.indexer.reference import causal_lengths, check_indexer_args
-from kernels.topk.kernel import launch_select_topk
+from kernels.topk.kernel import TOPK_METHODS, launch_select_topk
 
 
 @triton.jit
@@ -130,6 +130,7 @@ def indexer_topk(
     start: int,
     *,
     max_buffer_bytes: int = 1 << 30,
+    topk_method: str = "compact",
 ) -> torch.Tensor:
     """Per query, the `topk` causal keys with the largest indexer scores.
 
@@ -139,7 +140,8 @@ def indexer_topk(
         k: [S, D_I] indexer keys for positions 0 .. S-1, S = start + T, same dtype as q.
         topk: keys to keep per query (2048 for Keye-VL-2.0).
         start: absolute position of the first query (history length).
-        max_buffer_bytes: bound on the fp32 score buffer reused across query chunks.
+        max_buffer_bytes: bound on the score buffer (+ top-k scratch) reused across query chunks.
+        topk_method: "compact" (default) or "radix", see `kernels.topk.kernel`.
 
     Returns:
         int32 [T, topk] key positions in no particular order. A query that sees L <= topk keys
@@ -152,19 +154,33 @@ def indexer_topk(
     tokens, keys = q.shape[0], k.shape[0]
     out = torch.empty(tokens, topk, dtype=torch.int32, device=q.device)
     lengths = causal_lengths(tokens, start, q.device)  # [T]
-    chunk = max(64, (max_buffer_bytes // (4 * max(keys, 1))) // 64 * 64)
-    buffer = None
+    require(topk_method in TOPK_METHODS, f"topk_method must be one of {TOPK_METHODS}, got {topk_method!r}")
+    bytes_per_entry = 12 if topk_method == "compact" else 4  # fp32 score (+ int32 key and column scratch)
+    chunk = max(64, (max_buffer_bytes // (bytes_per_entry * max(keys, 1))) // 64 * 64)
+    buffer = scratch = None
     for first in range(0, tokens, chunk):
         last = min(first + chunk, tokens)
         visible = start + last  # keys the last query of this chunk sees
         if visible > topk:  # otherwise every row is "select everything" and scores are not read
             if buffer is None:
-                buffer = torch.empty(min(chunk, tokens), keys, dtype=torch.float32, device=q.device)
+                rows = min(chunk, tokens)
+                buffer = torch.empty(rows, keys, dtype=torch.float32, device=q.device)
+                if topk_method == "compact":
+                    scratch = tuple(
+                        torch.empty(rows, keys, dtype=torch.int32, device=q.device) for _ in range(2)
+                    )
             # A decode step (a handful of queries) wants the smallest tile the tensor cores take.
             launch_indexer_scores(
                 q[first:last], w[first:last], k[:visible], start + first, buffer, fill_future=False,
                 block_t=16 if last - first <= 16 else 64,
             )  # fmt: skip
         scores = buffer if buffer is not None else torch.empty(last - first, 1, device=q.device)
-        launch_select_topk(scores[: last - first], topk, lengths[first:last], out[first:last])
+        launch_select_topk(
+            scores[: last - first],
+            topk,
+            lengths[first:last],
+            out[first:last],
+            method=topk_method,
+            scratch=scratch,
+        )
     return out

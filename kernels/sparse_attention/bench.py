@@ -94,9 +94,9 @@ def layer_sweep(tokens: int, device: str, reference: bool) -> list[dict[str, obj
                 tokens, device, dtype, structured=kind == "indexer-positional"
             )
             index_ms = bench_ms(
-                lambda: indexer_topk(qi, wi, ki, TOPK, 0, max_buffer_bytes=1 << 32), budget_ms=500
+                lambda: indexer_topk(qi, wi, ki, TOPK, 0, max_buffer_bytes=3 << 32), budget_ms=500
             )
-            idx = indexer_topk(qi, wi, ki, TOPK, 0, max_buffer_bytes=1 << 32)
+            idx = indexer_topk(qi, wi, ki, TOPK, 0, max_buffer_bytes=3 << 32)
             qi = wi = ki = None
         union_ms = bench_ms(lambda: build_block_union(idx, block_q), budget_ms=200)
         union = build_block_union(idx, block_q)

@@ -5,6 +5,10 @@ histogram narrow down the exact key of the k-th largest element (the threshold),
 pass writes every column above the threshold plus just enough columns equal to it (ties are
 taken in column order, so the result is deterministic). Rows with at most `topk` valid
 columns never read their scores: they select 0 .. L-1 and pad with -1.
+
+v1 ("radix") streams the whole row for every pass (5 reads). v2 ("compact") reads it twice:
+after the first histogram, keys above the threshold bin are written out at once and the keys
+inside it are compacted into a scratch list, on which the remaining three passes run.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels._validate import require
 from kernels.topk.reference import check_select_topk_args
 
 
@@ -22,6 +27,16 @@ def _ordered_key(x):
     bits = x.to(tl.uint32, bitcast=True)
     negative = (bits >> 31) == 1
     return tl.where(negative, ~bits, bits | 0x80000000)
+
+
+@triton.jit
+def _crossing_bin(hist, needed):
+    """(bin holding the `needed`-th largest key, keys in bins above it) of a 512-bin histogram."""
+    bins = tl.arange(0, 512)
+    hist = tl.where(bins < 256, hist, 0)
+    above = tl.sum(hist, 0) - tl.cumsum(hist, 0)  # keys in bins strictly above each bin
+    crossing = (above < needed) & (above + hist >= needed)
+    return tl.sum(tl.where(crossing, bins, 0), 0), tl.sum(tl.where(crossing, above, 0), 0)
 
 
 @triton.jit
@@ -44,7 +59,6 @@ def _select_topk_kernel(
             slot = first + lanes
             tl.store(row_out + slot, tl.where(slot < length, slot, -1), mask=slot < K)
     else:
-        bins = tl.arange(0, 512)
         prefix = tl.zeros((), dtype=tl.uint32)
         needed = tl.full((), K, tl.int32)  # how many of the prefix-matching keys still go in
         for step in tl.static_range(4):
@@ -59,11 +73,8 @@ def _select_topk_kernel(
                 # Keys outside the current prefix land in bin 256, which is never read.
                 digit = tl.where(valid, ((key >> shift) & 255).to(tl.int32), 256)
                 hist += tl.histogram(digit, 512)
-            hist = tl.where(bins < 256, hist, 0)
-            above = tl.sum(hist, 0) - tl.cumsum(hist, 0)  # keys in bins strictly above each bin
-            crossing = (above < needed) & (above + hist >= needed)
-            chosen = tl.sum(tl.where(crossing, bins, 0), 0)
-            needed -= tl.sum(tl.where(crossing, above, 0), 0)
+            chosen, n_above_bin = _crossing_bin(hist, needed)
+            needed -= n_above_bin
             prefix = prefix | (chosen.to(tl.uint32) << shift)
         # prefix is now the exact threshold key; `needed` of the keys equal to it are taken.
         n_above = K - needed
@@ -79,29 +90,147 @@ def _select_topk_kernel(
             rank_equal = taken_equal + tl.cumsum(equal_mask.to(tl.int32), 0) - 1
             keep_equal = equal_mask & (rank_equal < needed)
             slot = tl.where(above_mask, rank_above, n_above + rank_equal)
-            tl.store(row_out + slot, col, mask=above_mask | keep_equal)
+            tl.store(row_out + slot, col, mask=(above_mask | keep_equal) & (slot < K))
             taken_above += tl.sum(above_mask.to(tl.int32), 0)
             taken_equal += tl.sum(equal_mask.to(tl.int32), 0)
 
 
+@triton.jit
+def _select_topk_compact_kernel(
+    scores_ptr,
+    lengths_ptr,
+    out_ptr,
+    cand_key_ptr,
+    cand_col_ptr,
+    stride_row,
+    stride_out,
+    stride_cand,
+    K: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    """Two passes over the row, then radix passes over the compacted threshold-bin candidates."""
+    row = tl.program_id(0)
+    length = tl.load(lengths_ptr + row).to(tl.int32)
+    row_scores = scores_ptr + row.to(tl.int64) * stride_row
+    row_out = out_ptr + row.to(tl.int64) * stride_out
+    row_cand_key = cand_key_ptr + row.to(tl.int64) * stride_cand
+    row_cand_col = cand_col_ptr + row.to(tl.int64) * stride_cand
+    lanes = tl.arange(0, BLOCK)
+    if length <= K:
+        for first in range(0, K, BLOCK):
+            slot = first + lanes
+            tl.store(row_out + slot, tl.where(slot < length, slot, -1), mask=slot < K)
+    else:
+        # Pass 1: histogram of the top 8 key bits over the whole row.
+        hist = tl.zeros((512,), dtype=tl.int32)
+        for first in range(0, length, BLOCK):
+            col = first + lanes
+            valid = col < length
+            key = _ordered_key(tl.load(row_scores + col, mask=valid, other=0.0))
+            hist += tl.histogram(tl.where(valid, (key >> 24).to(tl.int32), 256), 512)
+        top_bin, n_above = _crossing_bin(hist, K)
+        needed = K - n_above
+        # Pass 2: keys above the threshold bin are final; keys inside it become candidates.
+        written = tl.zeros((), dtype=tl.int32)
+        n_cand = tl.zeros((), dtype=tl.int32)
+        for first in range(0, length, BLOCK):
+            col = first + lanes
+            valid = col < length
+            key = _ordered_key(tl.load(row_scores + col, mask=valid, other=0.0))
+            digit = (key >> 24).to(tl.int32)
+            above_mask = valid & (digit > top_bin)
+            cand_mask = valid & (digit == top_bin)
+            rank_above = written + tl.cumsum(above_mask.to(tl.int32), 0) - 1
+            rank_cand = n_cand + tl.cumsum(cand_mask.to(tl.int32), 0) - 1
+            tl.store(row_out + rank_above, col, mask=above_mask)
+            tl.store(row_cand_key + rank_cand, key.to(tl.int32, bitcast=True), mask=cand_mask)
+            tl.store(row_cand_col + rank_cand, col, mask=cand_mask)
+            written += tl.sum(above_mask.to(tl.int32), 0)
+            n_cand += tl.sum(cand_mask.to(tl.int32), 0)
+        # Radix passes over the candidates only (they share the top 8 bits).
+        prefix = top_bin.to(tl.uint32) << 24
+        remaining = needed
+        for step in tl.static_range(1, 4):
+            shift = 24 - 8 * step  # constexpr: the loop is unrolled
+            hist = tl.zeros((512,), dtype=tl.int32)
+            for first in range(0, n_cand, BLOCK):
+                slot = first + lanes
+                key = tl.load(row_cand_key + slot, mask=slot < n_cand, other=0).to(tl.uint32, bitcast=True)
+                match = (slot < n_cand) & ((key >> (shift + 8)) == (prefix >> (shift + 8)))
+                hist += tl.histogram(tl.where(match, ((key >> shift) & 255).to(tl.int32), 256), 512)
+            chosen, n_above_bin = _crossing_bin(hist, remaining)
+            remaining -= n_above_bin
+            prefix = prefix | (chosen.to(tl.uint32) << shift)
+        # Final pass over the candidates: those above the threshold key, then enough equal ones.
+        n_gt = needed - remaining
+        taken_gt = tl.zeros((), dtype=tl.int32)
+        taken_eq = tl.zeros((), dtype=tl.int32)
+        for first in range(0, n_cand, BLOCK):
+            slot = first + lanes
+            ok = slot < n_cand
+            key = tl.load(row_cand_key + slot, mask=ok, other=0).to(tl.uint32, bitcast=True)
+            col = tl.load(row_cand_col + slot, mask=ok, other=0)
+            gt_mask = ok & (key > prefix)
+            eq_mask = ok & (key == prefix)
+            rank_gt = taken_gt + tl.cumsum(gt_mask.to(tl.int32), 0) - 1
+            rank_eq = taken_eq + tl.cumsum(eq_mask.to(tl.int32), 0) - 1
+            keep_eq = eq_mask & (rank_eq < remaining)
+            slot_out = written + tl.where(gt_mask, rank_gt, n_gt + rank_eq)
+            tl.store(row_out + slot_out, col, mask=(gt_mask | keep_eq) & (slot_out < K))
+            taken_gt += tl.sum(gt_mask.to(tl.int32), 0)
+            taken_eq += tl.sum(eq_mask.to(tl.int32), 0)
+
+
+TOPK_METHODS = ("radix", "compact")
+
+
 def launch_select_topk(
-    scores: torch.Tensor, topk: int, lengths: torch.Tensor, out: torch.Tensor, *, block: int = 2048
+    scores: torch.Tensor,
+    topk: int,
+    lengths: torch.Tensor,
+    out: torch.Tensor,
+    *,
+    method: str = "compact",
+    scratch: tuple[torch.Tensor, torch.Tensor] | None = None,
+    block: int = 2048,
 ) -> None:
-    """Write the selection of each row of `scores` into `out` (int32 [R, topk]); no checks."""
-    if scores.shape[0] == 0:
+    """Write the selection of each row of `scores` into `out` (int32 [R, topk]); no checks.
+
+    method "radix" reads each row 5 times (4 histogram passes + 1 write pass); "compact" reads it
+    twice and runs the last 3 radix passes on the keys of the threshold bin, compacted into
+    `scratch` (two int32 [>= R, >= S] buffers; allocated here when not given).
+    """
+    rows = scores.shape[0]
+    if rows == 0:
         return
-    _select_topk_kernel[(scores.shape[0],)](
-        scores, lengths, out, scores.stride(0), out.stride(0), K=topk, BLOCK=block, num_warps=8
-    )
+    if method == "radix":
+        _select_topk_kernel[(rows,)](
+            scores, lengths, out, scores.stride(0), out.stride(0), K=topk, BLOCK=block, num_warps=8
+        )
+        return
+    if scratch is None:
+        scratch = (
+            torch.empty(rows, scores.shape[1], dtype=torch.int32, device=scores.device),
+            torch.empty(rows, scores.shape[1], dtype=torch.int32, device=scores.device),
+        )
+    cand_key, cand_col = scratch
+    _select_topk_compact_kernel[(rows,)](
+        scores, lengths, out, cand_key, cand_col, scores.stride(0), out.stride(0), cand_key.stride(0),
+        K=topk, BLOCK=block, num_warps=8,
+    )  # fmt: skip
 
 
-def select_topk(scores: torch.Tensor, topk: int, lengths: torch.Tensor) -> torch.Tensor:
+def select_topk(
+    scores: torch.Tensor, topk: int, lengths: torch.Tensor, *, method: str = "compact"
+) -> torch.Tensor:
     """Top-k column ids of each row's valid prefix.
 
     Args:
         scores: fp32 [R, S]; row r is valid on columns [0, lengths[r]) (lengths <= S).
         topk: how many columns to select per row.
         lengths: int32/int64 [R].
+        method: "compact" (2 passes over each row + candidate passes; default) or "radix"
+            (5 passes over each row). Both return the same set.
 
     Returns:
         int32 [R, topk]: selected column ids in no particular order, padded with -1 when a row
@@ -109,9 +238,10 @@ def select_topk(scores: torch.Tensor, topk: int, lengths: torch.Tensor) -> torch
         at the threshold, lower column ids win.
     """
     check_select_topk_args(scores, topk, lengths)
+    require(method in TOPK_METHODS, f"method must be one of {TOPK_METHODS}, got {method!r}")
     if scores.stride(1) != 1:
         scores = scores.contiguous()
     lengths = lengths.to(torch.int32).clamp(max=scores.shape[1]).contiguous()
     out = torch.empty(scores.shape[0], topk, dtype=torch.int32, device=scores.device)
-    launch_select_topk(scores, topk, lengths, out)
+    launch_select_topk(scores, topk, lengths, out, method=method)
     return out

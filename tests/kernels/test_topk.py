@@ -37,8 +37,11 @@ def make_scores(rows: int, cols: int, kind: str, generator: torch.Generator) -> 
     return scores
 
 
+@pytest.mark.parametrize("method", ["compact", "radix"])
 @pytest.mark.parametrize(("rows", "cols", "topk", "kind"), CASES)
-def test_select_topk_matches_reference(rows: int, cols: int, topk: int, kind: str, device: str) -> None:
+def test_select_topk_matches_reference(
+    rows: int, cols: int, topk: int, kind: str, method: str, device: str
+) -> None:
     generator = torch.Generator().manual_seed(1234)
     scores = make_scores(rows, cols, kind, generator)
     # Mixed valid lengths: full rows, rows shorter than k, and the k-1 / k / k+1 borders.
@@ -47,7 +50,7 @@ def test_select_topk_matches_reference(rows: int, cols: int, topk: int, kind: st
     borders = [topk - 1, topk, topk + 1]
     for row, length in zip(range(1, rows), borders, strict=False):
         lengths[row] = min(max(length, 1), cols)
-    picked = select_topk(scores.to(device), topk, lengths.to(device))
+    picked = select_topk(scores.to(device), topk, lengths.to(device), method=method)
     expected = select_topk_ref(scores, topk, lengths)
     # fp32 in, fp32 compared: the selected score multisets must be identical (tolerance 0).
     assert_same_selection(picked, expected, scores, lengths, score_tol=0.0, what="select_topk")
@@ -69,3 +72,5 @@ def test_select_topk_rejects_bad_input(device: str) -> None:
         select_topk(scores, 0, lengths)
     with pytest.raises(KernelInputError, match="dtype"):
         select_topk(scores, 4, lengths.float())
+    with pytest.raises(KernelInputError, match="method"):
+        select_topk(scores, 4, lengths, method="sort")
