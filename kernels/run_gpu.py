@@ -105,11 +105,11 @@ def main(argv: list[str] | None = None) -> None:
             ("moe", lambda: moe_bench.main([])),
             ("topk", lambda: topk_bench.main([])),
             ("decode", lambda: decode_bench.main([])),
-            ("indexer", lambda: indexer_bench.main([])),
             (
                 "layer",
                 lambda: layer_bench.main(["--sizes", *map(str, args.layer_sizes)], deadline_s=deadline),
             ),
+            ("indexer", lambda: indexer_bench.main([])),
         ]
         for name, sweep in sweeps:
             if args.only is not None and name not in args.only:
@@ -133,7 +133,8 @@ def main(argv: list[str] | None = None) -> None:
                     summary.append(f"{name}: {str(rows)[-600:]}")
             print(f"[{name} took {time.monotonic() - started:.1f}s]", flush=True)
         if not args.skip_tests:  # last, so a slow compile cannot eat the benchmark time
-            tail = run_tests(args.out, args.test_timeout)
+            remaining = int(args.budget_s + args.test_timeout - (time.monotonic() - began))
+            tail = run_tests(args.out, max(30, min(args.test_timeout, remaining)))
             results["pytest_tail"] = tail
             summary.append("pytest -m gpu tests/kernels (cuda):\n" + tail)
             print(summary[-1], flush=True)
