@@ -198,7 +198,7 @@ def broker_ping(settings: Any | None = None, *, timeout_s: float = BROKER_CONNEC
     app = celery_app(settings)
     try:
         with app.connection_for_write() as conn:
-            conn.ensure_connection(max_retries=1, timeout=timeout_s)
+            conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0.2, timeout=timeout_s)
             if conn.transport_cls in ("redis", "rediss") or conn.transport.driver_type == "redis":
                 conn.default_channel.client.ping()
         return True
@@ -211,7 +211,9 @@ def queue_length(queue: str, settings: Any | None = None) -> int | None:
     app = celery_app(settings)
     try:
         with app.connection_for_write() as conn:
-            conn.ensure_connection(max_retries=1, timeout=BROKER_CONNECT_TIMEOUT_S)
+            conn.ensure_connection(
+                max_retries=1, interval_start=0, interval_step=0.2, timeout=BROKER_CONNECT_TIMEOUT_S
+            )
             _name, count, _consumers = conn.default_channel.queue_declare(queue=queue, passive=True)
             return int(count)
     except Exception as err:
