@@ -15,6 +15,7 @@ from api.deps import AuthCache
 from api.errors import install_error_handlers
 from api.middleware import BodyGuard, RequestMetrics
 from api.routes import batches, deliveries, health, jobs, uploads
+from api.submission import QuotaCounter
 from core.db import make_engine, make_sessionmaker
 from core.settings import Settings, get_settings
 from core.storage import open_storage
@@ -24,10 +25,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     app = FastAPI(title="timemark", version="0.1.0", summary="Find when things happen in long videos.")
     app.state.settings = settings
-    app.state.db_engine = make_engine(settings)
+    # No pre-ping: it doubles the round trips of a poll. After a database restart the first request on
+    # each dead pooled connection answers 503 and SQLAlchemy drops the stale pool.
+    app.state.db_engine = make_engine(settings, pool_pre_ping=False)
     app.state.sessions = make_sessionmaker(app.state.db_engine)
+    app.state.read_sessions = make_sessionmaker(
+        app.state.db_engine.execution_options(isolation_level="AUTOCOMMIT")
+    )
     app.state.storage = open_storage(settings)
     app.state.auth_cache = AuthCache(settings.auth_cache_ttl_s)
+    app.state.quota_counter = QuotaCounter(settings.quota_count_ttl_s)
     app.state.metrics_registry = CollectorRegistry()
     install_error_handlers(app)
     for module in (jobs, uploads, batches, deliveries, health):

@@ -147,7 +147,7 @@ class Job(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)  # probe attempts
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
-    enqueued_at: Mapped[datetime | None]  # last time a probe message was sent (None: never)
+    enqueued_at: Mapped[datetime | None]  # last time a probe message was sent (or, at submit, about to be)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
     cancel_requested_at: Mapped[datetime | None]

@@ -75,6 +75,9 @@ class Settings(BaseSettings):
     # --- quotas and limits -----------------------------------------------------------------------
     tenant_max_active_jobs: int = Field(default=1000, ge=1)  # non-terminal jobs; above it: 429
     quota_retry_after_s: int = Field(default=30, ge=1)
+    quota_count_ttl_s: float = Field(
+        default=1.0, ge=0
+    )  # an API process recounts a tenant's active jobs this often
     unavailable_retry_after_s: int = Field(default=5, ge=1)
     max_queries_per_job: int = Field(default=32, ge=1)
     max_query_chars: int = Field(default=1000, ge=1)

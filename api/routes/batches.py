@@ -15,7 +15,7 @@ from fastapi import APIRouter, Header, Response
 from sqlalchemy import select
 
 from api import submission
-from api.deps import Principal, SessionDep, SettingsDep, StorageDep, TenantDep
+from api.deps import Principal, ReadSessionDep, SessionDep, SettingsDep, StorageDep, TenantDep
 from api.schemas import BatchCreate, BatchView
 from api.views import batch_view
 from core.models import Batch, BatchItem
@@ -118,5 +118,5 @@ def create_batch(
 
 
 @router.get("/{batch_id}", response_model=BatchView, summary="A batch with counts and per-item errors")
-def get_batch(batch_id: str, session: SessionDep, principal: TenantDep) -> BatchView:
+def get_batch(batch_id: str, session: ReadSessionDep, principal: TenantDep) -> BatchView:
     return _view(session, load_batch(session, principal, batch_id))

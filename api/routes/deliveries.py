@@ -16,7 +16,7 @@ from fastapi import APIRouter, Query
 from sqlalchemy import select, tuple_
 from sqlalchemy.orm import selectinload
 
-from api.deps import Principal, SessionDep, SettingsDep, TenantDep
+from api.deps import Principal, ReadSessionDep, SessionDep, SettingsDep, TenantDep
 from api.pagination import clamp_page_size, make_page_token, read_page_token
 from api.schemas import DeliveryList, DeliveryView
 from api.views import delivery_view
@@ -45,7 +45,7 @@ def load_delivery(
 
 @router.get("", response_model=DeliveryList, summary="List webhook deliveries, newest first")
 def list_deliveries(
-    session: SessionDep,
+    session: ReadSessionDep,
     settings: SettingsDep,
     principal: TenantDep,
     job_id: uuid.UUID | None = None,
@@ -82,7 +82,7 @@ def list_deliveries(
 
 
 @router.get("/{delivery_id}", response_model=DeliveryView, summary="One delivery with its attempts")
-def get_delivery(delivery_id: str, session: SessionDep, principal: TenantDep) -> DeliveryView:
+def get_delivery(delivery_id: str, session: ReadSessionDep, principal: TenantDep) -> DeliveryView:
     return delivery_view(load_delivery(session, principal, delivery_id))
 
 

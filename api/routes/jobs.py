@@ -11,12 +11,13 @@ import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 from sqlalchemy import select, tuple_
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import defer
 
 from api import submission
-from api.deps import Principal, SessionDep, SettingsDep, StorageDep, TenantDep
+from api.deps import Principal, ReadSessionDep, SessionDep, SettingsDep, StorageDep, TenantDep
 from api.pagination import clamp_page_size, make_page_token, read_page_token
 from api.schemas import JobCreate, JobList, JobStateName, JobView, SegmentList
 from api.views import job_view, segment_view
@@ -28,6 +29,8 @@ from core.webhooks import record_job_event
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
+# The plan and video facts can be large JSON documents that no job view shows: never load them here.
+LIGHT_JOB = (defer(Job.plan), defer(Job.video_info))
 PageSize = Annotated[int | None, Query(ge=1, description="default 50; values above the maximum are clamped")]
 PageToken = Annotated[str | None, Query(max_length=2048)]
 
@@ -37,7 +40,7 @@ def load_job(session: SessionDep, principal: Principal, job_id: str, *, for_upda
         parsed = uuid.UUID(job_id)
     except ValueError as err:
         raise Problem(Kinds.NOT_FOUND, "no such job") from err
-    statement = select(Job).where(Job.id == parsed, Job.tenant_id == principal.tenant_id)
+    statement = select(Job).options(*LIGHT_JOB).where(Job.id == parsed, Job.tenant_id == principal.tenant_id)
     if for_update:
         statement = statement.with_for_update()
     job = session.scalar(statement)
@@ -49,6 +52,7 @@ def load_job(session: SessionDep, principal: Principal, job_id: str, *, for_upda
 @router.post("", status_code=202, response_model=JobView, summary="Submit a grounding job")
 def create_job(
     body: JobCreate,
+    request: Request,
     response: Response,
     session: SessionDep,
     settings: SettingsDep,
@@ -69,7 +73,8 @@ def create_job(
     source_uri = submission.resolve_source(body.source, principal, session, storage, settings)
     if body.webhook is not None:
         submission.check_outbound_url(body.webhook.url, settings, "webhook.url")
-    submission.check_quota(session, principal, settings)
+    quota: submission.QuotaCounter = request.app.state.quota_counter
+    submission.check_quota(session, principal, settings, quota)
     secret = submission.webhook_secret_for(body)
     job = submission.build_job(
         body,
@@ -95,6 +100,7 @@ def create_job(
             raise
         return _replay(submission.replay_or_conflict(existing, request_fingerprint), response)
     submission.commit_then_enqueue(session, job, "timemark.probe", settings)
+    quota.accepted(principal.tenant_id)
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     return job_view(job, webhook_secret=secret)
 
@@ -107,7 +113,7 @@ def _replay(job: Job, response: Response) -> JobView:
 
 @router.get("", response_model=JobList, summary="List jobs, newest first")
 def list_jobs(
-    session: SessionDep,
+    session: ReadSessionDep,
     settings: SettingsDep,
     principal: TenantDep,
     state: Annotated[list[JobStateName] | None, Query()] = None,
@@ -127,7 +133,7 @@ def list_jobs(
     }
     position = read_page_token(page_token, "jobs", filters, settings)
     size = clamp_page_size(page_size, settings)
-    statement = select(Job).where(Job.tenant_id == principal.tenant_id)
+    statement = select(Job).options(*LIGHT_JOB).where(Job.tenant_id == principal.tenant_id)
     if state:
         statement = statement.where(Job.state.in_(state))
     if batch_id:
@@ -166,7 +172,7 @@ def _position(position: list) -> tuple[datetime, uuid.UUID]:
 
 
 @router.get("/{job_id}", response_model=JobView, summary="Poll a job")
-def get_job(job_id: str, session: SessionDep, principal: TenantDep) -> JobView:
+def get_job(job_id: str, session: ReadSessionDep, principal: TenantDep) -> JobView:
     return job_view(load_job(session, principal, job_id))
 
 
@@ -207,7 +213,7 @@ def delete_job(job_id: str, session: SessionDep, principal: TenantDep) -> Respon
 @router.get("/{job_id}/segments", response_model=SegmentList, summary="Segments found for a job")
 def list_segments(
     job_id: str,
-    session: SessionDep,
+    session: ReadSessionDep,
     settings: SettingsDep,
     principal: TenantDep,
     min_confidence: Annotated[float | None, Query(ge=0, le=1)] = None,

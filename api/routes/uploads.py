@@ -17,7 +17,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select
 
-from api.deps import SessionDep, SettingsDep, StorageDep, TenantDep
+from api.deps import ReadSessionDep, SessionDep, SettingsDep, StorageDep, TenantDep
 from api.schemas import UploadView
 from api.views import upload_view
 from core.media import not_video_reason
@@ -123,7 +123,7 @@ def _refuse_non_video(head: bytes) -> None:
 
 
 @router.get("/{upload_id}", response_model=UploadView, summary="An upload's metadata")
-def get_upload(upload_id: str, session: SessionDep, principal: TenantDep) -> UploadView:
+def get_upload(upload_id: str, session: ReadSessionDep, principal: TenantDep) -> UploadView:
     try:
         parsed = uuid.UUID(upload_id)
     except ValueError as err:
