@@ -1,7 +1,7 @@
 """Temporal grounding: prompts, answer parsing, confidence, merging across chunks, strategies, evaluation.
 
 The pure parts (prompts, parsing, metrics, annotations, merge) import nothing heavy; the names that
-need video decoding (`ground_chunk`, `ground_video`, `refine_windows`, `GroundingStats`) are loaded on
+need video decoding (`ground_chunk`, `ground_video`, `refine_windows`, … see `_LAZY`) are loaded on
 first use, so reading annotations or scoring predictions never pulls in PyAV.
 """
 
@@ -24,7 +24,17 @@ from model_runtime.grounding.metrics import summarize_ious, temporal_iou
 from model_runtime.grounding.parsing import ParsedSpan, extract_time_timelens, find_spans, parse_segments
 from model_runtime.grounding.prompts import PROMPT_TEMPLATES, PromptError, build_grounding_prompt
 
-_LAZY = {"ground_chunk", "ground_video", "refine_windows", "GroundingStats", "STRATEGIES"}
+_LAZY = {
+    "STRATEGIES",
+    "GroundingStats",
+    "ground_chunk",
+    "ground_video",
+    "refine_padding",
+    "refine_queries",
+    "refine_windows",
+    "token_texts_of",
+    "with_coarse_fallback",
+}
 
 
 def __getattr__(name: str) -> Any:
@@ -59,9 +69,13 @@ __all__ = [
     "parse_segments",
     "predictions_to_json",
     "read_predictions",
+    "refine_padding",
+    "refine_queries",
     "refine_windows",
     "score_predictions",
     "span_confidence",
     "summarize_ious",
     "temporal_iou",
+    "token_texts_of",
+    "with_coarse_fallback",
 ]

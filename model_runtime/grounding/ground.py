@@ -10,13 +10,15 @@ chunk, and shifted back to video time. `ground_video` runs a whole video with on
 - `coarse_to_fine`: one pass over the whole video at the fps that fits one context (`plan_coarse`)
   finds candidates; each candidate window (`refine_windows`) is re-asked at full fps and resolution
   for exact boundaries. A candidate whose window yields nothing keeps its coarse span.
+The pieces (`refine_padding`, `refine_queries`, `with_coarse_fallback`) are public so the workers can
+run the same steps as separate tasks.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -181,6 +183,37 @@ def refine_windows(
     ]
 
 
+def refine_padding(coarse_chunks: Sequence[Chunk], pad_s: float = 10.0) -> float:
+    """Padding of refine windows: at least `pad_s`, and at least two coarse frame spacings, because the
+    coarse pass cannot place a boundary closer than its frame spacing."""
+    spacing = max((c.end_s - c.start_s) / max(c.n_frames, 1) for c in coarse_chunks)
+    return max(pad_s, 2.0 * spacing)
+
+
+def refine_queries(window: Chunk, candidates: Sequence[FinalSegment]) -> list[int]:
+    """Indices of the queries whose candidates lie inside `window`: the ones to re-ask there."""
+    return sorted(
+        {c.query_index for c in candidates if window.start_s <= c.start_s and c.end_s <= window.end_s}
+    )
+
+
+def with_coarse_fallback(
+    window: Chunk, candidates: Sequence[FinalSegment], answers: list[ChunkSegment], asked: list[int]
+) -> list[ChunkSegment]:
+    """A refine window's answers with global query indices, plus the coarse candidate of every asked
+    query the fine look found nothing for (so a miss at full fps never loses what the coarse pass saw).
+
+    `answers` are `ground_chunk`'s output for the queries `[queries[i] for i in asked]` (local indices).
+    """
+    out = [replace(a, query_index=asked[a.query_index]) for a in answers]
+    answered = {a.query_index for a in out}
+    for c in candidates:
+        inside = window.start_s <= c.start_s and c.end_s <= window.end_s
+        if inside and c.query_index in asked and c.query_index not in answered:
+            out.append(ChunkSegment(c.query_index, c.start_s, c.end_s, c.confidence, min(c.chunk_ids)))
+    return out
+
+
 def _sample(source: str, chunk: Chunk, backend: str, stats: GroundingStats | None) -> SampledFrames:
     started = time.perf_counter()
     frames = sample_chunk(source, chunk, backend=backend)
@@ -221,7 +254,7 @@ def ground_video(
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r} (expected one of {', '.join(STRATEGIES)})")
-    queries = [q for q in (" ".join(q.split()) for q in queries)]
+    queries = [" ".join(q.split()) for q in queries]
     if not queries or not all(queries):
         raise ValueError("at least one non-empty query is required")
     params = params if params is not None else SamplingParams()
@@ -251,26 +284,15 @@ def ground_video(
     coarse = plan_coarse(info, params)
     coarse_segments = [s for chunk in coarse.chunks for s in ask(chunk, queries)]
     candidates = merge_segments(coarse_segments, queries, iou_threshold=iou_threshold, top_k=refine_top_k)
-    # The coarse pass cannot place a boundary closer than its frame spacing: pad by at least two spacings.
-    spacing = max((c.end_s - c.start_s) / max(c.n_frames, 1) for c in coarse.chunks)
     windows = refine_windows(
-        candidates, info, params, pad_s=max(pad_s, 2 * spacing), first_index=len(coarse.chunks)
+        candidates, info, params, pad_s=refine_padding(coarse.chunks, pad_s), first_index=len(coarse.chunks)
     )
     stats.refine_windows += len(windows)
     refined: list[ChunkSegment] = []
     for window in windows:
-        inside = [c for c in candidates if window.start_s <= c.start_s and c.end_s <= window.end_s]
-        asked_indices = sorted({c.query_index for c in inside})
-        answers = ask(window, [queries[i] for i in asked_indices])
-        for local in answers:
-            local.query_index = asked_indices[local.query_index]
-        refined.extend(answers)
-        answered = {s.query_index for s in answers}
-        for c in inside:
-            if c.query_index not in answered:  # the fine look found nothing: keep what the coarse look saw
-                refined.append(
-                    ChunkSegment(c.query_index, c.start_s, c.end_s, c.confidence, min(c.chunk_ids))
-                )
+        asked = refine_queries(window, candidates)
+        answers = ask(window, [queries[i] for i in asked])
+        refined += with_coarse_fallback(window, candidates, answers, asked)
     finals = merge_segments(refined, queries, iou_threshold=iou_threshold, top_k=top_k, chunks=windows)
     return filter_min_confidence(finals, min_confidence)
 

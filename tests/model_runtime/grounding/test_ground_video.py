@@ -27,12 +27,18 @@ from model_runtime.grounding import GroundingStats, ground_chunk, ground_video, 
 from model_runtime.grounding.annotations import load_annotations
 from model_runtime.grounding.color_engine import ColorBaselineEngine
 from model_runtime.grounding.evaluate import score_predictions
-from model_runtime.grounding.ground import token_texts_of
-from model_runtime.grounding.merge import FinalSegment
+from model_runtime.grounding.ground import (
+    refine_padding,
+    refine_queries,
+    token_texts_of,
+    with_coarse_fallback,
+)
+from model_runtime.grounding.merge import ChunkSegment, FinalSegment
 from model_runtime.grounding.metrics import temporal_iou
 from model_runtime.grounding.predict import predict_samples
 from model_runtime.grounding.synth import write_synthetic_set
 from model_runtime.video import (
+    Chunk,
     SamplingParams,
     SyntheticTruth,
     make_event,
@@ -277,6 +283,23 @@ def test_refine_windows_pad_clip_and_merge(hour_video: SyntheticTruth) -> None:
     assert all(w.n_frames >= PARAMS.min_frames for w in windows)
     with pytest.raises(ValueError):
         refine_windows(cands, info, PARAMS, pad_s=-1)
+
+
+def test_refine_steps_on_constructed_candidates() -> None:
+    window = Chunk(3, 100.0, 200.0, [100.0 + i for i in range(100)], 56, 56, 4)
+    cands = [
+        FinalSegment(0, "a", 120.0, 130.0, 0.6, 1, [0]),
+        FinalSegment(2, "c", 150.0, 160.0, 0.4, 1, [0]),
+        FinalSegment(1, "b", 190.0, 260.0, 0.9, 1, [0]),  # sticks out of the window: not asked here
+    ]
+    asked = refine_queries(window, cands)
+    assert asked == [0, 2]
+    # The window answered query "c" (local index 1) only; "a" keeps its coarse span.
+    answers = [ChunkSegment(1, 151.0, 158.5, 0.8, 3)]
+    merged = with_coarse_fallback(window, cands, answers, asked)
+    assert merged == [ChunkSegment(2, 151.0, 158.5, 0.8, 3), ChunkSegment(0, 120.0, 130.0, 0.6, 0)]
+    coarse = [Chunk(0, 0.0, 3600.0, [90.0 * i for i in range(40)], 56, 56, 4)]
+    assert refine_padding(coarse, 10.0) == 180.0 and refine_padding(coarse, 500.0) == 500.0
 
 
 def test_bad_arguments(hour_video: SyntheticTruth) -> None:
