@@ -107,10 +107,12 @@ def ground_chunk(
     """Every query over one chunk; segments in VIDEO seconds, in query order then answer order.
 
     `frames=None` with a `source` lets an engine that decodes videos itself (openai) fetch the window.
-    `token_texts` (ids -> per-token strings) narrows confidence to the tokens that spell the times.
+    `token_texts` (ids -> per-token strings) narrows confidence to the tokens that spell the times;
+    by default it comes from the engine when it can decode ids (`token_texts_of`).
     """
     if not queries:
         return []
+    token_texts = token_texts if token_texts is not None else token_texts_of(engine)
     duration = chunk.end_s - chunk.start_s
     video = _chunk_video_input(frames, chunk, source, params)
     requests = [
@@ -260,7 +262,6 @@ def ground_video(
     params = params if params is not None else SamplingParams()
     info = info if info is not None else probe_video(source)
     stats = stats if stats is not None else GroundingStats()
-    token_texts = token_texts if token_texts is not None else token_texts_of(engine)
 
     def ask(chunk: Chunk, asked: list[str]) -> list[ChunkSegment]:
         if decode_frames:
