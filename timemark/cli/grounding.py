@@ -88,7 +88,9 @@ _OVERLAP = typer.Option(4.0, "--overlap", help="Seconds two neighbouring chunks 
 _TOP_K = typer.Option(5, "--top-k", help="Segments kept per query.")
 _MIN_CONF = typer.Option(0.0, "--min-confidence", help="Drop segments below this confidence (0-1).")
 _TEMPLATE = typer.Option("default", "--template", help="Prompt template name (default, single, timelens, …).")
-_THINK = typer.Option(False, "--think/--no-think", help="Let the model reason before answering.")
+_THINK = typer.Option(
+    False, "--think/--no-think", help="Let the model reason first (give it a larger --max-new-tokens)."
+)
 _MAX_NEW = typer.Option(64, "--max-new-tokens", help="Answer length budget per query and chunk.")
 
 

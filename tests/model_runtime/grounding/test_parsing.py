@@ -84,6 +84,18 @@ CASES = [
     ("12.5 -> 30", 60, None, [(12.5, 30.0)]),
     ("12.5 ~ 30", 60, None, [(12.5, 30.0)]),
     ("version v2 - v3 of the clip", 60, None, []),
+    ("Start: 12.5s\nEnd: 30.0s", 60, None, [(12.5, 30.0)]),
+    ("- start: 12.5\n- end: 30", 60, None, [(12.5, 30.0)]),
+    ("[00:00:12.5, 00:00:30.0]", 60, None, [(12.5, 30.0)]),
+    ("The red circle appears from 00:12 to 00:30.", 60, None, [(12.0, 30.0)]),
+    (
+        "It is visible during 12.5-30.0s, then again during 40.0-45.0s.",
+        60,
+        None,
+        [(12.5, 30.0), (40.0, 45.0)],
+    ),
+    ("The event happens in 5.0 - 9.0 seconds. It happens in 5 - 9 seconds.", 60, None, [(5.0, 9.0)]),
+    ("The event happens between 1:05 and 1:20.", 120, None, [(65.0, 80.0)]),
 ]
 
 
