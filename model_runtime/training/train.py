@@ -19,9 +19,7 @@ import json
 import math
 import multiprocessing as mp
 import random
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from model_runtime.checkpoint import save_checkpoint
+from model_runtime.checkpoint import load_state, save_checkpoint
 from model_runtime.config import KeyeConfig, SparseAttnConfig, TextConfig, VisionConfig
 from model_runtime.model import Attention, ForwardContext, Segment, indexer_scores
 from model_runtime.processor import DEFAULT_PREPROCESSOR_CONFIG, KeyeProcessor
@@ -74,7 +72,7 @@ def small_config(tokenizer: Any) -> KeyeConfig:
     )
 
 
-# ---- data: worker processes fill a buffer the trainer samples from ----------------------------------
+# ---- data: worker processes make examples, then the trainer samples from them ----------------------------------
 
 _PROCESSOR: KeyeProcessor | None = None
 
@@ -90,26 +88,28 @@ def _make(seed: int) -> list[Example]:
     return synthetic_examples(_PROCESSOR, seed)
 
 
-def example_stream(folder: Path, seeds: range, workers: int) -> Iterator[list[Example]]:
-    """Examples of each seed's video, in completion order, made by `workers` processes."""
+def generate_examples(folder: Path, seeds: range, workers: int, seconds: float) -> list[Example]:
+    """Examples of as many seeds' videos as `workers` processes finish in `seconds` (or all of them).
+
+    Generation and training take turns rather than overlap: on the GPU host the trainer's Python
+    dispatch is the bottleneck, and worker processes on every core starve it.
+    """
+    deadline = time.time() + seconds
+    out: list[Example] = []
     if workers <= 0:
         _init_worker(str(folder))
-        yield from map(_make, seeds)
-        return
+        for seed in seeds:
+            out += _make(seed)
+            if time.time() > deadline:
+                break
+        return out
     with mp.get_context("spawn").Pool(workers, _init_worker, (str(folder),)) as pool:
-        yield from pool.imap_unordered(_make, seeds, chunksize=4)
-
-
-def fill_in_background(stream: Iterator[list[Example]]) -> list[Example]:
-    """A list that a daemon thread keeps extending from `stream` while the trainer samples from it."""
-    buffer: list[Example] = []
-
-    def pump() -> None:
-        for examples in stream:
-            buffer.extend(examples)  # list.extend is atomic under the GIL
-
-    threading.Thread(target=pump, daemon=True).start()
-    return buffer
+        for examples in pool.imap_unordered(_make, seeds, chunksize=2):
+            out += examples
+            if time.time() > deadline:
+                break
+        pool.terminate()
+    return out
 
 
 def make_batch(examples: list[Example], processor: KeyeProcessor, device: torch.device) -> dict[str, Any]:
@@ -210,11 +210,11 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     distill = IndexerDistillation(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.95))
 
-    buffer = fill_in_background(
-        example_stream(out, range(args.seed_offset, args.seed_offset + args.videos), args.workers)
-    )
-    while len(buffer) < args.min_buffer:
-        time.sleep(0.5)
+    if args.init:
+        load_state(model, args.init)  # continue from an earlier run of this script
+    seeds = range(args.seed_offset, args.seed_offset + args.videos)
+    buffer = generate_examples(out, seeds, args.workers, args.data_seconds)
+    print(json.dumps({"examples": len(buffer), "data_seconds": args.data_seconds}), flush=True)
     rng = random.Random(args.seed)
     started = time.time()
     budget_s = args.minutes * 60
@@ -273,7 +273,8 @@ def main() -> None:
     p.add_argument("--minutes", type=float, default=6.0)
     p.add_argument("--max-steps", type=int, default=100_000)
     p.add_argument("--videos", type=int, default=3000)
-    p.add_argument("--min-buffer", type=int, default=400, help="examples ready before the first step")
+    p.add_argument("--data-seconds", type=float, default=120.0, help="time to spend making videos first")
+    p.add_argument("--init", help="start from this checkpoint's weights")
     p.add_argument("--workers", type=int, default=max(1, (mp.cpu_count() or 2) - 2))
     p.add_argument("--batch-tokens", type=int, default=16384)
     p.add_argument("--lr", type=float, default=2e-3)
