@@ -140,7 +140,8 @@ def sample_batch(buffer: list[Example], max_tokens: int, rng: random.Random) -> 
 class IndexerDistillation:
     """Forward hooks that add, per layer and sequence, KL(dense attention over heads ‖ softmax(I))."""
 
-    def __init__(self, model: KeyeVL):
+    def __init__(self, model: KeyeVL, max_segments: int = 2):
+        self.max_segments = max_segments
         self.losses: list[Tensor] = []
         self.handles = [
             m.register_forward_hook(self._hook)
@@ -155,7 +156,7 @@ class IndexerDistillation:
             q, k, _ = attn.project(x, ctx)  # [N, H, Dh], [N, K, Dh]
         iq, iw, ik = attn.sa_indexer(x, ctx.index_rope)  # [N, I, Di], [N, I], [N, Di]
         a = 0
-        for seg in ctx.segments:
+        for seg in ctx.segments[: self.max_segments]:  # a sample of the batch is enough for the KL
             b = a + seg.length
             causal = torch.ones(seg.length, seg.length, dtype=torch.bool, device=x.device).tril()
             with torch.no_grad():
