@@ -13,7 +13,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DataError, SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.db import is_unavailable_error
@@ -111,6 +111,13 @@ async def _on_storage_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _on_database_error(request: Request, exc: Exception) -> JSONResponse:
+    if isinstance(exc, DataError):  # a value the column type cannot hold slipped past validation
+        log.warning(
+            "database refused a value on %s %s: %s", request.method, request.url.path, type(exc).__name__
+        )
+        return problem_response(
+            Kinds.VALIDATION, "a value in the request cannot be stored", instance=request.url.path
+        )
     if is_unavailable_error(exc):
         log.warning("database unavailable: %s", type(exc).__name__)
         return unavailable_response(request, "database")

@@ -2,8 +2,9 @@
 
 `BodyGuard` reads JSON bodies before any route sees them: it refuses bodies over `max_body_bytes`
 while they stream in (413, even when Content-Length lies), non-JSON content types (415), invalid
-UTF-8 (400 `invalid-utf8`) and unparsable or absurdly nested JSON (400 `malformed-json`), then replays
-the body to the app. Streaming endpoints (uploads) pass through and enforce their own limit.
+UTF-8 and unpaired surrogates (400 `invalid-utf8`), unparsable or absurdly nested JSON (400
+`malformed-json`) and NUL characters anywhere in the request (PostgreSQL text cannot hold them), then
+replays the body to the app. Streaming endpoints (uploads) pass through and enforce their own limit.
 `RequestMetrics` counts requests and times them per route template (never per raw path).
 """
 
@@ -52,14 +53,17 @@ class BodyGuard:
         self.app, self.max_body_bytes, self.streaming_paths = app, max_body_bytes, streaming_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            scope["type"] != "http"
-            or scope["method"] not in BODY_METHODS
-            or scope["path"] in self.streaming_paths
-        ):
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         path = scope["path"]
+        if "\x00" in path or b"%00" in scope.get("query_string", b""):
+            # No database column can hold a NUL character; refuse it at the door.
+            await send_problem(send, Kinds.BAD_REQUEST, "NUL characters are not allowed in URLs", path)
+            return
+        if scope["method"] not in BODY_METHODS or path in self.streaming_paths:
+            await self.app(scope, receive, send)
+            return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         declared = headers.get("content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_body_bytes):
@@ -101,6 +105,8 @@ class BodyGuard:
             text = body.decode("utf-8")
         except UnicodeDecodeError as err:
             return Kinds.INVALID_UTF8, f"invalid UTF-8 at byte {err.start}"
+        if "\\u0000" in text:
+            return Kinds.VALIDATION, "NUL characters (\\u0000) are not allowed in JSON strings"
         try:
             parsed = json.loads(text)
         except RecursionError:

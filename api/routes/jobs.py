@@ -172,8 +172,10 @@ def _position(position: list) -> tuple[datetime, uuid.UUID]:
 
 
 @router.get("/{job_id}", response_model=JobView, summary="Poll a job")
-def get_job(job_id: str, session: ReadSessionDep, principal: TenantDep) -> JobView:
-    return job_view(load_job(session, principal, job_id))
+def get_job(job_id: str, session: ReadSessionDep, principal: TenantDep) -> Response:
+    # The hottest route: serialise the (already validated) view once, skipping FastAPI's second pass.
+    body = job_view(load_job(session, principal, job_id)).model_dump_json()
+    return Response(body, media_type="application/json")
 
 
 @router.post("/{job_id}:cancel", status_code=202, response_model=JobView, summary="Cancel a job")

@@ -139,6 +139,20 @@ RAW_BODIES = [
     ),
     pytest.param(json.dumps(GOOD).encode(), "", 415, "unsupported-media-type", id="no-content-type"),
     pytest.param(b"", "application/json", 422, "validation-error", id="empty-body"),
+    pytest.param(
+        b'{"source": "http://127.0.0.1:9/v.mp4", "queries": ["a\\u0000b"]}',
+        "application/json",
+        422,
+        "validation-error",
+        id="nul-in-query",
+    ),
+    pytest.param(
+        b'{"source": "http://127.0.0.1:9/\\u0000.mp4", "queries": ["q"]}',
+        "application/json",
+        422,
+        "validation-error",
+        id="nul-in-source",
+    ),
 ]
 
 
@@ -242,3 +256,15 @@ def test_upload_source_of_failed_upload_refused(api_client, tenant, session_fact
         "source-not-found",
     )
     assert count_rows(Job, tenant_id=tenant.tenant_id) == 0
+
+
+@pytest.mark.parametrize(
+    "url", ["/v1/jobs?client_ref=a%00b", "/v1/uploads?filename=%00.mp4", "/v1/jobs/a%00b"]
+)
+def test_nul_in_urls_is_400(api_client, tenant, url) -> None:
+    if url.startswith("/v1/uploads"):
+        headers = {**tenant.headers, "Content-Type": "video/mp4"}
+        answer = api_client.post(url, content=b"\0\0\0\x18ftypmp42" + bytes(64), headers=headers)
+    else:
+        answer = api_client.get(url, headers=tenant.headers)
+    assert_problem(answer, 400, "bad-request")
