@@ -18,7 +18,7 @@ from workers.context import EngineConfigError, WorkerContext, engine_options
 
 # Celery 5.7 deprecates the `queue` task attribute in favour of task_routes; we set both (the routes
 # decide), and its router reads the attribute, which warns.
-@pytest.mark.filterwarnings("ignore:.*'queue' task attribute is deprecated")
+@pytest.mark.filterwarnings(r"ignore:\s*The 'queue' task attribute is deprecated")
 def test_every_routed_task_is_registered_with_its_queue_and_late_acks() -> None:
     app = create_worker_app(Settings(secret_key="x" * 32, broker_url="redis://127.0.0.1:6379/3"))
     for name, queue in TASK_QUEUES.items():
