@@ -277,8 +277,12 @@ def release_chunk(
 def _ground_one_chunk(
     ctx: WorkerContext, source_uri: str, spec: dict[str, Any], queries: list[str]
 ) -> tuple[list[Any], float, int, list[Any] | None]:
-    """Decode the chunk's frames and ask the engine; returns (segments, seconds, visual tokens, raw)."""
-    from model_runtime.grounding import ground_chunk
+    """Decode the chunk's frames and ask the engine; returns (segments, engine seconds, tokens, raw).
+
+    Tokens are what the engine reports: prompt tokens (the video prefix counted per request, as
+    billed by servers) plus generated tokens. Raw texts are not exposed by `ground_chunk`, so None.
+    """
+    from model_runtime.grounding import GroundingStats, ground_chunk
     from model_runtime.video import Chunk as VideoChunk
     from model_runtime.video import VideoError, sample_chunk
 
@@ -296,10 +300,11 @@ def _ground_one_chunk(
         engine = ctx.engine()
     except EngineConfigError as err:
         raise _JobInputError(stage_error("engine-not-configured", str(err), stage="infer")) from err
+    stats = GroundingStats()
     started = time.perf_counter()
-    segments = ground_chunk(engine, frames, chunk, queries)
-    seconds = time.perf_counter() - started
-    return segments, seconds, chunk.total_tokens, None
+    segments = ground_chunk(engine, frames, chunk, queries, stats=stats)
+    seconds = stats.engine_s or (time.perf_counter() - started)
+    return segments, seconds, stats.prompt_tokens + stats.generated_tokens, None
 
 
 def _replace_chunk_segments(
