@@ -27,7 +27,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     # No pre-ping: it doubles the round trips of a poll. After a database restart the first request on
     # each dead pooled connection answers 503 and SQLAlchemy drops the stale pool.
-    app.state.db_engine = make_engine(settings, pool_pre_ping=False)
+    app.state.db_engine = make_engine(settings, application_name="timemark-api", pool_pre_ping=False)
     app.state.sessions = make_sessionmaker(app.state.db_engine)
     app.state.read_sessions = make_sessionmaker(
         app.state.db_engine.execution_options(isolation_level="AUTOCOMMIT")

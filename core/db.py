@@ -23,8 +23,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from core.settings import Settings
 
 
-def make_engine(settings: Settings, **overrides: Any) -> Engine:
-    """One pooled engine for the configured database; `overrides` go to `create_engine`."""
+def make_engine(settings: Settings, *, application_name: str = "timemark", **overrides: Any) -> Engine:
+    """One pooled engine for the configured database; `overrides` go to `create_engine`.
+
+    `application_name` shows in `pg_stat_activity`, so operators see which part holds connections.
+    """
     url = make_url(str(settings.database_url))
     if url.get_backend_name() == "sqlite":
         if url.database and url.database != ":memory:":
@@ -34,7 +37,7 @@ def make_engine(settings: Settings, **overrides: Any) -> Engine:
         engine = create_engine(url, **options)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    connect_args: dict[str, Any] = {"connect_timeout": 5}
+    connect_args: dict[str, Any] = {"connect_timeout": 5, "application_name": application_name}
     if settings.db_statement_timeout_ms:
         connect_args["options"] = f"-c statement_timeout={settings.db_statement_timeout_ms}"
     options = {
