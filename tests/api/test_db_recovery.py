@@ -14,7 +14,7 @@ from tests.api.helpers import assert_problem
 
 
 def test_api_recovers_after_its_connections_are_killed(
-    service_settings, db_engine, make_tenant, pg_url
+    service_settings, api_app, make_tenant, pg_url
 ) -> None:
     from api.main import create_app
 
