@@ -6,8 +6,8 @@ on the same machine never share state. Heavy imports (SQLAlchemy models, moto, t
 inside the fixtures, so the model-runtime and kernel tests do not pay for them.
 
 Fixtures: `pg_admin_dsn`, `make_pg_database`, `pg_url`, `redis_url`, `s3_endpoint`, `s3_bucket`,
-`service_settings`, `service_env`, `db_engine`, `session_factory`, `db_session`, `webhook_receiver`,
-`make_tenant`, `api_client`.
+`service_env`, `service_settings`, `db_engine`, `session_factory`, `db_session`, `webhook_receiver`,
+`make_tenant` (→ `TenantKey`), `api_app`, `api_client`, `sample_video_path`; helper `s3_client(endpoint)`.
 """
 
 from __future__ import annotations
