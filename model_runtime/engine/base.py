@@ -34,7 +34,9 @@ class VideoInput:
 
     def __post_init__(self) -> None:
         if self.frames.ndim != 4 or self.frames.shape[-1] != 3 or self.frames.dtype != np.uint8:
-            raise ValueError(f"frames must be [N, H, W, 3] uint8, got {self.frames.shape} {self.frames.dtype}")
+            raise ValueError(
+                f"frames must be [N, H, W, 3] uint8, got {self.frames.shape} {self.frames.dtype}"
+            )
         if len(self.timestamps) != self.frames.shape[0]:
             raise ValueError(f"{len(self.timestamps)} timestamps for {self.frames.shape[0]} frames")
 
