@@ -81,14 +81,14 @@ def test_full_width_layers_sparse_beyond_2048_tokens() -> None:
         cache = KVCache(config.text, capacity=16, device="cuda", dtype=torch.float32)
         steps = [model(ids[a : a + 1000], pos[:, a : a + 1000], [Segment(1000, cache)]) for a in (0, 1000)]
         steps += [model(ids[i : i + 1], pos[:, i : i + 1], [Segment(1, cache)]) for i in range(2000, n)]
-    torch.testing.assert_close(sparse[:topk], dense[:topk], atol=2e-3, rtol=2e-3)
+    torch.testing.assert_close(sparse[:topk], dense[:topk], atol=5e-3, rtol=5e-3)
     assert (sparse[topk:] - dense[topk:]).abs().max() > 1e-3  # selection really happened
     stepwise = torch.cat(steps)
-    torch.testing.assert_close(stepwise[:topk], sparse[:topk], atol=2e-3, rtol=2e-3)
+    torch.testing.assert_close(stepwise[:topk], sparse[:topk], atol=5e-3, rtol=5e-3)
     # Beyond top-k, GEMMs of other shapes may flip a near-tied key at the selection boundary of a
     # few rows; nearly every row must still agree.
     row_err = (stepwise[topk:] - sparse[topk:]).abs().amax(-1)
-    assert (row_err < 2e-3).float().mean() >= 0.97, row_err
+    assert (row_err < 5e-3).float().mean() >= 0.97, row_err
 
 
 def _separate_experts(model: KeyeVL) -> None:
