@@ -85,19 +85,48 @@ def pg_url(make_pg_database: Callable[[], str]) -> str:
 # ------------------------------------------------------------------------------------------- Redis
 
 
+REDIS_CLAIM_KEY = "timemark:test-session-claim"
+# What Celery/kombu leave in a DB: the queues, the unacked bookkeeping, the exchange bindings.
+CELERY_KEY_PATTERNS = ("cpu", "gpu", "celery", "unacked*", "_kombu.*")
+
+
 @pytest.fixture(scope="session")
-def redis_url() -> str:
-    """A Redis URL on a random DB index 1–15 (other people's tests use the others)."""
+def redis_url() -> Iterator[str]:
+    """A Redis URL on a DB index 1–15 that this session claims, preferring empty ones.
+
+    The claim is a key set with NX and a one-hour expiry, so two sessions that both use this fixture
+    never share a DB. At the end the session's Celery keys (queues, bindings, unacked sets) and the
+    claim are deleted, so no stale probe messages are left for the next session's sweeper to trip on.
+    """
     import redis
 
-    client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, socket_connect_timeout=2)
+    token = uuid.uuid4().hex
+    indexes = random.sample(range(1, 16), 15)
     try:
-        client.ping()
+        sizes = {
+            i: redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=i, socket_connect_timeout=2).dbsize()
+            for i in indexes
+        }
     except redis.exceptions.ConnectionError as exc:
         pytest.skip(f"Redis not reachable ({exc}); run .ci/services.sh")
+    chosen = None
+    for index in sorted(indexes, key=lambda i: sizes[i] > 0):  # empty DBs first, random order within
+        client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=index)
+        if client.set(REDIS_CLAIM_KEY, token, nx=True, ex=3600):
+            chosen = index
+            break
+    if chosen is None:
+        chosen = indexes[0]  # every DB claimed: share one (still works, only less isolated)
+    yield f"redis://{REDIS_HOST}:{REDIS_PORT}/{chosen}"
+    client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=chosen)
+    try:
+        if client.get(REDIS_CLAIM_KEY) == token.encode():
+            keys = [key for pattern in CELERY_KEY_PATTERNS for key in client.scan_iter(match=pattern)]
+            if keys:
+                client.delete(*keys)
+            client.delete(REDIS_CLAIM_KEY)
     finally:
         client.close()
-    return f"redis://{REDIS_HOST}:{REDIS_PORT}/{random.randint(1, 15)}"
 
 
 # ---------------------------------------------------------------------------------------------- S3
