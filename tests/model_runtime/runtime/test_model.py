@@ -282,3 +282,22 @@ def test_triton_path_follows_the_kernel_contract() -> None:
             tiny.model.kernels = saved
             tiny.model.set_impl(attn_impl="reference", moe_impl="reference")
     torch.testing.assert_close(contract, reference, atol=1e-4, rtol=1e-4)
+
+
+def test_gradients_flow_through_the_sparse_path() -> None:
+    """Training runs the same forward: the LM loss reaches attention and experts (the top-k choice
+    itself is not differentiable, so the indexer gets no gradient from it, as in the paper)."""
+    model = init_weights(KeyeVL(KeyeConfig.tiny()), seed=0)
+    ids, pos = _prompt()
+    logits = model(ids, pos)
+    torch.nn.functional.cross_entropy(logits[:-1], ids[1:]).backward()
+    layer = model.model.layers[1]
+    for param in (
+        layer.self_attn.q_proj.weight,
+        layer.self_attn.k_norm.weight,
+        layer.mlp.experts.down_proj,
+        layer.mlp.gate.weight,
+        model.model.embed_tokens.weight,
+    ):
+        assert param.grad is not None and torch.isfinite(param.grad).all() and param.grad.abs().sum() > 0
+    assert layer.self_attn.sa_indexer.k_proj.weight.grad is None
