@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from celery import Celery
 from kombu import Exchange, Queue
@@ -66,6 +67,23 @@ def resolve_broker_url(settings: Any) -> str:
     return str(url)
 
 
+def split_key_prefix(url: str) -> tuple[str, str | None]:
+    """`redis://h:6379/0?key_prefix=team-a:` → the URL without it, and the prefix.
+
+    Every Redis key of the broker (queues included) then starts with the prefix, so several
+    deployments or test sessions can share one Redis database without seeing each other's messages.
+    """
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    prefix = next((value for key, value in query if key == "key_prefix"), None)
+    if prefix is None:
+        return url, None
+    if not prefix or len(prefix) > 64 or any(c.isspace() for c in prefix):
+        raise ValueError("key_prefix must be 1-64 characters without spaces")
+    rest = urlencode([(key, value) for key, value in query if key != "key_prefix"])
+    return urlunsplit(parts._replace(query=rest)), prefix
+
+
 def make_celery(settings: Any) -> Celery:
     """A fresh Celery app configured from `settings` (`core.settings.Settings`).
 
@@ -81,6 +99,7 @@ def make_celery(settings: Any) -> Celery:
             f"need soft limit < hard limit < visibility timeout, got {soft_limit} / {hard_limit} / {visibility}"
         )
     is_redis = broker_url.startswith(("redis://", "rediss://"))
+    broker_url, key_prefix = split_key_prefix(broker_url) if is_redis else (broker_url, None)
 
     app = Celery("timemark", broker=broker_url, set_as_current=False)
     # kombu hands the SQLAlchemy transport's options to create_engine: only engine arguments go there.
@@ -93,6 +112,8 @@ def make_celery(settings: Any) -> Celery:
             "fanout_prefix": True,
             "fanout_patterns": True,
         }
+        if key_prefix:
+            transport_options["global_keyprefix"] = key_prefix
     exchange = Exchange("timemark", type="direct")
     app.conf.update(
         task_queues=[Queue(name, exchange, routing_key=name) for name in (CPU_QUEUE, GPU_QUEUE)],

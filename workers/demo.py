@@ -26,10 +26,13 @@ from workers.embedded import (
     wait_ready,
 )
 
-DEMO_EVENTS = (("red", "circle", 2.0, 7.0), ("blue", "square", 10.0, 15.5), ("green", "triangle", 17.0, 22.0))
-DEMO_DURATION_S = 24.0
-# Small frames at 1 fps: each chunk holds ~8 s of video, so the job runs several chunks on the CPU.
-DEMO_SAMPLING = {"fps": 1.0, "min_pixels": 50_176, "max_pixels": 50_176, "video_total_pixels": 50_176 * 8}
+# The look of the small model's training videos: 160×96, 30–80 s, a few coloured shapes.
+DEMO_EVENTS = (
+    ("red", "circle", 4.0, 12.0),
+    ("blue", "square", 18.0, 27.0),
+    ("green", "triangle", 31.0, 38.0),
+)
+DEMO_DURATION_S = 42.0
 
 
 def free_port() -> int:
@@ -83,6 +86,7 @@ def run_demo(
             + ", ".join(f"{e.label} {e.start_s:g}–{e.end_s:g} s" for e in truth.events)
             + ")"
         )
+        console.print(f"model: {ckpt}")
         if not trained:
             console.print(f"[yellow]note:[/] {RANDOM_CHECKPOINT_NOTE}")
         port = port or free_port()
@@ -119,12 +123,8 @@ def _drive(
         job = _ok(
             client.post(
                 "/v1/jobs",
-                json={
-                    "source": upload["source"],
-                    "queries": queries,
-                    "sampling": DEMO_SAMPLING,
-                    "client_ref": "demo",
-                },
+                # No sampling: the embedded service defaults to the checkpoint's own (embedded_env).
+                json={"source": upload["source"], "queries": queries, "client_ref": "demo"},
                 headers={"Idempotency-Key": f"demo-{upload['id']}"},
             )
         )
@@ -136,7 +136,7 @@ def _drive(
     _print_table(console, queries, truth, segments)
     picture = draw_timeline(out / "timeline.png", queries, truth, segments)
     console.print(
-        f"job {job['id']}: {job['progress']['chunks_done']} chunks, {job['usage']['tokens']} visual tokens, "
+        f"job {job['id']}: {job['progress']['chunks_done']} chunks, {job['usage']['tokens']} tokens, "
         f"{job['usage']['gpu_seconds']:.1f} s of model time; timeline picture: {picture}"
     )
     if not trained:

@@ -11,6 +11,7 @@ once in a cache folder: its answers are then noise, and the commands say so.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -49,8 +50,32 @@ def resolve_checkpoint(requested: str | None) -> tuple[Path, bool]:
     return random_dir, False
 
 
+# Sampling for small CPU models when the checkpoint names none: the trained small model's regime
+# (2 fps, 8–15 tokens per frame, 4,096 visual tokens a context; a 160×96 frame is 15 tokens).
+SMALL_MODEL_SAMPLING = {
+    "fps": 2.0,
+    "min_pixels": 8 * 784,
+    "max_pixels": 15 * 784,
+    "video_total_pixels": 4096 * 784,
+    "min_frames": 2,
+}
+
+
+def checkpoint_video_sampling(checkpoint: Path) -> dict[str, float | int] | None:
+    """The sampling a checkpoint was trained with (`video_sampling` in its preprocessor config), if any."""
+    path = Path(checkpoint) / "preprocessor_config.json"
+    if not path.is_file():
+        return None
+    sampling = json.loads(path.read_text()).get("video_sampling")
+    return dict(sampling) if isinstance(sampling, dict) and sampling else None
+
+
 def embedded_env(data_dir: Path, checkpoint: Path, *, base: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment of the embedded API and worker (strings, for child processes)."""
+    """The environment of the embedded API and worker (strings, for child processes).
+
+    A checkpoint that records its training sampling makes it the service default, so jobs that
+    omit `sampling` show the model frames like the ones it learned from.
+    """
     env = dict(os.environ if base is None else base)
     for key in [k for k in env if k.startswith("TIMEMARK_")]:
         del env[key]  # a stray production URL must not leak into the embedded service
@@ -69,6 +94,10 @@ def embedded_env(data_dir: Path, checkpoint: Path, *, base: dict[str, str] | Non
     )
     # One thread: the CPU model is tiny, and on a shared machine more threads only spin against each other.
     env.setdefault("OMP_NUM_THREADS", "1")
+    sampling = checkpoint_video_sampling(checkpoint) or SMALL_MODEL_SAMPLING
+    for name in ("fps", "min_pixels", "max_pixels", "video_total_pixels", "min_frames", "max_frames"):
+        if sampling.get(name) is not None:
+            env[f"TIMEMARK_SAMPLING_{name.upper()}"] = str(sampling[name])
     return env
 
 
@@ -89,8 +118,6 @@ def settings_from_env(env: dict[str, str]):  # -> core.settings.Settings
 
     values = {k.removeprefix("TIMEMARK_").lower(): v for k, v in env.items() if k.startswith("TIMEMARK_")}
     if "url_allow_cidrs" in values:
-        import json
-
         values["url_allow_cidrs"] = tuple(json.loads(values["url_allow_cidrs"]))
     return Settings(**values)
 

@@ -394,6 +394,7 @@ def finalize_job(ctx: WorkerContext, job_id: str) -> list[Send]:
         except ValueError as err:
             return fail_job(session, job, stage_error("merge-failed", str(err), stage="finalize"), settings)
         _store_final_segments(session, job.id, final)
+        session.flush()  # sessions do not autoflush: the event below counts these rows
         transition(job, JobState.SUCCEEDED)
         return deliveries_to_send(record_job_event(session, job, settings))
 

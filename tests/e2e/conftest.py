@@ -1,8 +1,8 @@
 """Shared pieces of the end-to-end tests: their own database and Redis DB, the API and a real worker.
 
 `service` starts uvicorn (the API) and `timemark worker` (Celery prefork with one child, both
-queues, beat inside) as child processes on this module's PostgreSQL database, an empty Redis DB
-index and the session's moto S3 bucket; logs go to files the failing test can print.
+queues, beat inside) as child processes on this module's PostgreSQL database, its own Redis key
+prefix and the session's moto S3 bucket; logs go to files the failing test can print.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import os
 import random
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,16 +36,19 @@ class Service:
         return (self.logs / "worker.log").read_text(errors="replace")
 
 
-def _free_redis_url() -> str:
-    """A Redis DB index 1–15 that is empty right now (other people's sessions use the others)."""
-    for index in random.sample(range(1, 16), 15):
-        client = redis.Redis(host="127.0.0.1", db=index)
-        try:
-            if client.dbsize() == 0:
-                return f"redis://127.0.0.1:6379/{index}"
-        finally:
-            client.close()
-    pytest.skip("no empty Redis database index")
+@pytest.fixture(scope="module")
+def isolated_broker_url() -> Iterator[str]:
+    """A Redis URL whose every key carries this module's own prefix; its keys are deleted after."""
+    index = random.randint(1, 15)
+    prefix = f"tm-e2e-{uuid.uuid4().hex[:10]}:"
+    yield f"redis://127.0.0.1:6379/{index}?key_prefix={prefix}"
+    client = redis.Redis(host="127.0.0.1", db=index)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}*"))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
 
 
 @pytest.fixture(scope="module")
@@ -59,16 +63,19 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bool]:
 
 @pytest.fixture(scope="module")
 def e2e_env(
-    service_env: dict[str, str], make_pg_database: Any, checkpoint: tuple[Path, bool]
+    service_env: dict[str, str],
+    make_pg_database: Any,
+    checkpoint: tuple[Path, bool],
+    isolated_broker_url: str,
 ) -> dict[str, str]:
-    """This module's own database and Redis DB, so no other test's messages reach its worker."""
+    """This module's own database and Redis key prefix, so no other test's messages reach its worker."""
     from core.db import make_engine
     from core.models import Base
     from core.settings import Settings
 
     env = dict(service_env)
     env["TIMEMARK_DATABASE_URL"] = make_pg_database()
-    env["TIMEMARK_BROKER_URL"] = _free_redis_url()
+    env["TIMEMARK_BROKER_URL"] = isolated_broker_url
     env["TIMEMARK_ENGINE_CHECKPOINT"] = str(checkpoint[0])
     env["TIMEMARK_SWEEP_INTERVAL_S"] = "5"
     engine = make_engine(Settings(database_url=env["TIMEMARK_DATABASE_URL"], secret_key="x" * 32))

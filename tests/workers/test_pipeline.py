@@ -281,6 +281,9 @@ def test_finalize_merges_ranks_and_announces_once(
     ]
     assert final[0].chunk_ids == [0, 1] and final[0].confidence > 0.7  # two chunks agreeing raise confidence
     assert _job(session_factory, job_id).state == "succeeded"
+    with session_factory() as session:  # the event announces the stored final segments
+        delivery = session.get(Delivery, uuid.UUID(sends[0].args[0]))
+        assert delivery.payload["data"]["segment_count"] == 2
     # A duplicate finalize message: nothing more.
     assert finalize_job(ctx, str(job_id)) == []
     assert _segment_count(session_factory, job_id, final=True) == 2
