@@ -23,6 +23,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.attention.bias import causal_lower_right
 
 from model_runtime.config import TextConfig
 
@@ -31,6 +32,8 @@ MOE_IMPLS = ("reference", "triton")
 # Upper bound on the elements of one attention-score tile (queries × heads × keys): bounds the
 # activation memory of long prefills, whatever the prompt length.
 SCORE_TILE_ELEMENTS = 1 << 26
+# Up to this many (token, expert) pairs the MoE gathers per-pair weights instead of looping over experts.
+GATHERED_MOE_PAIRS = 64
 
 
 class KVCache:
@@ -294,7 +297,7 @@ class Attention(nn.Module):
         impl = ctx.attn_impl
         # At ≤ topk keys every causal key is selected, so sparse == dense (spec §2.2); skip the indexer.
         if impl == "dense" or index is None or n_keys <= self.topk:
-            return causal_attention(q, k, v, start, scale, ctx.score_tile_elements)
+            return causal_attention(q, k, v, start, scale)
         iq, iw, ik = index
         if impl == "triton":
             kern = ctx.kernels.get(q.device)
@@ -309,17 +312,21 @@ class Attention(nn.Module):
 # ---- attention backends -----------------------------------------------------------------------------
 
 
-def causal_attention(
-    q: Tensor, k: Tensor, v: Tensor, start: int, scale: float, tile_elements: int = SCORE_TILE_ELEMENTS
-) -> Tensor:
+def causal_attention(q: Tensor, k: Tensor, v: Tensor, start: int, scale: float) -> Tensor:
     """Dense causal GQA: query t (absolute position start+t) sees keys 0…start+t. [T, H, Dh] out."""
     t, n_keys = q.shape[0], k.shape[0]
+    if n_keys != start + t:
+        raise ValueError(f"{n_keys} keys for {t} queries starting at {start}")
     if start == 0 and t == n_keys:  # fresh prefill: the fused causal kernel, no explicit mask
         return _sdpa(q, k, v, None, scale, is_causal=True)
     if t == 1:  # decode: every cached key is visible
         return _sdpa(q, k, v, None, scale)
-    mask_fn = lambda lo, hi: _causal_mask(lo, hi, start, n_keys, q.device)  # noqa: E731
-    return _tiled(q, k, v, scale, mask_fn, tile_elements)
+    # A chunk after cached keys: causal aligned to the lower right (query t sees keys ≤ start + t),
+    # which SDPA's fused kernels run without a materialised mask. They lack GQA, hence one K/V copy per
+    # query head. The CPU falls back to a materialised mask inside SDPA.
+    group = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)  # [S, H, Dh]
+    return _sdpa(q, k, v, causal_lower_right(t, n_keys), scale)
 
 
 def topk_masked_attention(
@@ -397,8 +404,8 @@ def _tiled(
     return out
 
 
-def _sdpa(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float, is_causal: bool = False):
-    """q [T, H, Dh], k/v [S, K, Dh], mask [T, S] bool → [T, H, Dh]; GQA by grouping query heads."""
+def _sdpa(q: Tensor, k: Tensor, v: Tensor, mask: Any, scale: float, is_causal: bool = False) -> Tensor:
+    """q [T, H, Dh], k/v [S, K, Dh], mask [T, S] bool or a CausalBias → [T, H, Dh]; K may divide H (GQA)."""
     out = F.scaled_dot_product_attention(
         q.transpose(0, 1)[None],  # [1, H, T, Dh]
         k.transpose(0, 1)[None],  # [1, K, S, Dh]
@@ -490,9 +497,19 @@ class Experts(nn.Module):
 
 
 def moe_reference(x: Tensor, gate_up: Tensor, down: Tensor, ids: Tensor, weights: Tensor) -> Tensor:
-    """Loop over the experts that got tokens: out[t] = Σ_k w·(SiLU(x·gate)⊙(x·up))·down. [N, D] out."""
-    out = torch.zeros_like(x)  # [N, D]
+    """out[t] = Σ_k w·(SiLU(x·gate)⊙(x·up))·down over each token's experts. [N, D] out.
+
+    Few (token, expert) pairs (decode): gather each pair's weights and run two batched products, with
+    no host round trip. Many (prefill): loop over the experts that got tokens.
+    """
     width = down.shape[1]
+    if ids.numel() <= GATHERED_MOE_PAIRS:
+        flat = ids.flatten()  # [N·k]
+        h = torch.bmm(x.repeat_interleave(ids.shape[1], dim=0)[:, None], gate_up[flat])[:, 0]  # [N·k, 2F]
+        act = F.silu(h[:, :width]) * h[:, width:]  # [N·k, F]
+        y = torch.bmm(act[:, None], down[flat])[:, 0] * weights.flatten()[:, None]  # [N·k, D]
+        return y.view(*ids.shape, -1).sum(dim=1)
+    out = torch.zeros_like(x)  # [N, D]
     counts = torch.bincount(ids.flatten(), minlength=gate_up.shape[0]).tolist()
     for e, count in enumerate(counts):
         if count == 0:

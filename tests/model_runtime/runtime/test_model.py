@@ -57,8 +57,9 @@ def test_full_forward_equals_prefill_then_cached_decode(tiny: KeyeVL, impl: str)
     torch.testing.assert_close(torch.cat(steps), full, atol=2e-5, rtol=1e-4)
 
 
-def test_chunked_prefill_equals_one_pass(tiny: KeyeVL) -> None:
-    tiny.model.set_impl(attn_impl="reference")
+@pytest.mark.parametrize("impl", ["dense", "reference"])
+def test_chunked_prefill_equals_one_pass(tiny: KeyeVL, impl: str) -> None:
+    tiny.model.set_impl(attn_impl=impl)
     ids, pos = _prompt()
     with torch.no_grad():
         full = tiny(ids, pos)
@@ -173,9 +174,10 @@ def test_topk_mask_with_history_equals_without() -> None:
     torch.testing.assert_close(last, full[-1:], atol=1e-6, rtol=1e-5)  # the decode gather path
 
 
-def test_moe_reference_equals_per_token_loop() -> None:
+@pytest.mark.parametrize("n", [13, 70])  # 26 pairs: gathered weights; 140 pairs: loop over experts
+def test_moe_reference_equals_per_token_loop(n: int) -> None:
     torch.manual_seed(0)
-    n, d, f, e, k = 13, 16, 8, 6, 2
+    d, f, e, k = 16, 8, 6, 2
     x = torch.randn(n, d)
     gate_up, down = torch.randn(e, d, 2 * f), torch.randn(e, f, d)
     ids = torch.stack([torch.randperm(e)[:k] for _ in range(n)])
