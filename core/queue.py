@@ -235,7 +235,12 @@ def queue_length(queue: str, settings: Any | None = None) -> int | None:
             conn.ensure_connection(
                 max_retries=1, interval_start=0, interval_step=0.2, timeout=BROKER_CONNECT_TIMEOUT_S
             )
-            _name, count, _consumers = conn.default_channel.queue_declare(queue=queue, passive=True)
+            channel = conn.default_channel
+            # Virtual transports (Redis, SQLAlchemy) count directly; a passive declare would also do,
+            # but kombu's Redis existence check ignores `global_keyprefix` and reports "no queue".
+            if hasattr(channel, "_size"):
+                return int(channel._size(queue))
+            _name, count, _consumers = channel.queue_declare(queue=queue, passive=True)
             return int(count)
     except Exception as err:
         # A queue never declared yet is empty; anything else means we cannot tell.

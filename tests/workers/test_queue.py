@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from core.queue import QueueUnavailableError, broker_ping, enqueue, make_celery
+from core.queue import QueueUnavailableError, broker_ping, enqueue, make_celery, queue_length
 from core.settings import Settings
 
 REDIS_HOST = "127.0.0.1"
@@ -98,3 +98,18 @@ def test_embedded_transport_stores_messages_in_sqlite(tmp_path: Path) -> None:
 def test_importing_queue_stays_light() -> None:
     code = "import sys, core.queue; assert 'torch' not in sys.modules and 'workers' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[2])
+
+
+def test_key_prefix_isolates_a_shared_redis_database(redis_db: tuple[str, redis.Redis]) -> None:
+    url, client = redis_db
+    settings = _settings(broker_url=f"{url}?key_prefix=team-a:")
+    enqueue("timemark.probe", "job-1", settings=settings)
+    assert client.llen("team-a:cpu") == 1 and client.llen("cpu") == 0
+    assert queue_length("cpu", settings) == 1
+    assert queue_length("cpu", _settings(broker_url=url)) == 0  # another app on the same DB sees nothing
+
+
+@pytest.mark.parametrize("prefix", ["", "has space", "x" * 65])
+def test_bad_key_prefix_is_refused(prefix: str) -> None:
+    with pytest.raises(ValueError, match="key_prefix"):
+        make_celery(_settings(broker_url=f"redis://127.0.0.1:6379/3?key_prefix={prefix}"))
