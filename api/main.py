@@ -6,8 +6,11 @@ Run it with `uvicorn api.main:app` (the app is built on first access, from the e
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
+from anyio import to_thread
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
@@ -21,9 +24,23 @@ from core.settings import Settings, get_settings
 from core.storage import open_storage
 
 
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    # Route threads beyond what the database pool can serve only queue for a connection and add GIL
+    # contention; cap them at the pool size.
+    to_thread.current_default_thread_limiter().total_tokens = app.state.settings.api_threads
+    yield
+    app.state.db_engine.dispose()
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
-    app = FastAPI(title="timemark", version="0.1.0", summary="Find when things happen in long videos.")
+    app = FastAPI(
+        title="timemark",
+        version="0.1.0",
+        summary="Find when things happen in long videos.",
+        lifespan=lifespan,
+    )
     app.state.settings = settings
     # No pre-ping: it doubles the round trips of a poll. After a database restart the first request on
     # each dead pooled connection answers 503 and SQLAlchemy drops the stale pool.

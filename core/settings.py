@@ -116,6 +116,7 @@ class Settings(BaseSettings):
     url_max_redirects: int = Field(default=5, ge=0, le=20)
 
     # --- api -------------------------------------------------------------------------------------
+    api_threads: int = Field(default=16, ge=1, le=400)  # route worker threads per API process
     auth_cache_ttl_s: float = Field(default=10.0, ge=0)  # a revoked key keeps working this long at most
     public_base_url: str | None = None  # for absolute Location headers behind a proxy
     log_level: str = "INFO"
