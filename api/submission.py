@@ -22,7 +22,7 @@ import re
 import threading
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel
@@ -81,6 +81,12 @@ def replay_or_conflict(existing: Any, request_fingerprint: str) -> Any:
     return existing
 
 
+def key_expired(existing: Any, settings: Settings) -> bool:
+    """True when `existing`'s Idempotency-Key is older than the published validity window."""
+    created = existing.created_at if existing.created_at.tzinfo else existing.created_at.replace(tzinfo=UTC)
+    return datetime.now(UTC) - created > timedelta(seconds=settings.idempotency_ttl_s)
+
+
 def sampling_with_defaults(sampling: Sampling, settings: Settings) -> dict[str, Any]:
     merged = dict(settings.sampling_defaults)
     merged.update(sampling.model_dump(exclude_none=True))
@@ -96,6 +102,14 @@ def check_outbound_url(url: str, settings: Settings, field: str) -> None:
         check_url(url, settings)
     except UnsafeURLError as err:
         raise Problem(Kinds.UNSAFE_URL, f"{field}: {err.detail}", code=err.code) from err
+
+
+def check_metadata(metadata: dict[str, Any], settings: Settings) -> None:
+    size = len(json.dumps(metadata, ensure_ascii=False).encode("utf-8"))
+    if size > settings.max_metadata_bytes:
+        raise Problem(
+            Kinds.VALIDATION, f"metadata is {size} bytes as JSON; the limit is {settings.max_metadata_bytes}"
+        )
 
 
 def check_queries(queries: list[str], settings: Settings) -> None:

@@ -76,7 +76,10 @@ def create_batch(
         existing = session.scalar(
             select(Batch).where(Batch.tenant_id == principal.tenant_id, Batch.idempotency_key == key)
         )
-        if existing is not None:
+        if existing is not None and submission.key_expired(existing, settings):
+            existing.idempotency_key = None
+            session.flush()
+        elif existing is not None:
             submission.replay_or_conflict(existing, request_fingerprint)
             response.headers["Location"] = f"/v1/batches/{existing.id}"
             response.headers["Idempotent-Replayed"] = "true"
@@ -84,6 +87,8 @@ def create_batch(
     if body.max_objects > settings.batch_max_objects:
         raise Problem(Kinds.VALIDATION, f"max_objects may be at most {settings.batch_max_objects}")
     submission.check_queries(body.job.queries, settings)
+    submission.check_metadata(body.metadata, settings)
+    submission.check_metadata(body.job.metadata, settings)
     submission.sampling_with_defaults(body.job.sampling, settings)  # refuse bad combinations now
     bucket, _ = split_s3_uri(body.source)
     if not hasattr(storage, "bucket_exists"):

@@ -31,6 +31,11 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 # The plan and video facts can be large JSON documents that no job view shows: never load them here.
 LIGHT_JOB = (defer(Job.plan), defer(Job.video_info))
+IDEMPOTENCY_DOC = (
+    "1-255 visible ASCII characters (a UUID is best). The same key with the same body returns the "
+    "original job; with another body, 422; while the first request is in flight, 409. A key stays "
+    "valid for TIMEMARK_IDEMPOTENCY_TTL_S (default 24 h) after its job was created."
+)
 PageSize = Annotated[int | None, Query(ge=1, description="default 50; values above the maximum are clamped")]
 PageToken = Annotated[str | None, Query(max_length=2048)]
 
@@ -58,7 +63,9 @@ def create_job(
     settings: SettingsDep,
     principal: TenantDep,
     storage: StorageDep,
-    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=1024)] = None,
+    idempotency_key: Annotated[
+        str | None, Header(alias="Idempotency-Key", max_length=1024, description=IDEMPOTENCY_DOC)
+    ] = None,
 ) -> JobView:
     key = submission.parse_idempotency_key(idempotency_key)
     request_fingerprint = submission.fingerprint(body)
@@ -67,9 +74,13 @@ def create_job(
         existing = session.scalar(
             select(Job).where(Job.tenant_id == principal.tenant_id, Job.idempotency_key == key)
         )
-        if existing is not None:
+        if existing is not None and submission.key_expired(existing, settings):
+            existing.idempotency_key = None  # the old job keeps existing; its key is free again
+            session.flush()
+        elif existing is not None:
             return _replay(submission.replay_or_conflict(existing, request_fingerprint), response)
     submission.check_queries(body.queries, settings)
+    submission.check_metadata(body.metadata, settings)
     source_uri = submission.resolve_source(body.source, principal, session, storage, settings)
     if body.webhook is not None:
         submission.check_outbound_url(body.webhook.url, settings, "webhook.url")

@@ -105,6 +105,20 @@ def test_idempotency_key_with_other_body_is_422(api_client, tenant, uploaded_sou
     assert count_rows(Job, tenant_id=tenant.tenant_id) == 1
 
 
+def test_idempotency_key_expires_after_published_window(
+    api_client, tenant, uploaded_source, session_factory, count_rows
+) -> None:
+    first = submit(api_client, tenant, uploaded_source, key="old-key").json()
+    with session_factory() as session:  # age the first job past the 24 h window
+        row = session.get(Job, uuid.UUID(first["id"]))
+        row.created_at = datetime.now(UTC) - timedelta(days=2)
+        session.commit()
+    second = submit(api_client, tenant, uploaded_source, key="old-key", client_ref="new body is fine")
+    assert second.status_code == 202 and second.json()["id"] != first["id"]
+    assert "idempotent-replayed" not in second.headers
+    assert count_rows(Job, tenant_id=tenant.tenant_id) == 2
+
+
 def test_idempotency_keys_are_per_tenant(api_client, tenant, other_tenant, uploaded_source, s3_video) -> None:
     a = submit(api_client, tenant, uploaded_source, key="shared")
     b = submit(api_client, other_tenant, s3_video, key="shared")
