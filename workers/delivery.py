@@ -10,8 +10,7 @@ no redirects followed; every attempt is a `DeliveryAttempt` row. Retries are sch
 from __future__ import annotations
 
 import time
-import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -190,11 +189,6 @@ def _signing_secret(session: Any, delivery: Delivery) -> tuple[str | None, str]:
     return None, "no signing secret (job or batch deleted)"
 
 
-def _aware(moment: Any) -> Any:
+def _aware(moment: datetime) -> datetime:
     """SQLite hands back naive datetimes; everything we store is UTC."""
-    from datetime import UTC
-
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
-
-
-__all__ = ["AttemptResult", "deliver_event", "post_event", "uuid"]

@@ -17,9 +17,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from core.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TRAINED_CHECKPOINT = REPO_ROOT / "model_runtime" / "checkpoints" / "keye-synth-small"
@@ -112,7 +116,7 @@ def migrate(database_url: str) -> None:
     command.upgrade(config, "head")
 
 
-def settings_from_env(env: dict[str, str]):  # -> core.settings.Settings
+def settings_from_env(env: dict[str, str]) -> Settings:
     """Settings for `env` without touching this process's environment."""
     from core.settings import Settings
 
@@ -183,7 +187,7 @@ def wait_ready(base_url: str, *, timeout_s: float = 60.0, process: subprocess.Po
 
 
 def run_embedded(
-    data_dir: Path, checkpoint: str | None, *, host: str, port: int, log: callable = print
+    data_dir: Path, checkpoint: str | None, *, host: str, port: int, log: Callable[[str], None] = print
 ) -> None:
     """`timemark serve --embedded`: migrate, start the worker, serve the API until interrupted."""
     import uvicorn

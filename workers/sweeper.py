@@ -14,6 +14,7 @@ What the sweep does, each with a bounded batch per run:
 
 from __future__ import annotations
 
+import uuid
 from datetime import timedelta
 
 from sqlalchemy import func, or_, select, update
@@ -94,8 +95,8 @@ def _stuck_chunks(ctx: WorkerContext, gpu_empty: bool) -> list[Send]:
     return sends
 
 
-def _fail_exhausted(session: Session, ctx: WorkerContext, job_id: object) -> list[Send]:
-    job = lock_job(session, job_id)  # type: ignore[arg-type]
+def _fail_exhausted(session: Session, ctx: WorkerContext, job_id: uuid.UUID) -> list[Send]:
+    job = lock_job(session, job_id)
     if job is None or job.state != JobState.RUNNING:
         return []
     detail = f"a chunk used all {ctx.settings.chunk_max_attempts} attempts without finishing"
