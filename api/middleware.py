@@ -108,7 +108,7 @@ class BodyGuard:
         if "\\u0000" in text:
             return Kinds.VALIDATION, "NUL characters (\\u0000) are not allowed in JSON strings"
         try:
-            parsed = json.loads(text)
+            parsed = json.loads(text, parse_constant=_refuse_constant)
         except RecursionError:
             return Kinds.MALFORMED_JSON, "JSON is nested too deeply"
         except ValueError as err:
@@ -121,6 +121,11 @@ class BodyGuard:
         except RecursionError:
             return Kinds.MALFORMED_JSON, "JSON is nested too deeply"
         return None
+
+
+def _refuse_constant(name: str) -> None:
+    # NaN and Infinity are not JSON (RFC 8259), and PostgreSQL's json type refuses them.
+    raise ValueError(f"{name} is not valid JSON")
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

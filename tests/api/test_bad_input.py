@@ -140,6 +140,20 @@ RAW_BODIES = [
     pytest.param(json.dumps(GOOD).encode(), "", 415, "unsupported-media-type", id="no-content-type"),
     pytest.param(b"", "application/json", 422, "validation-error", id="empty-body"),
     pytest.param(
+        b'{"source": "http://127.0.0.1:9/v.mp4", "queries": ["q"], "metadata": {"x": NaN}}',
+        "application/json",
+        400,
+        "malformed-json",
+        id="nan-literal",
+    ),
+    pytest.param(
+        b'{"source": "http://127.0.0.1:9/v.mp4", "queries": ["q"], "sampling": {"fps": Infinity}}',
+        "application/json",
+        400,
+        "malformed-json",
+        id="infinity-literal",
+    ),
+    pytest.param(
         b'{"source": "http://127.0.0.1:9/v.mp4", "queries": ["a\\u0000b"]}',
         "application/json",
         422,
