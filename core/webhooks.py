@@ -233,6 +233,8 @@ def record_job_event(
     if event_type is None:
         raise ValueError(f"job {job.id} is {job.state}, not terminal: no event to record")
     now = now or datetime.now(UTC)
+    # Sessions may not autoflush: the counts below must see this transaction's own changes.
+    session.flush()
     segment_count = session.scalar(
         select(func.count()).select_from(Segment).where(Segment.job_id == job.id, Segment.final.is_(True))
     )

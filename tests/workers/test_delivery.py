@@ -179,3 +179,44 @@ def _make_due(session_factory: Any, delivery_id: uuid.UUID) -> None:
         row = session.get(Delivery, delivery_id)
         row.next_attempt_at = datetime.now(UTC) - timedelta(seconds=1)
         session.commit()
+
+
+def test_last_child_job_completes_its_batch_once(
+    ctx: Any, session_factory: Any, make_job: Any, receiver: Any
+) -> None:
+    from core.models import Batch
+
+    with session_factory() as session:
+        tenant_id = session.get(Job, make_job("s3://b/seed.mp4")).tenant_id
+        batch = Batch(
+            tenant_id=tenant_id,
+            source_prefix="s3://b/p/",
+            max_objects=10,
+            state="running",
+            webhook_url=receiver.url,
+            webhook_secret=generate_secret(),
+        )
+        session.add(batch)
+        session.commit()
+        batch_id = batch.id
+    children = [make_job(f"s3://b/p/{i}.mp4", batch_id=batch_id) for i in range(2)]
+
+    def finish(job_id: uuid.UUID, state: JobState) -> list[uuid.UUID]:
+        with session_factory() as session:
+            job = session.get(Job, job_id)
+            transition(job, state)
+            ids = record_job_event(session, job, ctx.settings)
+            session.commit()
+            return ids
+
+    assert finish(children[0], JobState.CANCELED) == []  # no webhook on the job; batch not done yet
+    (delivery_id,) = finish(children[1], JobState.FAILED)
+    with session_factory() as session:
+        assert session.get(Batch, batch_id).state == "completed"
+        delivery = session.get(Delivery, delivery_id)
+        assert delivery.event_type == "batch.completed"
+        counts = delivery.payload["data"]["counts"]
+        assert counts["total"] == 2 and counts["canceled"] == 1 and counts["failed"] == 1
+    deliver_event(ctx, str(delivery_id))
+    (request,) = receiver.wait_for(1)
+    assert request.headers["webhook-id"] == str(delivery_id)

@@ -149,3 +149,11 @@ def test_due_delivery_is_sent(
     sends = sweep(ctx)
     assert len(_sends_for(sends, "timemark.deliver", str(due.id))) == 1
     assert _sends_for(sends, "timemark.deliver", str(later.id)) == []
+
+
+def test_stuck_finalizing_job_gets_finalize_again(
+    ctx: Any, session_factory: Any, make_job: Any, empty_queues: redis.Redis
+) -> None:
+    job_id = make_job("s3://b/f.mp4", state="finalizing")
+    _age_job(session_factory, job_id, 3600, state="finalizing")
+    assert len(_sends_for(sweep(ctx), "timemark.finalize", str(job_id))) == 1
