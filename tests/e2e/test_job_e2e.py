@@ -159,3 +159,60 @@ def test_submit_run_store_and_webhook(
         if hits < 2 and not TRAINED_MODEL_MEETS_BAR:
             pytest.xfail(f"the shipped model is undertrained (its model card); answers: {message}")
         assert hits >= 2, message
+
+
+def test_batch_from_an_s3_prefix_ends_with_a_verified_batch_webhook(
+    service: Service,
+    e2e_env: dict[str, str],
+    s3_endpoint: str,
+    s3_bucket: str,
+    webhook_receiver: Any,
+    tmp_path: Path,
+) -> None:
+    import boto3
+
+    from core.db import make_engine, make_sessionmaker
+    from core.security import create_api_key
+    from core.settings import Settings
+    from core.webhooks import generate_secret
+    from model_runtime.video import make_synthetic_video
+
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=s3_endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    prefix = f"batch-e2e-{uuid.uuid4().hex[:8]}/"
+    video = make_synthetic_video(tmp_path / "a.mp4", duration_s=12.0, seed=21, width=160, height=96)
+    body = Path(video.path).read_bytes()
+    s3.put_object(Bucket=s3_bucket, Key=prefix + "a.mp4", Body=body)
+    s3.put_object(Bucket=s3_bucket, Key=prefix + "again/a-copy.mp4", Body=body)  # same ETag: no second job
+    s3.put_object(Bucket=s3_bucket, Key=prefix + "readme.txt", Body=b"these are the clips\n")
+    engine = make_engine(Settings(database_url=e2e_env["TIMEMARK_DATABASE_URL"], secret_key="x" * 32))
+    with make_sessionmaker(engine)() as session:
+        api_key = create_api_key(session, f"batch-{uuid.uuid4().hex[:8]}")
+    engine.dispose()
+
+    secret = generate_secret()
+    with httpx.Client(
+        base_url=service.url, headers={"Authorization": f"Bearer {api_key}"}, timeout=30
+    ) as client:
+        answer = client.post(
+            "/v1/batches",
+            json={
+                "source": f"s3://{s3_bucket}/{prefix}",
+                "job": {"queries": ["When does the red circle appear?"], "sampling": SAMPLING},
+                "webhook": {"url": webhook_receiver.url, "secret": secret},
+            },
+        )
+        assert answer.status_code == 202, answer.text
+        batch_id = answer.json()["id"]
+        (request,) = webhook_receiver.wait_for(1, timeout_s=150)
+        event = Webhook(secret).verify(request.body, request.headers)
+        assert event["type"] == "batch.completed" and event["data"]["id"] == batch_id
+        batch = client.get(f"/v1/batches/{batch_id}").json()
+    assert batch["state"] == "completed"
+    assert batch["counts"]["total"] == 1 and batch["counts"]["succeeded"] == 1
+    assert [e["object_uri"].rsplit("/", 1)[-1] for e in batch["errors"]] == ["readme.txt"]
