@@ -77,7 +77,8 @@ def e2e_env(
     env["TIMEMARK_DATABASE_URL"] = make_pg_database()
     env["TIMEMARK_BROKER_URL"] = isolated_broker_url
     env["TIMEMARK_ENGINE_CHECKPOINT"] = str(checkpoint[0])
-    env["TIMEMARK_SWEEP_INTERVAL_S"] = "5"
+    env["TIMEMARK_SWEEP_INTERVAL_S"] = "2"
+    env["TIMEMARK_QUEUED_STALE_AFTER_S"] = "4"
     engine = make_engine(Settings(database_url=env["TIMEMARK_DATABASE_URL"], secret_key="x" * 32))
     Base.metadata.create_all(engine)
     engine.dispose()

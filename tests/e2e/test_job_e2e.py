@@ -216,3 +216,118 @@ def test_batch_from_an_s3_prefix_ends_with_a_verified_batch_webhook(
     assert batch["state"] == "completed"
     assert batch["counts"]["total"] == 1 and batch["counts"]["succeeded"] == 1
     assert [e["object_uri"].rsplit("/", 1)[-1] for e in batch["errors"]] == ["readme.txt"]
+
+
+def _api_key(e2e_env: dict[str, str], tenant: str) -> str:
+    from core.db import make_engine, make_sessionmaker
+    from core.security import create_api_key
+    from core.settings import Settings
+
+    engine = make_engine(Settings(database_url=e2e_env["TIMEMARK_DATABASE_URL"], secret_key="x" * 32))
+    try:
+        with make_sessionmaker(engine)() as session:
+            return create_api_key(session, tenant)
+    finally:
+        engine.dispose()
+
+
+def _wait_terminal(client: httpx.Client, job_id: str, timeout_s: float = 120) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        if job["terminal"]:
+            return job
+        time.sleep(0.3)
+    raise AssertionError(f"job {job_id} not finished after {timeout_s} s: {job}")
+
+
+def test_a_job_whose_message_was_lost_is_recovered_by_the_sweeper(
+    service: Service, e2e_env: dict[str, str], s3_endpoint: str, s3_bucket: str, tmp_path: Path
+) -> None:
+    """The API committed the row but the broker never got `probe` (an outage): beat's sweep sends it."""
+    import boto3
+
+    from core.db import make_engine, make_sessionmaker
+    from core.models import Job, Tenant
+    from core.settings import Settings
+    from model_runtime.video import make_synthetic_video
+
+    video = make_synthetic_video(tmp_path / "lost.mp4", duration_s=8.0, seed=31, width=160, height=96)
+    key = f"e2e/{uuid.uuid4().hex}.mp4"
+    boto3.client(
+        "s3",
+        endpoint_url=s3_endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    ).put_object(Bucket=s3_bucket, Key=key, Body=Path(video.path).read_bytes())
+    tenant_name = f"lost-{uuid.uuid4().hex[:8]}"
+    api_key = _api_key(e2e_env, tenant_name)
+    engine = make_engine(Settings(database_url=e2e_env["TIMEMARK_DATABASE_URL"], secret_key="x" * 32))
+    with make_sessionmaker(engine)() as session:
+        tenant = session.query(Tenant).filter_by(name=tenant_name).one()
+        job = Job(
+            tenant_id=tenant.id,
+            source=f"s3://{s3_bucket}/{key}",
+            source_uri=f"s3://{s3_bucket}/{key}",
+            queries=["When does the red circle appear?"],
+            sampling=dict(SAMPLING),
+            strategy="chunked",
+        )  # a committed row with enqueued_at NULL and no message anywhere
+        session.add(job)
+        session.commit()
+        job_id = str(job.id)
+    engine.dispose()
+    with httpx.Client(
+        base_url=service.url, headers={"Authorization": f"Bearer {api_key}"}, timeout=30
+    ) as client:
+        finished = _wait_terminal(client, job_id)
+    assert finished["state"] == "succeeded", finished
+
+
+def test_cancel_stops_a_running_job_between_chunks(
+    service: Service,
+    e2e_env: dict[str, str],
+    s3_endpoint: str,
+    s3_bucket: str,
+    webhook_receiver: Any,
+    tmp_path: Path,
+) -> None:
+    import boto3
+
+    from core.webhooks import generate_secret
+    from model_runtime.video import make_synthetic_video
+
+    video = make_synthetic_video(tmp_path / "long.mp4", duration_s=40.0, seed=41, width=160, height=96)
+    key = f"e2e/{uuid.uuid4().hex}.mp4"
+    boto3.client(
+        "s3",
+        endpoint_url=s3_endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    ).put_object(Bucket=s3_bucket, Key=key, Body=Path(video.path).read_bytes())
+    api_key = _api_key(e2e_env, f"cancel-{uuid.uuid4().hex[:8]}")
+    secret = generate_secret()
+    with httpx.Client(
+        base_url=service.url, headers={"Authorization": f"Bearer {api_key}"}, timeout=30
+    ) as client:
+        job_id = client.post(
+            "/v1/jobs",
+            json={
+                "source": f"s3://{s3_bucket}/{key}",
+                "queries": ["When does the red circle appear?", "When does the blue square appear?"],
+                "sampling": SAMPLING,
+                "webhook": {"url": webhook_receiver.url, "secret": secret},
+            },
+        ).json()["id"]
+        deadline = time.monotonic() + 90
+        while (job := client.get(f"/v1/jobs/{job_id}").json())["progress"]["chunks_done"] < 1:
+            assert time.monotonic() < deadline and not job["terminal"], job
+            time.sleep(0.2)
+        assert client.post(f"/v1/jobs/{job_id}:cancel").status_code == 202
+        finished = _wait_terminal(client, job_id, timeout_s=60)
+        assert finished["state"] == "canceled"
+        assert finished["progress"]["chunks_done"] < finished["progress"]["chunks_total"]
+        (request,) = webhook_receiver.wait_for(1, timeout_s=30)
+    assert Webhook(secret).verify(request.body, request.headers)["type"] == "job.canceled"
