@@ -28,11 +28,38 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return init_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", seed=0)
 
 
+def prefixed_broker(redis_url: str) -> tuple[str, str]:
+    """`redis_url` with a fresh key prefix: a Redis DB shared with other sessions, keys of our own."""
+    prefix = f"tmw-{uuid.uuid4().hex[:10]}:"
+    return f"{redis_url}?key_prefix={prefix}", prefix
+
+
+def delete_prefixed(redis_url: str, prefix: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}*"))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
 @pytest.fixture(scope="session")
-def worker_settings(service_settings: Any, tiny_checkpoint: Path) -> Any:
-    """The session's settings plus the tiny checkpoint, short retry schedule and small chunks."""
+def worker_broker(redis_url: str) -> Iterator[tuple[str, str]]:
+    """The worker tests' broker URL and key prefix; the keys are deleted at the end of the session."""
+    url, prefix = prefixed_broker(redis_url)
+    yield url, prefix
+    delete_prefixed(redis_url, prefix)
+
+
+@pytest.fixture(scope="session")
+def worker_settings(service_settings: Any, tiny_checkpoint: Path, worker_broker: tuple[str, str]) -> Any:
+    """The session's settings plus the tiny checkpoint, short retry schedule, small chunks, own key prefix."""
     return service_settings.model_copy(
         update={
+            "broker_url": worker_broker[0],
             "engine_checkpoint": str(tiny_checkpoint),
             "chunk_overlap_s": 2.0,
             "webhook_retry_schedule_s": (0.0, 1.0, 2.0),

@@ -6,10 +6,10 @@ import uuid
 from typing import Any
 
 import pytest
-import redis
 from sqlalchemy import select
 
 from core.models import Batch, BatchItem, Delivery, Job
+from core.queue import queue_length
 from core.webhooks import generate_secret
 from workers.ingest import ingest_batch
 
@@ -26,12 +26,8 @@ def _batch(session_factory: Any, tenant: uuid.UUID, prefix: str, **extra: Any) -
         return batch.id
 
 
-def _queue_messages(redis_url: str, queue: str) -> int:
-    client = redis.Redis.from_url(redis_url)
-    try:
-        return int(client.llen(queue))
-    finally:
-        client.close()
+def _queue_messages(settings: Any, queue: str) -> int:
+    return int(queue_length(queue, settings))
 
 
 def test_one_job_per_distinct_video_and_errors_per_item(
@@ -41,7 +37,6 @@ def test_one_job_per_distinct_video_and_errors_per_item(
     s3: Any,
     s3_bucket: str,
     synthetic_video: Any,
-    redis_url: str,
 ) -> None:
     prefix = f"batch-{uuid.uuid4().hex[:8]}/"
     video = synthetic_video[0].read_bytes()
@@ -51,7 +46,7 @@ def test_one_job_per_distinct_video_and_errors_per_item(
     s3.put_object(Bucket=s3_bucket, Key=prefix + "notes.txt", Body=b"just some text, not a video\n")
     s3.put_object(Bucket=s3_bucket, Key=prefix + "empty.mp4", Body=b"")
     batch_id = _batch(session_factory, tenant, f"s3://{s3_bucket}/{prefix}")
-    before = _queue_messages(redis_url, "cpu")
+    before = _queue_messages(ctx.settings, "cpu")
 
     assert ingest_batch(ctx, str(batch_id)) == []
 
@@ -68,7 +63,7 @@ def test_one_job_per_distinct_video_and_errors_per_item(
     errors = {i.object_uri.rsplit("/", 1)[-1]: i.error for i in items if i.job_id is None}
     assert set(errors) == {"notes.txt", "empty.mp4"}
     assert errors["notes.txt"]["type"].endswith("source-not-video")
-    assert _queue_messages(redis_url, "cpu") - before == 2  # one probe per job
+    assert _queue_messages(ctx.settings, "cpu") - before == 2  # one probe per job
 
     # A redelivered ingest message: the batch is no longer ingesting, nothing is added.
     assert ingest_batch(ctx, str(batch_id)) == []

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import random
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,15 +23,15 @@ def _settings(**kw: object) -> Settings:
 
 
 @pytest.fixture
-def redis_db() -> tuple[str, redis.Redis]:
-    """A Redis DB index nobody else's test is using right now (empty), flushed after."""
-    for index in random.sample(range(1, 16), 15):
-        client = redis.Redis(host=REDIS_HOST, db=index)
-        if client.dbsize() == 0:
-            yield f"redis://{REDIS_HOST}:6379/{index}", client
-            client.flushdb()
-            return
-    pytest.skip("no empty Redis database")
+def redis_db(redis_url: str) -> Iterator[tuple[str, redis.Redis, str]]:
+    """A broker URL with a key prefix of this test's own on the session's Redis DB; cleaned after."""
+    from .conftest import delete_prefixed, prefixed_broker
+
+    url, prefix = prefixed_broker(redis_url)
+    client = redis.Redis.from_url(redis_url)
+    yield url, client, prefix
+    client.close()
+    delete_prefixed(redis_url, prefix)
 
 
 def test_reliability_settings_are_set_everywhere() -> None:
@@ -57,13 +57,13 @@ def test_visibility_timeout_below_hard_limit_is_refused() -> None:
         make_celery(settings)
 
 
-def test_enqueue_routes_by_name_to_the_right_redis_list(redis_db: tuple[str, redis.Redis]) -> None:
-    url, client = redis_db
+def test_enqueue_routes_by_name_to_the_right_redis_list(redis_db: tuple[str, redis.Redis, str]) -> None:
+    url, client, prefix = redis_db
     settings = _settings(broker_url=url)
     task_id = enqueue("timemark.infer", "job-1", 3, settings=settings)
     enqueue("timemark.probe", "job-1", settings=settings)
-    assert client.llen("gpu") == 1 and client.llen("cpu") == 1
-    message = json.loads(client.lpop("gpu"))
+    assert client.llen(f"{prefix}gpu") == 1 and client.llen(f"{prefix}cpu") == 1
+    message = json.loads(client.lpop(f"{prefix}gpu"))
     assert message["headers"]["task"] == "timemark.infer"
     assert message["headers"]["id"] == task_id
     assert broker_ping(settings)
@@ -100,13 +100,16 @@ def test_importing_queue_stays_light() -> None:
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[2])
 
 
-def test_key_prefix_isolates_a_shared_redis_database(redis_db: tuple[str, redis.Redis]) -> None:
-    url, client = redis_db
-    settings = _settings(broker_url=f"{url}?key_prefix=team-a:")
-    enqueue("timemark.probe", "job-1", settings=settings)
-    assert client.llen("team-a:cpu") == 1 and client.llen("cpu") == 0
-    assert queue_length("cpu", settings) == 1
-    assert queue_length("cpu", _settings(broker_url=url)) == 0  # another app on the same DB sees nothing
+def test_key_prefix_isolates_a_shared_redis_database(redis_db: tuple[str, redis.Redis, str]) -> None:
+    url, client, prefix = redis_db
+    other = url.replace(prefix, f"other-{prefix}")
+    enqueue("timemark.probe", "job-1", settings=_settings(broker_url=url))
+    assert client.llen(f"{prefix}cpu") == 1
+    assert queue_length("cpu", _settings(broker_url=url)) == 1
+    assert queue_length("cpu", _settings(broker_url=other)) == 0  # another app on the same DB sees nothing
+    delete_keys = list(client.scan_iter(match=f"other-{prefix}*"))
+    if delete_keys:
+        client.delete(*delete_keys)
 
 
 @pytest.mark.parametrize("prefix", ["", "has space", "x" * 65])

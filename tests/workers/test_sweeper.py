@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,12 +17,13 @@ from workers.sweeper import sweep
 
 
 @pytest.fixture
-def empty_queues(ctx: Any) -> redis.Redis:
-    """The session's Redis DB with the cpu/gpu lists emptied (other tests of this session sent messages)."""
-    client = redis.Redis.from_url(str(ctx.settings.broker_url))
-    client.delete("cpu", "gpu")
+def empty_queues(ctx: Any, worker_broker: tuple[str, str]) -> Iterator[redis.Redis]:
+    """This session's cpu/gpu queues (its own key prefix) emptied; other tests sent messages there."""
+    url, prefix = worker_broker
+    client = redis.Redis.from_url(url.split("?", 1)[0])
+    client.delete(f"{prefix}cpu", f"{prefix}gpu")
     yield client
-    client.delete("cpu", "gpu")
+    client.delete(f"{prefix}cpu", f"{prefix}gpu")
     client.close()
 
 
