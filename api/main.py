@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 from api.deps import AuthCache
 from api.errors import install_error_handlers
 from api.middleware import BodyGuard, RequestMetrics
+from api.openapi import install_openapi
 from api.routes import batches, deliveries, health, jobs, uploads, webhook_endpoints
 from api.submission import QuotaCounter
 from core.db import make_engine, make_sessionmaker
@@ -54,6 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.quota_counter = QuotaCounter(settings.quota_count_ttl_s)
     app.state.metrics_registry = CollectorRegistry()
     install_error_handlers(app)
+    install_openapi(app)
     for module in (jobs, uploads, batches, deliveries, webhook_endpoints, health):
         app.include_router(module.router)
     app.add_middleware(

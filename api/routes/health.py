@@ -79,7 +79,12 @@ class JobStateCollector(Collector):
         yield family
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Exposition"}},
+)
 def metrics(request: Request) -> Response:
     registry = CollectorRegistry()
     registry.register(JobStateCollector(request))

@@ -41,6 +41,13 @@ def test_openapi_and_docs(api_client) -> None:
         assert path in paths, path
     job_create = spec["components"]["schemas"]["JobCreate"]
     assert job_create["additionalProperties"] is False
+    # Errors are documented as what they are: problem documents, never FastAPI's HTTPValidationError.
+    assert "HTTPValidationError" not in spec["components"]["schemas"]
+    for operations in paths.values():
+        for operation in operations.values():
+            assert "422" not in operation["responses"]
+            assert "application/problem+json" in operation["responses"]["4XX"]["content"]
+    assert spec["components"]["schemas"]["Problem"]["required"] == ["type", "title", "status"]
     assert api_client.get("/docs").status_code == 200
 
 
