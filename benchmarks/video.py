@@ -3,8 +3,8 @@
 `python -m benchmarks.video` makes the test files once (cached outside the repo, ~/.cache/timemark-bench):
 a 10-minute 1280x720 30 fps H.264 file and a 60-minute 1920x1080 one, both from ffmpeg's `testsrc2`
 with temporal noise, libx264 veryfast CRF 23 (B-frames and scene-cut keyframes as x264 writes them).
-The hour is a 5-minute encode repeated 12 times with stream copy (ffmpeg's concat demuxer): the same
-bitstream structure as one long encode, 12x cheaper to make on two cores. Each method then runs in its
+The hour is a 2-minute encode repeated 30 times with stream copy (ffmpeg's concat demuxer): the same
+bitstream structure as one long encode, 30x cheaper to make on two cores. Each method then runs in its
 own process (wall time, peak RSS from getrusage) on the same frame times, at the same output size:
 
 - timemark: probe + plan_chunks + sample_chunk over every chunk (keyframe-aligned processes, skip_frame)
@@ -31,34 +31,37 @@ from pathlib import Path
 from typing import Any
 
 CACHE = Path(os.path.expanduser("~/.cache/timemark-bench"))
+# name -> (size, fps, seconds, file name, noise strength of ffmpeg's noise filter)
 FILES = {
-    "720p-10min": ("1280x720", 30, 600, "h264_720p30_10min.mp4"),
-    "1080p-60min": ("1920x1080", 30, 3600, "h264_1080p30_60min.mp4"),
+    "720p-10min": ("1280x720", 30, 600, "h264_720p30_10min.mp4", 12),
+    "1080p-2min": ("1920x1080", 30, 120, "piece_1920x1080_30_120.mp4", 4),
+    "1080p-60min": ("1920x1080", 30, 3600, "h264_1080p30_60min.mp4", 4),
 }
+PIECE = "1080p-2min"  # the hour is this piece repeated
 METHODS = ("timemark", "timemark-1proc", "pyav-seq", "decord", "ffmpeg")
 
 
 # ----- test files -------------------------------------------------------------------------------
 
 
-def _ffmpeg_encode(size: str, fps: int, seconds: int, out: Path) -> None:
+def _ffmpeg_encode(size: str, fps: int, seconds: int, out: Path, noise: int) -> None:
     subprocess.run(
         ["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi",
-         "-i", f"testsrc2=size={size}:rate={fps}:duration={seconds}", "-vf", "noise=alls=12:allf=t",
+         "-i", f"testsrc2=size={size}:rate={fps}:duration={seconds}", "-vf", f"noise=alls={noise}:allf=t",
          "-c:v", "libx264", "-preset", "veryfast", "-crf", "23", "-pix_fmt", "yuv420p", "-threads", "2",
          str(out)],
         check=True,
     )  # fmt: skip
 
 
-def _pyav_encode(size: str, fps: int, seconds: int, out: Path) -> None:
+def _pyav_encode(size: str, fps: int, seconds: int, out: Path, noise: int) -> None:
     """Fallback without an ffmpeg binary: moving gradients plus cycled noise, libx264 veryfast CRF 23."""
     import av
     import numpy as np
 
     width, height = (int(v) for v in size.split("x"))
     rng = np.random.default_rng(0)
-    grains = [rng.normal(0, 12, (height, width, 1)).astype(np.int16) for _ in range(7)]
+    grains = [rng.normal(0, noise, (height, width, 1)).astype(np.int16) for _ in range(7)]
     x = np.arange(width, dtype=np.int16)[None, :, None]
     with av.open(str(out), "w") as container:
         stream = container.add_stream("libx264", rate=fps)
@@ -76,7 +79,7 @@ def _pyav_encode(size: str, fps: int, seconds: int, out: Path) -> None:
 
 
 def ensure_file(name: str) -> Path:
-    size, fps, seconds, filename = FILES[name]
+    size, fps, seconds, filename, noise = FILES[name]
     path = CACHE / filename
     if path.exists():
         return path
@@ -86,13 +89,12 @@ def ensure_file(name: str) -> Path:
     began = time.perf_counter()
     if seconds <= 600 or not have_ffmpeg:
         tmp = path.with_suffix(".tmp.mp4")
-        encode(size, fps, seconds, tmp)
-    else:  # encode 5 minutes, repeat with stream copy
-        piece = CACHE / f"piece_{size}_{fps}_300.mp4"
-        if not piece.exists():
-            encode(size, fps, 300, piece)
+        encode(size, fps, seconds, tmp, noise)
+    else:  # a short encode, repeated with stream copy
+        piece = ensure_file(PIECE)
         listing = CACHE / "concat.txt"
-        listing.write_text("".join(f"file '{piece}'\n" for _ in range(seconds // 300)))
+        repeats = seconds // FILES[PIECE][2]
+        listing.write_text("".join(f"file '{piece}'\n" for _ in range(repeats)))
         tmp = path.with_suffix(".tmp.mp4")
         subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", "-f", "concat", "-safe", "0",
                         "-i", str(listing), "-c", "copy", str(tmp)], check=True)  # fmt: skip
@@ -279,7 +281,7 @@ def machine() -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--files", nargs="*", default=list(FILES), choices=list(FILES))
+    parser.add_argument("--files", nargs="*", default=["720p-10min", "1080p-60min"], choices=list(FILES))
     parser.add_argument("--methods", nargs="*", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--processes", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--repeats", type=int, default=1)
