@@ -15,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError, SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from core.db import is_unavailable_error
 from core.problems import PROBLEM_CONTENT_TYPE, Kinds, Problem, ProblemKind, problem_document
@@ -97,7 +98,24 @@ async def _on_http_exception(request: Request, exc: Exception) -> JSONResponse:
     detail = exc.detail if isinstance(exc.detail, str) and exc.detail != kind.title else None
     if exc.status_code in (404, 405):
         detail = None  # Starlette's "Not Found" text adds nothing
-    return problem_response(kind, detail, instance=request.url.path, headers=getattr(exc, "headers", None))
+    headers = getattr(exc, "headers", None)
+    if exc.status_code == 405:
+        # Starlette names the methods of the first route whose path matched; a resource here is
+        # several routes (GET and DELETE /v1/jobs/{id}), so list every method its path allows.
+        headers = {**(headers or {}), "Allow": ", ".join(allowed_methods(request))}
+    return problem_response(kind, detail, instance=request.url.path, headers=headers)
+
+
+def allowed_methods(request: Request) -> list[str]:
+    methods: set[str] = set()
+    # FastAPI wraps included routers, so walk the routers' own route lists (kept by create_app).
+    for route in request.app.state.route_table:
+        match, _ = route.matches(request.scope)
+        if match != Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    if "GET" in methods:
+        methods.add("HEAD")
+    return sorted(methods)
 
 
 async def _on_queue_down(request: Request, exc: Exception) -> JSONResponse:

@@ -56,8 +56,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics_registry = CollectorRegistry()
     install_error_handlers(app)
     install_openapi(app)
-    for module in (jobs, uploads, batches, deliveries, webhook_endpoints, health):
+    modules = (jobs, uploads, batches, deliveries, webhook_endpoints, health)
+    for module in modules:
         app.include_router(module.router)
+    app.state.route_table = [route for module in modules for route in module.router.routes]
     app.add_middleware(
         BodyGuard, max_body_bytes=settings.max_body_bytes, streaming_paths=uploads.STREAMING_PATHS
     )

@@ -79,7 +79,7 @@ class WebhookSpec(Strict):
 class JobCreate(Strict):
     """`POST /v1/jobs`: find when each query happens in the video."""
 
-    source: Annotated[str, StringConstraints(max_length=2048)] = Field(
+    source: Annotated[str, StringConstraints(max_length=2048, pattern=SOURCE_PATTERN.pattern)] = Field(
         description="https://…, s3://bucket/key, or upload:<id> from POST /v1/uploads"
     )
     task: Literal["grounding"] = "grounding"
@@ -89,13 +89,6 @@ class JobCreate(Strict):
     webhook: WebhookSpec | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
     client_ref: Annotated[str, StringConstraints(max_length=200)] | None = None
-
-    @field_validator("source")
-    @classmethod
-    def _source_form(cls, value: str) -> str:
-        if not SOURCE_PATTERN.match(value):
-            raise ValueError("source must be an https:// URL, s3://bucket/key, or upload:<id>")
-        return value
 
     @field_validator("metadata")
     @classmethod

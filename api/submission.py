@@ -43,6 +43,13 @@ from core.storage import ObjectNotFound, split_s3_uri
 from core.webhooks import generate_secret
 
 IDEMPOTENCY_KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,255}$")
+IDEMPOTENCY_DOC = (
+    "1-255 visible ASCII characters (a UUID is best); a malformed key is 400. The same key with the "
+    "same body returns the original resource; with another body, 422; while the first request is in "
+    "flight, 409. A key stays valid for TIMEMARK_IDEMPOTENCY_TTL_S (default 24 h) after its resource was created."
+)
+# Documented only: the route parses the key itself, so a malformed one is a 400 problem, not a 422.
+KEY_SCHEMA = {"pattern": '^"?[!-~]{1,255}"?$'}
 
 
 def parse_idempotency_key(raw: str | None) -> str | None:

@@ -17,6 +17,7 @@ from sqlalchemy import select
 from api import submission
 from api.deps import Principal, ReadSessionDep, SessionDep, SettingsDep, StorageDep, TenantDep
 from api.schemas import BatchCreate, BatchView
+from api.submission import IDEMPOTENCY_DOC, KEY_SCHEMA
 from api.views import batch_view
 from core.models import Batch, BatchItem
 from core.problems import Kinds, Problem
@@ -27,12 +28,8 @@ router = APIRouter(prefix="/v1/batches", tags=["batches"])
 MAX_ERRORS_SHOWN = 100
 
 
-def load_batch(session: SessionDep, principal: Principal, batch_id: str) -> Batch:
-    try:
-        parsed = uuid.UUID(batch_id)
-    except ValueError as err:
-        raise Problem(Kinds.NOT_FOUND, "no such batch") from err
-    batch = session.scalar(select(Batch).where(Batch.id == parsed, Batch.tenant_id == principal.tenant_id))
+def load_batch(session: SessionDep, principal: Principal, batch_id: uuid.UUID) -> Batch:
+    batch = session.scalar(select(Batch).where(Batch.id == batch_id, Batch.tenant_id == principal.tenant_id))
     if batch is None:
         raise Problem(Kinds.NOT_FOUND, "no such batch")
     return batch
@@ -67,7 +64,15 @@ def create_batch(
     settings: SettingsDep,
     principal: TenantDep,
     storage: StorageDep,
-    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=1024)] = None,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            max_length=1024,
+            description=IDEMPOTENCY_DOC,
+            json_schema_extra=KEY_SCHEMA,
+        ),
+    ] = None,
 ) -> BatchView:
     key = submission.parse_idempotency_key(idempotency_key)
     request_fingerprint = submission.fingerprint(body)
@@ -122,6 +127,6 @@ def create_batch(
     return _view(session, batch, with_secrets=True)
 
 
-@router.get("/{batch_id}", response_model=BatchView, summary="A batch with counts and per-item errors")
-def get_batch(batch_id: str, session: ReadSessionDep, principal: TenantDep) -> BatchView:
+@router.get("/{batch_id:uuid}", response_model=BatchView, summary="A batch with counts and per-item errors")
+def get_batch(batch_id: uuid.UUID, session: ReadSessionDep, principal: TenantDep) -> BatchView:
     return _view(session, load_batch(session, principal, batch_id))

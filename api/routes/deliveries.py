@@ -28,13 +28,9 @@ router = APIRouter(prefix="/v1/deliveries", tags=["webhooks"])
 
 
 def load_delivery(
-    session: SessionDep, principal: Principal, delivery_id: str, *, for_update: bool = False
+    session: SessionDep, principal: Principal, delivery_id: uuid.UUID, *, for_update: bool = False
 ) -> Delivery:
-    try:
-        parsed = uuid.UUID(delivery_id)
-    except ValueError as err:
-        raise Problem(Kinds.NOT_FOUND, "no such delivery") from err
-    statement = select(Delivery).where(Delivery.id == parsed, Delivery.tenant_id == principal.tenant_id)
+    statement = select(Delivery).where(Delivery.id == delivery_id, Delivery.tenant_id == principal.tenant_id)
     if for_update:
         statement = statement.with_for_update()
     delivery = session.scalar(statement.options(selectinload(Delivery.attempt_log)))
@@ -81,14 +77,16 @@ def list_deliveries(
     return DeliveryList(data=[delivery_view(d) for d in rows], next_page_token=next_token)
 
 
-@router.get("/{delivery_id}", response_model=DeliveryView, summary="One delivery with its attempts")
-def get_delivery(delivery_id: str, session: ReadSessionDep, principal: TenantDep) -> DeliveryView:
+@router.get("/{delivery_id:uuid}", response_model=DeliveryView, summary="One delivery with its attempts")
+def get_delivery(delivery_id: uuid.UUID, session: ReadSessionDep, principal: TenantDep) -> DeliveryView:
     return delivery_view(load_delivery(session, principal, delivery_id))
 
 
-@router.post("/{delivery_id}:redeliver", status_code=202, response_model=DeliveryView, summary="Send again")
+@router.post(
+    "/{delivery_id:uuid}:redeliver", status_code=202, response_model=DeliveryView, summary="Send again"
+)
 def redeliver(
-    delivery_id: str, session: SessionDep, settings: SettingsDep, principal: TenantDep
+    delivery_id: uuid.UUID, session: SessionDep, settings: SettingsDep, principal: TenantDep
 ) -> DeliveryView:
     delivery = load_delivery(session, principal, delivery_id, for_update=True)
     if delivery.state == "pending":

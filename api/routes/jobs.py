@@ -20,6 +20,7 @@ from api import submission
 from api.deps import Principal, ReadSessionDep, SessionDep, SettingsDep, StorageDep, TenantDep
 from api.pagination import clamp_page_size, make_page_token, read_page_token
 from api.schemas import JobCreate, JobList, JobStateName, JobView, SegmentList
+from api.submission import IDEMPOTENCY_DOC, KEY_SCHEMA
 from api.views import job_view, segment_view
 from core import queue
 from core.models import FINAL_CHUNK_INDEX, Job, Segment
@@ -31,21 +32,14 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 # The plan and video facts can be large JSON documents that no job view shows: never load them here.
 LIGHT_JOB = (defer(Job.plan), defer(Job.video_info))
-IDEMPOTENCY_DOC = (
-    "1-255 visible ASCII characters (a UUID is best). The same key with the same body returns the "
-    "original job; with another body, 422; while the first request is in flight, 409. A key stays "
-    "valid for TIMEMARK_IDEMPOTENCY_TTL_S (default 24 h) after its job was created."
-)
 PageSize = Annotated[int | None, Query(ge=1, description="default 50; values above the maximum are clamped")]
 PageToken = Annotated[str | None, Query(max_length=2048)]
 
 
-def load_job(session: SessionDep, principal: Principal, job_id: str, *, for_update: bool = False) -> Job:
-    try:
-        parsed = uuid.UUID(job_id)
-    except ValueError as err:
-        raise Problem(Kinds.NOT_FOUND, "no such job") from err
-    statement = select(Job).options(*LIGHT_JOB).where(Job.id == parsed, Job.tenant_id == principal.tenant_id)
+def load_job(
+    session: SessionDep, principal: Principal, job_id: uuid.UUID, *, for_update: bool = False
+) -> Job:
+    statement = select(Job).options(*LIGHT_JOB).where(Job.id == job_id, Job.tenant_id == principal.tenant_id)
     if for_update:
         statement = statement.with_for_update()
     job = session.scalar(statement)
@@ -64,7 +58,13 @@ def create_job(
     principal: TenantDep,
     storage: StorageDep,
     idempotency_key: Annotated[
-        str | None, Header(alias="Idempotency-Key", max_length=1024, description=IDEMPOTENCY_DOC)
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            max_length=1024,
+            description=IDEMPOTENCY_DOC,
+            json_schema_extra=KEY_SCHEMA,
+        ),
     ] = None,
 ) -> JobView:
     key = submission.parse_idempotency_key(idempotency_key)
@@ -182,15 +182,17 @@ def _position(position: list) -> tuple[datetime, uuid.UUID]:
         raise Problem(Kinds.BAD_PAGE_TOKEN) from err
 
 
-@router.get("/{job_id}", response_model=JobView, summary="Poll a job")
-def get_job(job_id: str, session: ReadSessionDep, principal: TenantDep) -> Response:
+@router.get("/{job_id:uuid}", response_model=JobView, summary="Poll a job")
+def get_job(job_id: uuid.UUID, session: ReadSessionDep, principal: TenantDep) -> Response:
     # The hottest route: serialise the (already validated) view once, skipping FastAPI's second pass.
     body = job_view(load_job(session, principal, job_id)).model_dump_json()
     return Response(body, media_type="application/json")
 
 
-@router.post("/{job_id}:cancel", status_code=202, response_model=JobView, summary="Cancel a job")
-def cancel_job(job_id: str, session: SessionDep, settings: SettingsDep, principal: TenantDep) -> JobView:
+@router.post("/{job_id:uuid}:cancel", status_code=202, response_model=JobView, summary="Cancel a job")
+def cancel_job(
+    job_id: uuid.UUID, session: SessionDep, settings: SettingsDep, principal: TenantDep
+) -> JobView:
     """Cooperative: a queued job is canceled at once; a running one stops between chunks (`canceling`)."""
     job = load_job(session, principal, job_id, for_update=True)
     state = JobState(job.state)
@@ -213,8 +215,8 @@ def cancel_job(job_id: str, session: SessionDep, settings: SettingsDep, principa
     return job_view(job)
 
 
-@router.delete("/{job_id}", status_code=204, summary="Delete a finished job and its results")
-def delete_job(job_id: str, session: SessionDep, principal: TenantDep) -> Response:
+@router.delete("/{job_id:uuid}", status_code=204, summary="Delete a finished job and its results")
+def delete_job(job_id: uuid.UUID, session: SessionDep, principal: TenantDep) -> Response:
     job = load_job(session, principal, job_id, for_update=True)
     if not JobState(job.state).terminal:
         raise Problem(Kinds.JOB_NOT_TERMINAL, f"the job is {job.state}; cancel it first")
@@ -223,9 +225,9 @@ def delete_job(job_id: str, session: SessionDep, principal: TenantDep) -> Respon
     return Response(status_code=204)
 
 
-@router.get("/{job_id}/segments", response_model=SegmentList, summary="Segments found for a job")
+@router.get("/{job_id:uuid}/segments", response_model=SegmentList, summary="Segments found for a job")
 def list_segments(
-    job_id: str,
+    job_id: uuid.UUID,
     session: ReadSessionDep,
     settings: SettingsDep,
     principal: TenantDep,

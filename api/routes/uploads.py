@@ -122,14 +122,10 @@ def _refuse_non_video(head: bytes) -> None:
         raise Problem(Kinds.UNSUPPORTED_MEDIA_TYPE, f"not a video: {reason}")
 
 
-@router.get("/{upload_id}", response_model=UploadView, summary="An upload's metadata")
-def get_upload(upload_id: str, session: ReadSessionDep, principal: TenantDep) -> UploadView:
-    try:
-        parsed = uuid.UUID(upload_id)
-    except ValueError as err:
-        raise Problem(Kinds.NOT_FOUND, "no such upload") from err
+@router.get("/{upload_id:uuid}", response_model=UploadView, summary="An upload's metadata")
+def get_upload(upload_id: uuid.UUID, session: ReadSessionDep, principal: TenantDep) -> UploadView:
     upload = session.scalar(
-        select(Upload).where(Upload.id == parsed, Upload.tenant_id == principal.tenant_id)
+        select(Upload).where(Upload.id == upload_id, Upload.tenant_id == principal.tenant_id)
     )
     if upload is None:
         raise Problem(Kinds.NOT_FOUND, "no such upload")

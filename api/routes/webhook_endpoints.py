@@ -63,14 +63,10 @@ def _view(endpoint: WebhookEndpoint, *, with_secret: bool = False) -> EndpointVi
     )
 
 
-def _load(session: SessionDep, principal: Principal, endpoint_id: str) -> WebhookEndpoint:
-    try:
-        parsed = uuid.UUID(endpoint_id)
-    except ValueError as err:
-        raise Problem(Kinds.NOT_FOUND, "no such webhook endpoint") from err
+def _load(session: SessionDep, principal: Principal, endpoint_id: uuid.UUID) -> WebhookEndpoint:
     endpoint = session.scalar(
         select(WebhookEndpoint).where(
-            WebhookEndpoint.id == parsed, WebhookEndpoint.tenant_id == principal.tenant_id
+            WebhookEndpoint.id == endpoint_id, WebhookEndpoint.tenant_id == principal.tenant_id
         )
     )
     if endpoint is None:
@@ -132,13 +128,13 @@ def list_endpoints(
     return EndpointList(data=[_view(e) for e in rows], next_page_token=token)
 
 
-@router.get("/{endpoint_id}", response_model=EndpointView, summary="One webhook endpoint")
-def get_endpoint(endpoint_id: str, session: ReadSessionDep, principal: TenantDep) -> EndpointView:
+@router.get("/{endpoint_id:uuid}", response_model=EndpointView, summary="One webhook endpoint")
+def get_endpoint(endpoint_id: uuid.UUID, session: ReadSessionDep, principal: TenantDep) -> EndpointView:
     return _view(_load(session, principal, endpoint_id))
 
 
-@router.delete("/{endpoint_id}", status_code=204, summary="Unsubscribe")
-def delete_endpoint(endpoint_id: str, session: SessionDep, principal: TenantDep) -> Response:
+@router.delete("/{endpoint_id:uuid}", status_code=204, summary="Unsubscribe")
+def delete_endpoint(endpoint_id: uuid.UUID, session: SessionDep, principal: TenantDep) -> Response:
     session.delete(_load(session, principal, endpoint_id))
     session.commit()  # its past deliveries stay in the log (endpoint_id becomes NULL)
     return Response(status_code=204)

@@ -282,3 +282,17 @@ def test_nul_in_urls_is_400(api_client, tenant, url) -> None:
     else:
         answer = api_client.get(url, headers=tenant.headers)
     assert_problem(answer, 400, "bad-request")
+
+
+def test_405_allow_lists_every_method_of_the_resource(api_client, tenant) -> None:
+    job = uuid.uuid4()
+    cases = {
+        f"/v1/jobs/{job}": "DELETE, GET, HEAD",
+        f"/v1/jobs/{job}:cancel": "POST",
+        "/v1/jobs": "GET, HEAD, POST",
+        "/v1/webhook-endpoints": "GET, HEAD, POST",
+    }
+    for path, allow in cases.items():
+        answer = api_client.options(path, headers=tenant.headers)
+        assert_problem(answer, 405, "method-not-allowed")
+        assert answer.headers["allow"] == allow, path
