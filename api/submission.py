@@ -39,7 +39,7 @@ from core.problems import Kinds, Problem
 from core.security import UnsafeURLError, check_url
 from core.settings import Settings
 from core.states import ACTIVE_STATES
-from core.storage import ObjectNotFound, split_s3_uri
+from core.storage import ObjectNotFound, S3Storage, split_s3_uri
 from core.webhooks import generate_secret
 
 IDEMPOTENCY_KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,255}$")
@@ -144,8 +144,10 @@ def resolve_source(
         if upload is None or upload.state != "complete":
             raise Problem(Kinds.SOURCE_NOT_FOUND, f"no completed upload {source}")
         return upload.storage_uri
-    if not hasattr(storage, "read_head"):
-        raise Problem(Kinds.VALIDATION, "s3:// sources need S3 storage")
+    if not isinstance(storage, S3Storage):
+        raise Problem(
+            Kinds.VALIDATION, "this server keeps objects in a local folder: s3:// sources are not available"
+        )
     split_s3_uri(source)
     try:
         head = storage.read_head(source, 64)

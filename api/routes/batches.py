@@ -21,7 +21,7 @@ from api.submission import IDEMPOTENCY_DOC, KEY_SCHEMA
 from api.views import batch_view
 from core.models import Batch, BatchItem
 from core.problems import Kinds, Problem
-from core.storage import split_s3_uri
+from core.storage import S3Storage, split_s3_uri
 from core.webhooks import batch_counts
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
@@ -96,8 +96,8 @@ def create_batch(
     submission.check_metadata(body.job.metadata, settings)
     submission.sampling_with_defaults(body.job.sampling, settings)  # refuse bad combinations now
     bucket, _ = split_s3_uri(body.source)
-    if not hasattr(storage, "bucket_exists"):
-        raise Problem(Kinds.VALIDATION, "batches need S3 storage")
+    if not isinstance(storage, S3Storage):
+        raise Problem(Kinds.VALIDATION, "this server keeps objects in a local folder: batches need S3")
     if not storage.bucket_exists(bucket):
         raise Problem(Kinds.SOURCE_NOT_FOUND, f"bucket {bucket!r} does not exist")
     for spec, field in ((body.webhook, "webhook.url"), (body.job.webhook, "job.webhook.url")):

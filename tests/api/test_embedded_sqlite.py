@@ -66,3 +66,8 @@ def test_submit_poll_list_cancel_on_sqlite(embedded_client, sample_video_path) -
     assert embedded_client.get(f"/v1/jobs/{ids[0]}/segments").json()["data"] == []
     assert embedded_client.delete(f"/v1/jobs/{ids[0]}").status_code == 204
     assert embedded_client.get("/readyz").json()["checks"] == {"database": "ok", "broker": "ok"}
+    # A local storage folder has no buckets: s3:// sources and batches are refused, not a 500.
+    s3_job = embedded_client.post("/v1/jobs", json={"source": "s3://bucket/v.mp4", "queries": ["q"]})
+    assert_problem(s3_job, 422, "validation-error")
+    batch = embedded_client.post("/v1/batches", json={"source": "s3://bucket/p/", "job": {"queries": ["q"]}})
+    assert_problem(batch, 422, "validation-error")
