@@ -218,13 +218,22 @@ def infer_chunk(ctx: WorkerContext, job_id: str, chunk_index: int) -> list[Send]
         chunk.state = "running"
         chunk.started_at = utcnow()
         spec, source_uri, queries = dict(chunk.spec or {}), job.source_uri, [str(q) for q in job.queries]
+        attempts = chunk.attempts
 
     try:
         segments, seconds, tokens, raw = _ground_one_chunk(ctx, source_uri, spec, queries)
+    except TransientTaskError as err:
+        if attempts < settings.chunk_max_attempts or err.error is None:
+            raise  # the task retries with backoff; the next attempt reclaims the chunk
+        failure = err.error  # out of attempts: the last transient error becomes the job's error
     except _JobInputError as err:
+        failure = err.error
+    else:
+        failure = None
+    if failure is not None:
         with session_scope(ctx.session_factory) as session:
             job = lock_job(session, job_id)
-            return [] if job is None else fail_job(session, job, err.error, settings)
+            return [] if job is None else fail_job(session, job, failure, settings)
 
     with session_scope(ctx.session_factory) as session:
         job = lock_job(session, job_id)

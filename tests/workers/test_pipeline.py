@@ -319,3 +319,31 @@ def test_coarse_to_fine_adds_refinement_chunks_then_finalizes(
     assert job.chunks_total == 1 + len(refine)
     assert [s.args for s in sends] == [(str(job_id), c.index) for c in refine]
     assert all(c.start_s <= 8.0 and c.end_s >= 4.0 for c in refine)  # windows around the candidate
+
+
+def test_unreachable_source_retries_then_fails_with_its_own_error(
+    ctx: Any, session_factory: Any, make_job: Any, video_uri: str
+) -> None:
+    from workers.pipeline import TransientTaskError
+
+    from .conftest import free_port
+
+    job_id = _planned_job(ctx, make_job, video_uri)
+    gone = f"http://127.0.0.1:{free_port()}/video.mp4"  # nothing listens: the fetch fails
+    with session_factory() as session:
+        session.execute(update(Job).where(Job.id == job_id).values(source_uri=gone))
+        session.commit()
+    with pytest.raises(TransientTaskError):  # attempt 1 of 3: the task will retry
+        infer_chunk(ctx, str(job_id), 0)
+    assert _chunks(session_factory, job_id)[0].state == "running"
+    with session_factory() as session:
+        session.execute(
+            update(Chunk)
+            .where(Chunk.job_id == job_id, Chunk.index == 0)
+            .values(attempts=ctx.settings.chunk_max_attempts - 1)
+        )
+        session.commit()
+    infer_chunk(ctx, str(job_id), 0)  # the last attempt: the job fails with the fetch error
+    job = _job(session_factory, job_id)
+    assert job.state == "failed" and job.error["stage"] == "infer"
+    assert job.error["type"].endswith("fetch-failed") and job.error["retryable"] is True
