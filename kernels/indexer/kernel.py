@@ -141,7 +141,7 @@ def indexer_topk(
         topk: keys to keep per query (2048 for Keye-VL-2.0).
         start: absolute position of the first query (history length).
         max_buffer_bytes: bound on the score buffer (+ top-k scratch) reused across query chunks.
-        topk_method: "compact" (default) or "radix", see `kernels.topk.kernel`.
+        topk_method: "compact" (default), "sample" or "radix", see `kernels.topk.kernel`.
 
     Returns:
         int32 [T, topk] key positions in no particular order. A query that sees L <= topk keys
@@ -155,7 +155,7 @@ def indexer_topk(
     out = torch.empty(tokens, topk, dtype=torch.int32, device=q.device)
     lengths = causal_lengths(tokens, start, q.device)  # [T]
     require(topk_method in TOPK_METHODS, f"topk_method must be one of {TOPK_METHODS}, got {topk_method!r}")
-    bytes_per_entry = 12 if topk_method == "compact" else 4  # fp32 score (+ int32 key and column scratch)
+    bytes_per_entry = 4 if topk_method == "radix" else 12  # fp32 score (+ int32 key and column scratch)
     chunk = max(64, (max_buffer_bytes // (bytes_per_entry * max(keys, 1))) // 64 * 64)
     buffer = scratch = None
     for first in range(0, tokens, chunk):
@@ -165,7 +165,7 @@ def indexer_topk(
             if buffer is None:
                 rows = min(chunk, tokens)
                 buffer = torch.empty(rows, keys, dtype=torch.float32, device=q.device)
-                if topk_method == "compact":
+                if topk_method != "radix":
                     scratch = tuple(
                         torch.empty(rows, keys, dtype=torch.int32, device=q.device) for _ in range(2)
                     )

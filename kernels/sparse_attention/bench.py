@@ -75,14 +75,91 @@ def dense_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> Callable[[]
         return lambda: flash(kx, vx, False)
 
 
-def layer_sweep(tokens: int, device: str, reference: bool) -> list[dict[str, object]]:
+ATTN_CONFIGS = [  # (block_q, block_n, num_warps, num_stages); block_q * 8 GQA heads = matrix rows
+    (8, 64, 4, 2),
+    (8, 64, 4, 3),
+    (16, 64, 8, 2),
+    (16, 64, 4, 3),
+    (8, 128, 8, 2),
+]
+
+
+def attention_config_sweep(tokens: int, device: str) -> list[dict[str, object]]:
+    """Time the prefill kernel per tile config on sink+local and uniform-random selections."""
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    q = torch.randn(tokens, Q_HEADS, HEAD_DIM, device=device, dtype=dtype)
+    k = torch.randn(tokens, KV_HEADS, HEAD_DIM, device=device, dtype=dtype)
+    v = torch.randn(tokens, KV_HEADS, HEAD_DIM, device=device, dtype=dtype)
+    out = torch.empty_like(q)
+    local = local_selection(tokens, device)
+    position = torch.arange(tokens, device=device)[:, None]
+    uniform = (torch.rand(tokens, TOPK, device=device) * (position + 1)).long().to(torch.int32)  # causal
+    rows = []
+    for name, idx in (("sink+local", local), ("uniform-random", uniform)):
+        pairs = int((idx >= 0).sum())
+        for block_q, block_n, warps, stages in ATTN_CONFIGS:
+            union = build_block_union(idx, block_q)
+            try:
+                ms = bench_ms(
+                    lambda: launch_sparse_attention(
+                        q,
+                        k,
+                        v,
+                        union,
+                        block_q,
+                        HEAD_DIM**-0.5,
+                        out,
+                        block_n=block_n,
+                        num_warps=warps,
+                        num_stages=stages,
+                    ),  # fmt: skip
+                    budget_ms=200,
+                )
+            except Exception as exc:  # e.g. out of shared memory for a config
+                rows.append({"selection": name, "config(q,n,warps,stages)": f"{block_q},{block_n},{warps},{stages}",
+                             "error": str(exc)[:60]})  # fmt: skip
+                continue
+            rows.append(
+                {
+                    "selection": name,
+                    "config(q,n,warps,stages)": f"{block_q},{block_n},{warps},{stages}",
+                    "N": tokens,
+                    "U_mean": union.counts.float().mean().item(),
+                    "ms": ms,
+                    "useful_TFLOP/s": 4 * Q_HEADS * HEAD_DIM * pairs / ms / 1e9,
+                    "computed_TFLOP/s": 4
+                    * Q_HEADS
+                    * HEAD_DIM
+                    * float(union.counts.sum())
+                    * block_q
+                    / ms
+                    / 1e9,
+                }
+            )
+    return rows
+
+
+def best_config(rows: list[dict[str, object]], selection: str) -> tuple[int, int, int, int]:
+    timed = [r for r in rows if r["selection"] == selection and "ms" in r]
+    best = min(timed, key=lambda r: r["ms"])
+    return tuple(int(x) for x in str(best["config(q,n,warps,stages)"]).split(","))  # type: ignore[return-value]
+
+
+def layer_sweep(
+    tokens: int,
+    device: str,
+    reference: bool,
+    *,
+    attn_config: tuple[int, int, int, int] = (8, 64, 4, 2),
+    topk_method: str = "compact",
+) -> list[dict[str, object]]:
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     scale = HEAD_DIM**-0.5
     q = torch.randn(tokens, Q_HEADS, HEAD_DIM, device=device, dtype=dtype)
     k = torch.randn(tokens, KV_HEADS, HEAD_DIM, device=device, dtype=dtype)
     v = torch.randn(tokens, KV_HEADS, HEAD_DIM, device=device, dtype=dtype)
     out = torch.empty_like(q)
-    block_q = default_block_q(Q_HEADS // KV_HEADS)
+    block_q, block_n, warps, stages = attn_config
     dense_ms = bench_ms(dense_sdpa(q, k, v), budget_ms=500)
     dense_flop = 4 * Q_HEADS * HEAD_DIM * tokens * (tokens + 1) / 2
     rows = []
@@ -94,14 +171,18 @@ def layer_sweep(tokens: int, device: str, reference: bool) -> list[dict[str, obj
                 tokens, device, dtype, structured=kind == "indexer-positional"
             )
             index_ms = bench_ms(
-                lambda: indexer_topk(qi, wi, ki, TOPK, 0, max_buffer_bytes=3 << 32), budget_ms=500
+                lambda: indexer_topk(qi, wi, ki, TOPK, 0, max_buffer_bytes=3 << 32, topk_method=topk_method),
+                budget_ms=500,
             )
-            idx = indexer_topk(qi, wi, ki, TOPK, 0, max_buffer_bytes=3 << 32)
+            idx = indexer_topk(qi, wi, ki, TOPK, 0, max_buffer_bytes=3 << 32, topk_method=topk_method)
             qi = wi = ki = None
         union_ms = bench_ms(lambda: build_block_union(idx, block_q), budget_ms=200)
         union = build_block_union(idx, block_q)
         attn_ms = bench_ms(
-            lambda: launch_sparse_attention(q, k, v, union, block_q, scale, out), budget_ms=500
+            lambda: launch_sparse_attention(
+                q, k, v, union, block_q, scale, out, block_n=block_n, num_warps=warps, num_stages=stages
+            ),
+            budget_ms=500,
         )
         pairs = int((idx >= 0).sum())
         useful_flop = 4 * Q_HEADS * HEAD_DIM * pairs
@@ -128,7 +209,9 @@ def layer_sweep(tokens: int, device: str, reference: bool) -> list[dict[str, obj
             if device == "cuda":
                 torch.cuda.synchronize()
             row["reference_attn_ms"] = (time.perf_counter() - start) * 1e3
-            launch_sparse_attention(q, k, v, union, block_q, scale, out)
+            launch_sparse_attention(
+                q, k, v, union, block_q, scale, out, block_n=block_n, num_warps=warps, num_stages=stages
+            )
             row["rel_err_vs_ref"] = ((out.float() - ref.float()).norm() / ref.float().norm()).item()
         rows.append(row)
         idx = union = None  # free before the next selection
@@ -137,21 +220,41 @@ def layer_sweep(tokens: int, device: str, reference: bool) -> list[dict[str, obj
     return rows
 
 
-def main(argv: list[str] | None = None, deadline_s: float = math.inf) -> list[dict[str, object]]:
+def main(argv: list[str] | None = None, deadline_s: float = math.inf) -> dict[str, list[dict[str, object]]]:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", type=int, nargs="+", default=[32768, 131072, 262144])
     parser.add_argument("--reference-max", type=int, default=8192)
+    parser.add_argument("--topk-method", default="compact", choices=["compact", "radix", "sample"])
+    parser.add_argument("--config-sweep-size", type=int, default=32768, help="0: no sweep, default tiles")
     args = parser.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    tables: dict[str, list[dict[str, object]]] = {}
+    attn_config = (default_block_q(Q_HEADS // KV_HEADS), 64, 4, 2)
+    if args.config_sweep_size:
+        sweep = attention_config_sweep(args.config_sweep_size, device)
+        tables["sparse-attention tile configs"] = sweep
+        print(format_table(sweep, f"sparse-attention tile configs ({device})"), flush=True)
+        attn_config = best_config(sweep, "sink+local")
+        print(f"layer sweep uses tiles {attn_config} and top-k method {args.topk_method!r}", flush=True)
     rows: list[dict[str, object]] = []
     for tokens in args.sizes:
         if time.monotonic() > deadline_s:
             print(f"skipping N={tokens}: out of time")
             continue
-        rows += layer_sweep(tokens, device, reference=tokens <= args.reference_max)
+        rows += layer_sweep(
+            tokens,
+            device,
+            tokens <= args.reference_max,
+            attn_config=attn_config,
+            topk_method=args.topk_method,
+        )
+        for row in rows[-3:]:
+            row["tiles"] = ",".join(map(str, attn_config))
+            row["topk"] = args.topk_method
         print(format_table(rows[-3:], f"DSA layer N={tokens} ({device})"), flush=True)
+    tables["DSA layer vs dense SDPA"] = rows
     print(format_table(rows, f"DSA layer vs dense SDPA ({device})"))
-    return rows
+    return tables
 
 
 if __name__ == "__main__":

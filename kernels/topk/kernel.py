@@ -8,7 +8,9 @@ columns never read their scores: they select 0 .. L-1 and pad with -1.
 
 v1 ("radix") streams the whole row for every pass (5 reads). v2 ("compact") reads it twice:
 after the first histogram, keys above the threshold bin are written out at once and the keys
-inside it are compacted into a scratch list, on which the remaining three passes run.
+inside it are compacted into a scratch list, on which the remaining three passes run. v3
+("sample") avoids the histograms (costly in Triton): a threshold from a sorted strided sample,
+one compaction pass, one sort of the survivors; exact thanks to a fallback to v2.
 """
 
 from __future__ import annotations
@@ -96,6 +98,72 @@ def _select_topk_kernel(
 
 
 @triton.jit
+def _compact_select(
+    row_scores, row_out, row_cand_key, row_cand_col, length, K: tl.constexpr, BLOCK: tl.constexpr
+):
+    """Exact top-K of one row with L > K: two row reads, then radix passes over the candidates."""
+    lanes = tl.arange(0, BLOCK)
+    # Pass 1: histogram of the top 8 key bits over the whole row.
+    hist = tl.zeros((512,), dtype=tl.int32)
+    for first in range(0, length, BLOCK):
+        col = first + lanes
+        valid = col < length
+        key = _ordered_key(tl.load(row_scores + col, mask=valid, other=0.0))
+        hist += tl.histogram(tl.where(valid, (key >> 24).to(tl.int32), 256), 512)
+    top_bin, n_above = _crossing_bin(hist, K)
+    needed = K - n_above
+    # Pass 2: keys above the threshold bin are final; keys inside it become candidates.
+    written = tl.zeros((), dtype=tl.int32)
+    n_cand = tl.zeros((), dtype=tl.int32)
+    for first in range(0, length, BLOCK):
+        col = first + lanes
+        valid = col < length
+        key = _ordered_key(tl.load(row_scores + col, mask=valid, other=0.0))
+        digit = (key >> 24).to(tl.int32)
+        above_mask = valid & (digit > top_bin)
+        cand_mask = valid & (digit == top_bin)
+        rank_above = written + tl.cumsum(above_mask.to(tl.int32), 0) - 1
+        rank_cand = n_cand + tl.cumsum(cand_mask.to(tl.int32), 0) - 1
+        tl.store(row_out + rank_above, col, mask=above_mask)
+        tl.store(row_cand_key + rank_cand, key.to(tl.int32, bitcast=True), mask=cand_mask)
+        tl.store(row_cand_col + rank_cand, col, mask=cand_mask)
+        written += tl.sum(above_mask.to(tl.int32), 0)
+        n_cand += tl.sum(cand_mask.to(tl.int32), 0)
+    # Radix passes over the candidates only (they share the top 8 bits).
+    prefix = top_bin.to(tl.uint32) << 24
+    remaining = needed
+    for step in tl.static_range(1, 4):
+        shift = 24 - 8 * step  # constexpr: the loop is unrolled
+        hist = tl.zeros((512,), dtype=tl.int32)
+        for first in range(0, n_cand, BLOCK):
+            slot = first + lanes
+            key = tl.load(row_cand_key + slot, mask=slot < n_cand, other=0).to(tl.uint32, bitcast=True)
+            match = (slot < n_cand) & ((key >> (shift + 8)) == (prefix >> (shift + 8)))
+            hist += tl.histogram(tl.where(match, ((key >> shift) & 255).to(tl.int32), 256), 512)
+        chosen, n_above_bin = _crossing_bin(hist, remaining)
+        remaining -= n_above_bin
+        prefix = prefix | (chosen.to(tl.uint32) << shift)
+    # Final pass over the candidates: those above the threshold key, then enough equal ones.
+    n_gt = needed - remaining
+    taken_gt = tl.zeros((), dtype=tl.int32)
+    taken_eq = tl.zeros((), dtype=tl.int32)
+    for first in range(0, n_cand, BLOCK):
+        slot = first + lanes
+        ok = slot < n_cand
+        key = tl.load(row_cand_key + slot, mask=ok, other=0).to(tl.uint32, bitcast=True)
+        col = tl.load(row_cand_col + slot, mask=ok, other=0)
+        gt_mask = ok & (key > prefix)
+        eq_mask = ok & (key == prefix)
+        rank_gt = taken_gt + tl.cumsum(gt_mask.to(tl.int32), 0) - 1
+        rank_eq = taken_eq + tl.cumsum(eq_mask.to(tl.int32), 0) - 1
+        keep_eq = eq_mask & (rank_eq < remaining)
+        slot_out = written + tl.where(gt_mask, rank_gt, n_gt + rank_eq)
+        tl.store(row_out + slot_out, col, mask=(gt_mask | keep_eq) & (slot_out < K))
+        taken_gt += tl.sum(gt_mask.to(tl.int32), 0)
+        taken_eq += tl.sum(eq_mask.to(tl.int32), 0)
+
+
+@triton.jit
 def _select_topk_compact_kernel(
     scores_ptr,
     lengths_ptr,
@@ -108,7 +176,47 @@ def _select_topk_compact_kernel(
     K: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    """Two passes over the row, then radix passes over the compacted threshold-bin candidates."""
+    row = tl.program_id(0)
+    length = tl.load(lengths_ptr + row).to(tl.int32)
+    row_out = out_ptr + row.to(tl.int64) * stride_out
+    if length <= K:
+        _select_everything(row_out, length, K, BLOCK)
+    else:
+        _compact_select(
+            scores_ptr + row.to(tl.int64) * stride_row, row_out, cand_key_ptr + row.to(tl.int64) * stride_cand,
+            cand_col_ptr + row.to(tl.int64) * stride_cand, length, K, BLOCK,
+        )  # fmt: skip
+
+
+@triton.jit
+def _select_everything(row_out, length, K: tl.constexpr, BLOCK: tl.constexpr):
+    """A row with L <= K selects 0 .. L-1 and pads with -1."""
+    lanes = tl.arange(0, BLOCK)
+    for first in range(0, K, BLOCK):
+        slot = first + lanes
+        tl.store(row_out + slot, tl.where(slot < length, slot, -1), mask=slot < K)
+
+
+@triton.jit
+def _select_topk_sample_kernel(
+    scores_ptr,
+    lengths_ptr,
+    out_ptr,
+    cand_key_ptr,
+    cand_col_ptr,
+    stride_row,
+    stride_out,
+    stride_cand,
+    K: tl.constexpr,
+    SAMPLE: tl.constexpr,
+    CAP: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    """One row read: a threshold from a strided sample, survivors compacted and sorted.
+
+    Falls back to `_compact_select` when the sampled threshold keeps fewer than K or more than
+    CAP keys (heavy ties, adversarial rows), so the result is always exact.
+    """
     row = tl.program_id(0)
     length = tl.load(lengths_ptr + row).to(tl.int32)
     row_scores = scores_ptr + row.to(tl.int64) * stride_row
@@ -117,71 +225,44 @@ def _select_topk_compact_kernel(
     row_cand_col = cand_col_ptr + row.to(tl.int64) * stride_cand
     lanes = tl.arange(0, BLOCK)
     if length <= K:
-        for first in range(0, K, BLOCK):
-            slot = first + lanes
-            tl.store(row_out + slot, tl.where(slot < length, slot, -1), mask=slot < K)
+        _select_everything(row_out, length, K, BLOCK)
     else:
-        # Pass 1: histogram of the top 8 key bits over the whole row.
-        hist = tl.zeros((512,), dtype=tl.int32)
+        # 1. Threshold: the key of a rank in a strided sample, placed so that (with a margin of
+        #    ~4 standard deviations) slightly more than K keys of the row lie above it.
+        step = tl.maximum(length // SAMPLE, 1)
+        picks = tl.arange(0, SAMPLE)
+        sample_ok = picks * step < length
+        sample = _ordered_key(tl.load(row_scores + picks * step, mask=sample_ok, other=0.0)).to(tl.int64)
+        sample = tl.sort(tl.where(sample_ok, sample, -1), descending=True)
+        n_sample = tl.sum(sample_ok.to(tl.int32), 0)
+        expected = K * n_sample.to(tl.float32) / length.to(tl.float32)
+        rank = tl.minimum((expected * 1.25 + 4.0 * tl.sqrt(expected) + 8.0).to(tl.int32), n_sample - 1)
+        threshold = tl.sum(tl.where(picks == rank, sample, 0), 0)
+        # 2. One pass over the row: compact every key >= threshold (up to CAP of them).
+        count = tl.zeros((), dtype=tl.int32)
         for first in range(0, length, BLOCK):
             col = first + lanes
             valid = col < length
             key = _ordered_key(tl.load(row_scores + col, mask=valid, other=0.0))
-            hist += tl.histogram(tl.where(valid, (key >> 24).to(tl.int32), 256), 512)
-        top_bin, n_above = _crossing_bin(hist, K)
-        needed = K - n_above
-        # Pass 2: keys above the threshold bin are final; keys inside it become candidates.
-        written = tl.zeros((), dtype=tl.int32)
-        n_cand = tl.zeros((), dtype=tl.int32)
-        for first in range(0, length, BLOCK):
-            col = first + lanes
-            valid = col < length
-            key = _ordered_key(tl.load(row_scores + col, mask=valid, other=0.0))
-            digit = (key >> 24).to(tl.int32)
-            above_mask = valid & (digit > top_bin)
-            cand_mask = valid & (digit == top_bin)
-            rank_above = written + tl.cumsum(above_mask.to(tl.int32), 0) - 1
-            rank_cand = n_cand + tl.cumsum(cand_mask.to(tl.int32), 0) - 1
-            tl.store(row_out + rank_above, col, mask=above_mask)
-            tl.store(row_cand_key + rank_cand, key.to(tl.int32, bitcast=True), mask=cand_mask)
-            tl.store(row_cand_col + rank_cand, col, mask=cand_mask)
-            written += tl.sum(above_mask.to(tl.int32), 0)
-            n_cand += tl.sum(cand_mask.to(tl.int32), 0)
-        # Radix passes over the candidates only (they share the top 8 bits).
-        prefix = top_bin.to(tl.uint32) << 24
-        remaining = needed
-        for step in tl.static_range(1, 4):
-            shift = 24 - 8 * step  # constexpr: the loop is unrolled
-            hist = tl.zeros((512,), dtype=tl.int32)
-            for first in range(0, n_cand, BLOCK):
-                slot = first + lanes
-                key = tl.load(row_cand_key + slot, mask=slot < n_cand, other=0).to(tl.uint32, bitcast=True)
-                match = (slot < n_cand) & ((key >> (shift + 8)) == (prefix >> (shift + 8)))
-                hist += tl.histogram(tl.where(match, ((key >> shift) & 255).to(tl.int32), 256), 512)
-            chosen, n_above_bin = _crossing_bin(hist, remaining)
-            remaining -= n_above_bin
-            prefix = prefix | (chosen.to(tl.uint32) << shift)
-        # Final pass over the candidates: those above the threshold key, then enough equal ones.
-        n_gt = needed - remaining
-        taken_gt = tl.zeros((), dtype=tl.int32)
-        taken_eq = tl.zeros((), dtype=tl.int32)
-        for first in range(0, n_cand, BLOCK):
-            slot = first + lanes
-            ok = slot < n_cand
-            key = tl.load(row_cand_key + slot, mask=ok, other=0).to(tl.uint32, bitcast=True)
-            col = tl.load(row_cand_col + slot, mask=ok, other=0)
-            gt_mask = ok & (key > prefix)
-            eq_mask = ok & (key == prefix)
-            rank_gt = taken_gt + tl.cumsum(gt_mask.to(tl.int32), 0) - 1
-            rank_eq = taken_eq + tl.cumsum(eq_mask.to(tl.int32), 0) - 1
-            keep_eq = eq_mask & (rank_eq < remaining)
-            slot_out = written + tl.where(gt_mask, rank_gt, n_gt + rank_eq)
-            tl.store(row_out + slot_out, col, mask=(gt_mask | keep_eq) & (slot_out < K))
-            taken_gt += tl.sum(gt_mask.to(tl.int32), 0)
-            taken_eq += tl.sum(eq_mask.to(tl.int32), 0)
+            keep = valid & (key.to(tl.int64) >= threshold)
+            rank_keep = count + tl.cumsum(keep.to(tl.int32), 0) - 1
+            store = keep & (rank_keep < CAP)
+            tl.store(row_cand_key + rank_keep, key.to(tl.int32, bitcast=True), mask=store)
+            tl.store(row_cand_col + rank_keep, col, mask=store)
+            count += tl.sum(keep.to(tl.int32), 0)
+        if (count >= K) & (count <= CAP):
+            # 3. Sort the survivors by (key, column) packed in one int64 and keep the first K.
+            slot = tl.arange(0, CAP)
+            ok = slot < count
+            key = tl.load(row_cand_key + slot, mask=ok, other=0).to(tl.uint32, bitcast=True).to(tl.int64)
+            col = tl.load(row_cand_col + slot, mask=ok, other=0).to(tl.int64)
+            packed = tl.sort(tl.where(ok, (key << 20) | col, -1), descending=True)
+            tl.store(row_out + slot, (packed & 0xFFFFF).to(tl.int32), mask=slot < K)
+        else:
+            _compact_select(row_scores, row_out, row_cand_key, row_cand_col, length, K, BLOCK)
 
 
-TOPK_METHODS = ("radix", "compact")
+TOPK_METHODS = ("radix", "compact", "sample")
 
 
 def launch_select_topk(
@@ -193,12 +274,15 @@ def launch_select_topk(
     method: str = "compact",
     scratch: tuple[torch.Tensor, torch.Tensor] | None = None,
     block: int = 2048,
+    sample_size: int = 4096,
 ) -> None:
     """Write the selection of each row of `scores` into `out` (int32 [R, topk]); no checks.
 
     method "radix" reads each row 5 times (4 histogram passes + 1 write pass); "compact" reads it
     twice and runs the last 3 radix passes on the keys of the threshold bin, compacted into
-    `scratch` (two int32 [>= R, >= S] buffers; allocated here when not given).
+    `scratch` (two int32 [>= R, >= S] buffers; allocated here when not given); "sample" reads it
+    once after estimating the threshold from a strided sample, sorts the survivors, and
+    falls back to "compact" for rows where the estimate fails.
     """
     rows = scores.shape[0]
     if rows == 0:
@@ -214,6 +298,13 @@ def launch_select_topk(
             torch.empty(rows, scores.shape[1], dtype=torch.int32, device=scores.device),
         )
     cand_key, cand_col = scratch
+    if method == "sample" and scores.shape[1] < (1 << 20):  # columns must fit the 20-bit packing
+        _select_topk_sample_kernel[(rows,)](
+            scores, lengths, out, cand_key, cand_col, scores.stride(0), out.stride(0), cand_key.stride(0),
+            K=topk, SAMPLE=sample_size, CAP=max(128, triton.next_power_of_2(2 * topk)), BLOCK=block,
+            num_warps=8,
+        )  # fmt: skip
+        return
     _select_topk_compact_kernel[(rows,)](
         scores, lengths, out, cand_key, cand_col, scores.stride(0), out.stride(0), cand_key.stride(0),
         K=topk, BLOCK=block, num_warps=8,
@@ -221,7 +312,12 @@ def launch_select_topk(
 
 
 def select_topk(
-    scores: torch.Tensor, topk: int, lengths: torch.Tensor, *, method: str = "compact"
+    scores: torch.Tensor,
+    topk: int,
+    lengths: torch.Tensor,
+    *,
+    method: str = "compact",
+    sample_size: int = 4096,
 ) -> torch.Tensor:
     """Top-k column ids of each row's valid prefix.
 
@@ -229,8 +325,10 @@ def select_topk(
         scores: fp32 [R, S]; row r is valid on columns [0, lengths[r]) (lengths <= S).
         topk: how many columns to select per row.
         lengths: int32/int64 [R].
-        method: "compact" (2 passes over each row + candidate passes; default) or "radix"
-            (5 passes over each row). Both return the same set.
+        method: "compact" (2 passes over each row + candidate passes; default), "radix"
+            (5 passes over each row) or "sample" (1 pass after a sampled threshold estimate).
+            All return the same set up to the choice among equal scores at the threshold.
+        sample_size: keys in the "sample" method's threshold sample (a power of two).
 
     Returns:
         int32 [R, topk]: selected column ids in no particular order, padded with -1 when a row
@@ -243,5 +341,5 @@ def select_topk(
         scores = scores.contiguous()
     lengths = lengths.to(torch.int32).clamp(max=scores.shape[1]).contiguous()
     out = torch.empty(scores.shape[0], topk, dtype=torch.int32, device=scores.device)
-    launch_select_topk(scores, topk, lengths, out, method=method)
+    launch_select_topk(scores, topk, lengths, out, method=method, sample_size=sample_size)
     return out

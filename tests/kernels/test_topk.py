@@ -37,11 +37,13 @@ def make_scores(rows: int, cols: int, kind: str, generator: torch.Generator) -> 
     return scores
 
 
-@pytest.mark.parametrize("method", ["compact", "radix"])
+@pytest.mark.parametrize("method", ["compact", "radix", "sample"])
 @pytest.mark.parametrize(("rows", "cols", "topk", "kind"), CASES)
 def test_select_topk_matches_reference(
     rows: int, cols: int, topk: int, kind: str, method: str, device: str
 ) -> None:
+    if method == "sample" and device == "cpu" and topk > 64:
+        pytest.skip("the interpreter sorts 2K+ keys too slowly; the GPU run covers these sizes")
     generator = torch.Generator().manual_seed(1234)
     scores = make_scores(rows, cols, kind, generator)
     # Mixed valid lengths: full rows, rows shorter than k, and the k-1 / k / k+1 borders.
@@ -50,7 +52,9 @@ def test_select_topk_matches_reference(
     borders = [topk - 1, topk, topk + 1]
     for row, length in zip(range(1, rows), borders, strict=False):
         lengths[row] = min(max(length, 1), cols)
-    picked = select_topk(scores.to(device), topk, lengths.to(device), method=method)
+    # A small threshold sample on the CPU keeps the interpreter's sort cheap (same code path).
+    sample_size = 64 if device == "cpu" else 4096
+    picked = select_topk(scores.to(device), topk, lengths.to(device), method=method, sample_size=sample_size)
     expected = select_topk_ref(scores, topk, lengths)
     # fp32 in, fp32 compared: the selected score multisets must be identical (tolerance 0).
     assert_same_selection(picked, expected, scores, lengths, score_tol=0.0, what="select_topk")
