@@ -148,6 +148,14 @@ def sort_slots_by_expert(
     return sorted_slots, block_expert.to(torch.int32), n_blocks
 
 
+def default_tiles(dtype: torch.dtype) -> dict[str, int]:
+    """Tile configuration per dtype (the gate_up kernel stages A plus two B tiles per K step)."""
+    if dtype == torch.float32:
+        # 128x128x64 with 3 stages needs 256 KiB of shared memory in fp32 (the H200 has 227 KiB).
+        return {"block_m": 64, "block_n": 64, "block_k": 32, "num_warps": 4, "num_stages": 3}
+    return {"block_m": 128, "block_n": 128, "block_k": 64, "num_warps": 8, "num_stages": 3}
+
+
 def fused_moe(
     x: torch.Tensor,
     gate_up: torch.Tensor,
@@ -155,11 +163,11 @@ def fused_moe(
     topk_ids: torch.Tensor,
     topk_weights: torch.Tensor,
     *,
-    block_m: int = 128,
-    block_n: int = 128,
-    block_k: int = 64,
-    num_warps: int = 8,
-    num_stages: int = 3,
+    block_m: int | None = None,
+    block_n: int | None = None,
+    block_k: int | None = None,
+    num_warps: int | None = None,
+    num_stages: int | None = None,
 ) -> torch.Tensor:
     """Routed SiLU-gated expert FFN for a batch of tokens.
 
@@ -169,8 +177,9 @@ def fused_moe(
         down: [E, F, D], same dtype as x.
         topk_ids: int32/int64 [T, k] expert of each routing slot, in [0, E).
         topk_weights: [T, k] routing weights (any float dtype; used in fp32).
-        block_m/n/k, num_warps, num_stages: tile configuration of both GEMMs (defaults: the best
-            of the sweep in kernels/fused_moe/bench.py on an H200, 2026-11-29).
+        block_m/n/k, num_warps, num_stages: tile configuration of both GEMMs; each left None
+            takes `default_tiles(x.dtype)` (16-bit: the best of the kernels/fused_moe/bench.py sweep
+            on an H200, 2026-11-29; fp32: smaller tiles that fit shared memory).
 
     Returns:
         [T, D] in x's dtype: sum_j topk_weights[t, j] * (SiLU(x gate) * (x up)) down for
@@ -178,6 +187,12 @@ def fused_moe(
         two GEMMs (as in the usual fused-MoE kernels); accumulation is fp32.
     """
     check_fused_moe_args(x, gate_up, down, topk_ids, topk_weights)
+    tiles = default_tiles(x.dtype)
+    block_m = block_m or tiles["block_m"]
+    block_n = block_n or tiles["block_n"]
+    block_k = block_k or tiles["block_k"]
+    num_warps = num_warps or tiles["num_warps"]
+    num_stages = num_stages or tiles["num_stages"]
     tokens, hidden = x.shape
     experts, _, width2 = gate_up.shape
     width = width2 // 2
