@@ -122,6 +122,15 @@ def indexer_scores(q: torch.Tensor, w: torch.Tensor, k: torch.Tensor, start: int
     return out
 
 
+SMALL_BATCH_ROWS = 64  # at or below this many rows per chunk, "auto" uses torch.topk
+
+
+def _torch_topk_rows(scores: torch.Tensor, topk: int, lengths: torch.Tensor, out: torch.Tensor) -> None:
+    """torch.topk over rows whose future columns hold -inf; short rows padded with -1."""
+    picked = scores.topk(topk, dim=1).indices  # [R, K]; short rows also pick -inf columns >= L
+    out.copy_(torch.where(picked < lengths[:, None], picked, -1).to(torch.int32))
+
+
 def indexer_topk(
     q: torch.Tensor,
     w: torch.Tensor,
@@ -130,7 +139,7 @@ def indexer_topk(
     start: int,
     *,
     max_buffer_bytes: int = 1 << 30,
-    topk_method: str = "compact",
+    topk_method: str = "auto",
 ) -> torch.Tensor:
     """Per query, the `topk` causal keys with the largest indexer scores.
 
@@ -141,7 +150,9 @@ def indexer_topk(
         topk: keys to keep per query (2048 for Keye-VL-2.0).
         start: absolute position of the first query (history length).
         max_buffer_bytes: bound on the score buffer (+ top-k scratch) reused across query chunks.
-        topk_method: "compact" (default), "sample" or "radix", see `kernels.topk.kernel`.
+        topk_method: "auto" (default: "torch" for chunks of <= 64 queries, else "compact"),
+            "torch" (torch.topk on the -inf-masked score rows) or a `kernels.topk` method:
+            "compact", "sample", "radix".
 
     Returns:
         int32 [T, topk] key positions in no particular order. A query that sees L <= topk keys
@@ -154,33 +165,44 @@ def indexer_topk(
     tokens, keys = q.shape[0], k.shape[0]
     out = torch.empty(tokens, topk, dtype=torch.int32, device=q.device)
     lengths = causal_lengths(tokens, start, q.device)  # [T]
-    require(topk_method in TOPK_METHODS, f"topk_method must be one of {TOPK_METHODS}, got {topk_method!r}")
-    bytes_per_entry = 4 if topk_method == "radix" else 12  # fp32 score (+ int32 key and column scratch)
+    methods = ("auto", "torch", *TOPK_METHODS)
+    require(topk_method in methods, f"topk_method must be one of {methods}, got {topk_method!r}")
+    bytes_per_entry = 4 if topk_method in ("radix", "torch") else 12  # fp32 score (+ key/column scratch)
     chunk = max(64, (max_buffer_bytes // (bytes_per_entry * max(keys, 1))) // 64 * 64)
     buffer = scratch = None
     for first in range(0, tokens, chunk):
         last = min(first + chunk, tokens)
         visible = start + last  # keys the last query of this chunk sees
-        if visible > topk:  # otherwise every row is "select everything" and scores are not read
-            if buffer is None:
-                rows = min(chunk, tokens)
-                buffer = torch.empty(rows, keys, dtype=torch.float32, device=q.device)
-                if topk_method != "radix":
-                    scratch = tuple(
-                        torch.empty(rows, keys, dtype=torch.int32, device=q.device) for _ in range(2)
-                    )
-            # A decode step (a handful of queries) wants the smallest tile the tensor cores take.
-            launch_indexer_scores(
-                q[first:last], w[first:last], k[:visible], start + first, buffer, fill_future=False,
-                block_t=16 if last - first <= 16 else 64,
-            )  # fmt: skip
-        scores = buffer if buffer is not None else torch.empty(last - first, 1, device=q.device)
-        launch_select_topk(
-            scores[: last - first],
-            topk,
-            lengths[first:last],
-            out[first:last],
-            method=topk_method,
-            scratch=scratch,
-        )
+        method = topk_method
+        if method == "auto":
+            # Measured on the H200 (kernels/NOTES.md): torch.topk beats our one-program-per-row
+            # kernels when few rows run at once (decode); ours wins on long causal prefill chunks.
+            method = "torch" if last - first <= SMALL_BATCH_ROWS else "compact"
+        if visible <= topk:  # every row selects everything: the scores are never read
+            scores = buffer if buffer is not None else torch.empty(last - first, 1, device=q.device)
+            launch_select_topk(
+                scores[: last - first], topk, lengths[first:last], out[first:last], method="radix"
+            )
+            continue
+        if buffer is None:
+            rows = min(chunk, tokens)
+            buffer = torch.empty(rows, keys, dtype=torch.float32, device=q.device)
+        if scratch is None and method not in ("radix", "torch"):
+            scratch = tuple(torch.empty(buffer.shape, dtype=torch.int32, device=q.device) for _ in range(2))
+        # A decode step (a handful of queries) wants the smallest tile the tensor cores take.
+        launch_indexer_scores(
+            q[first:last], w[first:last], k[:visible], start + first, buffer, fill_future=method == "torch",
+            block_t=16 if last - first <= 16 else 64,
+        )  # fmt: skip
+        if method == "torch":
+            _torch_topk_rows(buffer[: last - first, :visible], topk, lengths[first:last], out[first:last])
+        else:
+            launch_select_topk(
+                buffer[: last - first],
+                topk,
+                lengths[first:last],
+                out[first:last],
+                method=method,
+                scratch=scratch,
+            )
     return out
