@@ -1,7 +1,7 @@
 """Triton kernels for the Keye runtime's sparse attention (DSA) and MoE, each beside a PyTorch oracle.
 
 The runtime calls these for attn_impl="triton" / moe_impl="triton" (CONTRACTS.md, "kernels"):
-`indexer_topk` (lightning-indexer scores streamed into a radix top-k), `sparse_attention`
+`indexer_topk` (lightning-indexer scores streamed, per query chunk, into a top-k), `sparse_attention`
 (prefill over per-block unions of the selected keys), `fused_moe` (expert sort + grouped GEMMs);
 `sparse_decode` serves one-token decode against a paged KV cache. Every op has a `*_ref` twin
 with the same signature in plain PyTorch. Importing this package needs triton; it never touches
