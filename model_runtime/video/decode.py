@@ -134,8 +134,10 @@ def _convert(frame: av.VideoFrame, height: int, width: int, rotation: int) -> np
 
 
 def _sample_pyav(source: str, chunk: Chunk, times: list[float], *, skip: SkipMode, threads: int,
-                 max_skew_s: float | None, timeout_s: float, seek_s: float | None = None) -> SampledFrames:  # fmt: skip
-    """PyAV decode of one chunk; `seek_s` (a keyframe time) replaces the first seek's safety margin."""
+                 max_skew_s: float | None, timeout_s: float, seek_s: float | None = None,
+                 out: np.ndarray | None = None) -> SampledFrames:  # fmt: skip
+    """PyAV decode of one chunk; `seek_s` (a keyframe time) replaces the first seek's safety margin,
+    `out` ([N, H, W, 3] uint8, e.g. a shared mapping) receives the frames instead of a new array."""
     name = display_name(source)
     with open_input(source, timeout_s=timeout_s) as container:
         stream = video_stream(container, source)
@@ -154,7 +156,8 @@ def _sample_pyav(source: str, chunk: Chunk, times: list[float], *, skip: SkipMod
         picker = _Picker(times)
         rotation: int | None = None
         pending = 0  # index of the first target not yet assigned to a GOP
-        out = np.empty((len(times), chunk.height, chunk.width, 3), dtype=np.uint8)  # [N, H, W, 3]
+        if out is None:
+            out = np.empty((len(times), chunk.height, chunk.width, 3), dtype=np.uint8)  # [N, H, W, 3]
         true_times = [math.nan] * len(times)
         skews = [math.inf] * len(times)
 

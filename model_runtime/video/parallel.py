@@ -4,18 +4,19 @@ Decoding is bound by the CPU, and frame threading inside one FFmpeg decoder scal
 couple of threads; independent processes over disjoint GOP ranges scale almost linearly (spec
 video-and-eval §1.3 (c)). The chunk's targets are split at keyframes read from the container's index
 (MP4/MKV index entries: no extra pass over the file), so no GOP is decoded twice; each process seeks
-straight to its first keyframe and writes its frames into one shared-memory array, so frames are not
-pickled through pipes. Files without an index are split at equal times instead (at most one partial
+straight to its first keyframe and writes its frames into one memory-mapped file, so frames are
+neither pickled through pipes nor copied. Files without an index are split at equal times instead (at most one partial
 GOP decoded twice per split).
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import os
 import resource
+import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
-from multiprocessing import shared_memory
 
 import numpy as np
 
@@ -72,20 +73,30 @@ def split_targets(
     return runs
 
 
-def _worker(source: str, chunk: Chunk, first: int, last: int, seek_s: float | None, shm_name: str,
+def _shared_folder(size: int) -> str:
+    """RAM-backed /dev/shm when it has room (Docker gives it 64 MB by default), else the temp folder."""
+    try:
+        usage = os.statvfs("/dev/shm")
+        if os.access("/dev/shm", os.W_OK) and usage.f_bavail * usage.f_frsize > 2 * size:
+            return "/dev/shm"
+    except OSError:
+        pass
+    return tempfile.gettempdir()
+
+
+def _worker(source: str, chunk: Chunk, first: int, last: int, seek_s: float | None, rows_path: str,
             skip: SkipMode, threads: int, max_skew_s: float | None, timeout_s: float) -> tuple[list[float], dict, int]:  # fmt: skip
-    """Decode targets [first, last) of `chunk` into rows first..last of the shared array."""
+    """Decode targets [first, last) of `chunk` straight into rows first..last of the shared file."""
     times = [float(t) for t in chunk.timestamps[first:last]]
     part = replace(chunk, timestamps=times)
-    sampled = _sample_pyav(source, part, times, skip=skip, threads=threads, max_skew_s=max_skew_s,
-                           timeout_s=timeout_s, seek_s=seek_s)  # fmt: skip
-    block = shared_memory.SharedMemory(name=shm_name)
+    shape = (len(chunk.timestamps), chunk.height, chunk.width, 3)
+    rows = np.memmap(rows_path, dtype=np.uint8, mode="r+", shape=shape)  # [N, H, W, 3]
     try:
-        rows = np.ndarray((len(chunk.timestamps), chunk.height, chunk.width, 3), np.uint8, buffer=block.buf)
-        rows[first:last] = sampled.frames
-        del rows
+        sampled = _sample_pyav(source, part, times, skip=skip, threads=threads, max_skew_s=max_skew_s,
+                               timeout_s=timeout_s, seek_s=seek_s, out=rows[first:last])  # fmt: skip
+        rows.flush()
     finally:
-        block.close()
+        del rows
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return sampled.timestamps, sampled.stats.to_dict(), peak_kib
 
@@ -102,15 +113,21 @@ def sample_chunk_parallel(
 ) -> SampledFrames:
     """Like `sample_chunk` (PyAV), with the chunk split over `processes` worker processes.
 
-    The workers' peak RSS is summed into `stats.worker_peak_rss_kib` (benchmarks report it). Uses
-    'spawn' processes, so it is safe to call from programs that hold threads; daemonic pool workers
-    (Celery prefork) cannot start processes and should call `sample_chunk` with processes=1.
+    Workers write their frames into one memory-mapped file (in /dev/shm); the returned array is that
+    mapping, so frames are neither pickled nor copied, and the file is unlinked before returning (the
+    memory goes when the array does). The workers' peak RSS is summed into
+    `stats.worker_peak_rss_kib`; it counts the shared pages each worker wrote, so it is an upper bound.
+    Uses 'spawn' processes, safe from programs that hold threads; daemonic pool workers (Celery
+    prefork) cannot start processes and should call `sample_chunk` with processes=1.
     """
     times = check_chunk(chunk)
     runs = split_targets(times, keyframe_times(source, timeout_s=timeout_s), processes)
-    size = len(times) * chunk.height * chunk.width * 3
-    block = shared_memory.SharedMemory(create=True, size=max(1, size))
+    shape = (len(times), chunk.height, chunk.width, 3)
+    size = int(np.prod(shape))
+    handle, rows_path = tempfile.mkstemp(prefix="timemark-frames-", suffix=".u8", dir=_shared_folder(size))
+    os.close(handle)
     try:
+        frames = np.memmap(rows_path, dtype=np.uint8, mode="w+", shape=shape)  # [N, H, W, 3]
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=len(runs), mp_context=context) as pool:
             futures = [
@@ -121,7 +138,7 @@ def sample_chunk_parallel(
                     first,
                     last,
                     seek,
-                    block.name,
+                    rows_path,
                     skip,
                     threads_per_process,
                     max_skew_s,
@@ -130,10 +147,8 @@ def sample_chunk_parallel(
                 for first, last, seek in runs
             ]
             results = [f.result() for f in futures]
-        frames = np.ndarray((len(times), chunk.height, chunk.width, 3), np.uint8, buffer=block.buf).copy()
     finally:
-        block.close()
-        block.unlink()
+        os.unlink(rows_path)  # the mapping above stays valid; the memory is freed with the array
     stats = DecodeStats(backend="pyav-parallel", skip_mode=results[0][1]["skip_mode"])
     timestamps: list[float] = []
     for part_times, part_stats, peak_kib in results:
@@ -150,4 +165,4 @@ def sample_chunk_parallel(
         stats.max_skew_s = max(stats.max_skew_s, part_stats["max_skew_s"])
         stats.worker_peak_rss_kib += peak_kib
     stats.processes = len(runs)
-    return SampledFrames(frames, timestamps, stats)
+    return SampledFrames(np.asarray(frames), timestamps, stats)
