@@ -22,6 +22,7 @@ from model_runtime.video.errors import (
     VideoSourceError,
     VideoTimeoutError,
 )
+from model_runtime.video.parallel import keyframe_times, sample_chunk_parallel, split_targets
 from model_runtime.video.plan import Chunk, VideoPlan, effective_fps, plan_chunks, plan_coarse, plan_window
 from model_runtime.video.probe import VideoInfo, check_dimensions, probe_video
 from model_runtime.video.sampling import (
@@ -89,6 +90,7 @@ __all__ = [
     "keye_frame_indices",
     "keye_server_sampling",
     "keye_tokens_per_frame",
+    "keyframe_times",
     "make_event",
     "make_synthetic_video",
     "max_frames_per_context",
@@ -99,5 +101,7 @@ __all__ = [
     "random_events",
     "read_barcode",
     "sample_chunk",
+    "sample_chunk_parallel",
     "smart_resize",
+    "split_targets",
 ]
