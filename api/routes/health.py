@@ -2,7 +2,8 @@
 
 `/healthz` says the process answers; `/readyz` says it can do its job (database and broker both
 reachable) and is what a load balancer should route on; `/metrics` exposes request counters and
-latency histograms per route plus jobs per state (read from the database at scrape time).
+latency histograms per route, jobs per state, queue depth and in-flight work (read from the database
+and the broker at scrape time).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from api.errors import problem_response
 from core import queue
-from core.models import Job
+from core.models import Chunk, Job
 from core.problems import Kinds
 
 router = APIRouter(tags=["health"])
@@ -79,6 +80,40 @@ class JobStateCollector(Collector):
         yield family
 
 
+class QueueCollector(Collector):
+    """`timemark_queue_depth{queue}` (messages waiting in the broker) and `timemark_queue_inflight{queue}`
+    (work started and not finished: chunks running on `gpu`, jobs probing or finalizing on `cpu`).
+
+    KEDA scales GPU workers on depth + in-flight, so pods busy with a chunk are not scaled away.
+    """
+
+    def __init__(self, request: Request) -> None:
+        self._engine = request.app.state.db_engine
+        self._settings = request.app.state.settings
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        depth = GaugeMetricFamily("timemark_queue_depth", "Messages waiting in the broker", labels=["queue"])
+        for name in (queue.CPU_QUEUE, queue.GPU_QUEUE):
+            length = queue.queue_length(name, self._settings)
+            if length is not None:  # broker down: leave the gauge out rather than report 0
+                depth.add_metric([name], length)
+        yield depth
+        inflight = GaugeMetricFamily(
+            "timemark_queue_inflight", "Tasks started, not finished", labels=["queue"]
+        )
+        try:
+            with self._engine.connect() as conn:
+                running = conn.execute(select(func.count()).where(Chunk.state == "running")).scalar_one()
+                busy_jobs = conn.execute(
+                    select(func.count()).where(Job.state.in_(("probing", "finalizing")))
+                ).scalar_one()
+        except SQLAlchemyError:
+            return
+        inflight.add_metric([queue.GPU_QUEUE], running)
+        inflight.add_metric([queue.CPU_QUEUE], busy_jobs)
+        yield inflight
+
+
 @router.get(
     "/metrics",
     summary="Prometheus metrics",
@@ -88,5 +123,6 @@ class JobStateCollector(Collector):
 def metrics(request: Request) -> Response:
     registry = CollectorRegistry()
     registry.register(JobStateCollector(request))
+    registry.register(QueueCollector(request))
     body = generate_latest(request.app.state.metrics_registry) + generate_latest(registry)
     return Response(body, media_type=CONTENT_TYPE_LATEST)

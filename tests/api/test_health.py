@@ -54,3 +54,35 @@ def test_openapi_and_docs(api_client) -> None:
 def test_unauthenticated_api_is_401_but_health_is_open(api_client) -> None:
     assert_problem(api_client.get("/v1/jobs"), 401, "unauthorized")
     assert api_client.get("/healthz").status_code == 200
+
+
+def test_metrics_expose_queue_depth_and_inflight_for_autoscaling(
+    api_client, tenant, uploaded_source, session_factory
+) -> None:
+    """KEDA scales GPU workers on these two gauges (deploy/metrics_catalog.py)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from core.models import Chunk
+
+    def gauges() -> dict[tuple[str, str], float]:
+        text = api_client.get("/metrics").text
+        return {
+            (s.name, s.labels["queue"]): s.value
+            for family in text_string_to_metric_families(text)
+            if family.name in ("timemark_queue_depth", "timemark_queue_inflight")
+            for s in family.samples
+        }
+
+    before = gauges()
+    created = api_client.post(
+        "/v1/jobs", json={"source": uploaded_source, "queries": ["q"]}, headers=tenant.headers
+    )
+    assert created.status_code == 202
+    after = gauges()
+    # The probe message waits in the cpu list (no worker consumes it in this test).
+    assert after[("timemark_queue_depth", "cpu")] == before[("timemark_queue_depth", "cpu")] + 1
+    assert ("timemark_queue_depth", "gpu") in after
+    with session_factory() as session:
+        session.add(Chunk(job_id=created.json()["id"], index=0, start_s=0.0, end_s=5.0, state="running"))
+        session.commit()
+    assert gauges()[("timemark_queue_inflight", "gpu")] == before[("timemark_queue_inflight", "gpu")] + 1
