@@ -391,7 +391,8 @@ def finalize_job(ctx: WorkerContext, job_id: str) -> list[Send]:
                 chunks=[chunk_specs[i] for i in sorted(chunk_specs) if i < planned],
             )
             if job.strategy == "coarse_to_fine" and not refined:
-                windows = _refine_windows(job, first_pass)
+                coarse_chunks = [chunk_specs[i] for i in sorted(chunk_specs) if i < planned]
+                windows = _refine_windows(job, first_pass, coarse_chunks)
                 if windows:
                     return _start_refinement(session, job, windows, planned)
             final = first_pass
@@ -415,15 +416,18 @@ def _chunk_specs(session: Session, job_id: uuid.UUID) -> dict[int, Any]:
     return {index: VideoChunk.from_dict(spec) for index, spec in rows if spec}
 
 
-def _refine_windows(job: Job, candidates: list[Any]) -> list[Any]:
+def _refine_windows(job: Job, candidates: list[Any], coarse_chunks: list[Any]) -> list[Any]:
+    """Windows around the coarse candidates, padded by at least two coarse frame spacings (the coarse
+    pass cannot place a boundary closer than that)."""
     from model_runtime.grounding import refine_windows
+    from model_runtime.grounding.ground import refine_padding
     from model_runtime.video import SamplingParams, VideoInfo
 
-    if not candidates or job.video_info is None:
+    if not candidates or job.video_info is None or not coarse_chunks:
         return []
     info = VideoInfo.from_dict(job.video_info)
     params = SamplingParams.from_kwargs(dict(job.sampling or {}))
-    return list(refine_windows(candidates, info, params))
+    return list(refine_windows(candidates, info, params, pad_s=refine_padding(coarse_chunks)))
 
 
 def _start_refinement(session: Session, job: Job, windows: list[Any], planned: int) -> list[Send]:
