@@ -306,16 +306,17 @@ def children_of(pid: int) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def start_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[dict[str, str]], Service]]:
-    """Factory: `start_service(env)` → a running API + worker; all stopped at the end of the module."""
+def start_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Service]]:
+    """Factory: `start_service(env, worker=True)` → a running API (+ worker); all stopped at the end of the module."""
     started: list[Service] = []
 
-    def start(env: dict[str, str]) -> Service:
+    def start(env: dict[str, str], *, worker: bool = True) -> Service:
         make_database(env["TIMEMARK_DATABASE_URL"])
         service = Service(env, tmp_path_factory.mktemp("rel-logs"))
         started.append(service)
         service.start_api()
-        service.start_worker()
+        if worker:
+            service.start_worker()
         return service
 
     yield start
