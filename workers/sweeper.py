@@ -69,7 +69,10 @@ def _stale_queued_jobs(ctx: WorkerContext, cpu_empty: bool) -> list[Send]:
 def _stuck_chunks(ctx: WorkerContext, gpu_empty: bool) -> list[Send]:
     settings = ctx.settings
     now = utcnow()
-    lost_running = now - timedelta(seconds=settings.task_time_limit_s + 60)
+    # No task outlives the hard limit (the child is killed), so a chunk still `running` after it plus a
+    # margin lost its message (e.g. Redis restarted empty). The margin scales with short limits: a fixed
+    # 60 s made recovery after a broker restart take over a minute even with 15 s tasks.
+    lost_running = now - timedelta(seconds=settings.task_time_limit_s + min(60, settings.task_time_limit_s))
     stale = now - timedelta(seconds=settings.queued_stale_after_s)
     sends: list[Send] = []
     with session_scope(ctx.session_factory) as session:
