@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -95,7 +96,11 @@ class WorkerContext:
 
                 kind, options = engine_options(self.settings)
                 log.info("loading %s engine (pid %d)", kind, os.getpid())
+                started = time.perf_counter()
                 self._engine = load_engine(kind, **options)
+                from workers import metrics  # here: prometheus_client only once a worker needs an engine
+
+                metrics.record_model_load(kind, time.perf_counter() - started)
             return self._engine
 
     def close(self) -> None:

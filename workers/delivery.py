@@ -27,6 +27,7 @@ from core.webhooks import (
     parse_retry_after,
     signed_headers,
 )
+from workers import metrics
 from workers.context import WorkerContext
 from workers.lifecycle import Send, parse_id, utcnow
 
@@ -54,6 +55,7 @@ def deliver_event(ctx: WorkerContext, delivery_id: str) -> list[Send]:
             delivery.next_attempt_at = None
             session.add(DeliveryAttempt(delivery_id=delivery.id, number=delivery.attempts + 1, error=refusal))
             delivery.attempts += 1
+            metrics.record_delivery("failed")
             return []
         delivery.attempts += 1
         number = delivery.attempts
@@ -88,10 +90,12 @@ def deliver_event(ctx: WorkerContext, delivery_id: str) -> list[Send]:
             delivery.state = "succeeded"
             delivery.delivered_at = finished
             delivery.next_attempt_at = None
+            metrics.record_delivery("delivered")
             return []
         if outcome is AttemptOutcome.GONE:
             delivery.state = "dead"
             delivery.next_attempt_at = None
+            metrics.record_delivery("failed")
             if delivery.endpoint_id is not None:
                 endpoint = session.get(WebhookEndpoint, delivery.endpoint_id, with_for_update=True)
                 if endpoint is not None and endpoint.enabled:
@@ -107,7 +111,9 @@ def deliver_event(ctx: WorkerContext, delivery_id: str) -> list[Send]:
         if delay is None:
             delivery.state = "dead"
             delivery.next_attempt_at = None
+            metrics.record_delivery("failed")
             return []
+        metrics.record_delivery("retrying")
         delivery.next_attempt_at = finished + timedelta(seconds=delay)
         if delay <= settings.sweep_interval_s:
             return [Send("timemark.deliver", (str(key),), countdown=delay)]

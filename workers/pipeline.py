@@ -25,6 +25,7 @@ from core.security import UnsafeURLError, resolve_redirects
 from core.states import JobState, transition
 from core.storage import ObjectNotFound, StorageError
 from core.webhooks import record_job_event
+from workers import metrics
 from workers.context import EngineConfigError, WorkerContext
 from workers.lifecycle import (
     Send,
@@ -220,6 +221,7 @@ def infer_chunk(ctx: WorkerContext, job_id: str, chunk_index: int) -> list[Send]
         spec, source_uri, queries = dict(chunk.spec or {}), job.source_uri, [str(q) for q in job.queries]
         attempts = chunk.attempts
 
+    started = time.perf_counter()
     try:
         segments, seconds, tokens, raw = _ground_one_chunk(ctx, source_uri, spec, queries)
     except TransientTaskError as err:
@@ -250,6 +252,13 @@ def infer_chunk(ctx: WorkerContext, job_id: str, chunk_index: int) -> list[Send]
         chunk.tokens = tokens
         chunk.raw_outputs = raw
         session.flush()
+        metrics.record_chunk_done(settings.engine_kind, time.perf_counter() - started)
+        log.info(
+            "chunk %d of job %s done",
+            chunk.index,
+            job_id,
+            extra={"job_id": job_id, "chunk_index": chunk.index},
+        )
         _refresh_job_counters(session, job)
         if job.state == JobState.CANCELING:
             return cancel_job(session, job, settings)
@@ -297,6 +306,8 @@ def _ground_one_chunk(
 
     chunk = VideoChunk.from_dict(spec)
     url = _openable_source(ctx, source_uri, stage="infer")
+    stats = GroundingStats()
+    decode_started = time.perf_counter()
     try:
         frames = sample_chunk(url, chunk)
     except VideoError as err:
@@ -305,14 +316,15 @@ def _ground_one_chunk(
                 f"infer: {err.code}", stage_error(err.code, str(err), stage="infer")
             ) from err
         raise _JobInputError(stage_error(err.code, str(err), stage="infer")) from err
+    stats.decode_s, stats.frames = time.perf_counter() - decode_started, len(frames.timestamps)
     try:
         engine = ctx.engine()
     except EngineConfigError as err:
         raise _JobInputError(stage_error("engine-not-configured", str(err), stage="infer")) from err
-    stats = GroundingStats()
     started = time.perf_counter()
     segments = ground_chunk(engine, frames, chunk, queries, stats=stats)
     seconds = stats.engine_s or (time.perf_counter() - started)
+    metrics.record_chunk(ctx.settings.engine_kind, stats)
     return segments, seconds, stats.prompt_tokens + stats.generated_tokens, None
 
 
@@ -406,6 +418,8 @@ def finalize_job(ctx: WorkerContext, job_id: str) -> list[Send]:
         _store_final_segments(session, job.id, final)
         session.flush()  # sessions do not autoflush: the event below counts these rows
         transition(job, JobState.SUCCEEDED)
+        metrics.record_job_succeeded(job.video_seconds)
+        log.info("job %s succeeded", job_id, extra={"job_id": job_id})
         return deliveries_to_send(record_job_event(session, job, settings))
 
 

@@ -55,7 +55,12 @@ def send_all(sends: list[Send], ctx: WorkerContext) -> None:
         try:
             enqueue(send.task, *send.args, countdown=send.countdown, settings=ctx.settings)
         except QueueUnavailableError:
-            log.warning("broker unavailable; %s%s left for the sweeper", send.task, send.args)
+            log.warning(
+                "broker unavailable; %s%s left for the sweeper",
+                send.task,
+                send.args,
+                extra={"task": send.task},
+            )
 
 
 def register_tasks(app: Celery) -> dict[str, Task]:
@@ -75,7 +80,12 @@ def register_tasks(app: Celery) -> dict[str, Task]:
             raise  # autoretry; the chunk stays `running` and the next attempt reclaims it
         except (SoftTimeLimitExceeded, Exception) as err:
             # The engine or decoder broke on this chunk: count it, hand the chunk back or fail the job.
-            log.exception("infer %s/%s failed", job_id, chunk_index)
+            log.exception(
+                "infer %s/%s failed",
+                job_id,
+                chunk_index,
+                extra={"job_id": job_id, "chunk_index": int(chunk_index), "task": self.name},
+            )
             reason = f"{type(err).__name__}: {err}"
             retry_in = min(60.0, 2.0 ** max(1, self.request.retries + 1))
             sends = release_chunk(ctx, job_id, int(chunk_index), reason, retry_in_s=retry_in)

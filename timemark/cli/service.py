@@ -29,6 +29,7 @@ def serve(
     ),
     checkpoint: str | None = typer.Option(None, help="Embedded mode: model checkpoint folder."),
     workers: int = typer.Option(1, min=1, max=64, help="API worker processes (production mode)."),
+    log_format: str = typer.Option("json", help="Production mode: json (one object per line) or text."),
 ) -> None:
     """Run the HTTP API (and, with --embedded, a worker beside it)."""
     if embedded:
@@ -38,7 +39,19 @@ def serve(
         return
     import uvicorn
 
-    uvicorn.run("api.main:create_app", factory=True, host=host, port=port, workers=workers, log_level="info")
+    from core.logging import LOG_FORMATS, logging_config
+
+    if log_format not in LOG_FORMATS:
+        raise typer.BadParameter(f"log format must be json or text, got {log_format!r}")
+    uvicorn.run(
+        "api.main:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level="info",
+        log_config=logging_config(log_format, "INFO"),
+    )
 
 
 @app.command()
@@ -48,6 +61,10 @@ def worker(
     pool: str = typer.Option("prefork", help="prefork (time limits enforced) or solo (one process)."),
     beat: bool = typer.Option(False, "--beat", help="Also run the sweeper schedule inside this worker."),
     loglevel: str = typer.Option("INFO", help="Celery log level."),
+    metrics_port: int = typer.Option(
+        9808, min=0, max=65535, help="Serve Prometheus metrics of all pool processes here (0: off)."
+    ),
+    log_format: str | None = typer.Option(None, help="json or text (default: json; text in embedded mode)."),
 ) -> None:
     """Run a Celery worker for timemark's tasks (GPU workers: --queues gpu --concurrency 1)."""
     names = [q.strip() for q in queues.split(",") if q.strip()]
@@ -56,18 +73,45 @@ def worker(
         raise typer.BadParameter(f"queues must be cpu and/or gpu, got {queues!r}")
     if pool not in ("prefork", "solo", "threads"):
         raise typer.BadParameter(f"pool must be prefork, solo or threads, got {pool!r}")
+    if log_format not in (None, "json", "text"):
+        raise typer.BadParameter(f"log format must be json or text, got {log_format!r}")
+    import os
+    import shutil
+    import tempfile
+
+    metrics_dir = tempfile.mkdtemp(prefix="timemark-metrics-") if metrics_port else None
+    if metrics_dir:
+        # Before anything imports prometheus_client, and before Celery forks: see workers/metrics.py.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    from celery.signals import setup_logging
+
+    from core.logging import configure_logging
     from core.settings import get_settings
     from workers.app import create_worker_app
 
     settings = get_settings()
+    chosen_format = log_format or ("text" if settings.embedded else "json")
+
+    def use_our_logging(**_: object) -> None:  # a receiver here stops Celery configuring logging itself
+        configure_logging(chosen_format, loglevel)
+
+    setup_logging.connect(use_our_logging, weak=False)
     celery = create_worker_app(settings)
+    if metrics_port:
+        from workers.metrics import serve_metrics
+
+        serve_metrics(metrics_port)
     argv = ["worker", "-Q", ",".join(names), "-c", str(concurrency), "-P", pool, "-l", loglevel]
     argv += ["-n", f"timemark-{'-'.join(names)}@%h", "--without-gossip", "--without-mingle"]
     if beat:
         schedule = Path(settings.data_dir).expanduser().resolve() / "celerybeat-schedule"
         schedule.parent.mkdir(parents=True, exist_ok=True)
         argv += ["-B", "-s", str(schedule)]
-    celery.worker_main(argv)
+    try:
+        celery.worker_main(argv)
+    finally:
+        if metrics_dir:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 @app.command("beat")
