@@ -50,13 +50,13 @@ CHUNK_SECONDS = Histogram(
 )
 FRAMES_DECODED = Counter("timemark_video_frames_decoded", "Frames decoded and kept for the model")
 DECODE_SECONDS = Counter("timemark_video_decode_seconds", "Seconds spent decoding video")
-PREFILL_TOKENS = Counter("timemark_llm_prefill", "Prompt tokens prefilled", ["engine"])
+PREFILL_TOKENS = Counter("timemark_llm_prefill_tokens", "Prompt tokens prefilled", ["engine"])
 PREFILL_SECONDS = Counter(
     "timemark_llm_prefill_seconds",
     "Wall seconds of the engine calls that prefilled (prefill and decode are not timed apart)",
     ["engine"],
 )
-DECODE_TOKENS = Counter("timemark_llm_decode", "Tokens generated", ["engine"])
+DECODE_TOKENS = Counter("timemark_llm_decode_tokens", "Tokens generated", ["engine"])
 GENERATE_SECONDS = Counter(
     "timemark_llm_decode_seconds",
     "Wall seconds of the engine calls that generated (prefill and decode are not timed apart)",

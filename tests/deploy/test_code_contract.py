@@ -3,7 +3,8 @@
 The Dockerfiles, compose file and manifests start `timemark ...` commands and probe HTTP paths; a flag
 or path the code does not have would only show on a real cluster. These tests read the commands out of
 the rendered manifests and the compose file and check them against the Typer app, and check the API's
-routes and `/metrics` exposition (real PostgreSQL and Redis) against `deploy/metrics_catalog.py`.
+routes and `/metrics` exposition (real PostgreSQL and Redis) and the worker's metric declarations
+against `deploy/metrics_catalog.py`.
 A command not registered yet, or metric names not exposed yet, are reported as expected failures that
 list what is missing (deploy/README.md, "What the code must provide"); a wrong flag fails outright.
 """
@@ -98,3 +99,22 @@ def test_api_metrics_expose_the_catalogs_api_names(api_client) -> None:
         pytest.xfail(
             f"API /metrics does not expose {missing} yet (KEDA's in-flight trigger needs timemark_queue_inflight)"
         )
+
+
+def test_worker_metrics_declare_the_catalogs_worker_rows() -> None:
+    """workers/metrics.py declares exactly the catalog's worker metrics, with its types and labels.
+
+    (tests/e2e/test_worker_observability.py scrapes them from a real worker after a job.)
+    """
+    from prometheus_client.metrics import MetricWrapperBase
+
+    from workers import metrics
+
+    catalog = load_deploy_module("metrics_catalog")
+    declared = {
+        (f"{m._name}_total" if m._type == "counter" else m._name): (m._type, tuple(m._labelnames))
+        for m in vars(metrics).values()
+        if isinstance(m, MetricWrapperBase)
+    }
+    expected = {m.name: (m.type, m.labels) for m in catalog.METRICS if m.process == "worker"}
+    assert declared == expected
