@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import signal
 import threading
 import time
@@ -226,17 +227,22 @@ def test_cancel_under_load(running: tuple[Service, str, dict[str, str]], small_v
 # -------------------------------------------------------------------------------- worker killed, often
 
 
-KILL_JOBS = int(os.environ.get("TIMEMARK_RELIABILITY_KILL_JOBS", "6"))
-KILLS = int(os.environ.get("TIMEMARK_RELIABILITY_KILLS", "4"))
+KILL_JOBS = int(os.environ.get("TIMEMARK_RELIABILITY_KILL_JOBS", "8"))
+KILLS = int(os.environ.get("TIMEMARK_RELIABILITY_KILLS", "6"))
 
 
 def test_worker_child_killed_repeatedly(
     running: tuple[Service, str, dict[str, str]], small_video: str
 ) -> None:
-    """KILL_JOBS jobs x 5 chunks; SIGKILL the worker child during `infer` KILLS times at random moments."""
+    """KILL_JOBS jobs x 5 chunks; SIGKILL the worker child KILLS times while a chunk is running.
+
+    The issue asks for 30 jobs and 10 kills; the defaults are scaled to CI's time on 2 shared cores
+    (TIMEMARK_RELIABILITY_KILL_JOBS=30 TIMEMARK_RELIABILITY_KILLS=10 runs the full size).
+    """
     service, database_url, headers = running
     rng = random.Random(9)
     body = {"source": small_video, "queries": [QUERY], "sampling": SAMPLING}
+    lost_before = _lost_infers(service.worker_log())
     with httpx.Client(base_url=service.url, headers=headers, timeout=20) as client:
         ids = []
         for _ in range(KILL_JOBS):
@@ -244,39 +250,68 @@ def test_worker_child_killed_repeatedly(
             assert answer.status_code == 202, answer.text
             ids.append(answer.json()["id"])
         kills = 0
+        killed_attempts: set[tuple[str, int, int]] = set()
         deadline = time.monotonic() + 150
         while kills < KILLS and time.monotonic() < deadline:
-            running_chunks = _sql(
-                database_url,
-                "SELECT count(*) FROM chunks WHERE state = 'running' AND job_id::text = ANY(:ids)",
-                ids=ids,
-            )[0][0]
+            # A chunk attempt that started and was not killed yet (a killed one stays `running` in the
+            # database until its redelivery starts attempt n+1, so it must not count again).
+            fresh = {
+                (job_id, index, attempts)
+                for job_id, index, attempts in _sql(
+                    database_url,
+                    'SELECT job_id::text, "index", attempts FROM chunks '
+                    "WHERE state = 'running' AND job_id::text = ANY(:ids)",
+                    ids=ids,
+                )
+            } - killed_attempts
             children = service.worker_children()
-            if running_chunks and children:
-                time.sleep(rng.uniform(0.0, 0.4))  # a random point inside the chunk
-                for child in service.worker_children():
+            if fresh and children:
+                for child in children:  # at once: a chunk of this model runs for ~0.2-2 s
                     os.kill(child, signal.SIGKILL)
+                killed_attempts |= fresh
                 kills += 1
-                time.sleep(rng.uniform(1.0, 2.5))  # let the pool replace the child and make progress
+                time.sleep(rng.uniform(0.5, 2.0))  # let the pool replace the child and make progress
             else:
-                time.sleep(0.05)
+                time.sleep(0.02)
         assert kills == KILLS, f"only {kills} kills landed"
         views = wait_terminal(client, ids, timeout_s=150)
     states = [views.get(i, {}).get("state") for i in ids]
     assert states == ["succeeded"] * len(ids), (states, service.worker_log()[-3000:])
     assert duplicate_segments(database_url) == []
-    rows = _sql(
-        database_url,
-        "SELECT state, attempts FROM chunks WHERE job_id::text = ANY(:ids)",
-        ids=ids,
-    )
-    assert all(state == "done" for state, _ in rows)
-    # Every kill interrupted a counted attempt: attempts beyond the first add up to at least one per kill
-    # that hit an infer (a kill can also land on probe/finalize, which the job's attempts count).
-    extra = sum(attempts - 1 for _, attempts in rows)
-    job_extra = _sql(
-        database_url, "SELECT coalesce(sum(attempts - 1), 0) FROM jobs WHERE id::text = ANY(:ids)", ids=ids
-    )[0][0]
-    assert extra + job_extra >= 1, (extra, job_extra)
+    rows = _sql(database_url, "SELECT state, attempts FROM chunks WHERE job_id::text = ANY(:ids)", ids=ids)
+    assert len(rows) == 5 * len(ids) and all(state == "done" for state, _ in rows)
     assert all(attempts >= 1 for _, attempts in rows)
+    # Every infer the kills interrupted (Celery logs WorkerLostError for it) was counted as an attempt.
+    lost_infers = _lost_infers(service.worker_log()) - lost_before
+    assert lost_infers >= KILLS // 2, f"only {lost_infers} of {KILLS} kills landed inside an infer task"
+    assert sum(attempts - 1 for _, attempts in rows) >= lost_infers, (rows, lost_infers)
     assert service.worker is not None and service.worker.poll() is None
+
+
+TASK_EVENT = re.compile(r"Task (timemark\.\w+)\[([0-9a-f-]+)\] (received|succeeded|raised|retry)")
+
+
+def _lost_infers(log: str) -> int:
+    """How many `infer` tasks a WorkerLostError ended, read from the worker's log.
+
+    The log line of a WorkerLostError does not name the task, so the tasks received and not yet
+    finished are tracked; one lost while an `infer` was in flight counts as a lost infer.
+    """
+    in_flight: dict[str, str] = {}
+    lost = 0
+    for line in log.splitlines():
+        if "WorkerLostError" in line:
+            infers = [task_id for task_id, name in in_flight.items() if name == "timemark.infer"]
+            if infers:
+                lost += 1
+                in_flight.pop(infers[0])
+            continue
+        match = TASK_EVENT.search(line)
+        if match is None:
+            continue
+        name, task_id, event = match.groups()
+        if event == "received":
+            in_flight[task_id] = name
+        else:
+            in_flight.pop(task_id, None)
+    return lost
