@@ -26,6 +26,13 @@ _SECRET_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/=-]+"), r"\1 <redacted>"),
     # A URL's query string: presigned GETs carry X-Amz-Signature / credentials there.
     (re.compile(r"((?:https?|s3)://[^\s?#\"'<>]+)\?[^\s#\"'<>]*"), r"\1?<redacted>"),
+    # The same parameters in a bare path's query (an access-log line has no scheme).
+    (
+        re.compile(
+            r"(?i)\b((?:x-amz-)?(?:signature|credential|security-token)|awsaccesskeyid|token|secret)=[^&\s\"']+"
+        ),
+        r"\1=<redacted>",
+    ),
 )
 
 

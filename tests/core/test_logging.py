@@ -58,12 +58,21 @@ def test_secrets_never_reach_the_log(captured, log_format: str) -> None:
     logger.info("delivering with %s for key %s", webhook_secret, api_key)
     logger.info("opening %s", PRESIGNED)
     logger.info("header Authorization: Bearer abc.def-ghi")
+    logger.info('"GET /objects/a.mp4?X-Amz-Signature=feedface&X-Amz-Security-Token=cafebabe HTTP/1.1" 200')
     try:
         raise ConnectionError(f"cannot open {PRESIGNED} (secret {webhook_secret})")
     except ConnectionError:
         logger.exception("infer failed", extra={"job_id": "j-2"})
     text = stream.getvalue()
-    for secret in (webhook_secret, api_key, "X-Amz-Signature", "AKIAEXAMPLE", "abc.def-ghi"):
+    for secret in (
+        webhook_secret,
+        api_key,
+        "0123456789abcdef0123456789abcdef",  # the presigned URL's signature
+        "AKIAEXAMPLE",
+        "abc.def-ghi",
+        "feedface",
+        "cafebabe",
+    ):
         assert secret not in text, f"{secret!r} leaked into the {log_format} log"
     # What is not secret stays readable: the object's path, the key's public prefix.
     assert "http://127.0.0.1:9000/bucket/videos/a.mp4?<redacted>" in text
