@@ -116,3 +116,27 @@ def test_cli_refuses_an_unknown_log_format(command: list[str]) -> None:
         timeout=60,
     )
     assert result.returncode != 0 and "log format must be json or text" in result.stderr
+
+
+def test_a_taken_metrics_port_is_logged_and_the_worker_runs_on(tmp_path) -> None:
+    """Serving in a fresh process the way `timemark worker` does; a port already bound is not fatal."""
+    script = """
+import os, socket, sys
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = sys.argv[1]
+taken = socket.socket()
+taken.bind(("0.0.0.0", 0))
+taken.listen()
+from workers import metrics
+metrics.TASKS.labels("t", "success").inc()
+assert metrics.serve_metrics(taken.getsockname()[1]) is None
+server = metrics.serve_metrics(0)
+import urllib.request
+print(urllib.request.urlopen(f"http://127.0.0.1:{server.server_port}/metrics").read().decode())
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert "worker metrics not served" in result.stderr
+    assert any(path.name.startswith("counter_") for path in tmp_path.iterdir())  # samples in files
+    assert 'timemark_tasks_total{outcome="success",task="t"} 1.0' in result.stdout
