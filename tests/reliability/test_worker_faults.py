@@ -227,8 +227,8 @@ def test_cancel_under_load(running: tuple[Service, str, dict[str, str]], small_v
 # -------------------------------------------------------------------------------- worker killed, often
 
 
-KILL_JOBS = int(os.environ.get("TIMEMARK_RELIABILITY_KILL_JOBS", "8"))
-KILLS = int(os.environ.get("TIMEMARK_RELIABILITY_KILLS", "6"))
+KILL_JOBS = int(os.environ.get("TIMEMARK_RELIABILITY_KILL_JOBS", "6"))
+KILLS = int(os.environ.get("TIMEMARK_RELIABILITY_KILLS", "5"))
 
 
 def test_worker_child_killed_repeatedly(
