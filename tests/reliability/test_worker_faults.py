@@ -213,8 +213,9 @@ def test_cancel_under_load(running: tuple[Service, str, dict[str, str]], small_v
         views = wait_terminal(client, ids[:3], timeout_s=30)
         took = time.monotonic() - canceled_at
         assert [views[i]["state"] for i in ids[:3]] == ["canceled"] * 3, views
-        # One chunk takes ~1-2 s with this model; "within one chunk's time" plus polling and a loaded box.
-        assert took < 15, took
+        # One chunk takes ~0.2-2 s with this model (measured: all three canceled 0.4 s after the cancels);
+        # the bound is one slow chunk plus polling on a loaded 2-core box.
+        assert took < 5, took
         # The worker takes new work: the uncanceled job and a fresh one both succeed.
         fresh = client.post("/v1/jobs", json=body).json()["id"]
         done = wait_terminal(client, [ids[3], fresh], timeout_s=90)
