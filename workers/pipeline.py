@@ -146,9 +146,11 @@ def _probe_and_plan(
         )
     except VideoError as err:
         if err.retryable:
-            error = stage_error(err.code, str(err), stage="probe", retryable=True)
+            error = stage_error(err.code, _video_detail(err, url, source_uri), stage="probe", retryable=True)
             raise TransientTaskError(f"probe: {err.code}", error) from err
-        raise _JobInputError(stage_error(err.code, str(err), stage="probe")) from err
+        raise _JobInputError(
+            stage_error(err.code, _video_detail(err, url, source_uri), stage="probe")
+        ) from err
     if not plan.chunks:
         raise _JobInputError(stage_error("no-frames", "the video yields no frames to sample", stage="probe"))
     return info, plan
@@ -185,6 +187,15 @@ def _openable_source(ctx: WorkerContext, source_uri: str, *, stage: str) -> str:
         return ctx.source_url(source_uri)
     except Exception as err:  # storage errors: the object may come back (S3 hiccup)
         raise TransientTaskError(f"{stage}: cannot resolve source ({type(err).__name__})") from err
+
+
+def _video_detail(err: Exception, opened_url: str, source_uri: str) -> str:
+    """A video error's message naming the job's own source, not the presigned storage URL opened for it
+    (which would show clients the internal S3 endpoint; the reliability corpus found it in job errors)."""
+    message = str(err)
+    if opened_url != source_uri:
+        message = message.replace(opened_url.split("?", 1)[0], source_uri)
+    return message
 
 
 def _chunk_row(job_id: uuid.UUID, chunk: VideoChunk) -> Chunk:
@@ -313,9 +324,12 @@ def _ground_one_chunk(
     except VideoError as err:
         if err.retryable:
             raise TransientTaskError(
-                f"infer: {err.code}", stage_error(err.code, str(err), stage="infer")
+                f"infer: {err.code}",
+                stage_error(err.code, _video_detail(err, url, source_uri), stage="infer"),
             ) from err
-        raise _JobInputError(stage_error(err.code, str(err), stage="infer")) from err
+        raise _JobInputError(
+            stage_error(err.code, _video_detail(err, url, source_uri), stage="infer")
+        ) from err
     stats.decode_s, stats.frames = time.perf_counter() - decode_started, len(frames.timestamps)
     try:
         engine = ctx.engine()
