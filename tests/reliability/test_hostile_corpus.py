@@ -254,6 +254,8 @@ def test_bad_videos_fail_cleanly_and_the_worker_stays_up(
             error = view["error"]
             if error.get("stage") not in STAGES or not error.get("detail") or not error.get("type"):
                 problems.append((name, "error without stage/detail/type", error))
+            if s3_endpoint in str(error):  # the client never sees the storage endpoint or a signed URL
+                problems.append((name, "error shows the internal storage URL", error))
     for name, (_source, allowed) in sources.items():
         if outcomes[name] not in allowed:
             problems.append((name, outcomes[name], views.get(accepted.get(name, ""), {}).get("error")))
