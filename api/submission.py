@@ -23,8 +23,9 @@ import threading
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Annotated, Any
 
+from fastapi import Header
 from pydantic import BaseModel
 from sqlalchemy import delete, func, select, text
 from sqlalchemy.exc import SQLAlchemyError
@@ -50,6 +51,13 @@ IDEMPOTENCY_DOC = (
 )
 # Documented only: the route parses the key itself, so a malformed one is a 400 problem, not a 422.
 KEY_SCHEMA = {"pattern": '^"?[!-~]{1,255}"?$'}
+# The header as POST /v1/jobs and POST /v1/batches declare it (validated by `parse_idempotency_key`).
+IdempotencyKeyHeader = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key", max_length=1024, description=IDEMPOTENCY_DOC, json_schema_extra=KEY_SCHEMA
+    ),
+]
 
 
 def parse_idempotency_key(raw: str | None) -> str | None:

@@ -9,15 +9,14 @@ job per distinct ETag (`api.submission.build_job` with the stored template), the
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
 
-from fastapi import APIRouter, Header, Response
+from fastapi import APIRouter, Response
 from sqlalchemy import select
 
 from api import submission
 from api.deps import Principal, ReadSessionDep, SessionDep, SettingsDep, StorageDep, TenantDep
 from api.schemas import BatchCreate, BatchView
-from api.submission import IDEMPOTENCY_DOC, KEY_SCHEMA
+from api.submission import IdempotencyKeyHeader
 from api.views import batch_view
 from core.models import Batch, BatchItem
 from core.problems import Kinds, Problem
@@ -64,15 +63,7 @@ def create_batch(
     settings: SettingsDep,
     principal: TenantDep,
     storage: StorageDep,
-    idempotency_key: Annotated[
-        str | None,
-        Header(
-            alias="Idempotency-Key",
-            max_length=1024,
-            description=IDEMPOTENCY_DOC,
-            json_schema_extra=KEY_SCHEMA,
-        ),
-    ] = None,
+    idempotency_key: IdempotencyKeyHeader = None,
 ) -> BatchView:
     key = submission.parse_idempotency_key(idempotency_key)
     request_fingerprint = submission.fingerprint(body)

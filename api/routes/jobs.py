@@ -11,7 +11,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from sqlalchemy import select, tuple_
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import defer
@@ -20,7 +20,7 @@ from api import submission
 from api.deps import Principal, ReadSessionDep, SessionDep, SettingsDep, StorageDep, TenantDep
 from api.pagination import clamp_page_size, make_page_token, read_page_token
 from api.schemas import JobCreate, JobList, JobStateName, JobView, SegmentList
-from api.submission import IDEMPOTENCY_DOC, KEY_SCHEMA
+from api.submission import IdempotencyKeyHeader
 from api.views import job_view, segment_view
 from core import queue
 from core.models import FINAL_CHUNK_INDEX, Job, Segment
@@ -57,15 +57,7 @@ def create_job(
     settings: SettingsDep,
     principal: TenantDep,
     storage: StorageDep,
-    idempotency_key: Annotated[
-        str | None,
-        Header(
-            alias="Idempotency-Key",
-            max_length=1024,
-            description=IDEMPOTENCY_DOC,
-            json_schema_extra=KEY_SCHEMA,
-        ),
-    ] = None,
+    idempotency_key: IdempotencyKeyHeader = None,
 ) -> JobView:
     key = submission.parse_idempotency_key(idempotency_key)
     request_fingerprint = submission.fingerprint(body)
