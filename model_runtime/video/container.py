@@ -9,6 +9,7 @@ caller presigns them first (core.storage), which keeps credentials out of the ru
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from collections.abc import Iterator
 
@@ -28,6 +29,15 @@ from model_runtime.video.errors import (
 )
 
 NETWORK_PREFIXES = ("http://", "https://")
+
+
+# errno values of a URL read that mean "the network or the server", not "the bytes".
+NETWORK_ERRNOS = frozenset(
+    {
+        errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, errno.ETIMEDOUT, errno.EHOSTUNREACH,
+        errno.ENETUNREACH, errno.ENETDOWN, errno.EPIPE, errno.EAGAIN, errno.EIO,
+    }
+)  # fmt: skip
 
 
 def is_url(source: str) -> bool:
@@ -79,7 +89,9 @@ def translate_error(exc: BaseException, source: str) -> VideoError:
     if isinstance(exc, ConnectionError | av.error.ConnectionRefusedError | av.error.ConnectionResetError):
         return VideoSourceError(f"cannot connect to {name}")
     if isinstance(exc, av.error.FFmpegError | OSError):
-        if is_url(source):
+        # Only network-shaped failures are worth retrying; EBUSY/EINVAL/ENOMEM on a URL come from what
+        # the stream holds (e.g. an absurd frame-size header), and will fail the same way again.
+        if is_url(source) and getattr(exc, "errno", None) in NETWORK_ERRNOS:
             return VideoSourceError(f"cannot read {name}: {exc.strerror or exc}")
         return UnreadableVideoError(f"cannot read {name}: {exc.strerror or exc}")
     return UnreadableVideoError(f"cannot read {name}: {exc}")

@@ -315,12 +315,6 @@ def test_oversized_requests_on_the_live_server(service_and_key: tuple[Service, d
         assert client.get("/readyz").status_code == 200
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="model_runtime.video.container maps every FFmpeg OSError on a URL to the retryable "
-    "source-unreachable (here EBUSY from a 20000x20000 YUV4MPEG2 header), so the job is retried "
-    "before it fails; model_runtime/ is the video helper's to fix",
-)
 def test_absurd_dimensions_header_over_http_is_not_retryable(tmp_path: Path) -> None:
     from model_runtime.video import VideoError, probe_video
 
