@@ -2,7 +2,8 @@
 
 Each area's benchmark (`python -m benchmarks.<area>`) writes its own results file with the machine and
 the date; GPU results (kernels, runtime_gpu) are produced on the lent GPU and committed as files, so
-this script only collects them. Set BENCH_ONLY=area1,area2 to run a subset.
+this script only collects them. Set BENCH_ONLY=area1,area2 to run a subset; `--assemble-only` runs
+nothing and only rebuilds BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 CPU_BENCHMARKS = ["video", "grounding", "load"]
-ORDER = ["video", "grounding", "load", "runtime_gpu", "kernels", "training"]
+ORDER = ["video", "grounding", "workers", "load", "reliability", "runtime_gpu", "kernels", "training"]
 
 
 def run_cpu_benchmarks(selected: list[str]) -> list[str]:
@@ -46,6 +47,9 @@ def assemble() -> Path:
 
 
 def main() -> int:
+    if "--assemble-only" in sys.argv:
+        print(f"[bench] wrote {assemble()}")
+        return 0
     only = os.environ.get("BENCH_ONLY")
     selected = only.split(",") if only else CPU_BENCHMARKS
     failed = run_cpu_benchmarks(selected)
