@@ -34,7 +34,9 @@ def run_cpu_benchmarks(selected: list[str]) -> list[str]:
 
 def assemble() -> Path:
     """Concatenate the per-area result files into BENCHMARKS.md in a fixed order."""
-    files = sorted(RESULTS.glob("*.md"), key=lambda p: (ORDER.index(p.stem) if p.stem in ORDER else 99, p.stem))
+    files = sorted(
+        RESULTS.glob("*.md"), key=lambda p: (ORDER.index(p.stem) if p.stem in ORDER else 99, p.stem)
+    )
     parts = [
         "# Benchmarks\n",
         "Assembled by `make bench` from `benchmarks/results/*.md`. Each section names its machine and date;\n"
