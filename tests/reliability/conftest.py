@@ -392,3 +392,45 @@ def duplicate_segments(database_url: str) -> list[Any]:
             ).all()
     finally:
         engine.dispose()
+
+
+def start_outage_run(
+    start_service: Any,
+    redis_server: RedisServer,
+    pg_cluster: PgCluster,
+    s3_endpoint: str,
+    s3_bucket: str,
+    checkpoint: Path,
+    small_video: str,
+) -> tuple[Any, dict[str, str], dict[str, Any], list[str], str]:
+    """The common start of the broker/database restart tests: a service on the private Redis and
+    PostgreSQL with short task limits, three accepted jobs, and the first one running.
+
+    Returns (service, auth headers, job body, accepted job ids, database URL).
+    """
+    database_url = pg_cluster.create_database()
+    env = reliability_env(
+        database_url=database_url,
+        broker_url=redis_server.url,
+        s3_endpoint=s3_endpoint,
+        s3_bucket=s3_bucket,
+        checkpoint=checkpoint,
+    )
+    # A chunk running when a dependency vanished is re-sent after the hard limit (+ a margin): keep it short.
+    env["TIMEMARK_TASK_SOFT_TIME_LIMIT_S"] = "10"
+    env["TIMEMARK_TASK_TIME_LIMIT_S"] = "15"
+    service = start_service(env)
+    headers = {"Authorization": f"Bearer {create_key(database_url)}"}
+    body = {"source": small_video, "queries": ["When does the red circle appear?"], "sampling": SAMPLING}
+    accepted = []
+    with httpx.Client(base_url=service.url, headers=headers, timeout=20) as client:
+        for _ in range(3):
+            answer = client.post("/v1/jobs", json=body)
+            assert answer.status_code == 202, answer.text
+            accepted.append(answer.json()["id"])
+        deadline = time.monotonic() + 60  # let work start: a chunk in flight when the dependency goes
+        while time.monotonic() < deadline:
+            if client.get(f"/v1/jobs/{accepted[0]}").json()["state"] == "running":
+                break
+            time.sleep(0.2)
+    return service, headers, body, accepted, database_url

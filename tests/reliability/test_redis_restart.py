@@ -15,7 +15,7 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
-from .conftest import SAMPLING, PgCluster, RedisServer, Service, create_key, reliability_env, wait_terminal
+from .conftest import PgCluster, RedisServer, start_outage_run, wait_terminal
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -29,34 +29,10 @@ def test_jobs_survive_a_redis_restart(
     checkpoint: Path,
     small_video: str,
 ) -> None:
-    database_url = pg_cluster.create_database()
-    env = reliability_env(
-        database_url=database_url,
-        broker_url=redis_server.url,
-        s3_endpoint=s3_endpoint,
-        s3_bucket=s3_bucket,
-        checkpoint=checkpoint,
+    service, headers, body, accepted, database_url = start_outage_run(
+        start_service, redis_server, pg_cluster, s3_endpoint, s3_bucket, checkpoint, small_video
     )
-    # A chunk running when the broker vanished is re-sent after the hard limit + 60 s: keep that short.
-    env["TIMEMARK_TASK_SOFT_TIME_LIMIT_S"] = "10"
-    env["TIMEMARK_TASK_TIME_LIMIT_S"] = "15"
-    service: Service = start_service(env)  # type: ignore[operator]
-    headers = {"Authorization": f"Bearer {create_key(database_url)}"}
-    body = {"source": small_video, "queries": ["When does the red circle appear?"], "sampling": SAMPLING}
-
     with httpx.Client(base_url=service.url, headers=headers, timeout=20) as client:
-        accepted = []
-        for _ in range(3):
-            answer = client.post("/v1/jobs", json=body)
-            assert answer.status_code == 202, answer.text
-            accepted.append(answer.json()["id"])
-
-        # Let work start (a chunk in flight), then take the broker away.
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if client.get(f"/v1/jobs/{accepted[0]}").json()["state"] == "running":
-                break
-            time.sleep(0.2)
         redis_server.stop()
 
         refused = []
