@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete, func, select
@@ -58,6 +59,28 @@ class TransientTaskError(RuntimeError):
 # --------------------------------------------------------------------------------------------- probe
 
 
+def _attempt(work: Callable[[], Any], attempts: int, max_attempts: int) -> tuple[Any, dict[str, Any] | None]:
+    """Run a task's slow part outside any transaction: (result, None), or (None, the job's error).
+
+    A transient error re-raises (the task retries with backoff) until the attempts run out; then it,
+    like an input error, becomes the job's failure.
+    """
+    try:
+        return work(), None
+    except TransientTaskError as err:
+        if attempts < max_attempts or err.error is None:
+            raise
+        return None, err.error
+    except _JobInputError as err:
+        return None, err.error
+
+
+def _fail_by_id(ctx: WorkerContext, job_id: str, failure: dict[str, Any]) -> list[Send]:
+    with session_scope(ctx.session_factory) as session:
+        job = lock_job(session, job_id)
+        return [] if job is None else fail_job(session, job, failure, ctx.settings)
+
+
 def probe_job(ctx: WorkerContext, job_id: str) -> list[Send]:
     """Probe the job's video, store the plan and its chunks, and send one `infer` per chunk."""
     settings = ctx.settings
@@ -80,20 +103,12 @@ def probe_job(ctx: WorkerContext, job_id: str) -> list[Send]:
         source_uri, sampling, strategy = job.source_uri, dict(job.sampling or {}), job.strategy
         attempts = job.attempts
 
-    try:
-        info, plan = _probe_and_plan(ctx, source_uri, sampling, strategy)
-    except TransientTaskError as err:
-        if attempts < settings.job_max_attempts or err.error is None:
-            raise  # the task retries with backoff
-        failure = err.error  # out of attempts: the last transient error becomes the job's error
-    except _JobInputError as err:
-        failure = err.error
-    else:
-        failure = None
+    result, failure = _attempt(
+        lambda: _probe_and_plan(ctx, source_uri, sampling, strategy), attempts, settings.job_max_attempts
+    )
     if failure is not None:
-        with session_scope(ctx.session_factory) as session:
-            job = lock_job(session, job_id)
-            return [] if job is None else fail_job(session, job, failure, settings)
+        return _fail_by_id(ctx, job_id, failure)
+    info, plan = result
 
     with session_scope(ctx.session_factory) as session:
         job = lock_job(session, job_id)
@@ -233,20 +248,13 @@ def infer_chunk(ctx: WorkerContext, job_id: str, chunk_index: int) -> list[Send]
         attempts = chunk.attempts
 
     started = time.perf_counter()
-    try:
-        segments, seconds, tokens, raw = _ground_one_chunk(ctx, source_uri, spec, queries)
-    except TransientTaskError as err:
-        if attempts < settings.chunk_max_attempts or err.error is None:
-            raise  # the task retries with backoff; the next attempt reclaims the chunk
-        failure = err.error  # out of attempts: the last transient error becomes the job's error
-    except _JobInputError as err:
-        failure = err.error
-    else:
-        failure = None
+    # A retry of this task reclaims the chunk (its attempt counter above).
+    result, failure = _attempt(
+        lambda: _ground_one_chunk(ctx, source_uri, spec, queries), attempts, settings.chunk_max_attempts
+    )
     if failure is not None:
-        with session_scope(ctx.session_factory) as session:
-            job = lock_job(session, job_id)
-            return [] if job is None else fail_job(session, job, failure, settings)
+        return _fail_by_id(ctx, job_id, failure)
+    segments, seconds, tokens, raw = result
 
     with session_scope(ctx.session_factory) as session:
         job = lock_job(session, job_id)
