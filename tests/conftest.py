@@ -23,6 +23,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -158,6 +159,13 @@ def s3_client(endpoint: str) -> Any:
         aws_access_key_id=S3_TEST_KEY_ID,
         aws_secret_access_key=S3_TEST_SECRET,
     )
+
+
+def upload_video(endpoint: str, bucket: str, path: str | Path, prefix: str = "e2e") -> str:
+    """Put a local video into the test S3 bucket under a fresh key; returns its `s3://` URI."""
+    key = f"{prefix}/{uuid.uuid4().hex}{Path(path).suffix}"
+    s3_client(endpoint).put_object(Bucket=bucket, Key=key, Body=Path(path).read_bytes())
+    return f"s3://{bucket}/{key}"
 
 
 @pytest.fixture(scope="session")

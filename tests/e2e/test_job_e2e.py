@@ -20,6 +20,7 @@ import pytest
 from sqlalchemy import func, select
 from standardwebhooks import Webhook
 
+from tests.conftest import upload_video
 from workers.embedded import SMALL_MODEL_SAMPLING, checkpoint_video_sampling
 
 from .conftest import SAMPLING, Service
@@ -47,7 +48,6 @@ def test_submit_run_store_and_webhook(
     webhook_receiver: Any,
     tmp_path: Path,
 ) -> None:
-    import boto3
 
     from core.db import make_engine, make_sessionmaker
     from core.models import Chunk, Job, Segment
@@ -77,15 +77,7 @@ def test_submit_run_store_and_webhook(
     truth = make_synthetic_video(
         tmp_path / "events.mp4", duration_s=duration_s, events=events, seed=11, width=160, height=96
     )
-    key = f"e2e/{uuid.uuid4().hex}.mp4"
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=s3_endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
-    s3.put_object(Bucket=s3_bucket, Key=key, Body=Path(truth.path).read_bytes())
+    source = upload_video(s3_endpoint, s3_bucket, truth.path)
 
     settings = Settings(database_url=e2e_env["TIMEMARK_DATABASE_URL"], secret_key="x" * 32)
     engine = make_engine(settings)
@@ -102,7 +94,7 @@ def test_submit_run_store_and_webhook(
         answer = client.post(
             "/v1/jobs",
             json={
-                "source": f"s3://{s3_bucket}/{key}",
+                "source": source,
                 "queries": queries,
                 "sampling": sampling,
                 "webhook": {"url": webhook_receiver.url, "secret": secret},
@@ -245,7 +237,6 @@ def test_a_job_whose_message_was_lost_is_recovered_by_the_sweeper(
     service: Service, e2e_env: dict[str, str], s3_endpoint: str, s3_bucket: str, tmp_path: Path
 ) -> None:
     """The API committed the row but the broker never got `probe` (an outage): beat's sweep sends it."""
-    import boto3
 
     from core.db import make_engine, make_sessionmaker
     from core.models import Job, Tenant
@@ -253,14 +244,7 @@ def test_a_job_whose_message_was_lost_is_recovered_by_the_sweeper(
     from model_runtime.video import make_synthetic_video
 
     video = make_synthetic_video(tmp_path / "lost.mp4", duration_s=8.0, seed=31, width=160, height=96)
-    key = f"e2e/{uuid.uuid4().hex}.mp4"
-    boto3.client(
-        "s3",
-        endpoint_url=s3_endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    ).put_object(Bucket=s3_bucket, Key=key, Body=Path(video.path).read_bytes())
+    source = upload_video(s3_endpoint, s3_bucket, video.path)
     tenant_name = f"lost-{uuid.uuid4().hex[:8]}"
     api_key = _api_key(e2e_env, tenant_name)
     engine = make_engine(Settings(database_url=e2e_env["TIMEMARK_DATABASE_URL"], secret_key="x" * 32))
@@ -268,8 +252,8 @@ def test_a_job_whose_message_was_lost_is_recovered_by_the_sweeper(
         tenant = session.query(Tenant).filter_by(name=tenant_name).one()
         job = Job(
             tenant_id=tenant.id,
-            source=f"s3://{s3_bucket}/{key}",
-            source_uri=f"s3://{s3_bucket}/{key}",
+            source=source,
+            source_uri=source,
             queries=["When does the red circle appear?"],
             sampling=dict(SAMPLING),
             strategy="chunked",
@@ -293,20 +277,12 @@ def test_cancel_stops_a_running_job_between_chunks(
     webhook_receiver: Any,
     tmp_path: Path,
 ) -> None:
-    import boto3
 
     from core.webhooks import generate_secret
     from model_runtime.video import make_synthetic_video
 
     video = make_synthetic_video(tmp_path / "long.mp4", duration_s=40.0, seed=41, width=160, height=96)
-    key = f"e2e/{uuid.uuid4().hex}.mp4"
-    boto3.client(
-        "s3",
-        endpoint_url=s3_endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    ).put_object(Bucket=s3_bucket, Key=key, Body=Path(video.path).read_bytes())
+    source = upload_video(s3_endpoint, s3_bucket, video.path)
     api_key = _api_key(e2e_env, f"cancel-{uuid.uuid4().hex[:8]}")
     secret = generate_secret()
     with httpx.Client(
@@ -315,7 +291,7 @@ def test_cancel_stops_a_running_job_between_chunks(
         job_id = client.post(
             "/v1/jobs",
             json={
-                "source": f"s3://{s3_bucket}/{key}",
+                "source": source,
                 "queries": ["When does the red circle appear?", "When does the blue square appear?"],
                 "sampling": SAMPLING,
                 "webhook": {"url": webhook_receiver.url, "secret": secret},

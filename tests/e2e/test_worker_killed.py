@@ -17,6 +17,8 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
+from tests.conftest import upload_video
+
 from .conftest import SAMPLING, Service
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
@@ -38,7 +40,6 @@ def _children(pid: int) -> list[int]:
 def test_chunk_survives_a_killed_worker_child(
     service: Service, e2e_env: dict[str, str], s3_endpoint: str, s3_bucket: str, tmp_path: Path
 ) -> None:
-    import boto3
 
     from core.db import make_engine, make_sessionmaker
     from core.models import Chunk, Job, Segment
@@ -47,15 +48,7 @@ def test_chunk_survives_a_killed_worker_child(
     from model_runtime.video import make_synthetic_video
 
     truth = make_synthetic_video(tmp_path / "long.mp4", duration_s=24.0, seed=5)
-    key = f"e2e/{uuid.uuid4().hex}.mp4"
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=s3_endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
-    s3.put_object(Bucket=s3_bucket, Key=key, Body=Path(truth.path).read_bytes())
+    source = upload_video(s3_endpoint, s3_bucket, truth.path)
     engine = make_engine(Settings(database_url=e2e_env["TIMEMARK_DATABASE_URL"], secret_key="x" * 32))
     sessions = make_sessionmaker(engine)
     with sessions() as session:
@@ -67,7 +60,7 @@ def test_chunk_survives_a_killed_worker_child(
         answer = client.post(
             "/v1/jobs",
             json={
-                "source": f"s3://{s3_bucket}/{key}",
+                "source": source,
                 "queries": ["When does the red circle appear?"],
                 "sampling": SAMPLING,
             },
