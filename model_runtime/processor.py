@@ -89,11 +89,16 @@ class KeyeProcessor:
         return self.encode_messages(messages)
 
     def encode_messages(
-        self, messages: Sequence[dict[str, Any]], *, add_generation_prompt: bool = True
+        self,
+        messages: Sequence[dict[str, Any]],
+        *,
+        add_generation_prompt: bool = True,
+        with_pixels: bool = True,
     ) -> ModelInputs:
         """Chat messages → model inputs. Content is a string or a list of parts:
         {"type": "text", "text": str}, {"type": "image", "image": uint8 [H, W, 3]},
-        {"type": "video", "video": VideoInput}. Images/frames must be multiples of 28 pixels per side."""
+        {"type": "video", "video": VideoInput}. Images/frames must be multiples of 28 pixels per side.
+        `with_pixels=False` leaves `pixel_values` None (training patchifies its frames on the GPU)."""
         ids: list[int] = []
         pixels: list[np.ndarray] = []
         grids: list[tuple[int, int, int]] = []
@@ -126,7 +131,7 @@ class KeyeProcessor:
         positions, delta = mrope_positions(
             input_ids, grids, (self.image_token_id, self.video_token_id), self.merge
         )
-        pixel_values = torch.cat([self.patchify(p) for p in pixels]) if pixels else None
+        pixel_values = torch.cat([self.patchify(p) for p in pixels]) if pixels and with_pixels else None
         return ModelInputs(input_ids, positions, pixel_values, grids, delta, prefix_len)
 
     def _visual_block(
@@ -148,15 +153,20 @@ class KeyeProcessor:
 
     # ---- pixels ---------------------------------------------------------------------------------------
 
-    def patchify(self, frames: np.ndarray) -> Tensor:
-        """uint8 [F, H, W, 3] → normalised patches [F·h·w, 3, p, p] in per-frame raster order."""
+    def patchify(self, frames: np.ndarray | Tensor) -> Tensor:
+        """uint8 [F, H, W, 3] → normalised patches [F·h·w, 3, p, p] in per-frame raster order, on the
+        frames' device (a tensor already on the GPU stays there)."""
         if frames.ndim != 4 or frames.shape[-1] != 3:
-            raise ValueError(f"frames must be [F, H, W, 3], got {frames.shape}")
-        x = torch.from_numpy(np.ascontiguousarray(frames)).float()  # [F, H, W, 3]
+            raise ValueError(f"frames must be [F, H, W, 3], got {tuple(frames.shape)}")
+        if isinstance(frames, np.ndarray):
+            frames = torch.from_numpy(np.ascontiguousarray(frames))
+        x = frames.float()  # [F, H, W, 3]
         if self.pre.get("do_rescale", True):
             x = x * float(self.pre["rescale_factor"])
         if self.pre.get("do_normalize", True):
-            x = (x - torch.tensor(self.pre["image_mean"])) / torch.tensor(self.pre["image_std"])
+            mean = torch.tensor(self.pre["image_mean"], device=x.device)
+            std = torch.tensor(self.pre["image_std"], device=x.device)
+            x = (x - mean) / std
         n, height, width, c = x.shape
         p = self.patch
         x = x.view(n, height // p, p, width // p, p, c).permute(0, 1, 3, 5, 2, 4)  # [F, h, w, 3, p, p]

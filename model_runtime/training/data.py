@@ -1,11 +1,18 @@
-"""Training examples for the small Keye model: synthetic videos through the inference path.
+"""Training data for the small Keye model: synthetic videos through the inference path.
 
-Every example is made the way the service makes a prompt: the video is written by the synthetic
-generator (`timemark synth`'s distribution), probed, planned and decoded by `model_runtime.video`,
-labelled with chunk-local one-decimal seconds, asked with the grounding prompt template, and encoded by
-the checkpoint's processor. The answer is what the grounding parser reads: `[first, last]` — the
-timestamps printed before the first and last frames that show the shape — or `none` when the shape
-never shows in the chunk (queries about absent shapes teach the model to say so).
+Each video is written by the synthetic generator (`timemark synth`'s look), probed, planned and
+decoded by `model_runtime.video` once (`sample_clips`). Examples are then drawn from the decoded
+frames many times over (`draw_example`): a contiguous run of frames (a crop, or the whole chunk) is
+labelled with crop-local one-decimal seconds, exactly as the service labels a chunk that starts at the
+crop's first frame; a query about one shape is asked with the grounding prompt template and encoded by
+the checkpoint's processor. Every shape that shows (events and distractors alike) can be asked about,
+and so can shapes that never show; the answer is what the grounding parser reads: `[first, last]`, the
+timestamps printed before the first and last frames that show the shape, or `none` when no frame of
+the crop shows it.
+
+Crops are the curriculum: short clips (few frames to search, short prompts) early in a run, whole
+chunks later. Examples carry token ids and a frame range, not pixels: the trainer keeps all frames on
+its device and patchifies there.
 """
 
 from __future__ import annotations
@@ -26,7 +33,6 @@ from model_runtime.video import (
     COLORS,
     SHAPES,
     SamplingParams,
-    SyntheticTruth,
     make_event,
     make_synthetic_video,
     plan_chunks,
@@ -41,21 +47,45 @@ SMALL_SAMPLING = SamplingParams(
     fps=2.0, min_pixels=8 * 784, max_pixels=15 * 784, video_total_pixels=4096 * 784, min_frames=2
 )
 IGNORE = -100  # label of tokens the loss skips (the prompt)
+ALL_QUERIES = {
+    f"{color} {shape}": event_query(make_event(shape, color, 0.0, 0.0))
+    for color in COLORS
+    for shape in SHAPES
+}
+
+
+@dataclass
+class Clip:
+    """One decoded chunk of a synthetic video and what shows in it."""
+
+    frames: np.ndarray  # [F, H, W, 3] uint8, as sampled for the model
+    times: list[float]  # seconds of each frame in the video
+    start_s: float  # the chunk's span in the video
+    end_s: float
+    shown: dict[str, tuple[float, float]]  # query → [start, end) seconds, every shape drawn in the video
+
+    def without_pixels(self) -> tuple:
+        """What a worker that only tokenises needs (see `from_meta`): no pixels, cheap to pickle."""
+        return (self.frames.shape, self.times, self.start_s, self.end_s, self.shown)
+
+    @classmethod
+    def from_meta(cls, meta: tuple) -> Clip:
+        """A clip whose frames are a zero-stride stand-in of the right shape (tokens only need the shape)."""
+        shape, times, start_s, end_s, shown = meta
+        return cls(np.broadcast_to(np.zeros((1, 1, 1, 3), np.uint8), shape), times, start_s, end_s, shown)
 
 
 @dataclass
 class Example:
-    """One (video chunk, query, answer) turn, tokenised; `labels` marks the answer tokens.
-
-    Frames stay uint8 and are shared by the turns of one chunk (patchify at batch time): float patches
-    of every turn would take ~17 MB each.
-    """
+    """One (crop, query, answer) turn, tokenised; `labels` marks the answer tokens (and `<|im_end|>`)."""
 
     input_ids: Tensor  # [N] int64
     positions: Tensor  # [3, N] int64
-    frames: np.ndarray  # [F, H, W, 3] uint8
+    labels: Tensor  # [N] int64, IGNORE outside the answer
     grids: list[tuple[int, int, int]]
-    labels: Tensor  # [N] int64, IGNORE outside the answer (and its <|im_end|>)
+    clip: int  # which clip the frames come from, and which of its frames: [lo, hi)
+    lo: int
+    hi: int
 
     @property
     def n_tokens(self) -> int:
@@ -79,12 +109,75 @@ def visible_span(
     return [(shown[0], shown[-1])] if shown else []
 
 
-def encode_turn(processor: KeyeProcessor, video: VideoInput, prompt: str, answer: str) -> Example:
+def sample_clips(
+    seed: int, *, min_s: float = 30.0, max_s: float = 80.0, params: SamplingParams = SMALL_SAMPLING
+) -> list[Clip]:
+    """One random synthetic video (random length, 1–3 events, 0–3 distractors, 0–2 cuts) → its chunks."""
+    rng = np.random.default_rng(seed)
+    duration = float(rng.uniform(min_s, max_s))
+    events = random_events(
+        rng, duration, n_events=int(rng.integers(1, 4)), min_len_s=max(1.0, 0.05 * duration)
+    )
+    cuts = sorted(float(c) for c in rng.uniform(1.0, duration - 1.0, size=int(rng.integers(0, 3))))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = str(Path(tmp) / "v.mp4")
+        truth = make_synthetic_video(
+            path, duration_s=duration, fps=10.0, width=160, height=96, events=events, seed=seed,
+            n_distractors=int(rng.integers(0, 4)), scene_cuts_s=cuts,
+        )  # fmt: skip
+        shown = {event_query(e): (e.start_s, e.end_s) for e in [*truth.events, *truth.distractors]}
+        clips = []
+        for chunk in plan_chunks(probe_video(path), params).chunks:
+            frames = sample_chunk(path, chunk)
+            clips.append(Clip(frames.frames, list(frames.timestamps), chunk.start_s, chunk.end_s, shown))
+        return clips
+
+
+def draw_example(
+    processor: KeyeProcessor,
+    clips: list[Clip],
+    rng: np.random.Generator,
+    *,
+    max_crop_s: float,
+    whole_chunk_p: float = 0.25,
+    absent_p: float = 0.2,
+) -> Example:
+    """A random crop of a random clip (the whole chunk with `whole_chunk_p`) and a random query."""
+    index = int(rng.integers(len(clips)))
+    clip = clips[index]
+    n = len(clip.times)
+    per_s = n / max(1e-6, clip.end_s - clip.start_s)
+    if rng.random() < whole_chunk_p or max_crop_s * per_s >= n:
+        lo, hi, start_s, end_s = 0, n, clip.start_s, clip.end_s
+    else:
+        shortest = min(n, max(2, round(3 * per_s)))  # crops of 3 s and up
+        longest = min(n, max(shortest, round(max_crop_s * per_s)))
+        length = int(rng.integers(shortest, longest + 1))
+        lo = int(rng.integers(0, n - length + 1))
+        hi = lo + length
+        start_s = clip.times[lo]
+        end_s = clip.times[hi] if hi < n else clip.end_s
+    times = clip.times[lo:hi]
+    local = [max(0.0, round(t - start_s, 1)) for t in times]
+    absent = [q for q in ALL_QUERIES.values() if q not in clip.shown]
+    if rng.random() < absent_p or not clip.shown:
+        query, spans = absent[int(rng.integers(len(absent)))], []
+    else:
+        query = list(clip.shown)[int(rng.integers(len(clip.shown)))]
+        spans = visible_span(times, local, *clip.shown[query])
+    video = VideoInput(clip.frames[lo:hi], local)
+    prompt = build_grounding_prompt(query, end_s - start_s)
+    return encode_turn(processor, video, prompt, answer_text(spans), index, lo, hi)
+
+
+def encode_turn(
+    processor: KeyeProcessor, video: VideoInput, prompt: str, answer: str, clip: int, lo: int, hi: int
+) -> Example:
     """Prompt as at inference (+ generation prompt), then the answer and `<|im_end|>` as targets."""
     user = {"role": "user", "content": [{"type": "video", "video": video}, {"type": "text", "text": prompt}]}
-    asked = processor.encode_messages([user])  # ends with "<|im_start|>assistant\n"
+    asked = processor.encode_messages([user], with_pixels=False)  # ends with "<|im_start|>assistant\n"
     full = processor.encode_messages(
-        [user, {"role": "assistant", "content": answer}], add_generation_prompt=False
+        [user, {"role": "assistant", "content": answer}], add_generation_prompt=False, with_pixels=False
     )
     n_prompt = asked.input_ids.shape[0]
     if not torch.equal(full.input_ids[:n_prompt], asked.input_ids):
@@ -92,52 +185,18 @@ def encode_turn(processor: KeyeProcessor, video: VideoInput, prompt: str, answer
     end = n_prompt + len(processor.tokenizer.encode(answer + "<|im_end|>"))
     labels = torch.full_like(full.input_ids, IGNORE)
     labels[n_prompt:end] = full.input_ids[n_prompt:end]
-    return Example(full.input_ids, full.positions, video.frames, full.grids, labels)
+    return Example(full.input_ids, full.positions, labels, full.grids, clip, lo, hi)
 
 
-def video_examples(
-    processor: KeyeProcessor,
-    path: str,
-    truth: SyntheticTruth,
-    rng: np.random.Generator,
-    params: SamplingParams = SMALL_SAMPLING,
-    n_negatives: int = 1,
-) -> list[Example]:
-    """Every event's query (and `n_negatives` absent shapes) over every chunk of the video."""
-    info = probe_video(path)
-    present = {(e.color, e.shape) for e in [*truth.events, *truth.distractors]}
-    absent = [(c, s) for c in COLORS for s in SHAPES if (c, s) not in present]
-    examples = []
-    for chunk in plan_chunks(info, params).chunks:
-        frames = sample_chunk(path, chunk)
-        local = [max(0.0, round(t - chunk.start_s, 1)) for t in frames.timestamps]
-        video = VideoInput(frames.frames, local)
-        duration = chunk.end_s - chunk.start_s
-        asked = [
-            (event_query(e), visible_span(frames.timestamps, local, e.start_s, e.end_s)) for e in truth.events
-        ]
-        for i in rng.choice(len(absent), size=min(n_negatives, len(absent)), replace=False):
-            color, shape = absent[int(i)]
-            asked.append((event_query(make_event(shape, color, 0.0, 0.0)), []))
-        for query, spans in asked:
-            prompt = build_grounding_prompt(query, duration)
-            examples.append(encode_turn(processor, video, prompt, answer_text(spans)))
-    return examples
+class FrameStore:
+    """Every clip's frames in one uint8 tensor on the training device; patchified per batch there."""
 
+    def __init__(self, clips: list[Clip], device: torch.device):
+        self.offsets = np.cumsum([0] + [len(c.times) for c in clips]).tolist()
+        self.frames = torch.from_numpy(np.concatenate([c.frames for c in clips])).to(device)
 
-def synthetic_examples(
-    processor: KeyeProcessor, seed: int, *, min_s: float = 30.0, max_s: float = 80.0
-) -> list[Example]:
-    """One random synthetic video (the `timemark synth` look, random length and event count) → examples."""
-    rng = np.random.default_rng(seed)
-    duration = float(rng.uniform(min_s, max_s))
-    n_events = int(rng.integers(1, 4))
-    events = random_events(rng, duration, n_events=n_events, min_len_s=max(1.0, 0.05 * duration))
-    cuts = sorted(float(c) for c in rng.uniform(1.0, duration - 1.0, size=int(rng.integers(0, 3))))
-    with tempfile.TemporaryDirectory() as tmp:
-        path = str(Path(tmp) / "v.mp4")
-        truth = make_synthetic_video(
-            path, duration_s=duration, fps=10.0, width=160, height=96, events=events, seed=seed,
-            n_distractors=int(rng.integers(0, 3)), scene_cuts_s=cuts,
-        )  # fmt: skip
-        return video_examples(processor, path, truth, rng)
+    def gather(self, examples: list[Example]) -> Tensor:
+        """The examples' frames, in order: [ΣF, H, W, 3] uint8."""
+        return torch.cat(
+            [self.frames[self.offsets[e.clip] + e.lo : self.offsets[e.clip] + e.hi] for e in examples]
+        )

@@ -1,28 +1,32 @@
 """Train the small Keye-architecture model on synthetic videos (issue 7), nanoGPT-style: one file, top-down.
 
-    python -m model_runtime.training.train --out model_runtime/checkpoints/keye-synth-small --minutes 6
+    python -m model_runtime.training.train --out model_runtime/checkpoints/keye-synth-small --minutes 8
 
-What happens: worker processes write synthetic videos and turn them into tokenised grounding turns
-(`training.data`) while the GPU trains on what is ready. Loss = next-token cross-entropy on the answer
-tokens + the indexer's KL objective (spec §2.6): per layer, KL(dense attention averaged over heads ‖
-softmax of the indexer scores), with the indexer's input detached so the KL trains only the indexer.
-The first part of the run attends densely (dense warm-up); the rest runs the real top-k sparse
-attention (`attn_impl="reference"`), so the shipped model is trained the way it is served. The result
-is saved in the official checkpoint layout with the tokenizer, the preprocessor config (carrying the
-video sampling defaults the model was trained with) and a training log.
+What happens: worker processes write synthetic videos and decode them through `model_runtime.video`
+(`training.data.sample_clips`); all their frames move to the training device once. While the GPU
+trains, a few worker processes draw tokenised examples from them (crops and queries,
+`training.data.draw_example`), short crops first and whole chunks later (the curriculum). Loss =
+next-token cross-entropy on the answer tokens + the indexer's KL objective (spec §2.6): KL(dense
+attention averaged over heads ‖ softmax of the indexer scores), with the indexer's input detached so
+the KL trains only the indexer. The first part of the run attends densely; the rest runs the real
+top-k sparse attention (`attn_impl="reference"`), so the shipped model is trained the way it is served.
+The result is saved in the official checkpoint layout with the tokenizer, the preprocessor config
+(carrying the video sampling defaults the model was trained with) and a training log.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import multiprocessing as mp
-import random
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -31,13 +35,21 @@ from model_runtime.checkpoint import load_state, save_checkpoint
 from model_runtime.config import KeyeConfig, SparseAttnConfig, TextConfig, VisionConfig
 from model_runtime.model import Attention, ForwardContext, Segment, indexer_scores
 from model_runtime.processor import DEFAULT_PREPROCESSOR_CONFIG, KeyeProcessor
-from model_runtime.tokenizer import KeyeTokenizer, build_tiny_tokenizer, save_tokenizer
-from model_runtime.training.data import IGNORE, SMALL_SAMPLING, Example, synthetic_examples
+from model_runtime.tokenizer import build_tiny_tokenizer, save_tokenizer
+from model_runtime.training.data import (
+    IGNORE,
+    SMALL_SAMPLING,
+    Clip,
+    Example,
+    FrameStore,
+    draw_example,
+    sample_clips,
+)
 from model_runtime.vlm import KeyeVL, init_weights
 
 
 def small_config(tokenizer: Any) -> KeyeConfig:
-    """~2.5 M parameters of exactly the runtime's architecture; top-k 128 of ~2,300-token prompts."""
+    """~2.5 M parameters of exactly the runtime's architecture; top-k 256 of ~2,600-token prompts."""
     ids = tokenizer.token_to_id
     text = TextConfig(
         vocab_size=-(-tokenizer.get_vocab_size(with_added_tokens=True) // 64) * 64,
@@ -52,7 +64,7 @@ def small_config(tokenizer: Any) -> KeyeConfig:
         num_experts_per_tok=2,
         mrope_section=[4, 6, 6],
         sa=SparseAttnConfig(
-            indexer_num_heads=4, indexer_head_dim=16, topk=128, q_chunk_size=256, kv_chunk_size=256
+            indexer_num_heads=4, indexer_head_dim=16, topk=256, q_chunk_size=256, kv_chunk_size=256
         ),
     )
     vision = VisionConfig(
@@ -72,66 +84,114 @@ def small_config(tokenizer: Any) -> KeyeConfig:
     )
 
 
-# ---- data: worker processes make examples, then the trainer samples from them ----------------------------------
-
-_PROCESSOR: KeyeProcessor | None = None
+# ---- data: videos first, then worker processes draw examples while the trainer trains ---------------
 
 
-def _init_worker(folder: str) -> None:
-    global _PROCESSOR
+def _init_worker() -> None:
     torch.set_num_threads(1)
-    _PROCESSOR = KeyeProcessor.from_pretrained(folder)
 
 
-def _make(seed: int) -> list[Example]:
-    assert _PROCESSOR is not None
-    return synthetic_examples(_PROCESSOR, seed)
-
-
-def generate_examples(folder: Path, seeds: range, workers: int, seconds: float) -> list[Example]:
-    """Examples of as many seeds' videos as `workers` processes finish in `seconds` (or all of them).
-
-    Generation and training take turns rather than overlap: on the GPU host the trainer's Python
-    dispatch is the bottleneck, and worker processes on every core starve it.
-    """
+def sample_videos(seeds: range, workers: int, seconds: float, min_s: float, max_s: float) -> list[Clip]:
+    """Decoded chunks of as many seeds' videos as `workers` processes finish in `seconds` (or all)."""
     deadline = time.time() + seconds
-    out: list[Example] = []
+    make = functools.partial(sample_clips, min_s=min_s, max_s=max_s)
+    out: list[Clip] = []
     if workers <= 0:
-        _init_worker(str(folder))
         for seed in seeds:
-            out += _make(seed)
+            out += make(seed)
             if time.time() > deadline:
                 break
         return out
-    with mp.get_context("spawn").Pool(workers, _init_worker, (str(folder),)) as pool:
-        for examples in pool.imap_unordered(_make, seeds, chunksize=2):
-            out += examples
+    with mp.get_context("spawn").Pool(workers, _init_worker) as pool:
+        for clips in pool.imap_unordered(make, seeds, chunksize=2):
+            out += clips
             if time.time() > deadline:
                 break
         pool.terminate()
     return out
 
 
-def make_batch(examples: list[Example], processor: KeyeProcessor, device: torch.device) -> dict[str, Any]:
+_DRAWER: tuple[KeyeProcessor, list[Clip]] | None = None
+
+
+def _init_drawer(folder: str, metas: list[tuple]) -> None:
+    global _DRAWER
+    torch.set_num_threads(1)
+    _DRAWER = (KeyeProcessor.from_pretrained(folder), [Clip.from_meta(m) for m in metas])
+
+
+def _draw(seed: int, max_crop_s: float, n: int) -> list[Example]:
+    assert _DRAWER is not None
+    processor, clips = _DRAWER
+    rng = np.random.default_rng(seed)
+    return [draw_example(processor, clips, rng, max_crop_s=max_crop_s) for _ in range(n)]
+
+
+class ExampleFeed:
+    """Examples drawn by worker processes (a bounded number of requests in flight) or, with no workers,
+    in this process. Tokenising is cheap next to a step, so a few workers keep the GPU fed."""
+
+    def __init__(self, folder: Path, clips: list[Clip], workers: int, seed: int, per_request: int = 16):
+        metas = [c.without_pixels() for c in clips]
+        self.workers, self.per_request, self.seed = workers, per_request, seed * 1_000_003
+        self.pool = (
+            mp.get_context("spawn").Pool(workers, _init_drawer, (str(folder), metas)) if workers else None
+        )
+        if self.pool is None:
+            _init_drawer(str(folder), metas)
+        self.pending: deque[Any] = deque()
+        self.ready: deque[Example] = deque()
+
+    def batch(self, max_tokens: int, max_crop_s: float) -> list[Example]:
+        """Examples up to `max_tokens` in all (at least one)."""
+        batch: list[Example] = []
+        total = 0
+        while True:
+            example = self._next(max_crop_s)
+            if batch and total + example.n_tokens > max_tokens:
+                self.ready.appendleft(example)
+                return batch
+            batch.append(example)
+            total += example.n_tokens
+
+    def _next(self, max_crop_s: float) -> Example:
+        if not self.ready:
+            if self.pool is None:
+                self.ready.extend(_draw(self._seed(), max_crop_s, self.per_request))
+            else:
+                while len(self.pending) < 2 * self.workers:
+                    self.pending.append(
+                        self.pool.apply_async(_draw, (self._seed(), max_crop_s, self.per_request))
+                    )
+                self.ready.extend(self.pending.popleft().get())
+        return self.ready.popleft()
+
+    def _seed(self) -> int:
+        self.seed += 1
+        return self.seed
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.terminate()
+
+
+def make_batch(
+    examples: list[Example], frames: FrameStore, processor: KeyeProcessor, device: torch.device
+) -> dict[str, Any]:
     """Pack examples into one ragged forward: concatenated tokens, one Segment each."""
     return {
-        "input_ids": torch.cat([e.input_ids for e in examples]).to(device),
-        "positions": torch.cat([e.positions for e in examples], dim=1).to(device),
-        "labels": torch.cat([e.labels for e in examples]).to(device),
+        "input_ids": torch.cat([e.input_ids for e in examples]).to(device, non_blocking=True),
+        "positions": torch.cat([e.positions for e in examples], dim=1).to(device, non_blocking=True),
+        "labels": torch.cat([e.labels for e in examples]).to(device, non_blocking=True),
         "segments": [Segment(e.n_tokens) for e in examples],
-        "pixel_values": torch.cat([processor.patchify(e.frames) for e in examples]).to(device),
+        "pixel_values": processor.patchify(frames.gather(examples)),
         "grids": [g for e in examples for g in e.grids],
     }
 
 
-def sample_batch(buffer: list[Example], max_tokens: int, rng: random.Random) -> list[Example]:
-    batch, total = [], 0
-    while True:
-        e = buffer[rng.randrange(len(buffer))]
-        if batch and total + e.n_tokens > max_tokens:
-            return batch
-        batch.append(e)
-        total += e.n_tokens
+def crop_limit(progress: float, longest_s: float, shortest_s: float = 8.0, ramp: float = 0.5) -> float:
+    """The curriculum: the longest crop grows from `shortest_s` to whole chunks over the first `ramp`."""
+    return shortest_s + (longest_s - shortest_s) * min(1.0, progress / ramp)
 
 
 # ---- the indexer's KL objective ---------------------------------------------------------------------
@@ -140,7 +200,7 @@ def sample_batch(buffer: list[Example], max_tokens: int, rng: random.Random) -> 
 class IndexerDistillation:
     """Forward hooks that add, per layer and sequence, KL(dense attention over heads ‖ softmax(I))."""
 
-    def __init__(self, model: KeyeVL, max_segments: int = 2):
+    def __init__(self, model: KeyeVL, max_segments: int = 1):
         self.max_segments = max_segments
         self.losses: list[Tensor] = []
         self.handles = [
@@ -197,38 +257,55 @@ def write_checkpoint_files(out: Path, tokenizer: Any, config: KeyeConfig) -> Non
     (out / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
 
 
+def answer_accuracy(logits: Tensor, targets: Tensor, lengths: list[int]) -> tuple[float, float]:
+    """(answer tokens predicted right, answers predicted entirely right), greedy, as fractions."""
+    mask = targets != IGNORE
+    wrong = (logits.argmax(-1) != targets) & mask
+    seg = torch.repeat_interleave(torch.arange(len(lengths), device=targets.device),
+                                  torch.tensor(lengths, device=targets.device))  # fmt: skip
+    wrong_per_answer = torch.zeros(len(lengths), device=targets.device).index_add_(0, seg, wrong.float())
+    token_acc = 1.0 - wrong.sum().item() / max(1, int(mask.sum().item()))
+    return token_acc, (wrong_per_answer == 0).float().mean().item()
+
+
 def train(args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device(args.device)
     torch.manual_seed(args.seed)
+    torch.backends.cuda.matmul.allow_tf32 = True
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tiny_tokenizer()
     config = small_config(tokenizer)
     write_checkpoint_files(out, tokenizer, config)
-    processor = KeyeProcessor(KeyeTokenizer.from_pretrained(out), config, {})
+    processor = KeyeProcessor.from_pretrained(out)
     model = init_weights(KeyeVL(config, attn_impl="dense"), seed=args.seed).to(device)
+    if args.init:
+        load_state(model, args.init)  # continue from an earlier run of this script
     n_params = sum(p.numel() for p in model.parameters())
     distill = IndexerDistillation(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.95))
 
-    if args.init:
-        load_state(model, args.init)  # continue from an earlier run of this script
     seeds = range(args.seed_offset, args.seed_offset + args.videos)
-    buffer = generate_examples(out, seeds, args.workers, args.data_seconds)
-    print(json.dumps({"examples": len(buffer), "data_seconds": args.data_seconds}), flush=True)
-    rng = random.Random(args.seed)
+    clips = sample_videos(seeds, args.workers, args.data_seconds, args.min_seconds, args.max_seconds)
+    frames = FrameStore(clips, device)
+    feed = ExampleFeed(out, clips, args.draw_workers, args.seed)
+    print(json.dumps({"clips": len(clips), "frames": frames.offsets[-1], "data_seconds": args.data_seconds}),
+          flush=True)  # fmt: skip
     started = time.time()
     budget_s = args.minutes * 60
     est_steps = args.max_steps
-    log: list[dict[str, float]] = []
-    step = 0
+    log: list[dict[str, Any]] = []
+    step = examples_seen = 0
     sparse = False
+    last_save = started
     while step < args.max_steps and time.time() - started < budget_s:
-        elapsed = time.time() - started
-        if not sparse and elapsed > args.dense_fraction * budget_s:
+        progress = (time.time() - started) / budget_s
+        if not sparse and progress > args.dense_fraction:
             model.model.set_impl(attn_impl="reference")  # sparse adaptation for the rest of the run
             sparse = True
-        batch = make_batch(sample_batch(buffer, args.batch_tokens, rng), processor, device)
+        examples = feed.batch(args.batch_tokens, crop_limit(progress, args.max_seconds))
+        batch = make_batch(examples, frames, processor, device)
+        examples_seen += len(examples)
         logits = model(
             batch["input_ids"], batch["positions"], batch["segments"], batch["pixel_values"], batch["grids"]
         )
@@ -243,47 +320,65 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
-        if step % 25 == 0:
-            rate = (step + 1) / max(1e-6, time.time() - started)
-            est_steps = min(args.max_steps, int(rate * budget_s))  # cosine schedule over the time budget
-            row = {"step": step, "s": round(time.time() - started, 1), "ce": ce.item(), "kl": kl.item(),
-                   "sparse": sparse, "examples": len(buffer)}  # fmt: skip
+        if step % args.log_every == 0:
+            elapsed = time.time() - started
+            est_steps = min(
+                args.max_steps, int((step + 1) / max(1e-6, elapsed) * budget_s)
+            )  # cosine over the budget
+            token_acc, exact = answer_accuracy(logits, targets, [e.n_tokens for e in examples])
+            row = {"step": step, "s": round(elapsed, 1), "ce": round(ce.item(), 4), "kl": round(kl.item(), 4),
+                   "answer_token_acc": round(token_acc, 3), "answers_exact": round(exact, 3),
+                   "examples": examples_seen, "tokens": int(batch["input_ids"].shape[0]),
+                   "max_crop_s": round(crop_limit(progress, args.max_seconds), 1), "sparse": sparse}  # fmt: skip
             log.append(row)
             print(json.dumps(row), flush=True)
+        if time.time() - last_save > args.save_every_s:  # a run cut short still leaves a checkpoint
+            save_checkpoint(model, config, out)
+            last_save = time.time()
         step += 1
+    feed.close()
     model.model.set_impl(attn_impl="reference")
     save_checkpoint(model.cpu(), config, out)
     summary = {
         "parameters": n_params,
         "steps": step,
         "train_seconds": round(time.time() - started, 1),
-        "examples": len(buffer),
+        "clips": len(clips),
+        "examples_seen": examples_seen,
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-        "final_ce": log[-1]["ce"] if log else None,
-        "final_kl": log[-1]["kl"] if log else None,
+        "final": log[-1] if log else None,
         "args": vars(args),
     }
     (out / "training_log.json").write_text(json.dumps({"summary": summary, "log": log}, indent=1) + "\n")
     return summary
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--minutes", type=float, default=6.0)
-    p.add_argument("--max-steps", type=int, default=100_000)
-    p.add_argument("--videos", type=int, default=3000)
+    p.add_argument("--max-steps", type=int, default=1_000_000)
+    p.add_argument("--videos", type=int, default=100_000, help="at most this many videos (seeds)")
     p.add_argument("--data-seconds", type=float, default=120.0, help="time to spend making videos first")
+    p.add_argument("--min-seconds", type=float, default=30.0, help="shortest synthetic video")
+    p.add_argument("--max-seconds", type=float, default=80.0, help="longest synthetic video")
     p.add_argument("--init", help="start from this checkpoint's weights")
-    p.add_argument("--workers", type=int, default=max(1, (mp.cpu_count() or 2) - 2))
-    p.add_argument("--batch-tokens", type=int, default=16384)
+    p.add_argument("--workers", type=int, default=max(1, (mp.cpu_count() or 2) - 1), help="video makers")
+    p.add_argument("--draw-workers", type=int, default=max(0, min(6, (mp.cpu_count() or 2) - 3)))
+    p.add_argument("--batch-tokens", type=int, default=32768)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--kl-weight", type=float, default=1.0)
-    p.add_argument("--dense-fraction", type=float, default=0.6)
+    p.add_argument("--dense-fraction", type=float, default=0.75)
+    p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--save-every-s", type=float, default=120.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--seed-offset", type=int, default=1_000_000, help="video seeds; eval sets use others")
-    print(json.dumps(train(p.parse_args())), flush=True)
+    return p.parse_args(argv)
+
+
+def main() -> None:
+    print(json.dumps(train(parse_args())), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,135 @@
+"""The training data and a short real training run on the CPU (issue 7).
+
+The data tests check what the model is taught against the video that was drawn: answers name the
+first and last frames that show the queried shape (read back by the service's parser), crops are
+relabelled from 0.0 like a chunk, absent shapes are answered `none`. The run test trains a few steps
+and loads the result with the native engine, as the service would.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from model_runtime.engine.base import GenerationRequest, VideoInput
+from model_runtime.engine.native import NativeEngine
+from model_runtime.grounding.parsing import parse_segments
+from model_runtime.grounding.prompts import build_grounding_prompt
+from model_runtime.processor import KeyeProcessor
+from model_runtime.tokenizer import build_tiny_tokenizer
+from model_runtime.training.data import IGNORE, Clip, FrameStore, draw_example, sample_clips
+from model_runtime.training.train import crop_limit, parse_args, small_config, train, write_checkpoint_files
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def processor(tmp_path_factory: pytest.TempPathFactory) -> KeyeProcessor:
+    folder = tmp_path_factory.mktemp("small")
+    tokenizer = build_tiny_tokenizer()
+    write_checkpoint_files(folder, tokenizer, small_config(tokenizer))
+    return KeyeProcessor.from_pretrained(folder)
+
+
+@pytest.fixture(scope="module")
+def clips() -> list[Clip]:
+    return sample_clips(1_000_001, min_s=10.0, max_s=14.0) + sample_clips(1_000_002, min_s=10.0, max_s=14.0)
+
+
+def _decode(processor: KeyeProcessor, ids: torch.Tensor) -> str:
+    return processor.tokenizer.decode(ids.tolist(), skip_special_tokens=False)
+
+
+def test_sampled_clips_hold_the_frames_the_model_sees(clips: list[Clip]) -> None:
+    for clip in clips:
+        assert clip.frames.dtype == np.uint8 and clip.frames.shape[1:] == (84, 140, 3)
+        assert len(clip.times) == clip.frames.shape[0] and clip.times == sorted(clip.times)
+        assert clip.shown and all(end > start for start, end in clip.shown.values())
+
+
+def test_answers_name_the_first_and_last_frame_that_show_the_shape(
+    processor: KeyeProcessor, clips: list[Clip]
+) -> None:
+    rng = np.random.default_rng(0)
+    checked = {"span": 0, "none": 0, "crop": 0}
+    for _ in range(60):
+        ex = draw_example(processor, clips, rng, max_crop_s=6.0)
+        clip = clips[ex.clip]
+        times = clip.times[ex.lo : ex.hi]
+        start_s = clip.start_s if ex.lo == 0 else times[0]
+        prompt = _decode(processor, ex.input_ids[ex.labels == IGNORE])
+        answer = _decode(processor, ex.labels[ex.labels != IGNORE])
+        assert answer.endswith("<|im_end|>")
+        query = prompt.split('"')[1]
+        shown = clip.shown.get(query)
+        frames_in = [round(t - start_s, 1) for t in times if shown and shown[0] <= t < shown[1]]
+        spans = parse_segments(answer, lo=0.0, hi=times[-1] - start_s + 1.0)
+        if frames_in:
+            assert spans == [(frames_in[0], frames_in[-1])], (query, answer)
+            checked["span"] += 1
+        else:
+            assert answer == "none<|im_end|>" and spans == []
+            checked["none"] += 1
+        # frames are labelled from the crop's start, like a chunk: the prompt's first frame says 0.0
+        assert "<|frame|>0.0" in prompt
+        checked["crop"] += ex.hi - ex.lo < len(clip.times)
+    assert all(checked.values()), checked
+
+
+def test_whole_chunks_are_asked_like_the_service_asks(processor: KeyeProcessor, clips: list[Clip]) -> None:
+    rng = np.random.default_rng(1)
+    ex = draw_example(processor, clips, rng, max_crop_s=1000.0)
+    clip = clips[ex.clip]
+    assert (ex.lo, ex.hi) == (0, len(clip.times))
+    prompt = _decode(processor, ex.input_ids[ex.labels == IGNORE])
+    assert f"This video clip is {clip.end_s - clip.start_s:.1f} seconds long" in prompt
+    query = prompt.split('"')[1]
+    video = VideoInput(clip.frames, [round(t - clip.start_s, 1) for t in clip.times])
+    asked = processor.encode_request(build_grounding_prompt(query, clip.end_s - clip.start_s), video)
+    n_prompt = asked.input_ids.shape[0]
+    assert torch.equal(ex.input_ids[:n_prompt], asked.input_ids)  # the service's exact prompt tokens
+    assert torch.equal(ex.positions[:, :n_prompt], asked.positions)
+    assert (ex.labels[:n_prompt] == IGNORE).all() and (ex.labels[n_prompt:] != IGNORE).any()
+
+
+def test_frame_store_gathers_each_examples_frames(processor: KeyeProcessor, clips: list[Clip]) -> None:
+    rng = np.random.default_rng(2)
+    examples = [draw_example(processor, clips, rng, max_crop_s=5.0) for _ in range(4)]
+    gathered = FrameStore(clips, torch.device("cpu")).gather(examples)
+    expected = np.concatenate([clips[e.clip].frames[e.lo : e.hi] for e in examples])
+    assert np.array_equal(gathered.numpy(), expected)
+    assert sum(t for t, _, _ in (g for e in examples for g in e.grids)) == expected.shape[0]
+
+
+def test_the_curriculum_grows_crops_to_whole_videos() -> None:
+    assert crop_limit(0.0, 80.0) == 8.0
+    assert 8.0 < crop_limit(0.25, 80.0) < 80.0
+    assert crop_limit(0.5, 80.0) == crop_limit(1.0, 80.0) == 80.0
+
+
+def test_a_short_run_trains_and_saves_a_checkpoint_the_engine_serves(tmp_path: Path) -> None:
+    out = tmp_path / "ckpt"
+    args = parse_args([
+        "--out", str(out), "--device", "cpu", "--max-steps", "4", "--videos", "2", "--data-seconds", "60",
+        "--min-seconds", "6", "--max-seconds", "8", "--workers", "0", "--draw-workers", "0",
+        "--batch-tokens", "2048", "--log-every", "1", "--dense-fraction", "0.0", "--lr", "3e-3",
+    ])  # fmt: skip
+    summary = train(args)
+    assert summary["steps"] == 4 and summary["clips"] == 2
+    log = json.loads((out / "training_log.json").read_text())["log"]
+    assert len(log) == 4 and all(row["sparse"] for row in log)  # dense_fraction 0: sparse from the start
+    assert log[-1]["ce"] < log[0]["ce"]  # four steps on the answer tokens already lower the loss
+    clip = sample_clips(5, min_s=6.0, max_s=6.0)[0]
+    engine = NativeEngine(out, device="cpu", attn_impl="reference")
+    result = engine.generate(
+        [GenerationRequest("When does the red circle appear?", VideoInput(clip.frames, clip.times))]
+    )[0]
+    assert result.token_ids and len(result.token_logprobs) == len(result.token_ids)
+    engine.close()
