@@ -22,6 +22,7 @@ from model_runtime.checkpoint import load_model
 from model_runtime.engine.base import Completion, GenerationRequest
 from model_runtime.model import KVCache, Segment
 from model_runtime.processor import KeyeProcessor, ModelInputs
+from model_runtime.vlm import KeyeVL
 
 
 @dataclass
@@ -65,13 +66,43 @@ class NativeEngine:
         vision_chunk_frames: int = 32,
         score_tile_elements: int | None = None,
     ):
-        self.device = torch.device(device)
-        self.model = load_model(
-            checkpoint, device=self.device, dtype=dtype, attn_impl=attn_impl, moe_impl=moe_impl
+        model = load_model(
+            checkpoint, device=torch.device(device), dtype=dtype, attn_impl=attn_impl, moe_impl=moe_impl
         )
+        self._adopt(model, KeyeProcessor.from_pretrained(checkpoint), max_batch, prefill_chunk,
+                    vision_chunk_frames, score_tile_elements)  # fmt: skip
+
+    @classmethod
+    def from_model(
+        cls,
+        model: KeyeVL,
+        processor: KeyeProcessor,
+        *,
+        max_batch: int = 8,
+        prefill_chunk: int = 4096,
+        vision_chunk_frames: int = 32,
+        score_tile_elements: int | None = None,
+    ) -> NativeEngine:
+        """An engine around a model already in memory (benchmarks build the full-size model with random
+        weights on the GPU instead of writing 62 GB of checkpoint files)."""
+        engine = cls.__new__(cls)
+        engine._adopt(model, processor, max_batch, prefill_chunk, vision_chunk_frames, score_tile_elements)
+        return engine
+
+    def _adopt(
+        self,
+        model: KeyeVL,
+        processor: KeyeProcessor,
+        max_batch: int,
+        prefill_chunk: int,
+        vision_chunk_frames: int,
+        score_tile_elements: int | None,
+    ) -> None:
+        self.model = model
+        self.device = model.lm_head.weight.device
         if score_tile_elements is not None:
             self.model.model.score_tile_elements = score_tile_elements
-        self.processor = KeyeProcessor.from_pretrained(checkpoint)
+        self.processor = processor
         self.dtype = self.model.lm_head.weight.dtype
         self.max_batch, self.prefill_chunk, self.vision_chunk_frames = (
             max_batch,

@@ -169,3 +169,13 @@ def test_bad_requests_are_refused(engine: NativeEngine, field: str, value: float
     request = GenerationRequest(prompt="Hi", **{field: value})
     with pytest.raises(ValueError, match=message):
         engine.generate([request])
+
+
+def test_an_engine_around_a_model_in_memory_answers_like_one_from_files(tiny_ckpt, engine, video) -> None:
+    from model_runtime.checkpoint import load_model
+    from model_runtime.processor import KeyeProcessor
+
+    adopted = NativeEngine.from_model(load_model(tiny_ckpt), KeyeProcessor.from_pretrained(tiny_ckpt))
+    request = GenerationRequest("When?", video, max_new_tokens=6)
+    mine, theirs = adopted.generate([request])[0], engine.generate([request])[0]
+    assert mine.token_ids == theirs.token_ids and mine.text == theirs.text
