@@ -33,7 +33,11 @@ from model_runtime.processor import KeyeProcessor
 from model_runtime.tokenizer import KeyeTokenizer
 from model_runtime.video import SamplingParams, make_event, make_synthetic_video
 
-EVENTS = [("circle", "red", 600.0, 660.0), ("square", "blue", 1800.0, 1830.0), ("star", "yellow", 3000.0, 3100.0)]
+EVENTS = [
+    ("circle", "red", 600.0, 660.0),
+    ("square", "blue", 1800.0, 1830.0),
+    ("star", "yellow", 3000.0, 3100.0),
+]
 QUERIES = ["When does the red circle appear?", "When does the blue square appear?"]
 
 
@@ -124,7 +128,11 @@ def write_report(args: argparse.Namespace, rows: list[dict[str, Any]], setup: di
             f"{r['visual_tokens']:,} | {r['engine_calls']} | {r['requests']} | {r['generated_tokens']} | "
             f"{r['decode_s']:.1f} | {r['engine_s']:.1f} | {r['peak_gib']:.1f} |"
         )
-    lines += ["", "Setup outside the timed calls: " + ", ".join(f"{k} {v:.1f}" for k, v in setup.items()) + ".", ""]
+    lines += [
+        "",
+        "Setup outside the timed calls: " + ", ".join(f"{k} {v:.1f}" for k, v in setup.items()) + ".",
+        "",
+    ]
     Path(args.out).write_text("\n".join(lines))
 
 
