@@ -55,6 +55,7 @@ class Settings(BaseSettings):
     engine_dtype: str | None = None
     engine_attn_impl: Literal["dense", "reference", "triton"] = "reference"
     engine_moe_impl: Literal["reference", "triton"] = "reference"
+    engine_quantize: Literal["none", "fp8"] = "none"  # fp8: expert weights in FP8 (half their memory)
     engine_max_batch: int = Field(default=8, ge=1)
     engine_base_url: str | None = None  # openai engine
     engine_model: str | None = None  # openai engine

@@ -9,7 +9,7 @@ the GPU until a function is called.
 """
 
 from kernels._validate import KernelInputError
-from kernels.fused_moe import fused_moe, fused_moe_ref
+from kernels.fused_moe import fused_moe, fused_moe_fp8, fused_moe_fp8_ref, fused_moe_ref
 from kernels.indexer import indexer_scores, indexer_scores_ref, indexer_topk, indexer_topk_ref
 from kernels.sparse_attention import sparse_attention, sparse_attention_ref
 from kernels.sparse_decode import sparse_decode, sparse_decode_ref
@@ -18,6 +18,8 @@ from kernels.topk import select_topk, select_topk_ref
 __all__ = [
     "KernelInputError",
     "fused_moe",
+    "fused_moe_fp8",
+    "fused_moe_fp8_ref",
     "fused_moe_ref",
     "indexer_scores",
     "indexer_scores_ref",

@@ -10,6 +10,7 @@ that tests and the CPU demo run on.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Iterator
@@ -22,6 +23,16 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from model_runtime.config import KeyeConfig
+from model_runtime.fp8 import (
+    FP8,
+    QUANTIZATION_CONFIG,
+    SCALE_SUFFIX,
+    Fp8Experts,
+    dequantize_blocks,
+    is_scale,
+    quantize_blocks,
+)
+from model_runtime.model import use_fp8_experts
 from model_runtime.processor import DEFAULT_PREPROCESSOR_CONFIG
 from model_runtime.tokenizer import build_tiny_tokenizer, save_tokenizer
 from model_runtime.vlm import KeyeVL, init_weights
@@ -53,18 +64,26 @@ def load_model(
     dtype: torch.dtype | None = None,
     attn_impl: str = "reference",
     moe_impl: str = "reference",
+    quantize: str | None = None,
 ) -> KeyeVL:
     """Build the model `config.json` describes and fill it from the checkpoint's safetensors.
 
     dtype defaults to bfloat16 on CUDA and float32 elsewhere. Parameters are created on the meta device
     and materialised directly on `device`, so a 30B checkpoint never sits twice in memory.
+    `quantize="fp8"` stores the routed experts in FP8 (`model_runtime.fp8`), quantising each expert
+    tensor on `device` as it is read; a pre-quantised checkpoint (its config's `quantization_config`)
+    loads in FP8 either way.
     """
+    if quantize not in (None, "fp8"):
+        raise ValueError(f"quantize must be None or 'fp8', got {quantize!r}")
     ckpt = Path(ckpt_dir)
     config = KeyeConfig.from_pretrained(ckpt)
     device = torch.device(device)
     dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
     with torch.device("meta"):
         model = KeyeVL(config, attn_impl=attn_impl, moe_impl=moe_impl).to(dtype)
+        if quantize == "fp8" or config.fp8_experts:
+            use_fp8_experts(model)
     model = model.to_empty(device=device)
     load_state(model, ckpt)
     return model.eval()
@@ -78,8 +97,8 @@ def load_state(model: KeyeVL, ckpt_dir: str | Path) -> None:
     loaded: dict[str, Tensor] = {}
     tied = model.config.text.tie_word_embeddings
     for name, param in model.named_parameters(remove_duplicate=True):
-        if tied and name == "lm_head.weight":
-            continue
+        if (tied and name == "lm_head.weight") or is_scale(name):
+            continue  # FP8 scales are read or computed with their weight
         try:
             tensor = _read_parameter(reader, name, param.shape)
         except KeyError as exc:
@@ -88,6 +107,16 @@ def load_state(model: KeyeVL, ckpt_dir: str | Path) -> None:
         if tuple(tensor.shape) != tuple(param.shape):
             misshaped.append(f"{name}: checkpoint {list(tensor.shape)}, model expects {list(param.shape)}")
             continue
+        scale_name = name + SCALE_SUFFIX
+        if tensor.dtype == FP8 and scale_name not in reader:
+            missing.append(scale_name)
+            continue
+        if param.dtype == FP8 and tensor.dtype == FP8:
+            loaded[scale_name] = reader.get(scale_name)
+        elif param.dtype == FP8:  # quantise at load time, on the model's device
+            tensor, loaded[scale_name] = quantize_blocks(tensor.to(param.device))
+        elif tensor.dtype == FP8:  # an FP8 checkpoint into a bf16/fp32 model
+            tensor = dequantize_blocks(tensor, reader.get(scale_name), param.dtype)
         loaded[name] = tensor
     if missing or misshaped:
         raise CheckpointError(_problem_report(ckpt_dir, missing, misshaped))
@@ -111,7 +140,12 @@ def _read_parameter(reader: CheckpointReader, name: str, shape: torch.Size) -> T
                 if absent:
                     raise KeyError(f"{name} (or per-expert {absent[0]} …)")
                 # Per-expert weights are [out, in]; the fused layout is input-major [in, out].
-                per_expert.append(torch.cat([reader.get(n).T for n in names], dim=1))
+                parts_read = [reader.get(n) for n in names]
+                if any(t.dtype == FP8 for t in parts_read):
+                    raise CheckpointError(
+                        f"{names[0]}: per-expert FP8 tensors are not supported (use the fused layout)"
+                    )
+                per_expert.append(torch.cat([t.T for t in parts_read], dim=1))
             return torch.stack(per_expert)
     raise KeyError(name)
 
@@ -174,9 +208,12 @@ def save_checkpoint(
     sharded with a `model.safetensors.index.json` when larger than `max_shard_bytes`."""
     if expert_layout not in ("fused", "per_expert"):
         raise ValueError(f"expert_layout must be 'fused' or 'per_expert', got {expert_layout!r}")
+    fp8 = any(isinstance(m, Fp8Experts) for m in model.modules())
+    if fp8 and expert_layout != "fused":
+        raise ValueError("FP8 experts are written in the fused layout only")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    config.save(out)
+    dataclasses.replace(config, quantization_config=dict(QUANTIZATION_CONFIG) if fp8 else None).save(out)
     shards: list[dict[str, Tensor]] = [{}]
     size = 0
     for name, tensor in _official_tensors(model, expert_layout):

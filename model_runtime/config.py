@@ -120,6 +120,11 @@ class KeyeConfig:
     architectures: list[str] = field(default_factory=lambda: ["KeyeVL2MoeForConditionalGeneration"])
     model_type: str = "KeyeVL2"
     torch_dtype: str = "bfloat16"
+    quantization_config: dict[str, Any] | None = None  # set on pre-quantised (FP8) checkpoints
+
+    @property
+    def fp8_experts(self) -> bool:
+        return (self.quantization_config or {}).get("quant_method") == "fp8"
 
     @property
     def eos_token_ids(self) -> list[int]:
@@ -219,6 +224,8 @@ class KeyeConfig:
         out: dict[str, Any] = {
             f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("text", "vision")
         }
+        if out["quantization_config"] is None:
+            del out["quantization_config"]
         out.update({k: v for k, v in text.items() if k != "mrope_section"})
         out["rope_scaling"] = {"type": "mrope", "mrope_section": list(self.text.mrope_section)}
         if sa is not None:

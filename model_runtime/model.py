@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from torch.nn.attention.bias import causal_lower_right
 
 from model_runtime.config import TextConfig
+from model_runtime.fp8 import Fp8Experts, moe_fp8_reference
 
 ATTN_IMPLS = ("dense", "reference", "triton")
 MOE_IMPLS = ("reference", "triton")
@@ -480,11 +481,25 @@ class SparseMoe(nn.Module):
     def forward(self, x: Tensor, ctx: ForwardContext) -> Tensor:
         ids, weights = self.route(x)
         gate_up, down = self.experts.gate_up_proj, self.experts.down_proj
+        if isinstance(self.experts, Fp8Experts):
+            scales = self.experts.gate_up_proj_scale_inv, self.experts.down_proj_scale_inv
+            kern = ctx.kernels.get(x.device) if ctx.moe_impl == "triton" else None
+            if kern is not None:
+                return kern.fused_moe_fp8(x, gate_up, scales[0], down, scales[1], ids, weights)
+            return moe_fp8_reference(x, gate_up, scales[0], down, scales[1], ids, weights)
         if ctx.moe_impl == "triton":
             kern = ctx.kernels.get(x.device)
             if kern is not None:
                 return kern.fused_moe(x, gate_up, down, ids, weights)
         return moe_reference(x, gate_up, down, ids, weights)
+
+
+def use_fp8_experts(model: nn.Module) -> None:
+    """Swap every layer's `Experts` for empty `Fp8Experts` (on the model's device; meta before loading)."""
+    for moe in [m for m in model.modules() if isinstance(m, SparseMoe)]:
+        e, hidden, width2 = moe.experts.gate_up_proj.shape
+        with torch.device(moe.experts.gate_up_proj.device):
+            moe.experts = Fp8Experts(e, hidden, width2 // 2)
 
 
 class Experts(nn.Module):

@@ -27,6 +27,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
+
+# Without a GPU the Triton kernels run under the CPU interpreter. The switch must be set before anything
+# imports `kernels` (a runtime test may, before tests/kernels/conftest.py is read), so it is set here.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 PG_HOST = os.environ.get("TIMEMARK_TEST_PG_HOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("TIMEMARK_TEST_PG_PORT", "5432"))

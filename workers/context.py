@@ -46,6 +46,7 @@ def engine_options(settings: Settings) -> tuple[str, dict[str, Any]]:
             "dtype": settings.engine_dtype,
             "attn_impl": settings.engine_attn_impl,
             "moe_impl": settings.engine_moe_impl,
+            "quantize": None if settings.engine_quantize == "none" else settings.engine_quantize,
             "max_batch": settings.engine_max_batch,
         }
     if kind == "openai":

@@ -18,6 +18,7 @@ from kernels._validate import (
     require_rank,
     require_same_device,
 )
+from model_runtime.fp8 import BLOCK, FP8, moe_fp8_reference
 
 
 def check_fused_moe_args(
@@ -71,3 +72,63 @@ def fused_moe_ref(
         y = (act @ down[expert].float()) * topk_weights[token, slot, None].float()  # [n, D]
         out.index_add_(0, token, y)
     return out.to(x.dtype)
+
+
+def check_fused_moe_fp8_args(
+    x: torch.Tensor,
+    gate_up: torch.Tensor,
+    gate_up_scale: torch.Tensor,
+    down: torch.Tensor,
+    down_scale: torch.Tensor,
+    topk_ids: torch.Tensor,
+    topk_weights: torch.Tensor,
+) -> None:
+    require_rank("x", x, 2)
+    require_rank("gate_up", gate_up, 3)
+    require_rank("down", down, 3)
+    require_rank("topk_ids", topk_ids, 2)
+    require_dtype("x", x, FLOAT_DTYPES)
+    require_dtype("topk_ids", topk_ids, INDEX_DTYPES)
+    require_dtype("gate_up", gate_up, (FP8,))
+    require_dtype("down", down, (FP8,))
+    require_same_device(
+        x=x, gate_up=gate_up, gate_up_scale=gate_up_scale, down=down, down_scale=down_scale,
+        topk_ids=topk_ids, topk_weights=topk_weights,
+    )  # fmt: skip
+    experts, hidden, width2 = gate_up.shape
+    require(width2 % 2 == 0, f"gate_up last dim must be 2F, got {width2}")
+    require(hidden == x.shape[1], f"gate_up hidden {hidden} must match x hidden {x.shape[1]}")
+    require(
+        down.shape == (experts, width2 // 2, hidden),
+        f"down must be [E, F, D] = {(experts, width2 // 2, hidden)}",
+    )
+
+    def blocks(n: int) -> int:
+        return -(-n // BLOCK)
+
+    require(
+        gate_up_scale.shape == (experts, blocks(hidden), blocks(width2)),
+        f"gate_up_scale must be [E, ceil(D/128), ceil(2F/128)], got {tuple(gate_up_scale.shape)}",
+    )
+    require(
+        down_scale.shape == (experts, blocks(width2 // 2), blocks(hidden)),
+        f"down_scale must be [E, ceil(F/128), ceil(D/128)], got {tuple(down_scale.shape)}",
+    )
+    require(topk_ids.shape == topk_weights.shape, "topk_ids and topk_weights must have one shape [T, k]")
+    require(topk_ids.shape[0] == x.shape[0], "topk_ids must have one row per token")
+
+
+def fused_moe_fp8_ref(
+    x: torch.Tensor,
+    gate_up: torch.Tensor,
+    gate_up_scale: torch.Tensor,
+    down: torch.Tensor,
+    down_scale: torch.Tensor,
+    topk_ids: torch.Tensor,
+    topk_weights: torch.Tensor,
+) -> torch.Tensor:
+    """The FP8 experts' arithmetic in PyTorch (`model_runtime.fp8.moe_fp8_reference`), with the kernel's checks."""
+    check_fused_moe_fp8_args(x, gate_up, gate_up_scale, down, down_scale, topk_ids, topk_weights)
+    experts = gate_up.shape[0]
+    require(bool(((topk_ids >= 0) & (topk_ids < experts)).all()), f"topk_ids must lie in [0, {experts})")
+    return moe_fp8_reference(x, gate_up, gate_up_scale, down, down_scale, topk_ids, topk_weights)

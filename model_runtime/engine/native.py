@@ -61,14 +61,16 @@ class NativeEngine:
         dtype: torch.dtype | None = None,
         attn_impl: str = "reference",
         moe_impl: str = "reference",
+        quantize: str | None = None,
         max_batch: int = 8,
         prefill_chunk: int = 4096,
         vision_chunk_frames: int = 32,
         score_tile_elements: int | None = None,
     ):
         model = load_model(
-            checkpoint, device=torch.device(device), dtype=dtype, attn_impl=attn_impl, moe_impl=moe_impl
-        )
+            checkpoint, device=torch.device(device), dtype=dtype, attn_impl=attn_impl, moe_impl=moe_impl,
+            quantize=quantize,
+        )  # fmt: skip
         self._adopt(model, KeyeProcessor.from_pretrained(checkpoint), max_batch, prefill_chunk,
                     vision_chunk_frames, score_tile_elements)  # fmt: skip
 

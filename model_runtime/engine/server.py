@@ -514,6 +514,8 @@ def create_app(
     model_name: str | None = None,
     device: str = "cpu",
     attn_impl: str = "reference",
+    moe_impl: str = "reference",
+    quantize: str | None = None,
     video_decoder: VideoDecoder | None = None,
     allow_local_files: bool = True,
     max_batch: int = 8,
@@ -523,14 +525,16 @@ def create_app(
     """The FastAPI app serving `/v1/chat/completions`, `/v1/models` and `/healthz`.
 
     Pass an `Engine` (any kind) or a checkpoint folder, which is loaded into a `NativeEngine` on
-    `device` with `attn_impl` (and closed with the app). `model_name` defaults to the checkpoint
+    `device` with `attn_impl`, `moe_impl` and `quantize` (and closed with the app). `model_name` defaults to the checkpoint
     folder's name (or the engine's). Requests arriving within `batch_window_s` of each other run as
     one batch of at most `max_batch`; the last `video_cache_entries` decoded videos are kept.
     """
     if isinstance(engine_or_checkpoint, (str, Path)):
         from model_runtime.engine.native import NativeEngine
 
-        engine: Engine = NativeEngine(engine_or_checkpoint, device=device, attn_impl=attn_impl)
+        engine: Engine = NativeEngine(
+            engine_or_checkpoint, device=device, attn_impl=attn_impl, moe_impl=moe_impl, quantize=quantize
+        )
         served_name = model_name or Path(engine_or_checkpoint).resolve().name
         owns_engine = True
     else:

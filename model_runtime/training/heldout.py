@@ -42,6 +42,7 @@ def evaluate(
     device: str = "cpu",
     attn_impls: tuple[str, ...] = ("reference",),
     videos_dir: str | Path | None = None,
+    quantize: str | None = None,
 ) -> dict[str, Any]:
     """Scores per attention backend, plus how many greedy answers differ from the first backend's."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -54,7 +55,7 @@ def evaluate(
         results: dict[str, Any] = {"count": len(samples), "seed": seed}
         first: list[Any] | None = None
         for impl in attn_impls:
-            engine = NativeEngine(checkpoint, device=device, attn_impl=impl)
+            engine = NativeEngine(checkpoint, device=device, attn_impl=impl, quantize=quantize)
             started = time.perf_counter()
             predictions = predict_samples(samples, folder, engine, params=params)
             report = score_predictions(samples, predictions)
@@ -82,10 +83,12 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--attn-impl", action="append", dest="attn_impls")
     p.add_argument("--videos-dir")
+    p.add_argument("--quantize", choices=["fp8"], help="FP8 experts (issue 10's accuracy check)")
     args = p.parse_args()
     impls = tuple(args.attn_impls or ["reference"])
     print(json.dumps(evaluate(args.checkpoint, count=args.count, seed=args.seed, device=args.device,
-                              attn_impls=impls, videos_dir=args.videos_dir)), flush=True)  # fmt: skip
+                              attn_impls=impls, videos_dir=args.videos_dir, quantize=args.quantize)),
+          flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

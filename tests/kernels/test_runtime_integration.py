@@ -41,8 +41,12 @@ def prompt(device: str) -> tuple[torch.Tensor, torch.Tensor]:
     return ids, positions
 
 
-def logits_both_ways(device: str, dtype: torch.dtype, loader) -> tuple[torch.Tensor, torch.Tensor]:
+def logits_both_ways(
+    device: str, dtype: torch.dtype, loader, *, fp8: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     model = tiny_model(device, dtype)
+    if fp8:
+        fp8_experts(model)
     ids, positions = prompt(device)
     with torch.no_grad():
         model.model.set_impl(attn_impl="reference", moe_impl="reference")
@@ -74,6 +78,39 @@ def test_tiny_model_triton_kernels_match_reference_on_gpu(dtype: torch.dtype, to
     with no_fallback_warning():
         fast, reference = logits_both_ways("cuda", dtype, model_module.KernelLoader())
     torch.testing.assert_close(fast, reference, atol=tol, rtol=tol)
+
+
+def fp8_experts(model) -> None:
+    """Quantise the experts in place, as `load_model(quantize="fp8")` does while loading."""
+    from model_runtime.fp8 import quantize_blocks
+
+    for moe in [m for m in model.modules() if isinstance(m, model_module.SparseMoe)]:
+        dense = moe.experts
+        model_module.use_fp8_experts(moe)
+        with torch.no_grad():
+            for name in ("gate_up_proj", "down_proj"):
+                q, scale = quantize_blocks(getattr(dense, name))
+                getattr(moe.experts, name).copy_(q)
+                getattr(moe.experts, name + "_scale_inv").copy_(scale)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU variant below covers CUDA")
+def test_tiny_model_fp8_experts_kernel_matches_reference_on_cpu_interpreter() -> None:
+    functions = SimpleNamespace(
+        indexer_topk=kernels.indexer_topk,
+        sparse_attention=kernels.sparse_attention,
+        fused_moe_fp8=kernels.fused_moe_fp8,
+    )
+    fast, reference = logits_both_ways("cpu", torch.float32, model_module.KernelLoader(functions), fp8=True)
+    assert not fast.isnan().any()
+    torch.testing.assert_close(fast, reference, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.gpu
+def test_tiny_model_fp8_experts_kernel_matches_reference_on_gpu() -> None:
+    with no_fallback_warning():
+        fast, reference = logits_both_ways("cuda", torch.bfloat16, model_module.KernelLoader(), fp8=True)
+    torch.testing.assert_close(fast, reference, atol=0.15, rtol=0.15)
 
 
 @contextlib.contextmanager

@@ -18,6 +18,10 @@ def serve_model(
     port: int = typer.Option(8000, help="Port to listen on."),
     device: str = typer.Option("cpu", help="Torch device for the model, e.g. cpu or cuda."),
     attn_impl: str = typer.Option("reference", "--attn-impl", help="dense, reference or triton."),
+    moe_impl: str = typer.Option("reference", "--moe-impl", help="reference or triton."),
+    quantize: str = typer.Option(
+        "none", "--quantize", help="none, or fp8: expert weights in FP8 at load time."
+    ),
     model_name: str | None = typer.Option(
         None, "--model-name", help="Served model id (default: folder name)."
     ),
@@ -44,13 +48,19 @@ def serve_model(
 
     from model_runtime.engine.server import create_app
 
+    if quantize not in ("none", "fp8"):
+        typer.echo(f"serve-model: --quantize must be none or fp8, got {quantize!r}", err=True)
+        raise typer.Exit(2)
+    fp8 = quantize == "fp8"
     if gpu_memory_gib is not None or device.startswith("cuda"):
-        _check_memory(checkpoint, device, context_tokens, gpu_memory_gib)
+        _check_memory(checkpoint, device, context_tokens, gpu_memory_gib, fp8)
     server_app = create_app(
         checkpoint,
         model_name=model_name,
         device=device,
         attn_impl=attn_impl,
+        moe_impl=moe_impl,
+        quantize="fp8" if fp8 else None,
         allow_local_files=not no_local_files,
         max_batch=max_batch,
         batch_window_s=batch_window_ms / 1000,
@@ -58,8 +68,11 @@ def serve_model(
     uvicorn.run(server_app, host=host, port=port, log_level="info")
 
 
-def _check_memory(checkpoint: Path, device: str, context_tokens: int, gpu_memory_gib: float | None) -> None:
+def _check_memory(
+    checkpoint: Path, device: str, context_tokens: int, gpu_memory_gib: float | None, fp8: bool
+) -> None:
     """Refuse (exit 1, the planner's message naming the knobs) a configuration that cannot fit."""
+    from model_runtime.config import KeyeConfig
     from model_runtime.memory_plan import GIB, MemoryPlanError, check_fits, dims_from_checkpoint
 
     if gpu_memory_gib is not None:
@@ -68,10 +81,12 @@ def _check_memory(checkpoint: Path, device: str, context_tokens: int, gpu_memory
         import torch
 
         available, _ = torch.cuda.mem_get_info(torch.device(device))
+    fp8 = fp8 or KeyeConfig.from_pretrained(checkpoint).fp8_experts  # a pre-quantised checkpoint
     try:
         plan = check_fits(
-            dims_from_checkpoint(checkpoint), context_tokens=context_tokens, gpu_memory_bytes=available
-        )
+            dims_from_checkpoint(checkpoint), context_tokens=context_tokens, gpu_memory_bytes=available,
+            weight_format="fp8" if fp8 else "bf16",
+        )  # fmt: skip
     except MemoryPlanError as err:
         typer.echo(f"serve-model: {err}", err=True)
         raise typer.Exit(1) from err

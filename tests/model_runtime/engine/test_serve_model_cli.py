@@ -72,3 +72,23 @@ def test_serve_model_refuses_what_the_memory_planner_says_cannot_fit(tiny_checkp
     result = subprocess.run(command, capture_output=True, text=True, timeout=60)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "does not fit" in result.stderr and "reserve 3.0" in result.stderr
+
+
+def test_serve_model_refuses_an_unknown_quantisation(tiny_checkpoint: Path) -> None:
+    command = [
+        sys.executable, "-c", "from timemark.cli import main; main()", "serve-model",
+        "--checkpoint", str(tiny_checkpoint), "--quantize", "int4",
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "--quantize must be none or fp8" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1  # one line, no traceback
+
+
+def test_serve_model_plans_memory_with_fp8_experts_when_asked(tiny_checkpoint: Path) -> None:
+    command = [
+        sys.executable, "-c", "from timemark.cli import main; main()", "serve-model",
+        "--checkpoint", str(tiny_checkpoint), "--gpu-memory-gib", "0.5", "--quantize", "fp8",
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "fp8 weights" in result.stderr  # the refused plan is the FP8 one
