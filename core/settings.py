@@ -52,10 +52,13 @@ class Settings(BaseSettings):
     engine_kind: Literal["native", "openai", "sglang"] = "native"
     engine_checkpoint: str | None = None
     engine_device: str = "cpu"
-    engine_dtype: str | None = None
+    engine_dtype: Literal["float32", "bfloat16", "float16"] | None = (
+        None  # default: bf16 on CUDA, fp32 on CPU
+    )
     engine_attn_impl: Literal["dense", "reference", "triton"] = "reference"
     engine_moe_impl: Literal["reference", "triton"] = "reference"
     engine_quantize: Literal["none", "fp8"] = "none"  # fp8: expert weights in FP8 (half their memory)
+    engine_tp: int = Field(default=1, ge=1, le=8)  # tensor parallelism: processes (GPUs) per engine
     engine_max_batch: int = Field(default=8, ge=1)
     engine_base_url: str | None = None  # openai engine
     engine_model: str | None = None  # openai engine

@@ -61,7 +61,7 @@ def load_model(
     ckpt_dir: str | Path,
     *,
     device: str | torch.device = "cpu",
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | str | None = None,
     attn_impl: str = "reference",
     moe_impl: str = "reference",
     quantize: str | None = None,
@@ -79,7 +79,7 @@ def load_model(
     ckpt = Path(ckpt_dir)
     config = KeyeConfig.from_pretrained(ckpt)
     device = torch.device(device)
-    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    dtype = model_dtype(dtype, device)
     with torch.device("meta"):
         model = KeyeVL(config, attn_impl=attn_impl, moe_impl=moe_impl).to(dtype)
         if quantize == "fp8" or config.fp8_experts:
@@ -87,6 +87,17 @@ def load_model(
     model = model.to_empty(device=device)
     load_state(model, ckpt)
     return model.eval()
+
+
+def model_dtype(dtype: torch.dtype | str | None, device: torch.device) -> torch.dtype:
+    """The weights' dtype: as asked (a torch dtype or its name), else bf16 on CUDA and fp32 elsewhere."""
+    if dtype is None:
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, str):
+        if dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype!r}")
+        return getattr(torch, dtype)
+    return dtype
 
 
 def load_state(model: KeyeVL, ckpt_dir: str | Path) -> None:
@@ -100,7 +111,7 @@ def load_state(model: KeyeVL, ckpt_dir: str | Path) -> None:
         if (tied and name == "lm_head.weight") or is_scale(name):
             continue  # FP8 scales are read or computed with their weight
         try:
-            tensor = _read_parameter(reader, name, param.shape)
+            tensor = read_parameter(reader, name, param.shape)
         except KeyError as exc:
             missing.append(str(exc.args[0]))
             continue
@@ -126,7 +137,7 @@ def load_state(model: KeyeVL, ckpt_dir: str | Path) -> None:
             params[name].copy_(tensor)
 
 
-def _read_parameter(reader: CheckpointReader, name: str, shape: torch.Size) -> Tensor:
+def read_parameter(reader: CheckpointReader, name: str, shape: torch.Size) -> Tensor:
     """The checkpoint tensor for a model parameter: by its own name, else assembled from per-expert ones."""
     if name in reader:
         return reader.get(name)

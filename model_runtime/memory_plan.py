@@ -89,7 +89,7 @@ class ParamCounts:
 
     experts: int  # routed expert FFNs (FP8-able, sharded under tp)
     attention: int  # q/k/v/o projections (sharded under tp)
-    embeddings: int  # embed_tokens + lm_head (vocab-parallel under tp)
+    embeddings: int  # embed_tokens + lm_head (replicated under tp: every rank computes whole logits)
     replicated: int  # norms, routers, indexers, vision tower + projector (whole copy on every GPU)
 
     @property
@@ -214,8 +214,8 @@ def plan_memory(
         raise ValueError(f"weight_format must be 'bf16' or 'fp8', got {weight_format!r}")
 
     counts = count_params(dims)
-    sharded = expert_bytes(dims, weight_format) + 2 * (counts.attention + counts.embeddings)
-    weights = sharded // tp + 2 * counts.replicated
+    sharded = expert_bytes(dims, weight_format) + 2 * counts.attention
+    weights = sharded // tp + 2 * (counts.replicated + counts.embeddings)
 
     # KV: K and V per layer for the kv heads this GPU owns (spec §2.3).
     kv_cache = (

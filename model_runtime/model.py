@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.distributed
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.attention.bias import causal_lower_right
@@ -29,7 +30,7 @@ from model_runtime.config import TextConfig
 from model_runtime.fp8 import Fp8Experts, moe_fp8_reference
 
 ATTN_IMPLS = ("dense", "reference", "triton")
-MOE_IMPLS = ("reference", "triton")
+MOE_IMPLS = ("reference", "triton", "all_experts")  # all_experts: sync-free, for training small models
 # Upper bound on the elements of one attention-score tile (queries × heads × keys): bounds the
 # activation memory of long prefills, whatever the prompt length.
 SCORE_TILE_ELEMENTS = 1 << 26
@@ -235,6 +236,8 @@ class DecoderLayer(nn.Module):
 class Attention(nn.Module):
     """GQA with QK RMSNorm and mRoPE; each query attends only to the keys its indexer selects (§2.1)."""
 
+    tp_group: Any = None  # set by `parallel.load_shard`: this rank holds a share of the heads
+
     def __init__(self, config: TextConfig, layer_idx: int):
         super().__init__()
         self.layer_idx = layer_idx
@@ -281,7 +284,7 @@ class Attention(nn.Module):
             index = (iq[a:b], iw[a:b], index_keys) if iq is not None else None
             out[a:b] = self.attend(q[a:b], keys, values, index, start, ctx)
             a = b
-        return self.o_proj(out.flatten(1))
+        return all_reduce(self.o_proj(out.flatten(1)), self.tp_group)
 
     def attend(
         self,
@@ -464,6 +467,8 @@ class Indexer(nn.Module):
 class SparseMoe(nn.Module):
     """Softmax router, top-k experts with renormalised weights, no shared expert (spec §1.2)."""
 
+    tp_group: Any = None  # set by `parallel.load_shard`: this rank holds a share of each expert's width
+
     def __init__(self, config: TextConfig):
         super().__init__()
         self.top_k, self.renormalize = config.num_experts_per_tok, config.norm_topk_prob
@@ -479,6 +484,9 @@ class SparseMoe(nn.Module):
         return ids, weights.to(x.dtype)
 
     def forward(self, x: Tensor, ctx: ForwardContext) -> Tensor:
+        return all_reduce(self.experts_output(x, ctx), self.tp_group)
+
+    def experts_output(self, x: Tensor, ctx: ForwardContext) -> Tensor:
         ids, weights = self.route(x)
         gate_up, down = self.experts.gate_up_proj, self.experts.down_proj
         if isinstance(self.experts, Fp8Experts):
@@ -491,6 +499,8 @@ class SparseMoe(nn.Module):
             kern = ctx.kernels.get(x.device)
             if kern is not None:
                 return kern.fused_moe(x, gate_up, down, ids, weights)
+        if ctx.moe_impl == "all_experts":
+            return moe_all_experts(x, gate_up, down, ids, weights)
         return moe_reference(x, gate_up, down, ids, weights)
 
 
@@ -534,6 +544,26 @@ def moe_reference(x: Tensor, gate_up: Tensor, down: Tensor, ids: Tensor, weights
         y = (F.silu(h[:, :width]) * h[:, width:]) @ down[e]  # [n, D]
         out.index_add_(0, tok, y * weights[tok, slot, None])
     return out
+
+
+def all_reduce(x: Tensor, group: Any) -> Tensor:
+    """Sum of the ranks' partial outputs under tensor parallelism (`model_runtime.parallel`); x itself
+    without it."""
+    if group is not None:
+        torch.distributed.all_reduce(x, group=group)
+    return x
+
+
+def moe_all_experts(x: Tensor, gate_up: Tensor, down: Tensor, ids: Tensor, weights: Tensor) -> Tensor:
+    """The same sum as `moe_reference`, computed by every expert for every token and weighted by the
+    routing weights (zero for the experts a token did not pick): E/k times the FLOPs, but a fixed
+    handful of batched products with no host sync, which is what training a small model needs."""
+    width = down.shape[1]
+    h = torch.einsum("nd,edf->enf", x, gate_up)  # [E, N, 2F]
+    y = torch.einsum("enf,efd->end", F.silu(h[..., :width]) * h[..., width:], down)  # [E, N, D]
+    dense = torch.zeros(x.shape[0], gate_up.shape[0], dtype=y.dtype, device=x.device)
+    dense = dense.scatter(1, ids, weights.to(y.dtype))  # [N, E]
+    return torch.einsum("end,ne->nd", y, dense)
 
 
 # ---- norms and rotary -------------------------------------------------------------------------------

@@ -76,8 +76,14 @@ system user assistant system user assistant
 """
 
 
-def build_tiny_tokenizer(vocab_size: int = 448) -> Tokenizer:
-    """A byte-level BPE with `vocab_size` regular tokens (256 bytes + merges) + the Keye added tokens."""
+def build_tiny_tokenizer(vocab_size: int = 448, time_tokens_s: int = 0) -> Tokenizer:
+    """A byte-level BPE with `vocab_size` regular tokens (256 bytes + merges) + the Keye added tokens.
+
+    `time_tokens_s` > 0 adds one token per one-decimal time below that many seconds ("0.0" … "199.9"),
+    after the Keye tokens (their ids do not move). The small trained model uses them: a frame's
+    timestamp is then one token, so answering is copying one token per bound rather than four digits
+    in order, which a few-million-parameter model learns in minutes. Other times still spell out.
+    """
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [
@@ -94,6 +100,8 @@ def build_tiny_tokenizer(vocab_size: int = 448) -> Tokenizer:
     )
     tok.train_from_iterator([line for line in _CORPUS.splitlines() if line.strip()] * 4, trainer=trainer)
     tok.add_tokens([AddedToken(t, special=s, normalized=False) for t, s in KEYE_ADDED_TOKENS])
+    if time_tokens_s > 0:
+        tok.add_tokens([AddedToken(f"{i / 10:.1f}", normalized=False) for i in range(time_tokens_s * 10)])
     return tok
 
 

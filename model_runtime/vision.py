@@ -153,13 +153,13 @@ class Projector(nn.Module):
     def forward(self, features: Tensor, grids: Sequence[tuple[int, int, int]]) -> Tensor:
         """features [P, C] in per-frame raster order → LM tokens [P / 4, D], raster over each merged grid."""
         m, out, offset = self.merge, [], 0
-        for t, h, w in grids:
+        for (h, w), t in _runs_of_equal_grids(grids):  # one reshape per run of same-size frames
             n = t * h * w
             x = features[offset : offset + n].view(t, h // m, m, w // m, m, -1)  # [t, h/2, di, w/2, dj, C]
             x = x.permute(0, 1, 3, 2, 4, 5)  # [t, h/2, w/2, di, dj, C]: dj fastest
             out.append(x.reshape(t * (h // m) * (w // m), -1))
             offset += n
-        x = self.pre_norm(torch.cat(out))
+        x = self.pre_norm(out[0] if len(out) == 1 else torch.cat(out))
         return self.linear_2(F.gelu(self.linear_1(x)))
 
 

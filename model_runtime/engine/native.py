@@ -58,7 +58,7 @@ class NativeEngine:
         checkpoint: str | Path,
         *,
         device: str | torch.device = "cpu",
-        dtype: torch.dtype | None = None,
+        dtype: torch.dtype | str | None = None,
         attn_impl: str = "reference",
         moe_impl: str = "reference",
         quantize: str | None = None,

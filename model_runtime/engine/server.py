@@ -516,6 +516,7 @@ def create_app(
     attn_impl: str = "reference",
     moe_impl: str = "reference",
     quantize: str | None = None,
+    tp: int = 1,
     video_decoder: VideoDecoder | None = None,
     allow_local_files: bool = True,
     max_batch: int = 8,
@@ -525,16 +526,17 @@ def create_app(
     """The FastAPI app serving `/v1/chat/completions`, `/v1/models` and `/healthz`.
 
     Pass an `Engine` (any kind) or a checkpoint folder, which is loaded into a `NativeEngine` on
-    `device` with `attn_impl`, `moe_impl` and `quantize` (and closed with the app). `model_name` defaults to the checkpoint
+    `device` with `attn_impl`, `moe_impl`, `quantize` and `tp` (and closed with the app). `model_name` defaults to the checkpoint
     folder's name (or the engine's). Requests arriving within `batch_window_s` of each other run as
     one batch of at most `max_batch`; the last `video_cache_entries` decoded videos are kept.
     """
     if isinstance(engine_or_checkpoint, (str, Path)):
-        from model_runtime.engine.native import NativeEngine
+        from model_runtime.engine import load_engine
 
-        engine: Engine = NativeEngine(
-            engine_or_checkpoint, device=device, attn_impl=attn_impl, moe_impl=moe_impl, quantize=quantize
-        )
+        engine: Engine = load_engine(
+            "native", checkpoint=engine_or_checkpoint, device=device, attn_impl=attn_impl, moe_impl=moe_impl,
+            quantize=quantize, tp=tp,
+        )  # fmt: skip
         served_name = model_name or Path(engine_or_checkpoint).resolve().name
         owns_engine = True
     else:
@@ -611,11 +613,12 @@ def create_app(
 def generate_with_images(engine: Engine, request: GenerationRequest, images: list[np.ndarray]) -> Completion:
     """One request whose user turn holds images, through the native engine's processor and caches.
 
-    `GenerationRequest` carries no images, so this drives `NativeEngine`'s own steps (encode the chat
-    with image parts, prefill, decode) for one sequence; other engines refuse images.
+    `GenerationRequest` carries no images, so the chat with image parts is encoded here by the engine's
+    processor and run through `generate_encoded` (native engines, one GPU or tensor-parallel); other
+    engines refuse images.
     """
     processor = getattr(engine, "processor", None)
-    if processor is None or not hasattr(engine, "_start"):
+    if processor is None or not hasattr(engine, "generate_encoded"):
         raise ApiError(400, f"engine {engine.name!r} takes no images", code="unsupported")
     import torch
 
@@ -636,10 +639,7 @@ def generate_with_images(engine: Engine, request: GenerationRequest, images: lis
     messages.append({"role": "user", "content": parts})
     with torch.inference_mode():
         inputs = processor.encode_messages(messages)
-        sequence, job = engine._start(0, request, inputs, {}, {})  # type: ignore[attr-defined]
-        (sequence.last_hidden,) = engine._prefill([job])  # type: ignore[attr-defined]
-        engine._decode([sequence])  # type: ignore[attr-defined]
-        return engine._completion(sequence)  # type: ignore[attr-defined]
+    return engine.generate_encoded([(request, inputs)])[0]  # type: ignore[attr-defined]
 
 
 def _resize(image: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -47,6 +47,8 @@ from model_runtime.training.data import (
 )
 from model_runtime.vlm import KeyeVL, init_weights
 
+TIME_TOKENS_S = 200  # one token per one-decimal time below 200 s (chunks of the small model are ~140 s)
+
 
 def small_config(tokenizer: Any) -> KeyeConfig:
     """~2.5 M parameters of exactly the runtime's architecture; top-k 256 of ~2,600-token prompts."""
@@ -268,17 +270,26 @@ def answer_accuracy(logits: Tensor, targets: Tensor, lengths: list[int]) -> tupl
     return token_acc, (wrong_per_answer == 0).float().mean().item()
 
 
+def report_profile(profiler: torch.profiler.profile) -> None:
+    profiler.stop()
+    table = profiler.key_averages()
+    sort = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+    print(table.table(sort_by=sort, row_limit=15), flush=True)
+    print(table.table(sort_by="self_cpu_time_total", row_limit=15), flush=True)
+    print(json.dumps({"op_calls_per_step": sum(e.count for e in table) // 5}), flush=True)
+
+
 def train(args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device(args.device)
     torch.manual_seed(args.seed)
     torch.backends.cuda.matmul.allow_tf32 = True
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tiny_tokenizer()
+    tokenizer = build_tiny_tokenizer(time_tokens_s=TIME_TOKENS_S)
     config = small_config(tokenizer)
     write_checkpoint_files(out, tokenizer, config)
     processor = KeyeProcessor.from_pretrained(out)
-    model = init_weights(KeyeVL(config, attn_impl="dense"), seed=args.seed).to(device)
+    model = init_weights(KeyeVL(config, attn_impl="dense", moe_impl="all_experts"), seed=args.seed).to(device)
     if args.init:
         load_state(model, args.init)  # continue from an earlier run of this script
     n_params = sum(p.numel() for p in model.parameters())
@@ -298,7 +309,10 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     step = examples_seen = 0
     sparse = False
     last_save = started
+    profiler = torch.profiler.profile() if args.profile else None
     while step < args.max_steps and time.time() - started < budget_s:
+        if profiler is not None and step in (10, 15):  # five steps after warm-up: where a step's time goes
+            profiler.start() if step == 10 else report_profile(profiler)
         progress = (time.time() - started) / budget_s
         if not sparse and progress > args.dense_fraction:
             model.model.set_impl(attn_impl="reference")  # sparse adaptation for the rest of the run
@@ -337,7 +351,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             last_save = time.time()
         step += 1
     feed.close()
-    model.model.set_impl(attn_impl="reference")
+    model.model.set_impl(attn_impl="reference", moe_impl="reference")
     save_checkpoint(model.cpu(), config, out)
     summary = {
         "parameters": n_params,
@@ -372,6 +386,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dense-fraction", type=float, default=0.75)
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--save-every-s", type=float, default=120.0)
+    p.add_argument("--profile", action="store_true", help="print where steps 10-14 spend their time")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--seed-offset", type=int, default=1_000_000, help="video seeds; eval sets use others")
     return p.parse_args(argv)

@@ -109,8 +109,8 @@ def test_forked_prefixes_multiply_the_caches() -> None:
 def test_tensor_parallel_two_halves_the_sharded_parts() -> None:
     plan = plan_memory(FULL, context_tokens=CHUNK, gpu_memory_bytes=H100, tp=2, indexer_cache_format="fp8")
     counts = count_params(FULL)
-    sharded = 2 * (counts.experts + counts.attention + counts.embeddings)
-    assert plan.weights == sharded // 2 + 2 * counts.replicated == 31_724_835_552
+    sharded = 2 * (counts.experts + counts.attention)  # embeddings and lm_head stay whole (parallel.py)
+    assert plan.weights == sharded // 2 + 2 * (counts.replicated + counts.embeddings) == 32_347_165_408
     assert plan.kv_cache == 18_119_393_280 // 2  # two of the four KV heads per GPU
     assert plan.indexer_cache == 601_620_480  # one key head: every GPU keeps all of it
 

@@ -22,6 +22,7 @@ def serve_model(
     quantize: str = typer.Option(
         "none", "--quantize", help="none, or fp8: expert weights in FP8 at load time."
     ),
+    tp: int = typer.Option(1, "--tp", min=1, help="Tensor parallelism: one process per GPU (cuda:0…)."),
     model_name: str | None = typer.Option(
         None, "--model-name", help="Served model id (default: folder name)."
     ),
@@ -53,7 +54,7 @@ def serve_model(
         raise typer.Exit(2)
     fp8 = quantize == "fp8"
     if gpu_memory_gib is not None or device.startswith("cuda"):
-        _check_memory(checkpoint, device, context_tokens, gpu_memory_gib, fp8)
+        _check_memory(checkpoint, device, context_tokens, gpu_memory_gib, fp8, tp)
     server_app = create_app(
         checkpoint,
         model_name=model_name,
@@ -61,6 +62,7 @@ def serve_model(
         attn_impl=attn_impl,
         moe_impl=moe_impl,
         quantize="fp8" if fp8 else None,
+        tp=tp,
         allow_local_files=not no_local_files,
         max_batch=max_batch,
         batch_window_s=batch_window_ms / 1000,
@@ -69,7 +71,7 @@ def serve_model(
 
 
 def _check_memory(
-    checkpoint: Path, device: str, context_tokens: int, gpu_memory_gib: float | None, fp8: bool
+    checkpoint: Path, device: str, context_tokens: int, gpu_memory_gib: float | None, fp8: bool, tp: int
 ) -> None:
     """Refuse (exit 1, the planner's message naming the knobs) a configuration that cannot fit."""
     from model_runtime.config import KeyeConfig
@@ -85,7 +87,7 @@ def _check_memory(
     try:
         plan = check_fits(
             dims_from_checkpoint(checkpoint), context_tokens=context_tokens, gpu_memory_bytes=available,
-            weight_format="fp8" if fp8 else "bf16",
+            weight_format="fp8" if fp8 else "bf16", tp=tp,
         )  # fmt: skip
     except MemoryPlanError as err:
         typer.echo(f"serve-model: {err}", err=True)
