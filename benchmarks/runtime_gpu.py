@@ -148,11 +148,13 @@ def decode(model: Any, cache: Any, steps: int, device: torch.device) -> float:
     return (time.perf_counter() - t0) / steps
 
 
-def parse_config(text: str, default_chunk: int) -> tuple[str, str, int]:
-    """ "attn[/moe][@chunk]" -> (attn_impl, moe_impl, prefill chunk; 0 = the whole prompt in one forward)."""
+def parse_config(text: str, default_chunk: int) -> tuple[str, str, int, bool]:
+    """ "attn[/moe][+fp8][@chunk]" -> (attn_impl, moe_impl, prefill chunk (0 = the whole prompt in one
+    forward), FP8 experts). FP8 quantises the experts in place, so list FP8 configs last."""
     impls, _, chunk = text.partition("@")
+    impls, _, fp8 = impls.partition("+")
     attn, _, moe = impls.partition("/")
-    return attn, moe or "reference", int(chunk) if chunk else default_chunk
+    return attn, moe or "reference", int(chunk) if chunk else default_chunk, fp8 == "fp8"
 
 
 def run(args: argparse.Namespace) -> list[Result]:
@@ -185,8 +187,17 @@ def run(args: argparse.Namespace) -> list[Result]:
         return args.budget_s - (time.perf_counter() - t_start)
 
     for text in args.configs:
-        attn, moe, chunk = parse_config(text, args.chunk)
-        label = f"{attn}/{moe} " + ("one forward" if chunk == 0 else f"chunk {chunk}")
+        attn, moe, chunk, fp8 = parse_config(text, args.chunk)
+        label = f"{attn}/{moe}{' FP8 experts' if fp8 else ''} " + (
+            "one forward" if chunk == 0 else f"chunk {chunk}"
+        )
+        if fp8:
+            from model_runtime.model import quantize_experts
+
+            quantize_experts(model)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            print(f"experts in FP8: {torch.cuda.memory_allocated() / 2**30:.1f} GiB allocated", flush=True)
         needs_kernels = "triton" in (attn, moe)
         if needs_kernels and model.model.kernels.get(device) is None:
             record(Result(label, "prefill", 0, None, None, None, 0.0, "skipped: Triton kernels unavailable"))

@@ -512,6 +512,23 @@ def use_fp8_experts(model: nn.Module) -> None:
             moe.experts = Fp8Experts(e, hidden, width2 // 2)
 
 
+@torch.no_grad()
+def quantize_experts(model: nn.Module) -> None:
+    """A loaded model's experts to FP8 in place, layer by layer (each full-precision copy is freed as it goes)."""
+    from model_runtime.fp8 import quantize_blocks
+
+    for moe in [m for m in model.modules() if isinstance(m, SparseMoe)]:
+        dense = moe.experts
+        if isinstance(dense, Fp8Experts):
+            continue
+        use_fp8_experts(moe)
+        for name in ("gate_up_proj", "down_proj"):
+            q, scale = quantize_blocks(getattr(dense, name))
+            getattr(moe.experts, name).copy_(q)
+            getattr(moe.experts, name + "_scale_inv").copy_(scale)
+        del dense
+
+
 class Experts(nn.Module):
     """All experts' weights in the checkpoint's fused, input-major layout (gate = first F columns)."""
 

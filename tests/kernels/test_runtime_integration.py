@@ -46,7 +46,7 @@ def logits_both_ways(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     model = tiny_model(device, dtype)
     if fp8:
-        fp8_experts(model)
+        model_module.quantize_experts(model)
     ids, positions = prompt(device)
     with torch.no_grad():
         model.model.set_impl(attn_impl="reference", moe_impl="reference")
@@ -78,20 +78,6 @@ def test_tiny_model_triton_kernels_match_reference_on_gpu(dtype: torch.dtype, to
     with no_fallback_warning():
         fast, reference = logits_both_ways("cuda", dtype, model_module.KernelLoader())
     torch.testing.assert_close(fast, reference, atol=tol, rtol=tol)
-
-
-def fp8_experts(model) -> None:
-    """Quantise the experts in place, as `load_model(quantize="fp8")` does while loading."""
-    from model_runtime.fp8 import quantize_blocks
-
-    for moe in [m for m in model.modules() if isinstance(m, model_module.SparseMoe)]:
-        dense = moe.experts
-        model_module.use_fp8_experts(moe)
-        with torch.no_grad():
-            for name in ("gate_up_proj", "down_proj"):
-                q, scale = quantize_blocks(getattr(dense, name))
-                getattr(moe.experts, name).copy_(q)
-                getattr(moe.experts, name + "_scale_inv").copy_(scale)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU variant below covers CUDA")
