@@ -2,7 +2,8 @@
 
 `timemark model init --size tiny --out DIR` writes a random-weight checkpoint in the official layout
 (what the tests, the CPU demo and a fresh training run start from); `timemark model info DIR` prints
-its configuration and parameter count. torch is imported inside the commands so `--help` stays fast.
+its configuration and parameter count; `timemark model quantize DIR --out FP8DIR` writes a copy with FP8
+experts (issue 10). torch is imported inside the commands so `--help` stays fast.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import typer
 
 from timemark.cli import app
 
-model_app = typer.Typer(help="Native Keye-VL checkpoints: create and inspect.", no_args_is_help=True)
+model_app = typer.Typer(help="Native Keye-VL checkpoints: create, inspect, quantise.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
 
 
@@ -52,3 +53,35 @@ def info(checkpoint: Path = typer.Argument(..., help="Checkpoint folder.")) -> N
         f"{t.num_key_value_heads}x{t.head_dim} experts={t.num_experts} top{t.num_experts_per_tok} "
         f"vocab={t.vocab_size} sa_topk={t.sa.topk if t.sa else None} params={n_params:,}"
     )
+
+
+@model_app.command("quantize")
+def quantize(
+    checkpoint: Path = typer.Argument(
+        ..., exists=True, file_okay=False, help="Checkpoint folder (bf16/fp32)."
+    ),
+    out: Path = typer.Option(..., "--out", help="Folder to write the FP8 checkpoint into."),
+    device: str = typer.Option("cpu", "--device", help="Where to quantise (cuda is faster for 30B)."),
+) -> None:
+    """Write a copy whose experts are FP8 (e4m3, 128x128 block scales), loadable without --quantize."""
+    import shutil
+
+    from model_runtime.checkpoint import CheckpointError, load_model, save_checkpoint
+
+    if out.resolve() == checkpoint.resolve():
+        raise typer.BadParameter("--out must be another folder than the checkpoint")
+    try:
+        model = load_model(checkpoint, device=device, quantize="fp8")
+    except (CheckpointError, ValueError, FileNotFoundError) as exc:
+        typer.echo(f"model quantize: {str(exc).splitlines()[0]}", err=True)
+        raise typer.Exit(1) from exc
+    save_checkpoint(model, model.config, out)
+    for extra in (
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "preprocessor_config.json",
+        "generation_config.json",
+    ):
+        if (checkpoint / extra).is_file():
+            shutil.copy(checkpoint / extra, out / extra)
+    typer.echo(f"wrote FP8-expert checkpoint to {out}")

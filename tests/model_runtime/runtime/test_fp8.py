@@ -86,3 +86,22 @@ def test_fp8_checkpoint_without_its_scales_is_refused_with_their_names(
 def test_unknown_quantisation_is_refused(tiny_ckpt: Path) -> None:
     with pytest.raises(ValueError, match="quantize must be None or 'fp8'"):
         load_model(tiny_ckpt, quantize="int4")
+
+
+def test_cli_model_quantize_writes_a_checkpoint_that_loads_in_fp8(tiny_ckpt: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from timemark.cli import app
+    from timemark.cli import model as _model_cli  # noqa: F401  (registers the `model` group)
+
+    out = tmp_path / "q"
+    result = CliRunner().invoke(app, ["model", "quantize", str(tiny_ckpt), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert isinstance(load_model(out).model.layers[0].mlp.experts, Fp8Experts)
+    assert (out / "tokenizer.json").is_file()
+    same = CliRunner().invoke(app, ["model", "quantize", str(tiny_ckpt), "--out", str(tiny_ckpt)])
+    assert same.exit_code != 0 and "another folder" in same.output
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    refused = CliRunner().invoke(app, ["model", "quantize", str(empty), "--out", str(tmp_path / "x")])
+    assert refused.exit_code == 1 and "no config.json" in refused.output
