@@ -110,9 +110,18 @@ def visible_span(
 
 
 def sample_clips(
-    seed: int, *, min_s: float = 30.0, max_s: float = 80.0, params: SamplingParams = SMALL_SAMPLING
+    seed: int,
+    *,
+    min_s: float = 30.0,
+    max_s: float = 80.0,
+    source_fps: float = 10.0,
+    params: SamplingParams = SMALL_SAMPLING,
 ) -> list[Clip]:
-    """One random synthetic video (random length, 1–3 events, 0–3 distractors, 0–2 cuts) → its chunks."""
+    """One random synthetic video (random length, 1–3 events, 0–3 distractors, 0–2 cuts) → its chunks.
+
+    Written at `source_fps` like `timemark synth`'s videos: sampling 2 fps from it gives the timestamps
+    the service prints for such videos (0.0, 0.4, 1.0, … where frames fall), which the model must copy.
+    """
     rng = np.random.default_rng(seed)
     duration = float(rng.uniform(min_s, max_s))
     events = random_events(
@@ -122,7 +131,7 @@ def sample_clips(
     with tempfile.TemporaryDirectory() as tmp:
         path = str(Path(tmp) / "v.mp4")
         truth = make_synthetic_video(
-            path, duration_s=duration, fps=10.0, width=160, height=96, events=events, seed=seed,
+            path, duration_s=duration, fps=source_fps, width=160, height=96, events=events, seed=seed,
             n_distractors=int(rng.integers(0, 4)), scene_cuts_s=cuts,
         )  # fmt: skip
         shown = {event_query(e): (e.start_s, e.end_s) for e in [*truth.events, *truth.distractors]}
