@@ -149,31 +149,44 @@ def draw_example(
     *,
     max_crop_s: float,
     whole_chunk_p: float = 0.25,
-    absent_p: float = 0.2,
+    absent_p: float = 0.15,
+    overlap_p: float = 0.85,
 ) -> Example:
-    """A random crop of a random clip (the whole chunk with `whole_chunk_p`) and a random query."""
+    """A random query about a random clip, over a crop (the whole chunk with `whole_chunk_p`).
+
+    A query about a shape that shows gets, with `overlap_p`, a crop that contains some of its frames,
+    so short crops early in a run are mostly spans to find rather than `none`; otherwise the crop is
+    anywhere (and may miss it: then the answer is `none`, as for absent shapes, asked with `absent_p`).
+    """
     index = int(rng.integers(len(clips)))
     clip = clips[index]
     n = len(clip.times)
+    absent = [q for q in ALL_QUERIES.values() if q not in clip.shown]
+    if rng.random() < absent_p or not clip.shown:
+        query = absent[int(rng.integers(len(absent)))]
+        shown_at: list[int] = []
+    else:
+        query = list(clip.shown)[int(rng.integers(len(clip.shown)))]
+        start, end = clip.shown[query]
+        shown_at = [i for i, t in enumerate(clip.times) if start <= t < end]
     per_s = n / max(1e-6, clip.end_s - clip.start_s)
     if rng.random() < whole_chunk_p or max_crop_s * per_s >= n:
         lo, hi, start_s, end_s = 0, n, clip.start_s, clip.end_s
     else:
-        shortest = min(n, max(2, round(3 * per_s)))  # crops of 3 s and up
+        shortest = min(n, 2)
         longest = min(n, max(shortest, round(max_crop_s * per_s)))
         length = int(rng.integers(shortest, longest + 1))
-        lo = int(rng.integers(0, n - length + 1))
+        if shown_at and rng.random() < overlap_p:  # a crop holding one of the shape's frames
+            j = shown_at[int(rng.integers(len(shown_at)))]
+            lo = int(rng.integers(max(0, j - length + 1), min(j, n - length) + 1))
+        else:
+            lo = int(rng.integers(0, n - length + 1))
         hi = lo + length
         start_s = clip.times[lo]
         end_s = clip.times[hi] if hi < n else clip.end_s
     times = clip.times[lo:hi]
     local = [max(0.0, round(t - start_s, 1)) for t in times]
-    absent = [q for q in ALL_QUERIES.values() if q not in clip.shown]
-    if rng.random() < absent_p or not clip.shown:
-        query, spans = absent[int(rng.integers(len(absent)))], []
-    else:
-        query = list(clip.shown)[int(rng.integers(len(clip.shown)))]
-        spans = visible_span(times, local, *clip.shown[query])
+    spans = visible_span(times, local, *clip.shown[query]) if query in clip.shown else []
     video = VideoInput(clip.frames[lo:hi], local)
     prompt = build_grounding_prompt(query, end_s - start_s)
     return encode_turn(processor, video, prompt, answer_text(spans), index, lo, hi)

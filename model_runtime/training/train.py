@@ -191,7 +191,7 @@ def make_batch(
     }
 
 
-def crop_limit(progress: float, longest_s: float, shortest_s: float = 8.0, ramp: float = 0.5) -> float:
+def crop_limit(progress: float, longest_s: float, shortest_s: float = 3.0, ramp: float = 0.6) -> float:
     """The curriculum: the longest crop grows from `shortest_s` to whole chunks over the first `ramp`."""
     return shortest_s + (longest_s - shortest_s) * min(1.0, progress / ramp)
 

@@ -109,9 +109,9 @@ def test_frame_store_gathers_each_examples_frames(processor: KeyeProcessor, clip
 
 
 def test_the_curriculum_grows_crops_to_whole_videos() -> None:
-    assert crop_limit(0.0, 80.0) == 8.0
-    assert 8.0 < crop_limit(0.25, 80.0) < 80.0
-    assert crop_limit(0.5, 80.0) == crop_limit(1.0, 80.0) == 80.0
+    assert crop_limit(0.0, 80.0) == 3.0
+    assert 3.0 < crop_limit(0.3, 80.0) < 80.0
+    assert crop_limit(0.6, 80.0) == crop_limit(1.0, 80.0) == 80.0
 
 
 def test_a_short_run_trains_and_saves_a_checkpoint_the_engine_serves(tmp_path: Path) -> None:
