@@ -16,7 +16,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 CPU_BENCHMARKS = ["video", "grounding", "load"]
-ORDER = ["video", "grounding", "grounding_gpu", "workers", "load", "reliability", "runtime_gpu", "kernels", "training"]
+ORDER = [
+    "video",
+    "grounding",
+    "grounding_gpu",
+    "workers",
+    "load",
+    "reliability",
+    "runtime_gpu",
+    "kernels",
+    "training",
+]
 
 
 def run_cpu_benchmarks(selected: list[str]) -> list[str]:

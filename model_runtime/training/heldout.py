@@ -42,9 +42,10 @@ def evaluate(
     device: str = "cpu",
     attn_impls: tuple[str, ...] = ("reference",),
     videos_dir: str | Path | None = None,
-    quantize: str | None = None,
+    quantizes: tuple[str | None, ...] = (None,),
 ) -> dict[str, Any]:
-    """Scores per attention backend, plus how many greedy answers differ from the first backend's."""
+    """Scores per variant (attention backend × expert weights), plus how many greedy top-1 answers differ
+    from the first variant's (issue 7: triton vs reference; issue 10: FP8 experts vs full precision)."""
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(videos_dir or tmp)
         annotations = folder / "annotations.json"
@@ -54,20 +55,21 @@ def evaluate(
         params = checkpoint_sampling(checkpoint)
         results: dict[str, Any] = {"count": len(samples), "seed": seed}
         first: list[Any] | None = None
-        for impl in attn_impls:
-            engine = NativeEngine(checkpoint, device=device, attn_impl=impl, quantize=quantize)
-            started = time.perf_counter()
-            predictions = predict_samples(samples, folder, engine, params=params)
-            report = score_predictions(samples, predictions)
-            answers = [p.segments[:1] for p in predictions]
-            entry = {**report.scores.to_dict(), "seconds": round(time.perf_counter() - started, 1)}
-            if first is not None:
-                entry["top1_differs_from_first"] = sum(
-                    1 for a, b in zip(first, answers, strict=True) if _rounded(a) != _rounded(b)
-                )
-            first = first if first is not None else answers
-            results[impl] = entry
-            engine.close()
+        for quantize in quantizes:
+            for impl in attn_impls:
+                engine = NativeEngine(checkpoint, device=device, attn_impl=impl, quantize=quantize)
+                started = time.perf_counter()
+                predictions = predict_samples(samples, folder, engine, params=params)
+                report = score_predictions(samples, predictions)
+                answers = [p.segments[:1] for p in predictions]
+                entry = {**report.scores.to_dict(), "seconds": round(time.perf_counter() - started, 1)}
+                if first is not None:
+                    entry["top1_differs_from_first"] = sum(
+                        1 for a, b in zip(first, answers, strict=True) if _rounded(a) != _rounded(b)
+                    )
+                first = first if first is not None else answers
+                results[impl if quantize is None else f"{impl}+{quantize}"] = entry
+                engine.close()
         return results
 
 
@@ -83,11 +85,13 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--attn-impl", action="append", dest="attn_impls")
     p.add_argument("--videos-dir")
-    p.add_argument("--quantize", choices=["fp8"], help="FP8 experts (issue 10's accuracy check)")
+    p.add_argument("--quantize", action="append", choices=["none", "fp8"],
+                   help="expert weights per variant (repeat: none then fp8 compares FP8 with full precision)")  # fmt: skip
     args = p.parse_args()
     impls = tuple(args.attn_impls or ["reference"])
     print(json.dumps(evaluate(args.checkpoint, count=args.count, seed=args.seed, device=args.device,
-                              attn_impls=impls, videos_dir=args.videos_dir, quantize=args.quantize)),
+                              attn_impls=impls, videos_dir=args.videos_dir,
+                              quantizes=tuple(None if q == "none" else q for q in args.quantize or ["none"]))),
           flush=True)  # fmt: skip
 
 

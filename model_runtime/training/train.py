@@ -317,7 +317,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         if not sparse and progress > args.dense_fraction:
             model.model.set_impl(attn_impl="reference")  # sparse adaptation for the rest of the run
             sparse = True
-        examples = feed.batch(args.batch_tokens, crop_limit(progress, args.max_seconds))
+        limit = crop_limit(progress, args.max_seconds, args.crop_start_s, args.crop_ramp)
+        examples = feed.batch(args.batch_tokens, limit)
         batch = make_batch(examples, frames, processor, device)
         examples_seen += len(examples)
         logits = model(
@@ -343,7 +344,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             row = {"step": step, "s": round(elapsed, 1), "ce": round(ce.item(), 4), "kl": round(kl.item(), 4),
                    "answer_token_acc": round(token_acc, 3), "answers_exact": round(exact, 3),
                    "examples": examples_seen, "tokens": int(batch["input_ids"].shape[0]),
-                   "max_crop_s": round(crop_limit(progress, args.max_seconds), 1), "sparse": sparse}  # fmt: skip
+                   "max_crop_s": round(limit, 1), "sparse": sparse}  # fmt: skip
             log.append(row)
             print(json.dumps(row), flush=True)
         if time.time() - last_save > args.save_every_s:  # a run cut short still leaves a checkpoint
@@ -384,6 +385,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--kl-weight", type=float, default=1.0)
     p.add_argument("--dense-fraction", type=float, default=0.75)
+    p.add_argument("--crop-start-s", type=float, default=3.0, help="longest crop at the start (curriculum)")
+    p.add_argument("--crop-ramp", type=float, default=0.6, help="fraction of the run until whole videos")
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--save-every-s", type=float, default=120.0)
     p.add_argument("--profile", action="store_true", help="print where steps 10-14 spend their time")

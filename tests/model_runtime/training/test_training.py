@@ -133,3 +133,18 @@ def test_a_short_run_trains_and_saves_a_checkpoint_the_engine_serves(tmp_path: P
     )[0]
     assert result.token_ids and len(result.token_logprobs) == len(result.token_ids)
     engine.close()
+
+
+def test_heldout_scores_each_variant_against_the_first(tmp_path: Path) -> None:
+    from model_runtime.checkpoint import init_checkpoint
+    from model_runtime.grounding.synth import write_synthetic_set
+    from model_runtime.training.heldout import evaluate
+
+    ckpt = init_checkpoint(tmp_path / "tiny")
+    write_synthetic_set(tmp_path / "videos", count=2, seed=7, duration_s=6.0)  # short: a fast CPU run
+    report = evaluate(ckpt, count=2, quantizes=(None, "fp8"), videos_dir=tmp_path / "videos")
+    assert report["count"] == 4  # two videos, two events each
+    assert set(report) == {"count", "seed", "reference", "reference+fp8"}
+    assert 0.0 <= report["reference"]["mIoU"] <= 1.0
+    assert 0 <= report["reference+fp8"]["top1_differs_from_first"] <= 4
+    assert "top1_differs_from_first" not in report["reference"]
