@@ -47,6 +47,10 @@ SMALL_SAMPLING = SamplingParams(
     fps=2.0, min_pixels=8 * 784, max_pixels=15 * 784, video_total_pixels=4096 * 784, min_frames=2
 )
 IGNORE = -100  # label of tokens the loss skips (the prompt)
+# A training-only question: which shapes a (short) clip shows. Its answers name every shape drawn in the
+# frames, which teaches the vision tower colours and shapes and the LM their words far faster than the
+# two time tokens of a grounding answer can; grounding then binds a query's words to those frames.
+CAPTION_PROMPT = "Which coloured shapes appear in this clip? List them, or answer none."
 ALL_QUERIES = {
     f"{color} {shape}": event_query(make_event(shape, color, 0.0, 0.0))
     for color in COLORS
@@ -62,7 +66,7 @@ class Clip:
     times: list[float]  # seconds of each frame in the video
     start_s: float  # the chunk's span in the video
     end_s: float
-    shown: dict[str, tuple[float, float]]  # query → [start, end) seconds, every shape drawn in the video
+    shown: dict[str, tuple[float, float]]  # label ("red circle") → [start, end) s, every shape drawn
 
     def without_pixels(self) -> tuple:
         """What a worker that only tokenises needs (see `from_meta`): no pixels, cheap to pickle."""
@@ -134,7 +138,7 @@ def sample_clips(
             path, duration_s=duration, fps=source_fps, width=160, height=96, events=events, seed=seed,
             n_distractors=int(rng.integers(0, 4)), scene_cuts_s=cuts,
         )  # fmt: skip
-        shown = {event_query(e): (e.start_s, e.end_s) for e in [*truth.events, *truth.distractors]}
+        shown = {e.label: (e.start_s, e.end_s) for e in [*truth.events, *truth.distractors]}
         clips = []
         for chunk in plan_chunks(probe_video(path), params).chunks:
             frames = sample_chunk(path, chunk)
@@ -151,23 +155,27 @@ def draw_example(
     whole_chunk_p: float = 0.25,
     absent_p: float = 0.15,
     overlap_p: float = 0.85,
+    caption_p: float = 0.0,
 ) -> Example:
     """A random query about a random clip, over a crop (the whole chunk with `whole_chunk_p`).
 
     A query about a shape that shows gets, with `overlap_p`, a crop that contains some of its frames,
     so short crops early in a run are mostly spans to find rather than `none`; otherwise the crop is
     anywhere (and may miss it: then the answer is `none`, as for absent shapes, asked with `absent_p`).
+    With `caption_p` the question is `CAPTION_PROMPT` over a crop of at most 4 frames instead.
     """
+    if rng.random() < caption_p:
+        return draw_caption(processor, clips, rng)
     index = int(rng.integers(len(clips)))
     clip = clips[index]
     n = len(clip.times)
-    absent = [q for q in ALL_QUERIES.values() if q not in clip.shown]
+    absent = [label for label in ALL_QUERIES if label not in clip.shown]
     if rng.random() < absent_p or not clip.shown:
-        query = absent[int(rng.integers(len(absent)))]
+        label = absent[int(rng.integers(len(absent)))]
         shown_at: list[int] = []
     else:
-        query = list(clip.shown)[int(rng.integers(len(clip.shown)))]
-        start, end = clip.shown[query]
+        label = list(clip.shown)[int(rng.integers(len(clip.shown)))]
+        start, end = clip.shown[label]
         shown_at = [i for i, t in enumerate(clip.times) if start <= t < end]
     per_s = n / max(1e-6, clip.end_s - clip.start_s)
     if rng.random() < whole_chunk_p or max_crop_s * per_s >= n:
@@ -186,10 +194,27 @@ def draw_example(
         end_s = clip.times[hi] if hi < n else clip.end_s
     times = clip.times[lo:hi]
     local = [max(0.0, round(t - start_s, 1)) for t in times]
-    spans = visible_span(times, local, *clip.shown[query]) if query in clip.shown else []
+    spans = visible_span(times, local, *clip.shown[label]) if label in clip.shown else []
     video = VideoInput(clip.frames[lo:hi], local)
-    prompt = build_grounding_prompt(query, end_s - start_s)
+    prompt = build_grounding_prompt(ALL_QUERIES[label], end_s - start_s)
     return encode_turn(processor, video, prompt, answer_text(spans), index, lo, hi)
+
+
+def draw_caption(processor: KeyeProcessor, clips: list[Clip], rng: np.random.Generator) -> Example:
+    """`CAPTION_PROMPT` over 1–4 consecutive frames; the answer lists the shapes they show, sorted."""
+    index = int(rng.integers(len(clips)))
+    clip = clips[index]
+    n = len(clip.times)
+    length = int(rng.integers(1, min(4, n) + 1))
+    lo = int(rng.integers(0, n - length + 1))
+    hi = lo + length
+    times = clip.times[lo:hi]
+    labels = sorted(
+        label for label, (start, end) in clip.shown.items() if any(start <= t < end for t in times)
+    )
+    local = [max(0.0, round(t - times[0], 1)) for t in times]
+    video = VideoInput(clip.frames[lo:hi], local)
+    return encode_turn(processor, video, CAPTION_PROMPT, ", ".join(labels) or "none", index, lo, hi)
 
 
 def encode_turn(

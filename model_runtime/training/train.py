@@ -122,11 +122,11 @@ def _init_drawer(folder: str, metas: list[tuple]) -> None:
     _DRAWER = (KeyeProcessor.from_pretrained(folder), [Clip.from_meta(m) for m in metas])
 
 
-def _draw(seed: int, max_crop_s: float, n: int) -> list[Example]:
+def _draw(seed: int, max_crop_s: float, caption_p: float, n: int) -> list[Example]:
     assert _DRAWER is not None
     processor, clips = _DRAWER
     rng = np.random.default_rng(seed)
-    return [draw_example(processor, clips, rng, max_crop_s=max_crop_s) for _ in range(n)]
+    return [draw_example(processor, clips, rng, max_crop_s=max_crop_s, caption_p=caption_p) for _ in range(n)]
 
 
 class ExampleFeed:
@@ -144,26 +144,26 @@ class ExampleFeed:
         self.pending: deque[Any] = deque()
         self.ready: deque[Example] = deque()
 
-    def batch(self, max_tokens: int, max_crop_s: float) -> list[Example]:
+    def batch(self, max_tokens: int, max_crop_s: float, caption_p: float) -> list[Example]:
         """Examples up to `max_tokens` in all (at least one)."""
         batch: list[Example] = []
         total = 0
         while True:
-            example = self._next(max_crop_s)
+            example = self._next(max_crop_s, caption_p)
             if batch and total + example.n_tokens > max_tokens:
                 self.ready.appendleft(example)
                 return batch
             batch.append(example)
             total += example.n_tokens
 
-    def _next(self, max_crop_s: float) -> Example:
+    def _next(self, max_crop_s: float, caption_p: float) -> Example:
         if not self.ready:
             if self.pool is None:
-                self.ready.extend(_draw(self._seed(), max_crop_s, self.per_request))
+                self.ready.extend(_draw(self._seed(), max_crop_s, caption_p, self.per_request))
             else:
                 while len(self.pending) < 2 * self.workers:
                     self.pending.append(
-                        self.pool.apply_async(_draw, (self._seed(), max_crop_s, self.per_request))
+                        self.pool.apply_async(_draw, (self._seed(), max_crop_s, caption_p, self.per_request))
                     )
                 self.ready.extend(self.pending.popleft().get())
         return self.ready.popleft()
@@ -318,7 +318,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             model.model.set_impl(attn_impl="reference")  # sparse adaptation for the rest of the run
             sparse = True
         limit = crop_limit(progress, args.max_seconds, args.crop_start_s, args.crop_ramp)
-        examples = feed.batch(args.batch_tokens, limit)
+        caption_p = args.caption_p * max(0.0, 1.0 - progress / args.crop_ramp)  # captions fade out
+        examples = feed.batch(args.batch_tokens, limit, caption_p)
         batch = make_batch(examples, frames, processor, device)
         examples_seen += len(examples)
         logits = model(
@@ -387,6 +388,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dense-fraction", type=float, default=0.75)
     p.add_argument("--crop-start-s", type=float, default=3.0, help="longest crop at the start (curriculum)")
     p.add_argument("--crop-ramp", type=float, default=0.6, help="fraction of the run until whole videos")
+    p.add_argument("--caption-p", type=float, default=0.5, help="share of caption questions at the start")
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--save-every-s", type=float, default=120.0)
     p.add_argument("--profile", action="store_true", help="print where steps 10-14 spend their time")
