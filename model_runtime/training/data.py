@@ -90,6 +90,7 @@ class Example:
     clip: int  # which clip the frames come from, and which of its frames: [lo, hi)
     lo: int
     hi: int
+    kind: str = "ground"  # or "caption"
 
     @property
     def n_tokens(self) -> int:
@@ -214,7 +215,9 @@ def draw_caption(processor: KeyeProcessor, clips: list[Clip], rng: np.random.Gen
     )
     local = [max(0.0, round(t - times[0], 1)) for t in times]
     video = VideoInput(clip.frames[lo:hi], local)
-    return encode_turn(processor, video, CAPTION_PROMPT, ", ".join(labels) or "none", index, lo, hi)
+    example = encode_turn(processor, video, CAPTION_PROMPT, ", ".join(labels) or "none", index, lo, hi)
+    example.kind = "caption"
+    return example
 
 
 def encode_turn(

@@ -259,15 +259,18 @@ def write_checkpoint_files(out: Path, tokenizer: Any, config: KeyeConfig) -> Non
     (out / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
 
 
-def answer_accuracy(logits: Tensor, targets: Tensor, lengths: list[int]) -> tuple[float, float]:
-    """(answer tokens predicted right, answers predicted entirely right), greedy, as fractions."""
+def answer_accuracy(
+    logits: Tensor, targets: Tensor, lengths: list[int], grounding: list[bool]
+) -> tuple[float, float]:
+    """(answer tokens predicted right, grounding answers predicted entirely right), greedy, as fractions."""
     mask = targets != IGNORE
     wrong = (logits.argmax(-1) != targets) & mask
     seg = torch.repeat_interleave(torch.arange(len(lengths), device=targets.device),
                                   torch.tensor(lengths, device=targets.device))  # fmt: skip
     wrong_per_answer = torch.zeros(len(lengths), device=targets.device).index_add_(0, seg, wrong.float())
     token_acc = 1.0 - wrong.sum().item() / max(1, int(mask.sum().item()))
-    return token_acc, (wrong_per_answer == 0).float().mean().item()
+    exact = (wrong_per_answer == 0)[torch.tensor(grounding, device=targets.device)]
+    return token_acc, exact.float().mean().item() if exact.numel() else float("nan")
 
 
 def report_profile(profiler: torch.profiler.profile) -> None:
@@ -341,9 +344,11 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             est_steps = min(
                 args.max_steps, int((step + 1) / max(1e-6, elapsed) * budget_s)
             )  # cosine over the budget
-            token_acc, exact = answer_accuracy(logits, targets, [e.n_tokens for e in examples])
+            token_acc, exact = answer_accuracy(
+                logits, targets, [e.n_tokens for e in examples], [e.kind == "ground" for e in examples]
+            )
             row = {"step": step, "s": round(elapsed, 1), "ce": round(ce.item(), 4), "kl": round(kl.item(), 4),
-                   "answer_token_acc": round(token_acc, 3), "answers_exact": round(exact, 3),
+                   "answer_token_acc": round(token_acc, 3), "grounding_exact": round(exact, 3),
                    "examples": examples_seen, "tokens": int(batch["input_ids"].shape[0]),
                    "max_crop_s": round(limit, 1), "sparse": sparse}  # fmt: skip
             log.append(row)
