@@ -325,12 +325,17 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         examples = feed.batch(args.batch_tokens, limit, caption_p)
         batch = make_batch(examples, frames, processor, device)
         examples_seen += len(examples)
-        logits = model(
-            batch["input_ids"], batch["positions"], batch["segments"], batch["pixel_values"], batch["grids"]
-        )
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):  # fused SDPA kernels
+            logits = model(
+                batch["input_ids"],
+                batch["positions"],
+                batch["segments"],
+                batch["pixel_values"],
+                batch["grids"],
+            )
         targets = torch.full_like(batch["labels"], IGNORE)
         targets[:-1] = batch["labels"][1:]  # token i predicts label i+1 (segment ends are IGNORE anyway)
-        ce = F.cross_entropy(logits, targets, ignore_index=IGNORE)
+        ce = F.cross_entropy(logits.float(), targets, ignore_index=IGNORE)
         kl = distill.pop()
         loss = ce + args.kl_weight * kl
         for group in optimizer.param_groups:
@@ -397,6 +402,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--save-every-s", type=float, default=120.0)
     p.add_argument("--profile", action="store_true", help="print where steps 10-14 spend their time")
+    p.add_argument(
+        "--bf16", action="store_true", help="bf16 autocast (fp32 weights): fused attention kernels"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--seed-offset", type=int, default=1_000_000, help="video seeds; eval sets use others")
     return p.parse_args(argv)

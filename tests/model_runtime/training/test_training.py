@@ -146,7 +146,7 @@ def test_a_short_run_trains_and_saves_a_checkpoint_the_engine_serves(tmp_path: P
     args = parse_args([
         "--out", str(out), "--device", "cpu", "--max-steps", "4", "--videos", "2", "--data-seconds", "60",
         "--min-seconds", "6", "--max-seconds", "8", "--workers", "0", "--draw-workers", "0",
-        "--batch-tokens", "2048", "--log-every", "1", "--dense-fraction", "0.0", "--lr", "3e-3",
+        "--batch-tokens", "2048", "--log-every", "1", "--dense-fraction", "0.0", "--lr", "3e-3", "--bf16",
     ])  # fmt: skip
     summary = train(args)
     assert summary["steps"] == 4 and summary["clips"] == 2
