@@ -138,7 +138,8 @@ def worker_command(queues: str = "cpu,gpu", *, beat: bool = True, pool: str = "s
 def child_process(
     command: list[str], env: dict[str, str], *, log_path: Path | None = None
 ) -> Iterator[subprocess.Popen]:
-    """Start `command`; on exit stop it (SIGTERM, then SIGKILL after 10 s)."""
+    """Start `command`; on exit stop it (SIGTERM, then SIGKILL after 10 s). On Linux the child also gets
+    SIGTERM if this process dies without that clean-up (SIGKILL, a crash), so it is never orphaned."""
     log = log_path.open("ab") if log_path else None
     process = subprocess.Popen(
         command,
@@ -146,6 +147,7 @@ def child_process(
         stdout=log or None,
         stderr=subprocess.STDOUT if log else None,
         start_new_session=True,
+        preexec_fn=_terminate_with_parent if sys.platform == "linux" else None,  # noqa: PLW1509
     )
     try:
         yield process
@@ -153,6 +155,13 @@ def child_process(
         stop_process(process)
         if log:
             log.close()
+
+
+def _terminate_with_parent() -> None:
+    """In the child, before exec: ask Linux for SIGTERM when the parent dies (prctl PR_SET_PDEATHSIG)."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
 
 
 def stop_process(process: subprocess.Popen, *, grace_s: float = 10.0) -> None:

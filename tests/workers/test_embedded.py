@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -62,3 +65,35 @@ def test_a_folder_without_config_is_not_a_checkpoint(tmp_path: Path) -> None:
         resolve_checkpoint(str(tmp_path))
     path, trained = resolve_checkpoint(str(_checkpoint(tmp_path / "ok", None)))
     assert path == (tmp_path / "ok").resolve() and trained
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG is Linux-only")
+def test_a_child_never_outlives_a_parent_that_is_killed(tmp_path: Path) -> None:
+    """The embedded service's worker must not be orphaned when the service dies without cleaning up."""
+    pid_file = tmp_path / "child.pid"
+    parent_code = (
+        "import sys, time\n"
+        "from workers.embedded import child_process\n"
+        f"with child_process([sys.executable, '-c', 'import time; time.sleep(120)'], {{}}) as child:\n"
+        f"    open({str(pid_file)!r}, 'w').write(str(child.pid))\n"
+        "    time.sleep(120)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", parent_code], cwd=Path(__file__).parents[2])
+    deadline = time.monotonic() + 30
+    while not pid_file.exists() or not pid_file.read_text():
+        assert time.monotonic() < deadline and parent.poll() is None, "the parent did not start its child"
+        time.sleep(0.05)
+    child_pid = int(pid_file.read_text())
+    parent.kill()  # SIGKILL: no finally, no clean-up in the parent
+    parent.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{child_pid}").exists() and "Z" not in _state(child_pid):
+        assert time.monotonic() < deadline, "the child outlived its killed parent"
+        time.sleep(0.05)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return "Z"
