@@ -388,8 +388,11 @@ def test_other_tenant_sees_nothing(
         {"Authorization": "Bearer not-a-key"},
     ],
 )
-def test_missing_or_bad_key_is_401(api_client, headers) -> None:
-    answer = api_client.get("/v1/jobs", headers=headers)
+@pytest.mark.parametrize(
+    "path", ["/v1/jobs", f"/v1/jobs/{uuid.uuid4()}"]
+)  # the poll route authenticates itself
+def test_missing_or_bad_key_is_401(api_client, headers, path) -> None:
+    answer = api_client.get(path, headers=headers)
     assert_problem(answer, 401, "unauthorized")
     assert answer.headers["www-authenticate"].startswith("Bearer")
 
