@@ -10,7 +10,16 @@ the GPU until a function is called.
 
 from kernels._validate import KernelInputError
 from kernels.fused_moe import fused_moe, fused_moe_fp8, fused_moe_fp8_ref, fused_moe_ref
-from kernels.indexer import indexer_scores, indexer_scores_ref, indexer_topk, indexer_topk_ref
+from kernels.indexer import (
+    hadamard,
+    indexer_scores,
+    indexer_scores_fp8,
+    indexer_scores_fp8_ref,
+    indexer_scores_ref,
+    indexer_topk,
+    indexer_topk_ref,
+    quantize_indexer_fp8,
+)
 from kernels.sparse_attention import sparse_attention, sparse_attention_ref
 from kernels.sparse_decode import sparse_decode, sparse_decode_ref
 from kernels.topk import select_topk, select_topk_ref
@@ -21,10 +30,14 @@ __all__ = [
     "fused_moe_fp8",
     "fused_moe_fp8_ref",
     "fused_moe_ref",
+    "hadamard",
     "indexer_scores",
+    "indexer_scores_fp8",
+    "indexer_scores_fp8_ref",
     "indexer_scores_ref",
     "indexer_topk",
     "indexer_topk_ref",
+    "quantize_indexer_fp8",
     "select_topk",
     "select_topk_ref",
     "sparse_attention",

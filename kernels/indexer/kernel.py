@@ -24,6 +24,8 @@ def _indexer_scores_kernel(
     w_ptr,
     k_ptr,
     out_ptr,
+    q_scale_ptr,
+    k_scale_ptr,
     T,
     S,
     start,
@@ -32,6 +34,7 @@ def _indexer_scores_kernel(
     stride_wt,
     stride_ks,
     stride_ot,
+    stride_qst,
     H: tl.constexpr,
     D: tl.constexpr,
     BLOCK_D: tl.constexpr,
@@ -39,6 +42,7 @@ def _indexer_scores_kernel(
     BLOCK_S: tl.constexpr,
     FILL_FUTURE: tl.constexpr,
     PRECISION: tl.constexpr,
+    FP8: tl.constexpr,  # q and k are e4m3 with per-(t, h) and per-s scales (`quantize_indexer_fp8`)
 ):
     pid_t = tl.program_id(0)
     pid_s = tl.program_id(1)
@@ -58,10 +62,16 @@ def _indexer_scores_kernel(
         scores = tl.zeros((BLOCK_T, BLOCK_S), dtype=tl.float32)
         q_rows = q_ptr + offs_t[:, None].to(tl.int64) * stride_qt + offs_d[None, :]
         q_mask = t_ok[:, None] & (offs_d[None, :] < D)
+        if FP8:
+            k_scale = tl.load(k_scale_ptr + offs_s, mask=s_ok, other=0.0)
         for h in range(H):  # a runtime loop: unrolling 16+ heads only bloats the compile
             q_h = tl.load(q_rows + h * stride_qh, mask=q_mask, other=0.0)  # [BLOCK_T, BLOCK_D]
             w_h = tl.load(w_ptr + offs_t * stride_wt + h, mask=t_ok, other=0.0).to(tl.float32)
-            logits = tl.dot(q_h, k_tile, input_precision=PRECISION)  # [BLOCK_T, BLOCK_S]
+            if FP8:  # e4m3 products are exact in fp32; the scales come out of the sum
+                q_scale = tl.load(q_scale_ptr + offs_t * stride_qst + h, mask=t_ok, other=0.0)
+                logits = tl.dot(q_h, k_tile) * q_scale[:, None] * k_scale[None, :]
+            else:
+                logits = tl.dot(q_h, k_tile, input_precision=PRECISION)  # [BLOCK_T, BLOCK_S]
             scores += tl.maximum(logits, 0.0) * w_h[:, None]
         visible = offs_s[None, :] <= (start + offs_t)[:, None]
         tl.store(out_ptrs, tl.where(visible, scores, float("-inf")), mask=t_ok[:, None] & s_ok[None, :])
@@ -78,24 +88,28 @@ def launch_indexer_scores(
     out: torch.Tensor,
     *,
     fill_future: bool,
+    scales: tuple[torch.Tensor, torch.Tensor] | None = None,
     block_t: int = 64,
     block_s: int = 128,
     num_warps: int = 4,
     num_stages: int = 2,
 ) -> None:
-    """Score q [T, H, D] against k [S, D] into out [T, >= S] (row stride out.stride(0)); no checks."""
+    """Score q [T, H, D] against k [S, D] into out [T, >= S] (row stride out.stride(0)); no checks.
+    `scales` = (q_scale [T, H], k_scale [S]) for e4m3 q and k."""
     tokens, heads, dim = q.shape
     keys = k.shape[0]
     if tokens == 0 or keys == 0:
         return
-    block_d = max(16, triton.next_power_of_2(dim))
+    block_d = max(32 if scales is not None else 16, triton.next_power_of_2(dim))  # FP8 dots take K >= 32
     precision = "tf32x3" if q.dtype == torch.float32 else "tf32"
     grid = (triton.cdiv(tokens, block_t), triton.cdiv(keys, block_s))
+    q_scale, k_scale = scales if scales is not None else (w, w)  # unused placeholders when not FP8
     _indexer_scores_kernel[grid](
-        q, w, k, out, tokens, keys, start,
-        q.stride(0), q.stride(1), w.stride(0), k.stride(0), out.stride(0),
+        q, w, k, out, q_scale, k_scale, tokens, keys, start,
+        q.stride(0), q.stride(1), w.stride(0), k.stride(0), out.stride(0), q_scale.stride(0),
         H=heads, D=dim, BLOCK_D=block_d, BLOCK_T=block_t, BLOCK_S=block_s,
-        FILL_FUTURE=fill_future, PRECISION=precision, num_warps=num_warps, num_stages=num_stages,
+        FILL_FUTURE=fill_future, PRECISION=precision, FP8=scales is not None,
+        num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip
 
 
@@ -119,6 +133,30 @@ def indexer_scores(q: torch.Tensor, w: torch.Tensor, k: torch.Tensor, start: int
     q, w, k = _contiguous_last(q), _contiguous_last(w), _contiguous_last(k)
     out = torch.empty(q.shape[0], k.shape[0], dtype=torch.float32, device=q.device)
     launch_indexer_scores(q, w, k, start, out, fill_future=True)
+    return out
+
+
+def indexer_scores_fp8(
+    q8: torch.Tensor,
+    q_scale: torch.Tensor,
+    w: torch.Tensor,
+    k8: torch.Tensor,
+    k_scale: torch.Tensor,
+    start: int,
+) -> torch.Tensor:
+    """`indexer_scores` on FP8 inputs (`quantize_indexer_fp8`: Hadamard-rotated e4m3 with power-of-two
+    per-vector scales): one FP8 tensor-core product per head and tile, scaled after the sum. The oracle is
+    `indexer_scores_fp8_ref`; fp32 [T, S] with -inf above the causal diagonal."""
+    require(q8.dtype == torch.float8_e4m3fn and k8.dtype == torch.float8_e4m3fn, "q8 and k8 must be e4m3")
+    require(q_scale.shape == q8.shape[:2], f"q_scale must be [T, H] = {tuple(q8.shape[:2])}")
+    require(k_scale.shape == k8.shape[:1], f"k_scale must be [S] = {tuple(k8.shape[:1])}")
+    require(q8.shape[0] == w.shape[0] and q8.shape[1] == w.shape[1], "w must be [T, H_I]")
+    require(k8.shape[0] == start + q8.shape[0], f"k must hold start + T = {start + q8.shape[0]} keys")
+    require(k8.shape[1] == q8.shape[2], "k head dim must match q head dim")
+    q8, w, k8 = _contiguous_last(q8), _contiguous_last(w), _contiguous_last(k8)
+    scales = (q_scale.float().contiguous(), k_scale.float().contiguous())
+    out = torch.empty(q8.shape[0], k8.shape[0], dtype=torch.float32, device=q8.device)
+    launch_indexer_scores(q8, w, k8, start, out, fill_future=True, scales=scales)
     return out
 
 

@@ -60,3 +60,43 @@ def indexer_topk_ref(
     if not pieces:
         return torch.empty(0, topk, dtype=torch.int32, device=q.device)
     return torch.cat(pieces)
+
+
+# ---- FP8 indexer (spec §2.2: e4m3 with power-of-two per-vector scales after a Hadamard transform) ----
+
+E4M3_MAX = 448.0
+
+
+def hadamard(dim: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The orthonormal Sylvester-Hadamard matrix [dim, dim] (dim a power of two): x @ H keeps dot products
+    and spreads an outlier channel over all of them, so one per-vector scale fits the vector."""
+    require(dim >= 1 and dim & (dim - 1) == 0, f"the Hadamard transform needs a power-of-two dim, got {dim}")
+    h = torch.ones(1, 1, device=device)
+    while h.shape[0] < dim:
+        h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)], 0)
+    return h / dim**0.5
+
+
+def quantize_indexer_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [..., D] → (e4m3 [..., D] of the Hadamard-rotated x, fp32 power-of-two scales [...]) with
+    rotated x ≈ q * scale; the scale is the smallest power of two that fits the vector's largest value."""
+    rotated = x.float() @ hadamard(x.shape[-1], x.device)
+    amax = rotated.abs().amax(dim=-1).clamp_min(1e-30)
+    scale = torch.exp2(torch.ceil(torch.log2(amax / E4M3_MAX)))
+    return (rotated / scale[..., None]).to(torch.float8_e4m3fn), scale
+
+
+def indexer_scores_fp8_ref(
+    q8: torch.Tensor,
+    q_scale: torch.Tensor,
+    w: torch.Tensor,
+    k8: torch.Tensor,
+    k_scale: torch.Tensor,
+    start: int,
+) -> torch.Tensor:
+    """`indexer_scores_ref` on FP8 inputs from `quantize_indexer_fp8` (q8 [T, H, D], q_scale [T, H], k8 [S, D],
+    k_scale [S]): the scores of the dequantised vectors, fp32 [T, S], -inf above the causal diagonal."""
+    require(q8.dtype == torch.float8_e4m3fn and k8.dtype == torch.float8_e4m3fn, "q8 and k8 must be e4m3")
+    q = q8.float() * q_scale[..., None].float()
+    k = k8.float() * k_scale[:, None].float()
+    return indexer_scores_ref(q, w, k, start)
