@@ -165,7 +165,15 @@ class TensorParallelEngine:
         ]
         for process in self._followers:
             process.start()
-        self._engine = _rank_engine(0, options)
+        try:
+            self._engine = _rank_engine(0, options)
+        except BaseException:  # a rank that cannot load: the others would wait for it forever
+            for process in self._followers:
+                process.terminate()
+                process.join(timeout=10)
+            if dist.is_initialized():
+                dist.destroy_process_group()
+            raise
         self.processor: KeyeProcessor = self._engine.processor
         self.model = self._engine.model
         self.tp = tp

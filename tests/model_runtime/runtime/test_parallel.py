@@ -78,3 +78,19 @@ def test_a_tp_that_does_not_divide_the_heads_is_refused(tiny_ckpt: Path) -> None
         shard_config(config, 3)
     with pytest.raises(ValueError, match="needs tp >= 2"):
         TensorParallelEngine(tiny_ckpt, tp=1, device="cpu")
+
+
+def test_a_checkpoint_that_cannot_load_fails_fast_and_leaves_no_rank_behind(tmp_path: Path) -> None:
+    import shutil
+
+    from model_runtime.checkpoint import init_checkpoint
+
+    broken = init_checkpoint(tmp_path / "ck")
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(Exception, match="(?i)safetensor|header|deserializ"):
+        TensorParallelEngine(broken, tp=2, device="cpu")
+    shutil.rmtree(broken)
+    import multiprocessing
+
+    assert not [p for p in multiprocessing.active_children() if p.is_alive()]
+    assert not torch.distributed.is_initialized()  # a later engine in this process can start
