@@ -136,7 +136,8 @@ def sample_clips(
     with tempfile.TemporaryDirectory() as tmp:
         path = str(Path(tmp) / "v.mp4")
         truth = make_synthetic_video(
-            path, duration_s=duration, fps=source_fps, width=160, height=96, events=events, seed=seed,
+            path, duration_s=duration, fps=source_fps, width=160, height=96, events=events,
+            seed=int(rng.integers(2**31)),  # not `seed`: the same stream would give distractors the events' times
             n_distractors=int(rng.integers(0, 4)), scene_cuts_s=cuts,
         )  # fmt: skip
         shown = {e.label: (e.start_s, e.end_s) for e in [*truth.events, *truth.distractors]}
