@@ -27,7 +27,10 @@ def check_fused_moe_args(
     down: torch.Tensor,
     topk_ids: torch.Tensor,
     topk_weights: torch.Tensor,
+    *,
+    fp8: bool = False,
 ) -> None:
+    """Shapes, dtypes and devices; with `fp8` the expert weights are e4m3 instead of x's dtype."""
     require_rank("x", x, 2)
     require_rank("gate_up", gate_up, 3)
     require_rank("down", down, 3)
@@ -37,7 +40,13 @@ def check_fused_moe_args(
     require_dtype("topk_ids", topk_ids, INDEX_DTYPES)
     require_dtype("topk_weights", topk_weights, FLOAT_DTYPES)
     require_same_device(x=x, gate_up=gate_up, down=down, topk_ids=topk_ids, topk_weights=topk_weights)
-    require(gate_up.dtype == x.dtype and down.dtype == x.dtype, "x, gate_up and down must share one dtype")
+    if fp8:
+        require_dtype("gate_up", gate_up, (FP8,))
+        require_dtype("down", down, (FP8,))
+    else:
+        require(
+            gate_up.dtype == x.dtype and down.dtype == x.dtype, "x, gate_up and down must share one dtype"
+        )
     experts, hidden, width2 = gate_up.shape
     require(width2 % 2 == 0, f"gate_up last dim must be 2F, got {width2}")
     require(hidden == x.shape[1], f"gate_up hidden {hidden} must match x hidden {x.shape[1]}")
@@ -83,25 +92,9 @@ def check_fused_moe_fp8_args(
     topk_ids: torch.Tensor,
     topk_weights: torch.Tensor,
 ) -> None:
-    require_rank("x", x, 2)
-    require_rank("gate_up", gate_up, 3)
-    require_rank("down", down, 3)
-    require_rank("topk_ids", topk_ids, 2)
-    require_dtype("x", x, FLOAT_DTYPES)
-    require_dtype("topk_ids", topk_ids, INDEX_DTYPES)
-    require_dtype("gate_up", gate_up, (FP8,))
-    require_dtype("down", down, (FP8,))
-    require_same_device(
-        x=x, gate_up=gate_up, gate_up_scale=gate_up_scale, down=down, down_scale=down_scale,
-        topk_ids=topk_ids, topk_weights=topk_weights,
-    )  # fmt: skip
+    check_fused_moe_args(x, gate_up, down, topk_ids, topk_weights, fp8=True)
+    require_same_device(x=x, gate_up_scale=gate_up_scale, down_scale=down_scale)
     experts, hidden, width2 = gate_up.shape
-    require(width2 % 2 == 0, f"gate_up last dim must be 2F, got {width2}")
-    require(hidden == x.shape[1], f"gate_up hidden {hidden} must match x hidden {x.shape[1]}")
-    require(
-        down.shape == (experts, width2 // 2, hidden),
-        f"down must be [E, F, D] = {(experts, width2 // 2, hidden)}",
-    )
 
     def blocks(n: int) -> int:
         return -(-n // BLOCK)
@@ -114,8 +107,6 @@ def check_fused_moe_fp8_args(
         down_scale.shape == (experts, blocks(width2 // 2), blocks(hidden)),
         f"down_scale must be [E, ceil(F/128), ceil(D/128)], got {tuple(down_scale.shape)}",
     )
-    require(topk_ids.shape == topk_weights.shape, "topk_ids and topk_weights must have one shape [T, k]")
-    require(topk_ids.shape[0] == x.shape[0], "topk_ids must have one row per token")
 
 
 def fused_moe_fp8_ref(
