@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 
 from kernels._validate import require
-from kernels.indexer.reference import causal_lengths, check_indexer_args
+from kernels.indexer.reference import causal_lengths, check_indexer_args, check_indexer_fp8_args
 from kernels.topk.kernel import TOPK_METHODS, launch_select_topk
 
 
@@ -147,12 +147,7 @@ def indexer_scores_fp8(
     """`indexer_scores` on FP8 inputs (`quantize_indexer_fp8`: Hadamard-rotated e4m3 with power-of-two
     per-vector scales): one FP8 tensor-core product per head and tile, scaled after the sum. The oracle is
     `indexer_scores_fp8_ref`; fp32 [T, S] with -inf above the causal diagonal."""
-    require(q8.dtype == torch.float8_e4m3fn and k8.dtype == torch.float8_e4m3fn, "q8 and k8 must be e4m3")
-    require(q_scale.shape == q8.shape[:2], f"q_scale must be [T, H] = {tuple(q8.shape[:2])}")
-    require(k_scale.shape == k8.shape[:1], f"k_scale must be [S] = {tuple(k8.shape[:1])}")
-    require(q8.shape[0] == w.shape[0] and q8.shape[1] == w.shape[1], "w must be [T, H_I]")
-    require(k8.shape[0] == start + q8.shape[0], f"k must hold start + T = {start + q8.shape[0]} keys")
-    require(k8.shape[1] == q8.shape[2], "k head dim must match q head dim")
+    check_indexer_fp8_args(q8, q_scale, w, k8, k_scale, start)
     q8, w, k8 = _contiguous_last(q8), _contiguous_last(w), _contiguous_last(k8)
     scales = (q_scale.float().contiguous(), k_scale.float().contiguous())
     out = torch.empty(q8.shape[0], k8.shape[0], dtype=torch.float32, device=q8.device)

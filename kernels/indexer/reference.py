@@ -86,6 +86,23 @@ def quantize_indexer_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return (rotated / scale[..., None]).to(torch.float8_e4m3fn), scale
 
 
+def check_indexer_fp8_args(
+    q8: torch.Tensor,
+    q_scale: torch.Tensor,
+    w: torch.Tensor,
+    k8: torch.Tensor,
+    k_scale: torch.Tensor,
+    start: int,
+) -> None:
+    require(q8.dtype == torch.float8_e4m3fn and k8.dtype == torch.float8_e4m3fn, "q8 and k8 must be e4m3")
+    require(q_scale.shape == q8.shape[:2], f"q_scale must be [T, H] = {tuple(q8.shape[:2])}")
+    require(k_scale.shape == k8.shape[:1], f"k_scale must be [S] = {tuple(k8.shape[:1])}")
+    require(q8.shape[0] == w.shape[0] and q8.shape[1] == w.shape[1], "w must be [T, H_I]")
+    require(k8.shape[0] == start + q8.shape[0], f"k must hold start + T = {start + q8.shape[0]} keys")
+    require(k8.shape[1] == q8.shape[2], "k head dim must match q head dim")
+    require_same_device(q8=q8, q_scale=q_scale, w=w, k8=k8, k_scale=k_scale)
+
+
 def indexer_scores_fp8_ref(
     q8: torch.Tensor,
     q_scale: torch.Tensor,
@@ -96,7 +113,7 @@ def indexer_scores_fp8_ref(
 ) -> torch.Tensor:
     """`indexer_scores_ref` on FP8 inputs from `quantize_indexer_fp8` (q8 [T, H, D], q_scale [T, H], k8 [S, D],
     k_scale [S]): the scores of the dequantised vectors, fp32 [T, S], -inf above the causal diagonal."""
-    require(q8.dtype == torch.float8_e4m3fn and k8.dtype == torch.float8_e4m3fn, "q8 and k8 must be e4m3")
+    check_indexer_fp8_args(q8, q_scale, w, k8, k_scale, start)
     q = q8.float() * q_scale[..., None].float()
     k = k8.float() * k_scale[:, None].float()
     return indexer_scores_ref(q, w, k, start)
