@@ -57,14 +57,17 @@ def logits_both_ways(
     return fast, reference
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU variant below covers CUDA")
-def test_tiny_model_triton_kernels_match_reference_on_cpu_interpreter() -> None:
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU variants below cover CUDA")
+@pytest.mark.parametrize("fp8", [False, True], ids=["full-precision-experts", "fp8-experts"])
+def test_tiny_model_triton_kernels_match_reference_on_cpu_interpreter(fp8: bool) -> None:
     triton_functions = SimpleNamespace(
         indexer_topk=kernels.indexer_topk,
         sparse_attention=kernels.sparse_attention,
         fused_moe=kernels.fused_moe,
+        fused_moe_fp8=kernels.fused_moe_fp8,
     )
-    fast, reference = logits_both_ways("cpu", torch.float32, model_module.KernelLoader(triton_functions))
+    loader = model_module.KernelLoader(triton_functions)
+    fast, reference = logits_both_ways("cpu", torch.float32, loader, fp8=fp8)
     assert not fast.isnan().any()
     torch.testing.assert_close(fast, reference, atol=1e-4, rtol=1e-4)
 
@@ -78,18 +81,6 @@ def test_tiny_model_triton_kernels_match_reference_on_gpu(dtype: torch.dtype, to
     with no_fallback_warning():
         fast, reference = logits_both_ways("cuda", dtype, model_module.KernelLoader())
     torch.testing.assert_close(fast, reference, atol=tol, rtol=tol)
-
-
-@pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU variant below covers CUDA")
-def test_tiny_model_fp8_experts_kernel_matches_reference_on_cpu_interpreter() -> None:
-    functions = SimpleNamespace(
-        indexer_topk=kernels.indexer_topk,
-        sparse_attention=kernels.sparse_attention,
-        fused_moe_fp8=kernels.fused_moe_fp8,
-    )
-    fast, reference = logits_both_ways("cpu", torch.float32, model_module.KernelLoader(functions), fp8=True)
-    assert not fast.isnan().any()
-    torch.testing.assert_close(fast, reference, atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.gpu
