@@ -38,6 +38,12 @@ def _start_server(checkpoint: Path) -> tuple[subprocess.Popen[str], str]:
     raise AssertionError("no free port after 3 attempts")
 
 
+def _serve_model(*args: str) -> subprocess.CompletedProcess[str]:
+    """`timemark serve-model ARGS` for a command that is expected to stop before serving."""
+    command = [sys.executable, "-c", "from timemark.cli import main; main()", "serve-model", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60)
+
+
 def test_serve_model_command_serves_the_checkpoint(tiny_checkpoint: Path) -> None:
     process, base = _start_server(tiny_checkpoint)
     try:
@@ -52,43 +58,25 @@ def test_serve_model_command_serves_the_checkpoint(tiny_checkpoint: Path) -> Non
 
 
 def test_serve_model_refuses_a_missing_checkpoint(tmp_path: Path) -> None:
-    command = [
-        sys.executable,
-        "-c",
-        "from timemark.cli import main; main()",
-        "serve-model",
-        "--checkpoint",
-        str(tmp_path / "nope"),
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    result = _serve_model("--checkpoint", str(tmp_path / "nope"))
     assert result.returncode == 2 and "--checkpoint" in result.stdout + result.stderr  # a usage error
 
 
 def test_serve_model_refuses_what_the_memory_planner_says_cannot_fit(tiny_checkpoint: Path) -> None:
-    command = [
-        sys.executable, "-c", "from timemark.cli import main; main()", "serve-model",
-        "--checkpoint", str(tiny_checkpoint), "--gpu-memory-gib", "0.5",
-    ]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    result = _serve_model("--checkpoint", str(tiny_checkpoint), "--gpu-memory-gib", "0.5")
     assert result.returncode == 1, result.stdout + result.stderr
     assert "does not fit" in result.stderr and "reserve 3.0" in result.stderr
 
 
 def test_serve_model_refuses_an_unknown_quantisation(tiny_checkpoint: Path) -> None:
-    command = [
-        sys.executable, "-c", "from timemark.cli import main; main()", "serve-model",
-        "--checkpoint", str(tiny_checkpoint), "--quantize", "int4",
-    ]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    result = _serve_model("--checkpoint", str(tiny_checkpoint), "--quantize", "int4")
     assert result.returncode == 2 and "--quantize must be none or fp8" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1  # one line, no traceback
 
 
 def test_serve_model_plans_memory_with_fp8_experts_when_asked(tiny_checkpoint: Path) -> None:
-    command = [
-        sys.executable, "-c", "from timemark.cli import main; main()", "serve-model",
-        "--checkpoint", str(tiny_checkpoint), "--gpu-memory-gib", "0.5", "--quantize", "fp8",
-    ]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    result = _serve_model(
+        "--checkpoint", str(tiny_checkpoint), "--gpu-memory-gib", "0.5", "--quantize", "fp8"
+    )
     assert result.returncode == 1, result.stdout + result.stderr
     assert "fp8 weights" in result.stderr  # the refused plan is the FP8 one
