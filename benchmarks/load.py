@@ -28,6 +28,8 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -158,6 +160,35 @@ def claim_empty_redis_db() -> int:
     raise RuntimeError("no empty Redis DB index for the benchmark")
 
 
+@contextmanager
+def migrated_database(prefix: str) -> Iterator[tuple[str, str]]:
+    """A fresh PostgreSQL database `<prefix>_<random>` migrated to head: (name, SQLAlchemy URL); dropped after."""
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    try:
+        subprocess.run([sys.executable, "-m", "alembic", "-x", f"url={url}", "upgrade", "head"],
+                       cwd=ROOT, check=True, capture_output=True)  # fmt: skip
+        yield name, url
+    finally:
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def create_api_key(env: dict[str, str], name: str) -> str:
+    """A new tenant's API key, made in the database `env` points at (as `timemark apikey create` does)."""
+    code = (
+        "from core.settings import get_settings; from core.db import make_engine, make_sessionmaker;"
+        "from core.security import create_api_key; s = get_settings();"
+        f"print(create_api_key(make_sessionmaker(make_engine(s))(), {name!r}))"
+    )
+    answer = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, check=True, capture_output=True, text=True
+    )
+    return answer.stdout.strip()
+
+
 def wait_ready(base: str, server: subprocess.Popen, timeout_s: float = 60.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -213,10 +244,12 @@ def main() -> None:
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed (apt-get install -y wrk)")
 
-    db_name = f"tm_load_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{db_name}"')
-    db_url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{db_name}"
+    with migrated_database("tm_load") as (db_name, db_url):
+        write_report(args, **measure(args, db_name, db_url))
+
+
+def measure(args: argparse.Namespace, db_name: str, db_url: str) -> dict[str, Any]:
+    """The four wrk runs against a server on `db_url`: the results and the facts beside them."""
     redis_db = claim_empty_redis_db()
     storage_dir = Path(tempfile.mkdtemp(prefix="tm-load-"))
     port = 18_000 + secrets.randbelow(2000)
@@ -237,27 +270,7 @@ def main() -> None:
     results: dict[str, dict[str, Any]] = {}
     facts: dict[str, Any] = {"load_average_before": os.getloadavg()}
     try:
-        subprocess.run(
-            [sys.executable, "-m", "alembic", "-x", f"url={db_url}", "upgrade", "head"],
-            cwd=ROOT,
-            env=env,
-            check=True,
-            capture_output=True,
-        )
-        key = subprocess.run(
-            [
-                sys.executable,
-                "-c",
-                "from core.settings import get_settings; from core.db import make_engine, make_sessionmaker;"
-                "from core.security import create_api_key; s = get_settings();"
-                "print(create_api_key(make_sessionmaker(make_engine(s))(), 'load'))",
-            ],
-            cwd=ROOT,
-            env=env,
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
+        key = create_api_key(env, "load")
         server = subprocess.Popen(
             [
                 sys.executable,
@@ -349,11 +362,8 @@ def main() -> None:
             os.killpg(server.pid, signal.SIGTERM)
             server.wait(timeout=30)
         redis.Redis(db=redis_db).flushdb()
-        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
         shutil.rmtree(storage_dir, ignore_errors=True)
-
-    write_report(args, results, **facts)
+    return {"results": results, **facts}
 
 
 def write_report(args: argparse.Namespace, results: dict[str, dict[str, Any]], **facts: Any) -> None:

@@ -17,18 +17,15 @@ import datetime
 import os
 import secrets
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
 
-from benchmarks.load import PG_ADMIN, ROOT, claim_empty_redis_db, machine
+from benchmarks.load import ROOT, claim_empty_redis_db, create_api_key, machine, migrated_database
 from workers.embedded import checkpoint_video_sampling, child_process, wait_ready
 
 CHECKPOINT = ROOT / "model_runtime" / "checkpoints" / "keye-synth-small"
@@ -89,10 +86,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "workers.md")
     args = parser.parse_args()
 
-    db_name = f"tm_workers_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{db_name}"')
-    db_url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{db_name}"
+    with migrated_database("tm_workers") as (_, db_url):
+        rows, load_before = measure(args.jobs, db_url)
+    write_report(args.out, rows, load_before)
+
+
+def measure(jobs: int, db_url: str) -> tuple[list[tuple[str, dict[str, Any]]], tuple[float, ...]]:
+    """API + worker on `db_url`; the first job, then each run of `RUNS`. Rows and the load average before."""
     work = Path(tempfile.mkdtemp(prefix="tm-workers-"))
     port = 18_000 + secrets.randbelow(2000)
     base = f"http://127.0.0.1:{port}"
@@ -108,41 +108,30 @@ def main() -> None:
     }
     rows: list[tuple[str, dict[str, Any]]] = []
     load_before = os.getloadavg()
-    try:
-        subprocess.run([sys.executable, "-m", "alembic", "-x", f"url={db_url}", "upgrade", "head"],
-                       cwd=ROOT, env=env, check=True, capture_output=True)  # fmt: skip
-        key = subprocess.run(
-            [sys.executable, "-c", "from core.settings import get_settings; from core.db import make_engine, "
-             "make_sessionmaker; from core.security import create_api_key; "
-             "print(create_api_key(make_sessionmaker(make_engine(get_settings()))(), 'workers'))"],
-            cwd=ROOT, env=env, check=True, capture_output=True, text=True,
-        ).stdout.strip()  # fmt: skip
-        api = [sys.executable, "-m", "uvicorn", "--factory", "api.main:create_app", "--port", str(port),
-               "--log-level", "warning"]  # fmt: skip
-        worker = [sys.executable, "-c", "from timemark.cli import main; main()", "worker", "--queues", "cpu,gpu",
-                  "--pool", "prefork", "--concurrency", "1"]  # fmt: skip
-        with (
-            child_process(api, env, log_path=work / "api.log") as api_process,
-            child_process(worker, env, log_path=work / "worker.log"),
-            httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=30) as client,
-        ):
-            wait_ready(base, timeout_s=90, process=api_process)
-            write_video(work / "events.mp4")
-            upload = client.post(
-                "/v1/uploads",
-                content=(work / "events.mp4").read_bytes(),
-                headers={"Content-Type": "video/mp4"},
-            )
-            upload.raise_for_status()
-            source = upload.json()["source"]
-            first = run_jobs(client, source, OWN, 1)  # loads the engine in the worker child
-            rows.append(("first job (includes loading the engine in the worker child)", first))
-            for label, sampling in RUNS.items():
-                rows.append((label, run_jobs(client, source, sampling, args.jobs)))
-    finally:
-        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
-    write_report(args.out, rows, load_before)
+    key = create_api_key(env, "workers")
+    api = [sys.executable, "-m", "uvicorn", "--factory", "api.main:create_app", "--port", str(port),
+           "--log-level", "warning"]  # fmt: skip
+    worker = [sys.executable, "-c", "from timemark.cli import main; main()", "worker", "--queues", "cpu,gpu",
+              "--pool", "prefork", "--concurrency", "1"]  # fmt: skip
+    with (
+        child_process(api, env, log_path=work / "api.log") as api_process,
+        child_process(worker, env, log_path=work / "worker.log"),
+        httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=30) as client,
+    ):
+        wait_ready(base, timeout_s=90, process=api_process)
+        write_video(work / "events.mp4")
+        upload = client.post(
+            "/v1/uploads",
+            content=(work / "events.mp4").read_bytes(),
+            headers={"Content-Type": "video/mp4"},
+        )
+        upload.raise_for_status()
+        source = upload.json()["source"]
+        first = run_jobs(client, source, OWN, 1)  # loads the engine in the worker child
+        rows.append(("first job (includes loading the engine in the worker child)", first))
+        for label, sampling in RUNS.items():
+            rows.append((label, run_jobs(client, source, sampling, jobs)))
+    return rows, load_before
 
 
 def write_report(out: Path, rows: list[tuple[str, dict[str, Any]]], load_before: tuple[float, ...]) -> None:
