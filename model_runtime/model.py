@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from torch.nn.attention.bias import causal_lower_right
 
 from model_runtime.config import TextConfig
-from model_runtime.fp8 import Fp8Experts, moe_fp8_reference
+from model_runtime.fp8 import Fp8Experts, moe_fp8_reference, quantize_blocks
 
 ATTN_IMPLS = ("dense", "reference", "triton")
 MOE_IMPLS = ("reference", "triton", "all_experts")  # all_experts: sync-free, for training small models
@@ -515,8 +515,6 @@ def use_fp8_experts(model: nn.Module) -> None:
 @torch.no_grad()
 def quantize_experts(model: nn.Module) -> None:
     """A loaded model's experts to FP8 in place, layer by layer (each full-precision copy is freed as it goes)."""
-    from model_runtime.fp8 import quantize_blocks
-
     for moe in [m for m in model.modules() if isinstance(m, SparseMoe)]:
         dense = moe.experts
         if isinstance(dense, Fp8Experts):
