@@ -239,15 +239,31 @@ def encode_turn(
     return Example(full.input_ids, full.positions, labels, full.grids, clip, lo, hi)
 
 
+def frame_labels(clip: Clip) -> np.ndarray:
+    """[F, len(ALL_QUERIES)] 0/1: which shapes each frame shows (the vision tower's auxiliary target)."""
+    index = {label: i for i, label in enumerate(ALL_QUERIES)}
+    out = np.zeros((len(clip.times), len(index)), np.float32)
+    for label, (start, end) in clip.shown.items():
+        out[[i for i, t in enumerate(clip.times) if start <= t < end], index[label]] = 1.0
+    return out
+
+
 class FrameStore:
-    """Every clip's frames in one uint8 tensor on the training device; patchified per batch there."""
+    """Every clip's frames (uint8) and frame labels in tensors on the training device; patchified per
+    batch there."""
 
     def __init__(self, clips: list[Clip], device: torch.device):
         self.offsets = np.cumsum([0] + [len(c.times) for c in clips]).tolist()
         self.frames = torch.from_numpy(np.concatenate([c.frames for c in clips])).to(device)
+        self.labels = torch.from_numpy(np.concatenate([frame_labels(c) for c in clips])).to(device)
 
     def gather(self, examples: list[Example]) -> Tensor:
         """The examples' frames, in order: [ΣF, H, W, 3] uint8."""
-        return torch.cat(
-            [self.frames[self.offsets[e.clip] + e.lo : self.offsets[e.clip] + e.hi] for e in examples]
-        )
+        return torch.cat([self.frames[self._rows(e)] for e in examples])
+
+    def gather_labels(self, examples: list[Example]) -> Tensor:
+        """The examples' frame labels, in the order of `gather`: [ΣF, len(ALL_QUERIES)]."""
+        return torch.cat([self.labels[self._rows(e)] for e in examples])
+
+    def _rows(self, e: Example) -> slice:
+        return slice(self.offsets[e.clip] + e.lo, self.offsets[e.clip] + e.hi)

@@ -8,7 +8,9 @@ trains, a few worker processes draw tokenised examples from them (crops and quer
 `training.data.draw_example`), short crops first and whole chunks later (the curriculum). Loss =
 next-token cross-entropy on the answer tokens + the indexer's KL objective (spec §2.6): KL(dense
 attention averaged over heads ‖ softmax of the indexer scores), with the indexer's input detached so
-the KL trains only the indexer. The first part of the run attends densely; the rest runs the real
+the KL trains only the indexer + a per-frame auxiliary loss (`FrameProbe`: which shapes each frame
+shows, read from its visual tokens), because two answer tokens per clip teach the vision tower far too
+slowly on their own. The first part of the run attends densely; the rest runs the real
 top-k sparse attention (`attn_impl="reference"`), so the shipped model is trained the way it is served.
 The result is saved in the official checkpoint layout with the tokenizer, the preprocessor config
 (carrying the video sampling defaults the model was trained with) and a training log.
@@ -29,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from model_runtime.checkpoint import load_state, save_checkpoint
 from model_runtime.config import KeyeConfig, SparseAttnConfig, TextConfig, VisionConfig
@@ -37,6 +39,7 @@ from model_runtime.model import Attention, ForwardContext, Segment, indexer_scor
 from model_runtime.processor import DEFAULT_PREPROCESSOR_CONFIG, KeyeProcessor
 from model_runtime.tokenizer import build_tiny_tokenizer, save_tokenizer
 from model_runtime.training.data import (
+    ALL_QUERIES,
     IGNORE,
     SMALL_SAMPLING,
     Clip,
@@ -177,6 +180,26 @@ class ExampleFeed:
             self.pool.terminate()
 
 
+class FrameProbe(nn.Module):
+    """Training-only head: which of the `ALL_QUERIES` shapes a frame shows, from the max over its visual
+    tokens. A probe on the vision tower alone learns the 63 labels within a few hundred steps; through
+    the LM's answers alone it had not after a thousand. Not saved: the checkpoint keeps the official
+    layout."""
+
+    def __init__(self, width: int, n_labels: int = len(ALL_QUERIES)):
+        super().__init__()
+        self.head = nn.Linear(width, n_labels)
+
+    def forward(self, visual: Tensor, grids: list[tuple[int, int, int]], merge: int = 2) -> Tensor:
+        """visual [M, D] (frames' tokens in order) → label logits [F, n_labels]."""
+        per_frame = torch.tensor([h * w // merge**2 for t, h, w in grids for _ in range(t)])
+        frame_of = torch.repeat_interleave(torch.arange(len(per_frame)), per_frame).to(visual.device)
+        pooled = visual.new_zeros(len(per_frame), visual.shape[1]).scatter_reduce(
+            0, frame_of[:, None].expand_as(visual), visual, "amax", include_self=False
+        )
+        return self.head(pooled)
+
+
 def make_batch(
     examples: list[Example], frames: FrameStore, processor: KeyeProcessor, device: torch.device
 ) -> dict[str, Any]:
@@ -187,6 +210,7 @@ def make_batch(
         "labels": torch.cat([e.labels for e in examples]).to(device, non_blocking=True),
         "segments": [Segment(e.n_tokens) for e in examples],
         "pixel_values": processor.patchify(frames.gather(examples)),
+        "frame_labels": frames.gather_labels(examples),
         "grids": [g for e in examples for g in e.grids],
     }
 
@@ -297,7 +321,10 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         load_state(model, args.init)  # continue from an earlier run of this script
     n_params = sum(p.numel() for p in model.parameters())
     distill = IndexerDistillation(model)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.95))
+    probe = FrameProbe(config.text.hidden_size).to(device)
+    optimizer = torch.optim.AdamW(
+        [*model.parameters(), *probe.parameters()], lr=args.lr, weight_decay=0.01, betas=(0.9, 0.95)
+    )
 
     seeds = range(args.seed_offset, args.seed_offset + args.videos)
     clips = sample_videos(seeds, args.workers, args.data_seconds, args.min_seconds, args.max_seconds)
@@ -326,23 +353,21 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         batch = make_batch(examples, frames, processor, device)
         examples_seen += len(examples)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):  # fused SDPA kernels
-            logits = model(
-                batch["input_ids"],
-                batch["positions"],
-                batch["segments"],
-                batch["pixel_values"],
-                batch["grids"],
-            )
+            visual = model.encode_vision(batch["pixel_values"], batch["grids"])
+            embeds = model.embed(batch["input_ids"], visual)
+            logits = model.logits(model.model(embeds, batch["positions"], batch["segments"]))
+            frame_logits = probe(visual.float(), batch["grids"]).float()
         targets = torch.full_like(batch["labels"], IGNORE)
         targets[:-1] = batch["labels"][1:]  # token i predicts label i+1 (segment ends are IGNORE anyway)
         ce = F.cross_entropy(logits.float(), targets, ignore_index=IGNORE)
         kl = distill.pop()
-        loss = ce + args.kl_weight * kl
+        frame_loss = F.binary_cross_entropy_with_logits(frame_logits, batch["frame_labels"])
+        loss = ce + args.kl_weight * kl + args.frame_weight * frame_loss
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, est_steps, args.lr)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_([*model.parameters(), *probe.parameters()], 1.0)
         optimizer.step()
         if step % args.log_every == 0:
             elapsed = time.time() - started
@@ -352,7 +377,10 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             token_acc, exact = answer_accuracy(
                 logits, targets, [e.n_tokens for e in examples], [e.kind == "ground" for e in examples]
             )
+            shown = batch["frame_labels"] > 0
+            frames_right = ((frame_logits > 0) == shown).all(1)[shown.any(1)].float().mean().item()
             row = {"step": step, "s": round(elapsed, 1), "ce": round(ce.item(), 4), "kl": round(kl.item(), 4),
+                   "frame_loss": round(frame_loss.item(), 4), "frames_named": round(frames_right, 3),
                    "answer_token_acc": round(token_acc, 3), "grounding_exact": round(exact, 3),
                    "examples": examples_seen, "tokens": int(batch["input_ids"].shape[0]),
                    "max_crop_s": round(limit, 1), "sparse": sparse}  # fmt: skip
@@ -395,6 +423,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-tokens", type=int, default=32768)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--kl-weight", type=float, default=1.0)
+    p.add_argument("--frame-weight", type=float, default=1.0, help="weight of the per-frame label loss")
     p.add_argument("--dense-fraction", type=float, default=0.75)
     p.add_argument("--crop-start-s", type=float, default=3.0, help="longest crop at the start (curriculum)")
     p.add_argument("--crop-ramp", type=float, default=0.6, help="fraction of the run until whole videos")
