@@ -200,6 +200,41 @@ class FrameProbe(nn.Module):
         return self.head(pooled)
 
 
+def warm_up_vision(
+    model: KeyeVL, probe: FrameProbe, frames: FrameStore, processor: KeyeProcessor, args: argparse.Namespace
+) -> list[dict[str, Any]]:
+    """Stage 1: the vision tower, projector and probe alone learn which shapes each frame shows, from
+    random frames, before the LM asks them anything (cheap: no prompts, no LM)."""
+    params = [*model.visual.parameters(), *model.mlp_AR.parameters(), *probe.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01, betas=(0.9, 0.95))
+    _, height, width, _ = frames.frames.shape
+    grids = [(1, height // processor.patch, width // processor.patch)] * args.vision_batch
+    log = []
+    for step in range(args.vision_steps):
+        for group in optimizer.param_groups:
+            group["lr"] = args.lr * min(1.0, (step + 1) / 50)
+        rows = torch.randint(frames.frames.shape[0], (args.vision_batch,), device=frames.frames.device)
+        with torch.autocast(frames.frames.device.type, dtype=torch.bfloat16, enabled=args.bf16):
+            logits = probe(model.encode_vision(processor.patchify(frames.frames[rows]), grids).float(), grids)
+        labels = frames.labels[rows]
+        loss = F.binary_cross_entropy_with_logits(logits.float(), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if step % args.log_every == 0 or step == args.vision_steps - 1:
+            row = {"vision_step": step, "frame_loss": round(loss.item(), 4),
+                   "frames_named": round(frames_named(logits, labels), 3)}  # fmt: skip
+            log.append(row)
+            print(json.dumps(row), flush=True)
+    return log
+
+
+def frames_named(logits: Tensor, labels: Tensor) -> float:
+    """Of the frames that show any shape, the fraction whose shapes the probe names exactly."""
+    shown = labels > 0
+    return ((logits > 0) == shown).all(1)[shown.any(1)].float().mean().item()
+
+
 def make_batch(
     examples: list[Example], frames: FrameStore, processor: KeyeProcessor, device: torch.device
 ) -> dict[str, Any]:
@@ -327,11 +362,14 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     )
 
     seeds = range(args.seed_offset, args.seed_offset + args.videos)
+    setup_started = time.time()
     clips = sample_videos(seeds, args.workers, args.data_seconds, args.min_seconds, args.max_seconds)
+    sampled_s = time.time() - setup_started
     frames = FrameStore(clips, device)
     feed = ExampleFeed(out, clips, args.draw_workers, args.seed)
-    print(json.dumps({"clips": len(clips), "frames": frames.offsets[-1], "data_seconds": args.data_seconds}),
-          flush=True)  # fmt: skip
+    print(json.dumps({"clips": len(clips), "frames": frames.offsets[-1], "sampled_s": round(sampled_s, 1),
+                      "setup_s": round(time.time() - setup_started, 1)}), flush=True)  # fmt: skip
+    vision_log = warm_up_vision(model, probe, frames, processor, args) if args.vision_steps else []
     started = time.time()
     budget_s = args.minutes * 60
     est_steps = args.max_steps
@@ -343,7 +381,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     while step < args.max_steps and time.time() - started < budget_s:
         if profiler is not None and step in (10, 15):  # five steps after warm-up: where a step's time goes
             profiler.start() if step == 10 else report_profile(profiler)
-        progress = (time.time() - started) / budget_s
+        # Whichever ends the run first (steps or minutes) paces the curriculum and the dense→sparse switch.
+        progress = max(step / args.max_steps, (time.time() - started) / budget_s)
         if not sparse and progress > args.dense_fraction:
             model.model.set_impl(attn_impl="reference")  # sparse adaptation for the rest of the run
             sparse = True
@@ -377,8 +416,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             token_acc, exact = answer_accuracy(
                 logits, targets, [e.n_tokens for e in examples], [e.kind == "ground" for e in examples]
             )
-            shown = batch["frame_labels"] > 0
-            frames_right = ((frame_logits > 0) == shown).all(1)[shown.any(1)].float().mean().item()
+            frames_right = frames_named(frame_logits, batch["frame_labels"])
             row = {"step": step, "s": round(elapsed, 1), "ce": round(ce.item(), 4), "kl": round(kl.item(), 4),
                    "frame_loss": round(frame_loss.item(), 4), "frames_named": round(frames_right, 3),
                    "answer_token_acc": round(token_acc, 3), "grounding_exact": round(exact, 3),
@@ -403,7 +441,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         "final": log[-1] if log else None,
         "args": vars(args),
     }
-    (out / "training_log.json").write_text(json.dumps({"summary": summary, "log": log}, indent=1) + "\n")
+    (out / "training_log.json").write_text(
+        json.dumps({"summary": summary, "vision_log": vision_log, "log": log}, indent=1) + "\n"
+    )
     return summary
 
 
@@ -423,6 +463,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-tokens", type=int, default=32768)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--kl-weight", type=float, default=1.0)
+    p.add_argument("--vision-steps", type=int, default=0, help="stage 1: frame-label steps, vision only")
+    p.add_argument("--vision-batch", type=int, default=256, help="frames per stage-1 step")
     p.add_argument("--frame-weight", type=float, default=1.0, help="weight of the per-frame label loss")
     p.add_argument("--dense-fraction", type=float, default=0.75)
     p.add_argument("--crop-start-s", type=float, default=3.0, help="longest crop at the start (curriculum)")
