@@ -28,9 +28,17 @@ from model_runtime.training.data import (
     Clip,
     FrameStore,
     draw_example,
+    frame_labels,
     sample_clips,
 )
-from model_runtime.training.train import crop_limit, parse_args, small_config, train, write_checkpoint_files
+from model_runtime.training.train import (
+    FrameProbe,
+    crop_limit,
+    parse_args,
+    small_config,
+    train,
+    write_checkpoint_files,
+)
 
 LABEL_OF = {query: label for label, query in ALL_QUERIES.items()}
 
@@ -135,6 +143,37 @@ def test_frame_store_gathers_each_examples_frames(processor: KeyeProcessor, clip
     assert sum(t for t, _, _ in (g for e in examples for g in e.grids)) == expected.shape[0]
 
 
+def test_frame_labels_mark_the_frames_inside_each_shapes_interval(clips: list[Clip]) -> None:
+    labels = list(ALL_QUERIES)
+    for clip in clips:
+        marks = frame_labels(clip)
+        assert marks.shape == (len(clip.times), len(labels))
+        for label, (start, end) in clip.shown.items():
+            expected = [start <= t < end for t in clip.times]
+            assert marks[:, labels.index(label)].astype(bool).tolist() == expected
+        never = [i for i, label in enumerate(labels) if label not in clip.shown]
+        assert not marks[:, never].any()
+    assert any(frame_labels(c).any() for c in clips)  # the drawn videos do show shapes
+
+
+def test_frame_store_gathers_labels_in_frame_order(processor: KeyeProcessor, clips: list[Clip]) -> None:
+    rng = np.random.default_rng(3)
+    examples = [draw_example(processor, clips, rng, max_crop_s=5.0) for _ in range(4)]
+    gathered = FrameStore(clips, torch.device("cpu")).gather_labels(examples)
+    expected = np.concatenate([frame_labels(clips[e.clip])[e.lo : e.hi] for e in examples])
+    assert np.array_equal(gathered.numpy(), expected)
+
+
+def test_frame_probe_pools_each_frames_own_tokens() -> None:
+    probe = FrameProbe(width=3, n_labels=3)
+    with torch.no_grad():
+        probe.head.weight.copy_(torch.eye(3))
+        probe.head.bias.zero_()
+    grids = [(1, 2, 2), (2, 2, 4)]  # one frame of 1 merged token, then two frames of 2 each
+    visual = torch.tensor([[1.0, 0, 0], [0, 5, 0], [0, 0, 2], [0, 0, 7], [4, 0, 0]])
+    assert probe(visual, grids).tolist() == [[1, 0, 0], [0, 5, 2], [4, 0, 7]]  # max over each frame's tokens
+
+
 def test_the_curriculum_grows_crops_to_whole_videos() -> None:
     assert crop_limit(0.0, 80.0) == 3.0
     assert 3.0 < crop_limit(0.3, 80.0) < 80.0
@@ -147,12 +186,16 @@ def test_a_short_run_trains_and_saves_a_checkpoint_the_engine_serves(tmp_path: P
         "--out", str(out), "--device", "cpu", "--max-steps", "4", "--videos", "2", "--data-seconds", "60",
         "--min-seconds", "6", "--max-seconds", "8", "--workers", "0", "--draw-workers", "0",
         "--batch-tokens", "2048", "--log-every", "1", "--dense-fraction", "0.0", "--lr", "3e-3", "--bf16",
+        "--vision-steps", "3", "--vision-batch", "8",
     ])  # fmt: skip
     summary = train(args)
     assert summary["steps"] == 4 and summary["clips"] == 2
-    log = json.loads((out / "training_log.json").read_text())["log"]
+    written = json.loads((out / "training_log.json").read_text())
+    log, vision_log = written["log"], written["vision_log"]
     assert len(log) == 4 and all(row["sparse"] for row in log)  # dense_fraction 0: sparse from the start
     assert log[-1]["ce"] < log[0]["ce"]  # four steps on the answer tokens already lower the loss
+    assert [row["vision_step"] for row in vision_log] == [0, 1, 2]
+    assert vision_log[-1]["frame_loss"] < vision_log[0]["frame_loss"]  # stage 1 learns frame labels
     clip = sample_clips(5, min_s=6.0, max_s=6.0)[0]
     engine = NativeEngine(out, device="cpu", attn_impl="reference")
     result = engine.generate(
