@@ -1,7 +1,9 @@
 """FP8 lightning-indexer scores (`indexer_scores_fp8`) against their oracle, and FP8 against exact scores.
 
 The kernel and the oracle score the same e4m3 vectors (Hadamard-rotated, power-of-two per-vector scales),
-whose products are exact in fp32: they differ by accumulation order only (1e-5 relative). Against the
+whose products are exact in fp32: they differ by accumulation only — 1e-5 relative under the CPU
+interpreter (fp32 sums), 2e-4 on the GPU, whose FP8 tensor cores accumulate with fewer mantissa bits than
+fp32 (DeepSeek-V3 reports ~14 on Hopper; the H200 measured 4.5e-5 at T2049-S2049-H16-D64). Against the
 unquantised scores FP8 costs a few percent (bounded at 8 %), and the top-k it selects keeps ≥ 90 % of the
 exact top-k's keys on random inputs (the worst case: no structure to separate the winners).
 """
@@ -52,7 +54,8 @@ def test_fp8_scores_match_the_oracle_and_stay_close_to_exact(tokens, start, head
     ref = indexer_scores_fp8_ref(*args, start)
     visible = torch.isfinite(ref)
     assert torch.equal(torch.isfinite(out), visible) and not out.isnan().any()
-    assert_close(out[visible], ref[visible], rel_tol=1e-5, what="indexer_scores_fp8")
+    rel_tol = 2e-4 if torch.device(device).type == "cuda" else 1e-5  # the tensor cores' FP8 accumulation
+    assert_close(out[visible], ref[visible], rel_tol=rel_tol, what="indexer_scores_fp8")
     exact = indexer_scores_ref(q, w, k, start)
     _, rel = error_report(ref.cpu()[visible.cpu()], exact[visible.cpu()])
     assert rel < 0.08, f"FP8 scores are {rel:.3f} away from the exact ones"
