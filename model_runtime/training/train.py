@@ -147,13 +147,15 @@ class ExampleFeed:
         self.pending: deque[Any] = deque()
         self.ready: deque[Example] = deque()
 
-    def batch(self, max_tokens: int, max_crop_s: float, caption_p: float) -> list[Example]:
-        """Examples up to `max_tokens` in all (at least one)."""
+    def batch(
+        self, max_tokens: int, max_crop_s: float, caption_p: float, max_examples: int = 1 << 30
+    ) -> list[Example]:
+        """Examples up to `max_tokens` in all and `max_examples` of them (at least one)."""
         batch: list[Example] = []
         total = 0
         while True:
             example = self._next(max_crop_s, caption_p)
-            if batch and total + example.n_tokens > max_tokens:
+            if batch and (total + example.n_tokens > max_tokens or len(batch) == max_examples):
                 self.ready.appendleft(example)
                 return batch
             batch.append(example)
@@ -369,7 +371,10 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     stored_s = time.time() - setup_started
     feed = ExampleFeed(out, clips, args.draw_workers, args.seed)
     first = feed.batch(
-        args.batch_tokens, crop_limit(0.0, args.max_seconds, args.crop_start_s), args.caption_p
+        args.batch_tokens,
+        crop_limit(0.0, args.max_seconds, args.crop_start_s),
+        args.caption_p,
+        args.batch_examples,
     )
     feed.ready.extendleft(reversed(first))  # only timed here: the run draws them again as its first batch
     # On the H200 the setup took 85-118 s beyond sampling, against ~1 s here: these marks say where.
@@ -395,7 +400,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             sparse = True
         limit = crop_limit(progress, args.max_seconds, args.crop_start_s, args.crop_ramp)
         caption_p = args.caption_p * max(0.0, 1.0 - progress / args.crop_ramp)  # captions fade out
-        examples = feed.batch(args.batch_tokens, limit, caption_p)
+        examples = feed.batch(args.batch_tokens, limit, caption_p, args.batch_examples)
         batch = make_batch(examples, frames, processor, device)
         examples_seen += len(examples)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):  # fused SDPA kernels
@@ -468,6 +473,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=max(1, (mp.cpu_count() or 2) - 1), help="video makers")
     p.add_argument("--draw-workers", type=int, default=max(0, min(6, (mp.cpu_count() or 2) - 3)))
     p.add_argument("--batch-tokens", type=int, default=32768)
+    p.add_argument(
+        "--batch-examples", type=int, default=24,
+        help="at most this many examples per step: on the H200 a step costs ~20-50 ms per example (attention "
+        "runs per example and layer), so the ~40-86 short crops of early steps took ~2 s a step",
+    )  # fmt: skip
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--kl-weight", type=float, default=1.0)
     p.add_argument("--vision-steps", type=int, default=0, help="stage 1: frame-label steps, vision only")

@@ -32,6 +32,7 @@ from model_runtime.training.data import (
     sample_clips,
 )
 from model_runtime.training.train import (
+    ExampleFeed,
     FrameProbe,
     crop_limit,
     parse_args,
@@ -172,6 +173,20 @@ def test_frame_probe_pools_each_frames_own_tokens() -> None:
     grids = [(1, 2, 2), (2, 2, 4)]  # one frame of 1 merged token, then two frames of 2 each
     visual = torch.tensor([[1.0, 0, 0], [0, 5, 0], [0, 0, 2], [0, 0, 7], [4, 0, 0]])
     assert probe(visual, grids).tolist() == [[1, 0, 0], [0, 5, 2], [4, 0, 7]]  # max over each frame's tokens
+
+
+def test_a_batch_stops_at_its_token_or_example_budget(
+    processor: KeyeProcessor, clips: list[Clip], tmp_path: Path
+) -> None:
+    tokenizer = build_tiny_tokenizer()
+    write_checkpoint_files(tmp_path, tokenizer, small_config(tokenizer))
+    feed = ExampleFeed(tmp_path, clips, workers=0, seed=1)
+    capped = feed.batch(1 << 20, max_crop_s=2.0, caption_p=0.0, max_examples=5)
+    assert len(capped) == 5
+    by_tokens = feed.batch(1500, max_crop_s=2.0, caption_p=0.0)
+    assert sum(e.n_tokens for e in by_tokens) <= 1500 or len(by_tokens) == 1
+    assert sum(e.n_tokens for e in by_tokens) + feed.ready[0].n_tokens > 1500  # the next one did not fit
+    feed.close()
 
 
 def test_the_curriculum_grows_crops_to_whole_videos() -> None:
