@@ -271,6 +271,14 @@ class Attention(nn.Module):
         iq = iw = ik = None
         if self.sa_indexer is not None:
             iq, iw, ik = self.sa_indexer(x, ctx.index_rope)  # [N, I, Di], [N, I], [N, Di]
+        lengths = [seg.length for seg in ctx.segments]
+        if (
+            len(lengths) > 1
+            and all(seg.cache is None for seg in ctx.segments)
+            and (ctx.attn_impl == "dense" or self.sa_indexer is None or max(lengths) <= self.topk)
+        ):  # many fresh sequences, all dense (training batches): one padded attention call
+            out = padded_causal_attention(q, k, v, lengths, self.head_dim**-0.5)
+            return all_reduce(self.o_proj(out.flatten(1)), self.tp_group)
         out = torch.empty_like(q)  # [N, H, Dh]
         a = 0
         for seg, start in zip(ctx.segments, ctx.starts, strict=True):
@@ -331,6 +339,26 @@ def causal_attention(q: Tensor, k: Tensor, v: Tensor, start: int, scale: float) 
     group = q.shape[1] // k.shape[1]
     k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)  # [S, H, Dh]
     return _sdpa(q, k, v, causal_lower_right(t, n_keys), scale)
+
+
+def padded_causal_attention(q: Tensor, k: Tensor, v: Tensor, lengths: Sequence[int], scale: float) -> Tensor:
+    """Dense causal attention of several fresh sequences packed back to back, in one SDPA call: each is
+    right-padded to the longest, which causality keeps invisible to its real queries. q [N, H, Dh], k/v
+    [N, K, Dh] → [N, H, Dh]. One call per layer instead of one per sequence (a training step holds dozens)."""
+    n, longest = q.shape[0], max(lengths)
+    lens = torch.tensor(lengths, device=q.device)
+    offsets = torch.cumsum(lens, 0) - lens  # [B]
+    slot = torch.arange(longest, device=q.device)  # [T]
+    real = slot[None, :] < lens[:, None]  # [B, T]
+    rows = torch.where(real, offsets[:, None] + slot[None, :], n)  # padding reads a zero row appended below
+
+    def padded(x: Tensor) -> Tensor:  # [N, heads, Dh] → [B, heads, T, Dh]
+        return torch.cat([x, x.new_zeros(1, *x.shape[1:])])[rows].transpose(1, 2)
+
+    out = F.scaled_dot_product_attention(
+        padded(q), padded(k), padded(v), is_causal=True, scale=scale, enable_gqa=True
+    )  # [B, H, T, Dh]
+    return out.transpose(1, 2)[real]  # [N, H, Dh] in the packed order
 
 
 def topk_masked_attention(

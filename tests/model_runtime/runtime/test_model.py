@@ -18,6 +18,7 @@ from model_runtime.model import (
     causal_attention,
     moe_reference,
     mrope_cos_sin,
+    padded_causal_attention,
     topk_masked_attention,
 )
 from model_runtime.vlm import KeyeVL, init_weights
@@ -84,6 +85,40 @@ def test_ragged_batch_equals_separate_sequences(tiny: KeyeVL) -> None:
         )
     torch.testing.assert_close(together, torch.cat(alone), atol=2e-5, rtol=1e-4)
     assert [c.length for c in caches] == [70, 90]
+
+
+@pytest.mark.parametrize("impl", ["dense", "reference"])
+def test_fresh_sequences_packed_together_equal_each_alone(tiny: KeyeVL, impl: str) -> None:
+    # Training packs dozens of fresh sequences: dense attention runs them as one padded call, the
+    # reference sparse path (beyond topk) one by one; either way each must equal its own forward.
+    tiny.model.set_impl(attn_impl=impl)
+    prompts = [_prompt(n, seed=n) for n in (70, 13, 90, 1)]
+    with torch.no_grad():
+        alone = torch.cat([tiny(ids, pos) for ids, pos in prompts])
+        together = tiny(
+            torch.cat([ids for ids, _ in prompts]),
+            torch.cat([pos for _, pos in prompts], 1),
+            [Segment(len(ids)) for ids, _ in prompts],
+        )
+    torch.testing.assert_close(together, alone, atol=2e-5, rtol=1e-4)
+
+
+def test_padded_attention_matches_causal_attention_per_sequence_with_gradients() -> None:
+    gen = torch.Generator().manual_seed(0)
+    lengths = [5, 1, 12, 7]
+    q = torch.randn(sum(lengths), 4, 8, generator=gen, requires_grad=True)
+    k = torch.randn(sum(lengths), 2, 8, generator=gen, requires_grad=True)
+    v = torch.randn(sum(lengths), 2, 8, generator=gen, requires_grad=True)
+    packed = padded_causal_attention(q, k, v, lengths, 0.3)
+    cuts = torch.tensor([0, *lengths]).cumsum(0).tolist()
+    one_by_one = torch.cat(
+        [causal_attention(q[a:b], k[a:b], v[a:b], 0, 0.3) for a, b in zip(cuts, cuts[1:], strict=False)]
+    )
+    torch.testing.assert_close(packed, one_by_one, atol=1e-6, rtol=1e-5)
+    grads = torch.autograd.grad(packed.square().sum(), (q, k, v))
+    expected = torch.autograd.grad(one_by_one.square().sum(), (q, k, v))
+    for got, want in zip(grads, expected, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
 
 
 def test_sparse_selection_changes_the_output_beyond_topk(tiny: KeyeVL) -> None:
