@@ -173,6 +173,7 @@ def indexer_topk(
     *,
     max_buffer_bytes: int = 1 << 30,
     topk_method: str = "auto",
+    scales: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Per query, the `topk` causal keys with the largest indexer scores.
 
@@ -186,13 +187,19 @@ def indexer_topk(
         topk_method: "auto" (default: "torch" for chunks of <= 64 queries, else "compact"),
             "torch" (torch.topk on the -inf-masked score rows) or a `kernels.topk` method:
             "compact", "sample", "radix".
+        scales: (q_scale [T, H_I], k_scale [S]) when q and k are e4m3 (`quantize_indexer_fp8`): the
+            scores are `indexer_scores_fp8`'s, computed chunk by chunk like the bf16 ones.
 
     Returns:
         int32 [T, topk] key positions in no particular order. A query that sees L <= topk keys
         selects all of them (0 .. L-1) and is padded with -1. Ties at the threshold go to the
         lower position.
     """
-    check_indexer_args(q, w, k, start)
+    if scales is None:
+        check_indexer_args(q, w, k, start)
+    else:
+        check_indexer_fp8_args(q, scales[0], w, k, scales[1], start)
+        scales = (scales[0].float().contiguous(), scales[1].float().contiguous())
     require(topk >= 1, f"topk must be >= 1, got {topk}")
     q, w, k = _contiguous_last(q), _contiguous_last(w), _contiguous_last(k)
     tokens, keys = q.shape[0], k.shape[0]
@@ -223,9 +230,10 @@ def indexer_topk(
         if scratch is None and method not in ("radix", "torch"):
             scratch = tuple(torch.empty(buffer.shape, dtype=torch.int32, device=q.device) for _ in range(2))
         # A decode step (a handful of queries) wants the smallest tile the tensor cores take.
+        chunk_scales = None if scales is None else (scales[0][first:last], scales[1][:visible])
         launch_indexer_scores(
             q[first:last], w[first:last], k[:visible], start + first, buffer, fill_future=method == "torch",
-            block_t=16 if last - first <= 16 else 64,
+            scales=chunk_scales, block_t=16 if last - first <= 16 else 64,
         )  # fmt: skip
         if method == "torch":
             _torch_topk_rows(buffer[: last - first, :visible], topk, lengths[first:last], out[first:last])

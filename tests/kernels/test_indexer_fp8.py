@@ -19,9 +19,11 @@ from kernels import (
     indexer_scores_fp8,
     indexer_scores_fp8_ref,
     indexer_scores_ref,
+    indexer_topk,
     quantize_indexer_fp8,
 )
-from kernels.testing import assert_close, error_report
+from kernels.indexer.reference import causal_lengths
+from kernels.testing import assert_close, assert_same_selection, error_report
 
 GPU = pytest.mark.gpu
 
@@ -59,6 +61,23 @@ def test_fp8_scores_match_the_oracle_and_stay_close_to_exact(tokens, start, head
     exact = indexer_scores_ref(q, w, k, start)
     _, rel = error_report(ref.cpu()[visible.cpu()], exact[visible.cpu()])
     assert rel < 0.08, f"FP8 scores are {rel:.3f} away from the exact ones"
+
+
+@pytest.mark.parametrize("method", ["compact", "radix", "torch"])
+def test_fp8_indexer_topk_selects_the_fp8_oracles_top_k(method: str, device) -> None:
+    tokens, start, topk = 70, 30, 24
+    q, w, k = make_inputs(tokens, start, 5, 32, seed=5)
+    (q8, q_scale), (k8, k_scale) = quantize_indexer_fp8(q), quantize_indexer_fp8(k)
+    q8, q_scale, w, k8, k_scale = (t.to(device) for t in (q8, q_scale, w, k8, k_scale))
+    # A 1-byte buffer forces 64-query chunks: the scales must be sliced with the queries and keys.
+    picked = indexer_topk(
+        q8, w, k8, topk, start, max_buffer_bytes=1, topk_method=method, scales=(q_scale, k_scale)
+    )
+    scores = indexer_scores_fp8_ref(q8, q_scale, w, k8, k_scale, start)
+    lengths = causal_lengths(tokens, start, scores.device)
+    expected = scores.topk(topk, dim=1).indices.int()
+    expected = torch.where(expected < lengths[:, None], expected, -1)
+    assert_same_selection(picked, expected, scores, lengths, score_tol=2e-4, what="indexer_topk fp8")
 
 
 def test_fp8_top_k_keeps_most_of_the_exact_selection() -> None:
