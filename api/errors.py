@@ -17,6 +17,7 @@ from sqlalchemy.exc import DataError, SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from api.poll import DatabaseUnavailable
 from core.db import is_unavailable_error
 from core.problems import PROBLEM_CONTENT_TYPE, Kinds, Problem, ProblemKind, problem_document
 from core.queue import QueueUnavailableError
@@ -123,6 +124,11 @@ async def _on_queue_down(request: Request, exc: Exception) -> JSONResponse:
     return unavailable_response(request, "job queue")
 
 
+async def _on_poll_database_down(request: Request, exc: Exception) -> JSONResponse:
+    log.warning("database unavailable: %s", exc)
+    return unavailable_response(request, "database")
+
+
 async def _on_storage_error(request: Request, exc: Exception) -> JSONResponse:
     log.warning("object storage error: %s", exc)
     return unavailable_response(request, "object storage")
@@ -155,4 +161,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(QueueUnavailableError, _on_queue_down)
     app.add_exception_handler(StorageError, _on_storage_error)
     app.add_exception_handler(SQLAlchemyError, _on_database_error)
+    app.add_exception_handler(DatabaseUnavailable, _on_poll_database_down)
     app.add_exception_handler(Exception, _on_unexpected)

@@ -11,7 +11,7 @@ from typing import Any
 import psycopg
 import pytest
 import redis
-from sqlalchemy import select
+from sqlalchemy import func, select, text
 
 from core.models import FINAL_CHUNK_INDEX, Delivery, Job, Segment
 from core.states import JobState, transition
@@ -478,3 +478,45 @@ def test_job_view_reports_progress_and_error(api_client, tenant, uploaded_source
     failed = api_client.get(f"/v1/jobs/{job['id']}", headers=tenant.headers).json()
     assert failed["terminal"] and failed["error"]["stage"] == "probe"
     assert json.dumps(failed).count("whsec_") == 0
+
+
+def test_poll_reads_the_same_view_as_the_orm(api_client, tenant, uploaded_source, session_factory) -> None:
+    # PostgreSQL polls go through `api.poll` (driver, event loop); every other read through the ORM.
+    from api.views import job_view
+
+    assert api_client.app.state.poll_reader is not None
+    job = submit(api_client, tenant, uploaded_source, metadata={"camera": "north"}, client_ref="ref-1").json()
+    with session_factory() as session:
+        row = session.get(Job, uuid.UUID(job["id"]))
+        transition(row, JobState.PROBING)
+        row.stage, row.chunks_total, row.video_seconds, row.tokens = "probe", 4, 12.5, 99
+        session.commit()
+        expected = json.loads(job_view(row).model_dump_json())
+    assert api_client.get(f"/v1/jobs/{job['id']}", headers=tenant.headers).json() == expected
+
+
+def test_poll_survives_its_connections_being_killed(
+    api_client, tenant, uploaded_source, session_factory
+) -> None:
+    # What a database restart does to the poll's idle connections: the next poll retries on a fresh one.
+    job_id = submit(api_client, tenant, uploaded_source).json()["id"]
+    assert api_client.get(f"/v1/jobs/{job_id}", headers=tenant.headers).status_code == 200
+    with session_factory() as session:
+        killed = session.execute(
+            select(func.pg_terminate_backend(text("pid")))
+            .select_from(text("pg_stat_activity"))
+            .where(text("application_name = 'timemark-api-poll'"))
+        ).all()
+    assert killed  # the poll had a pooled connection to kill
+    answer = api_client.get(f"/v1/jobs/{job_id}", headers=tenant.headers)
+    assert answer.status_code == 200 and answer.json()["id"] == job_id
+
+
+def test_poll_with_the_database_down_is_503() -> None:
+    import asyncio
+
+    from api.poll import DatabaseUnavailable, PollReader
+
+    reader = PollReader("postgresql://postgres@127.0.0.1:1/x", 2, {"connect_timeout": 2})
+    with pytest.raises(DatabaseUnavailable):
+        asyncio.run(reader.job(uuid.uuid4(), uuid.uuid4()))
