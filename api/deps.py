@@ -1,8 +1,9 @@
 """FastAPI dependencies: settings, a database session per request, and the authenticated tenant.
 
 `SessionDep` hands each request its own session from the app's sessionmaker and closes it afterwards;
-handlers commit explicitly. The dependencies are `async` (no I/O on the fast path) so that a poll
-costs one worker-thread hop, the route's, instead of one per dependency. `TenantDep` resolves `Authorization: Bearer <api key>` to a `Principal`.
+handlers commit explicitly. The dependencies are `async` (no I/O on the fast path) so that a route
+costs one worker-thread hop, its own, instead of one per dependency (a PostgreSQL poll costs none:
+`api.poll`). `TenantDep` resolves `Authorization: Bearer <api key>` to a `Principal`.
 Verified keys are cached per app for `Settings.auth_cache_ttl_s` (by the key's hash, never the key),
 which keeps one database round trip off every poll; a revoked key stops working within that time.
 """
