@@ -14,6 +14,7 @@ E = experts, F = expert width, k = experts per token, L = layers.
 
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
 from collections.abc import Sequence
@@ -276,8 +277,15 @@ class Attention(nn.Module):
             len(lengths) > 1
             and all(seg.cache is None for seg in ctx.segments)
             and (ctx.attn_impl == "dense" or self.sa_indexer is None or max(lengths) <= self.topk)
-        ):  # many fresh sequences, all dense (training batches): one padded attention call
-            out = padded_causal_attention(q, k, v, lengths, self.head_dim**-0.5)
+        ):  # many fresh sequences, all dense (training batches): a few padded attention calls
+            out = torch.empty_like(q)
+            offsets = [0, *itertools.accumulate(lengths)]
+            for group in similar_lengths(lengths):
+                starts = [offsets[i] for i in group]
+                rows = torch.cat([torch.arange(offsets[i], offsets[i + 1], device=q.device) for i in group])
+                out[rows] = padded_causal_attention(
+                    q, k, v, starts, [lengths[i] for i in group], self.head_dim**-0.5
+                )
             return all_reduce(self.o_proj(out.flatten(1)), self.tp_group)
         out = torch.empty_like(q)  # [N, H, Dh]
         a = 0
@@ -341,16 +349,34 @@ def causal_attention(q: Tensor, k: Tensor, v: Tensor, start: int, scale: float) 
     return _sdpa(q, k, v, causal_lower_right(t, n_keys), scale)
 
 
-def padded_causal_attention(q: Tensor, k: Tensor, v: Tensor, lengths: Sequence[int], scale: float) -> Tensor:
-    """Dense causal attention of several fresh sequences packed back to back, in one SDPA call: each is
-    right-padded to the longest, which causality keeps invisible to its real queries. q [N, H, Dh], k/v
-    [N, K, Dh] → [N, H, Dh]. One call per layer instead of one per sequence (a training step holds dozens)."""
+def similar_lengths(lengths: Sequence[int], max_waste: float = 2.0) -> list[list[int]]:
+    """Sequences grouped (by index, shortest first) so that padding each group to its longest costs at
+    most `max_waste` × its exact causal work (Σ length²): few groups, little padding."""
+    groups: list[list[int]] = []
+    exact = 0
+    for i in sorted(range(len(lengths)), key=lengths.__getitem__):
+        grown = exact + lengths[i] ** 2
+        if groups and (len(groups[-1]) + 1) * lengths[i] ** 2 <= max_waste * grown:
+            groups[-1].append(i)
+            exact = grown
+        else:
+            groups.append([i])
+            exact = lengths[i] ** 2
+    return groups
+
+
+def padded_causal_attention(
+    q: Tensor, k: Tensor, v: Tensor, starts: Sequence[int], lengths: Sequence[int], scale: float
+) -> Tensor:
+    """Dense causal attention of fresh sequences packed in q [N, H, Dh], k/v [N, K, Dh] (sequence i at rows
+    starts[i] … starts[i] + lengths[i] − 1), in one SDPA call: each is right-padded to the longest, which
+    causality keeps invisible to its real queries. → [Σ lengths, H, Dh], sequence after sequence."""
     n, longest = q.shape[0], max(lengths)
     lens = torch.tensor(lengths, device=q.device)
-    offsets = torch.cumsum(lens, 0) - lens  # [B]
     slot = torch.arange(longest, device=q.device)  # [T]
     real = slot[None, :] < lens[:, None]  # [B, T]
-    rows = torch.where(real, offsets[:, None] + slot[None, :], n)  # padding reads a zero row appended below
+    first = torch.tensor(starts, device=q.device)
+    rows = torch.where(real, first[:, None] + slot[None, :], n)  # padding reads a zero row appended below
 
     def padded(x: Tensor) -> Tensor:  # [N, heads, Dh] → [B, heads, T, Dh]
         return torch.cat([x, x.new_zeros(1, *x.shape[1:])])[rows].transpose(1, 2)
@@ -358,7 +384,7 @@ def padded_causal_attention(q: Tensor, k: Tensor, v: Tensor, lengths: Sequence[i
     out = F.scaled_dot_product_attention(
         padded(q), padded(k), padded(v), is_causal=True, scale=scale, enable_gqa=True
     )  # [B, H, T, Dh]
-    return out.transpose(1, 2)[real]  # [N, H, Dh] in the packed order
+    return out.transpose(1, 2)[real]
 
 
 def topk_masked_attention(

@@ -19,6 +19,7 @@ from model_runtime.model import (
     moe_reference,
     mrope_cos_sin,
     padded_causal_attention,
+    similar_lengths,
     topk_masked_attention,
 )
 from model_runtime.vlm import KeyeVL, init_weights
@@ -109,16 +110,29 @@ def test_padded_attention_matches_causal_attention_per_sequence_with_gradients()
     q = torch.randn(sum(lengths), 4, 8, generator=gen, requires_grad=True)
     k = torch.randn(sum(lengths), 2, 8, generator=gen, requires_grad=True)
     v = torch.randn(sum(lengths), 2, 8, generator=gen, requires_grad=True)
-    packed = padded_causal_attention(q, k, v, lengths, 0.3)
     cuts = torch.tensor([0, *lengths]).cumsum(0).tolist()
+    order = [2, 0, 3, 1]  # any subset, in any order: the rows come back sequence after sequence
+    packed = padded_causal_attention(q, k, v, [cuts[i] for i in order], [lengths[i] for i in order], 0.3)
     one_by_one = torch.cat(
-        [causal_attention(q[a:b], k[a:b], v[a:b], 0, 0.3) for a, b in zip(cuts, cuts[1:], strict=False)]
-    )
+        [causal_attention(q[cuts[i] : cuts[i + 1]], k[cuts[i] : cuts[i + 1]], v[cuts[i] : cuts[i + 1]], 0, 0.3)
+         for i in order]
+    )  # fmt: skip
     torch.testing.assert_close(packed, one_by_one, atol=1e-6, rtol=1e-5)
     grads = torch.autograd.grad(packed.square().sum(), (q, k, v))
     expected = torch.autograd.grad(one_by_one.square().sum(), (q, k, v))
     for got, want in zip(grads, expected, strict=True):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_similar_lengths_bound_the_padding_and_cover_every_sequence() -> None:
+    lengths = [400, 2600, 380, 420, 2500, 1, 390]
+    groups = similar_lengths(lengths)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    for group in groups:
+        padded = len(group) * max(lengths[i] for i in group) ** 2
+        assert padded <= 2 * sum(lengths[i] ** 2 for i in group)
+    assert len(groups) <= 3  # the short crops share a call, the whole chunks another
+    assert similar_lengths([]) == [] and similar_lengths([5]) == [[0]]
 
 
 def test_sparse_selection_changes_the_output_beyond_topk(tiny: KeyeVL) -> None:
