@@ -6,6 +6,9 @@ never used in training (training draws video seeds from 1,000,000 upward), `pred
 training on the GPU (with the attention backends to compare) and by the model card's numbers.
 
     python -m model_runtime.training.heldout --checkpoint DIR --count 200 --seed 7 [--attn-impl reference]
+
+`crop_exactness` (`--crops N`) is the finer gauge for a model still learning: teacher-forced, how many of a
+fixed set of short-crop questions from videos never trained on it answers exactly, token for token.
 """
 
 from __future__ import annotations
@@ -17,14 +20,22 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+
+from model_runtime.checkpoint import load_model
 from model_runtime.engine.native import NativeEngine
 from model_runtime.grounding.annotations import load_annotations
 from model_runtime.grounding.evaluate import score_predictions
 from model_runtime.grounding.predict import predict_samples
 from model_runtime.grounding.synth import write_synthetic_set
+from model_runtime.processor import KeyeProcessor
+from model_runtime.training.data import IGNORE, FrameStore, draw_caption, draw_example, sample_clips
+from model_runtime.training.train import answer_accuracy, make_batch
 from model_runtime.video import SamplingParams
 
 HELDOUT_SEED = 7
+CROP_SEED = 500_000  # video seeds of the crop set: below training's (1,000,000 up)
 
 
 def checkpoint_sampling(checkpoint: str | Path) -> SamplingParams:
@@ -73,6 +84,47 @@ def evaluate(
         return results
 
 
+@torch.no_grad()
+def crop_exactness(
+    checkpoint: str | Path,
+    *,
+    examples: int = 240,
+    videos: int = 50,
+    max_crop_s: float = 4.0,
+    device: str = "cpu",
+    batch: int = 16,
+) -> dict[str, Any]:
+    """Share of answers predicted entirely right (greedy, teacher-forced) on a fixed set: `examples`
+    grounding questions over crops of ≤ `max_crop_s` and as many caption questions (1–4 frames), drawn
+    from `videos` synthetic videos with seeds `CROP_SEED`…; the same set for every checkpoint."""
+    processor = KeyeProcessor.from_pretrained(checkpoint)
+    model = load_model(checkpoint, device=device, dtype=torch.float32)
+    clips = [
+        c for seed in range(CROP_SEED, CROP_SEED + videos) for c in sample_clips(seed, min_s=20, max_s=40)
+    ]
+    frames = FrameStore(clips, torch.device(device))
+    rng = np.random.default_rng(CROP_SEED)
+    sets = {
+        "grounding": [draw_example(processor, clips, rng, max_crop_s=max_crop_s, whole_chunk_p=0.0)
+                      for _ in range(examples)],
+        "caption": [draw_caption(processor, clips, rng) for _ in range(examples)],
+    }  # fmt: skip
+    report: dict[str, Any] = {"examples": examples, "videos": videos, "max_crop_s": max_crop_s}
+    for kind, items in sets.items():
+        exact = 0.0
+        for first in range(0, len(items), batch):
+            part = items[first : first + batch]
+            inputs = make_batch(part, frames, processor, torch.device(device))
+            logits = model(inputs["input_ids"], inputs["positions"], inputs["segments"],
+                           inputs["pixel_values"], inputs["grids"])  # fmt: skip
+            targets = torch.full_like(inputs["labels"], IGNORE)
+            targets[:-1] = inputs["labels"][1:]
+            _, share = answer_accuracy(logits, targets, [e.n_tokens for e in part], [True] * len(part))
+            exact += share * len(part)
+        report[f"{kind}_exact"] = round(exact / len(items), 3)
+    return report
+
+
 def _rounded(top1: list[Any]) -> list[tuple[float, float]]:
     return [(round(s, 1), round(e, 1)) for s, e, *_ in top1]
 
@@ -85,9 +137,15 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--attn-impl", action="append", dest="attn_impls")
     p.add_argument("--videos-dir")
+    p.add_argument("--crops", type=int, default=0, help="score N fixed short-crop questions instead")
     p.add_argument("--quantize", action="append", choices=["none", "fp8"],
                    help="expert weights per variant (repeat: none then fp8 compares FP8 with full precision)")  # fmt: skip
     args = p.parse_args()
+    if args.crops:
+        print(
+            json.dumps(crop_exactness(args.checkpoint, examples=args.crops, device=args.device)), flush=True
+        )
+        return
     impls = tuple(args.attn_impls or ["reference"])
     print(json.dumps(evaluate(args.checkpoint, count=args.count, seed=args.seed, device=args.device,
                               attn_impls=impls, videos_dir=args.videos_dir,

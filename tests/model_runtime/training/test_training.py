@@ -219,6 +219,11 @@ def test_a_short_run_trains_and_saves_a_checkpoint_the_engine_serves(tmp_path: P
     assert result.prompt_tokens > 100 and result.finish_reason in ("stop", "length")
     assert len(result.token_logprobs) == len(result.token_ids)  # (a 4-step model may stop at once)
     engine.close()
+    from model_runtime.training.heldout import crop_exactness
+
+    first, again = (crop_exactness(out, examples=6, videos=1, batch=4) for _ in range(2))
+    assert first == again  # a fixed question set: the same checkpoint scores the same
+    assert 0.0 <= first["grounding_exact"] <= 1.0 and 0.0 <= first["caption_exact"] <= 1.0
 
 
 def test_heldout_scores_each_variant_against_the_first(tmp_path: Path) -> None:
