@@ -208,6 +208,17 @@ def enqueue(
     return str(result.id)
 
 
+def declare_queues(settings: Any | None = None) -> None:
+    """Create the broker's queues now, once, before several processes use them. kombu's SQLAlchemy
+    transport (embedded mode) creates a queue's row on first use without a lock: an API and a worker
+    starting together could both insert it (`UNIQUE constraint failed: kombu_queue.name`), failing a
+    submission with a 500. Idempotent; on Redis it is a no-op in effect."""
+    app = celery_app(settings)
+    with app.connection_for_write() as connection:
+        for queue in app.conf.task_queues:
+            queue.bind(connection.default_channel).declare()
+
+
 def _transport_errors(app: Celery) -> tuple[type[BaseException], ...]:
     """Every exception type that means "the broker did not take it" for this app's transport."""
     with app.connection_for_write() as conn:  # building it does not connect

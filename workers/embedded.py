@@ -209,11 +209,13 @@ def run_embedded(
     env = embedded_env(data_dir, ckpt)
     # This process serves the API: anything in it that reads settings must see the embedded ones.
     os.environ.update(env)
+    from core.queue import declare_queues
     from core.settings import get_settings
 
     get_settings.cache_clear()
     settings = settings_from_env(env)
     migrate(str(settings.database_url))
+    declare_queues(settings)  # before the worker and the API race to create them
     with child_process(worker_command(), env, log_path=data_dir / "worker.log"):
         log(
             f"embedded timemark on http://{host}:{port} (data in {data_dir}, worker log {data_dir / 'worker.log'})"

@@ -12,7 +12,14 @@ from pathlib import Path
 import pytest
 import redis
 
-from core.queue import QueueUnavailableError, broker_ping, enqueue, make_celery, queue_length
+from core.queue import (
+    QueueUnavailableError,
+    broker_ping,
+    declare_queues,
+    enqueue,
+    make_celery,
+    queue_length,
+)
 from core.settings import Settings
 
 REDIS_HOST = "127.0.0.1"
@@ -93,6 +100,30 @@ def test_embedded_transport_stores_messages_in_sqlite(tmp_path: Path) -> None:
     with sqlite3.connect(db_file) as conn:
         (count,) = conn.execute("select count(*) from kombu_message").fetchone()
     assert count == 1
+
+
+def test_declared_embedded_queues_take_publishers_that_start_together(tmp_path: Path) -> None:
+    # The embedded service declares its queues before starting the worker and the API: kombu's SQLite
+    # transport would otherwise have both insert the queue row at once, and one publish fail.
+    settings = _settings(embedded=True, data_dir=tmp_path)
+    declare_queues(settings)
+    declare_queues(settings)  # idempotent
+    db_file = Path(str(settings.broker_url).removeprefix("sqla+sqlite:///"))
+    with sqlite3.connect(db_file) as conn:
+        assert sorted(name for (name,) in conn.execute("select name from kombu_queue")) == ["cpu", "gpu"]
+    publish = (
+        "import sys; from core.queue import enqueue; from core.settings import Settings; "
+        "s = Settings(embedded=True, data_dir=sys.argv[1]); "
+        "[enqueue('timemark.probe', f'job-{i}', settings=s) for i in range(10)]"
+    )
+    publishers = [
+        subprocess.Popen([sys.executable, "-c", publish, str(tmp_path)], cwd=Path(__file__).parents[2])
+        for _ in range(2)
+    ]
+    assert [p.wait(timeout=60) for p in publishers] == [0, 0]
+    with sqlite3.connect(db_file) as conn:
+        (count,) = conn.execute("select count(*) from kombu_message").fetchone()
+    assert count == 20
 
 
 def test_importing_queue_stays_light() -> None:
