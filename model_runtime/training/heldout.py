@@ -30,8 +30,8 @@ from model_runtime.grounding.evaluate import score_predictions
 from model_runtime.grounding.predict import predict_samples
 from model_runtime.grounding.synth import write_synthetic_set
 from model_runtime.processor import KeyeProcessor
-from model_runtime.training.data import IGNORE, FrameStore, draw_caption, draw_example, sample_clips
-from model_runtime.training.train import answer_accuracy, make_batch
+from model_runtime.training.data import FrameStore, draw_caption, draw_example, sample_clips
+from model_runtime.training.train import answer_accuracy, make_batch, next_token_targets
 from model_runtime.video import SamplingParams
 
 HELDOUT_SEED = 7
@@ -117,8 +117,7 @@ def crop_exactness(
             inputs = make_batch(part, frames, processor, torch.device(device))
             logits = model(inputs["input_ids"], inputs["positions"], inputs["segments"],
                            inputs["pixel_values"], inputs["grids"])  # fmt: skip
-            targets = torch.full_like(inputs["labels"], IGNORE)
-            targets[:-1] = inputs["labels"][1:]
+            targets = next_token_targets(inputs["labels"])
             _, share = answer_accuracy(logits, targets, [e.n_tokens for e in part], [True] * len(part))
             exact += share * len(part)
         report[f"{kind}_exact"] = round(exact / len(items), 3)

@@ -320,6 +320,13 @@ def write_checkpoint_files(out: Path, tokenizer: Any, config: KeyeConfig) -> Non
     (out / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
 
 
+def next_token_targets(labels: Tensor) -> Tensor:
+    """Token i predicts label i+1 (segments end in IGNORE, so none predicts across into the next)."""
+    targets = torch.full_like(labels, IGNORE)
+    targets[:-1] = labels[1:]
+    return targets
+
+
 def answer_accuracy(
     logits: Tensor, targets: Tensor, lengths: list[int], grounding: list[bool]
 ) -> tuple[float, float]:
@@ -408,8 +415,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             embeds = model.embed(batch["input_ids"], visual)
             logits = model.logits(model.model(embeds, batch["positions"], batch["segments"]))
             frame_logits = probe(visual.float(), batch["grids"]).float()
-        targets = torch.full_like(batch["labels"], IGNORE)
-        targets[:-1] = batch["labels"][1:]  # token i predicts label i+1 (segment ends are IGNORE anyway)
+        targets = next_token_targets(batch["labels"])
         ce = F.cross_entropy(logits.float(), targets, ignore_index=IGNORE)
         kl = distill.pop()
         frame_loss = F.binary_cross_entropy_with_logits(frame_logits, batch["frame_labels"])
