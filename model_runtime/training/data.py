@@ -41,10 +41,14 @@ from model_runtime.video import (
     sample_chunk,
 )
 
-# Frames of the synthetic videos (160×96) become 84×140 pixels = 15 tokens; 2 fps; an 80 s clip fits
-# one context of 4096 visual tokens. Stored in the checkpoint's preprocessor config as its defaults.
+# The small model's context is a short window: 16 frames at 2 fps (8 s), each 84×140 pixels = 15 tokens
+# (min = max pixels: the frame size never shrinks to fit more frames), 240 visual tokens. The service's
+# chunk planner cuts any longer video into such windows, overlapping by 4 s, and merges their answers
+# (`grounding.merge`), exactly as it cuts an hour for the 30B model's 100K-token context. A short
+# context is what a 2.5 M-parameter model learns to ground within minutes of GPU time. Stored in the
+# checkpoint's preprocessor config, whence the service takes its default sampling.
 SMALL_SAMPLING = SamplingParams(
-    fps=2.0, min_pixels=8 * 784, max_pixels=15 * 784, video_total_pixels=4096 * 784, min_frames=2
+    fps=2.0, min_pixels=15 * 784, max_pixels=15 * 784, video_total_pixels=16 * 15 * 784, min_frames=2
 )
 IGNORE = -100  # label of tokens the loss skips (the prompt)
 # A training-only question: which shapes a (short) clip shows. Its answers name every shape drawn in the
@@ -90,7 +94,7 @@ class Example:
     clip: int  # which clip the frames come from, and which of its frames: [lo, hi)
     lo: int
     hi: int
-    kind: str = "ground"  # or "caption"
+    kind: str = "ground"  # a span to find; "absent" (the answer is `none`) or "caption"
 
     @property
     def n_tokens(self) -> int:
@@ -199,7 +203,9 @@ def draw_example(
     spans = visible_span(times, local, *clip.shown[label]) if label in clip.shown else []
     video = VideoInput(clip.frames[lo:hi], local)
     prompt = build_grounding_prompt(ALL_QUERIES[label], end_s - start_s)
-    return encode_turn(processor, video, prompt, answer_text(spans), index, lo, hi)
+    example = encode_turn(processor, video, prompt, answer_text(spans), index, lo, hi)
+    example.kind = "ground" if spans else "absent"
+    return example
 
 
 def draw_caption(processor: KeyeProcessor, clips: list[Clip], rng: np.random.Generator) -> Example:
