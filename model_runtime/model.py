@@ -285,7 +285,7 @@ class Attention(nn.Module):
                 rows = torch.cat([torch.arange(offsets[i], offsets[i + 1], device=q.device) for i in group])
                 out[rows] = padded_causal_attention(
                     q, k, v, starts, [lengths[i] for i in group], self.head_dim**-0.5
-                )
+                ).to(out.dtype)  # under bf16 autocast SDPA answers in bf16; q (after the norms) is fp32
             return all_reduce(self.o_proj(out.flatten(1)), self.tp_group)
         out = torch.empty_like(q)  # [N, H, Dh]
         a = 0

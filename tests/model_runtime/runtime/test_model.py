@@ -104,6 +104,20 @@ def test_fresh_sequences_packed_together_equal_each_alone(tiny: KeyeVL, impl: st
     torch.testing.assert_close(together, alone, atol=2e-5, rtol=1e-4)
 
 
+def test_packed_fresh_sequences_run_under_bf16_autocast(tiny: KeyeVL) -> None:
+    """Training's path: several fresh sequences in one dense forward, bf16 autocast (the H200 runs)."""
+    tiny.model.set_impl(attn_impl="dense")
+    prompts = [_prompt(n, seed=n) for n in (70, 66, 13)]
+    ids, pos = torch.cat([i for i, _ in prompts]), torch.cat([p for _, p in prompts], 1)
+    segments = [Segment(len(i)) for i, _ in prompts]
+    with torch.no_grad():
+        full = tiny(ids, pos, segments)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = tiny(ids, pos, segments)
+    assert low.isfinite().all()
+    assert (low.float().argmax(-1) == full.argmax(-1)).float().mean() > 0.9
+
+
 def test_padded_attention_matches_causal_attention_per_sequence_with_gradients() -> None:
     gen = torch.Generator().manual_seed(0)
     lengths = [5, 1, 12, 7]

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from model_runtime.engine.base import GenerationRequest, VideoInput
 from model_runtime.engine.native import NativeEngine
@@ -34,6 +35,7 @@ from model_runtime.training.data import (
 from model_runtime.training.train import (
     ExampleFeed,
     FrameProbe,
+    answer_accuracy,
     crop_limit,
     parse_args,
     small_config,
@@ -110,7 +112,8 @@ def test_whole_chunks_are_asked_like_the_service_asks(processor: KeyeProcessor, 
     prompt = _decode(processor, ex.input_ids[ex.labels == IGNORE])
     assert f"This video clip is {clip.end_s - clip.start_s:.1f} seconds long" in prompt
     query = prompt.split('"')[1]
-    video = VideoInput(clip.frames, [round(t - clip.start_s, 1) for t in clip.times])
+    # chunk-local seconds as the service prints them (a decoded frame may sit a little before the chunk's start)
+    video = VideoInput(clip.frames, [max(0.0, round(t - clip.start_s, 1)) for t in clip.times])
     asked = processor.encode_request(build_grounding_prompt(query, clip.end_s - clip.start_s), video)
     n_prompt = asked.input_ids.shape[0]
     assert torch.equal(ex.input_ids[:n_prompt], asked.input_ids)  # the service's exact prompt tokens
@@ -189,10 +192,20 @@ def test_a_batch_stops_at_its_token_or_example_budget(
     feed.close()
 
 
-def test_the_curriculum_grows_crops_to_whole_videos() -> None:
-    assert crop_limit(0.0, 80.0) == 3.0
-    assert 3.0 < crop_limit(0.3, 80.0) < 80.0
-    assert crop_limit(0.6, 80.0) == crop_limit(1.0, 80.0) == 80.0
+def test_the_curriculum_grows_crops_to_whole_windows() -> None:
+    assert crop_limit(0.0, 8.0, 2.0) == 2.0
+    assert 2.0 < crop_limit(0.3, 8.0, 2.0) < 8.0
+    assert crop_limit(0.6, 8.0, 2.0) == crop_limit(1.0, 8.0, 2.0) == 8.0
+
+
+def test_answer_accuracy_counts_exact_answers_per_kind() -> None:
+    # three answers of two tokens each (the third token of each segment is the prompt: IGNORE)
+    targets = torch.tensor([5, 6, IGNORE, 7, 8, IGNORE, 9, 9, IGNORE])
+    predicted = torch.tensor([5, 6, 0, 7, 1, 0, 9, 9, 0])  # the second answer gets one token wrong
+    logits = F.one_hot(predicted, 10).float()
+    token_acc, exact = answer_accuracy(logits, targets, [3, 3, 3], ["ground", "ground", "absent"])
+    assert token_acc == 5 / 6
+    assert exact == {"absent": 1.0, "ground": 0.5}
 
 
 def test_a_short_run_trains_and_saves_a_checkpoint_the_engine_serves(tmp_path: Path) -> None:
@@ -223,7 +236,8 @@ def test_a_short_run_trains_and_saves_a_checkpoint_the_engine_serves(tmp_path: P
 
     first, again = (crop_exactness(out, examples=6, videos=1, batch=4) for _ in range(2))
     assert first == again  # a fixed question set: the same checkpoint scores the same
-    assert 0.0 <= first["grounding_exact"] <= 1.0 and 0.0 <= first["caption_exact"] <= 1.0
+    assert first["caption_count"] == 6 and first.get("ground_count", 0) + first.get("absent_count", 0) == 6
+    assert all(0.0 <= v <= 1.0 for k, v in first.items() if k.endswith("_exact"))
 
 
 def test_heldout_scores_each_variant_against_the_first(tmp_path: Path) -> None:
