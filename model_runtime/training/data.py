@@ -162,6 +162,7 @@ def draw_example(
     absent_p: float = 0.15,
     overlap_p: float = 0.85,
     caption_p: float = 0.0,
+    turns: int = 1,
 ) -> Example:
     """A random query about a random clip, over a crop (the whole chunk with `whole_chunk_p`).
 
@@ -169,6 +170,9 @@ def draw_example(
     so short crops early in a run are mostly spans to find rather than `none`; otherwise the crop is
     anywhere (and may miss it: then the answer is `none`, as for absent shapes, asked with `absent_p`).
     With `caption_p` the question is `CAPTION_PROMPT` over a crop of at most 4 frames instead.
+    `turns` > 1 asks up to that many queries about the same crop, one per turn, the first exactly as the
+    service asks: the video costs ~300 tokens and a turn ~30, so each step learns from several answers
+    per video instead of one. Extra turns ask the other shapes the crop shows, then one it does not.
     """
     if rng.random() < caption_p:
         return draw_caption(processor, clips, rng)
@@ -200,11 +204,22 @@ def draw_example(
         end_s = clip.times[hi] if hi < n else clip.end_s
     times = clip.times[lo:hi]
     local = [max(0.0, round(t - start_s, 1)) for t in times]
-    spans = visible_span(times, local, *clip.shown[label]) if label in clip.shown else []
+
+    def spans_of(label: str) -> list[tuple[float, float]]:
+        return visible_span(times, local, *clip.shown[label]) if label in clip.shown else []
+
+    labels = [label]
+    if turns > 1:
+        visible = [x for x in clip.shown if x != label and spans_of(x)]
+        rng.shuffle(visible)
+        labels += visible[: turns - 2]
+        others = [x for x in ALL_QUERIES if x not in labels and not spans_of(x)]
+        labels.append(others[int(rng.integers(len(others)))])
     video = VideoInput(clip.frames[lo:hi], local)
-    prompt = build_grounding_prompt(ALL_QUERIES[label], end_s - start_s)
-    example = encode_turn(processor, video, prompt, answer_text(spans), index, lo, hi)
-    example.kind = "ground" if spans else "absent"
+    prompts = [build_grounding_prompt(ALL_QUERIES[x], end_s - start_s) for x in labels]
+    answers = [answer_text(spans_of(x)) for x in labels]
+    example = encode_turns(processor, video, prompts, answers, index, lo, hi)
+    example.kind = "ground" if spans_of(label) else "absent"  # the first turn's, which the service asks
     return example
 
 
@@ -231,17 +246,36 @@ def encode_turn(
     processor: KeyeProcessor, video: VideoInput, prompt: str, answer: str, clip: int, lo: int, hi: int
 ) -> Example:
     """Prompt as at inference (+ generation prompt), then the answer and `<|im_end|>` as targets."""
-    user = {"role": "user", "content": [{"type": "video", "video": video}, {"type": "text", "text": prompt}]}
-    asked = processor.encode_messages([user], with_pixels=False)  # ends with "<|im_start|>assistant\n"
-    full = processor.encode_messages(
-        [user, {"role": "assistant", "content": answer}], add_generation_prompt=False, with_pixels=False
-    )
-    n_prompt = asked.input_ids.shape[0]
-    if not torch.equal(full.input_ids[:n_prompt], asked.input_ids):
-        raise RuntimeError("the prompt does not tokenise the same with and without the answer")
-    end = n_prompt + len(processor.tokenizer.encode(answer + "<|im_end|>"))
+    return encode_turns(processor, video, [prompt], [answer], clip, lo, hi)
+
+
+def encode_turns(
+    processor: KeyeProcessor,
+    video: VideoInput,
+    prompts: list[str],
+    answers: list[str],
+    clip: int,
+    lo: int,
+    hi: int,
+) -> Example:
+    """A conversation about one video: the first user turn holds it; every answer (+ `<|im_end|>`) is a
+    target. Each prefix is checked to tokenise the same alone as inside the whole conversation."""
+    messages: list[dict] = []
+    spans, prefixes = [], []
+    for i, (prompt, answer) in enumerate(zip(prompts, answers, strict=True)):
+        parts = [{"type": "video", "video": video}] if i == 0 else []
+        messages.append({"role": "user", "content": [*parts, {"type": "text", "text": prompt}]})
+        asked = processor.encode_messages(messages, with_pixels=False)  # ends "<|im_start|>assistant\n"
+        n_prompt = asked.input_ids.shape[0]
+        spans.append((n_prompt, n_prompt + len(processor.tokenizer.encode(answer + "<|im_end|>"))))
+        prefixes.append(asked.input_ids)
+        messages.append({"role": "assistant", "content": answer})
+    full = processor.encode_messages(messages, add_generation_prompt=False, with_pixels=False)
+    if not all(torch.equal(full.input_ids[: len(ids)], ids) for ids in prefixes):
+        raise RuntimeError("the prompt does not tokenise the same with and without the answers")
     labels = torch.full_like(full.input_ids, IGNORE)
-    labels[n_prompt:end] = full.input_ids[n_prompt:end]
+    for start, end in spans:
+        labels[start:end] = full.input_ids[start:end]
     return Example(full.input_ids, full.positions, labels, full.grids, clip, lo, hi)
 
 

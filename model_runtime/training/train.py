@@ -129,18 +129,23 @@ def _init_drawer(folder: str, metas_file: str) -> None:
     _DRAWER = (KeyeProcessor.from_pretrained(folder), [Clip.from_meta(m) for m in metas])
 
 
-def _draw(seed: int, max_crop_s: float, caption_p: float, n: int) -> list[Example]:
+def _draw(seed: int, max_crop_s: float, caption_p: float, n: int, turns: int) -> list[Example]:
     assert _DRAWER is not None
     processor, clips = _DRAWER
     rng = np.random.default_rng(seed)
-    return [draw_example(processor, clips, rng, max_crop_s=max_crop_s, caption_p=caption_p) for _ in range(n)]
+    return [
+        draw_example(processor, clips, rng, max_crop_s=max_crop_s, caption_p=caption_p, turns=turns)
+        for _ in range(n)
+    ]
 
 
 class ExampleFeed:
     """Examples drawn by worker processes (a bounded number of requests in flight) or, with no workers,
     in this process. Tokenising is cheap next to a step, so a few workers keep the GPU fed."""
 
-    def __init__(self, folder: Path, clips: list[Clip], workers: int, seed: int, per_request: int = 16):
+    def __init__(
+        self, folder: Path, clips: list[Clip], workers: int, seed: int, per_request: int = 16, turns: int = 1
+    ):
         # The clips go to the workers through a file: a spawn start blocks until the child has read
         # its arguments (imports included), so megabytes of arguments start workers one after another
         # (~8 s each on the H200's host); a file name lets them all start at once, in the background.
@@ -149,6 +154,7 @@ class ExampleFeed:
         self.metas_file = Path(name)
         self.metas_file.write_bytes(pickle.dumps([c.without_pixels() for c in clips]))
         self.workers, self.per_request, self.seed = workers, per_request, seed * 1_000_003
+        self.turns = turns
         args = (str(folder), str(self.metas_file))
         self.pool = mp.get_context("spawn").Pool(workers, _init_drawer, args) if workers else None
         if self.pool is None:
@@ -174,13 +180,15 @@ class ExampleFeed:
         """Keep 2 requests per worker in flight (workers draw while the trainer trains)."""
         while self.pool is not None and len(self.pending) < 2 * self.workers:
             self.pending.append(
-                self.pool.apply_async(_draw, (self._seed(), max_crop_s, caption_p, self.per_request))
+                self.pool.apply_async(
+                    _draw, (self._seed(), max_crop_s, caption_p, self.per_request, self.turns)
+                )
             )
 
     def _next(self, max_crop_s: float, caption_p: float) -> Example:
         if not self.ready:
             if self.pool is None:
-                self.ready.extend(_draw(self._seed(), max_crop_s, caption_p, self.per_request))
+                self.ready.extend(_draw(self._seed(), max_crop_s, caption_p, self.per_request, self.turns))
             else:
                 self.prefetch(max_crop_s, caption_p)
                 self.ready.extend(self.pending.popleft().get())
@@ -397,7 +405,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     sampled_s = time.time() - setup_started
     frames = FrameStore(clips, device)
     stored_s = time.time() - setup_started
-    feed = ExampleFeed(out, clips, args.draw_workers, args.seed)
+    feed = ExampleFeed(out, clips, args.draw_workers, args.seed, turns=args.turns)
     window_s = max(c.end_s - c.start_s for c in clips)  # the longest crop: one whole context window
     feed.prefetch(crop_limit(0.0, window_s, args.crop_start_s), args.caption_p)  # drawn during stage 1
     print(json.dumps({"clips": len(clips), "frames": frames.offsets[-1], "sampled_s": round(sampled_s, 1),
@@ -499,6 +507,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="at most this many examples per step: on the H200 a step costs ~20-50 ms per example (attention "
         "runs per example and layer), so the ~40-86 short crops of early steps took ~2 s a step",
     )  # fmt: skip
+    p.add_argument("--turns", type=int, default=4, help="queries asked per crop, one per turn")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--kl-weight", type=float, default=1.0)
     p.add_argument("--vision-steps", type=int, default=0, help="stage 1: frame-label steps, vision only")

@@ -28,9 +28,12 @@ from model_runtime.training.data import (
     IGNORE,
     Clip,
     FrameStore,
+    answer_text,
     draw_example,
+    encode_turn,
     frame_labels,
     sample_clips,
+    visible_span,
 )
 from model_runtime.training.train import (
     ExampleFeed,
@@ -119,6 +122,33 @@ def test_whole_chunks_are_asked_like_the_service_asks(processor: KeyeProcessor, 
     assert torch.equal(ex.input_ids[:n_prompt], asked.input_ids)  # the service's exact prompt tokens
     assert torch.equal(ex.positions[:, :n_prompt], asked.positions)
     assert (ex.labels[:n_prompt] == IGNORE).all() and (ex.labels[n_prompt:] != IGNORE).any()
+
+
+def test_extra_turns_ask_more_shapes_about_the_same_crop(processor: KeyeProcessor, clips: list[Clip]) -> None:
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        ex = draw_example(processor, clips, rng, max_crop_s=8.0, turns=3)
+        clip = clips[ex.clip]
+        targets = ex.labels != IGNORE
+        text = _decode(processor, ex.input_ids)
+        assert text.count("<|vision_start|>") == 1  # one video, asked about in every turn
+        queries = [q for q in text.split('"')[1::2] if q.startswith("When does")]
+        answers = _decode(processor, ex.labels[targets]).split("<|im_end|>")[:-1]
+        assert 2 <= len(queries) == len(answers) <= 3 and len(set(queries)) == len(queries)
+        times = clip.times[ex.lo : ex.hi]
+        start_s = times[0] if ex.hi - ex.lo < len(clip.times) else clip.start_s
+        local = [max(0.0, round(t - start_s, 1)) for t in times]
+        for query, answer in zip(queries, answers, strict=True):
+            label = LABEL_OF[query]
+            spans = visible_span(times, local, *clip.shown[label]) if label in clip.shown else []
+            assert answer == answer_text(spans), (query, answer)
+        assert answers[-1] == "none"  # the last turn asks about a shape the crop does not show
+        # the first turn is the service's exact request: the same tokens as a one-turn example
+        first_end = int(targets.nonzero()[0])
+        alone = encode_turn(processor, VideoInput(clip.frames[ex.lo : ex.hi], local),
+                            text.split("<|im_start|>user\n")[1].split("<|im_end|>")[0].split("<|vision_end|>")[1],
+                            answers[0], ex.clip, ex.lo, ex.hi)  # fmt: skip
+        assert torch.equal(ex.input_ids[:first_end], alone.input_ids[:first_end])
 
 
 def test_caption_answers_list_the_shapes_the_frames_show(processor: KeyeProcessor, clips: list[Clip]) -> None:
