@@ -19,15 +19,19 @@ The result is saved in the official checkpoint layout with the tokenizer, the pr
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import functools
+import itertools
 import json
 import math
 import multiprocessing as mp
 import os
 import pickle
+import sys
 import tempfile
 import time
 from collections import deque
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -100,22 +104,29 @@ def _init_worker() -> None:
 
 
 def sample_videos(seeds: range, workers: int, seconds: float, min_s: float, max_s: float) -> list[Clip]:
-    """Decoded chunks of as many seeds' videos as `workers` processes finish in `seconds` (or all)."""
+    """Decoded chunks of as many seeds' videos as `workers` processes finish in `seconds` (or all).
+
+    Seeds go out a few at a time and stop going out at the deadline, so the pool simply drains and
+    shuts down: `Pool.terminate` after `imap_unordered` over a long range can hang (one H200 run sat in
+    setup until its time limit)."""
     deadline = time.time() + seconds
     make = functools.partial(sample_clips, min_s=min_s, max_s=max_s)
     out: list[Clip] = []
+    todo = iter(seeds)
     if workers <= 0:
-        for seed in seeds:
+        for seed in todo:
             out += make(seed)
             if time.time() > deadline:
                 break
         return out
-    with mp.get_context("spawn").Pool(workers, _init_worker) as pool:
-        for clips in pool.imap_unordered(make, seeds, chunksize=2):
-            out += clips
-            if time.time() > deadline:
-                break
-        pool.terminate()
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker) as pool:
+        pending = {pool.submit(make, seed) for seed in itertools.islice(todo, 2 * workers)}
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                out += future.result()
+            if time.time() < deadline:
+                pending |= {pool.submit(make, seed) for seed in itertools.islice(todo, len(done))}
     return out
 
 
@@ -523,13 +534,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--bf16", action="store_true", help="bf16 autocast (fp32 weights): fused attention kernels"
     )
+    p.add_argument("--hang-report-s", type=float, default=0, help="print all stacks every N s (0: off)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--seed-offset", type=int, default=1_000_000, help="video seeds; eval sets use others")
     return p.parse_args(argv)
 
 
 def main() -> None:
-    print(json.dumps(train(parse_args())), flush=True)
+    args = parse_args()
+    if args.hang_report_s:  # a run that stalls prints every thread's stack, then again, until it ends
+        faulthandler.dump_traceback_later(args.hang_report_s, repeat=True, file=sys.stderr)
+    print(json.dumps(train(args)), flush=True)
 
 
 if __name__ == "__main__":
