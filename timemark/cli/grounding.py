@@ -52,8 +52,14 @@ def _open_engine(
 
 
 def _sampling(
-    fps: float | None, min_pixels: int | None, max_pixels: int | None, total_pixels: int | None
+    fps: float | None,
+    min_pixels: int | None,
+    max_pixels: int | None,
+    total_pixels: int | None,
+    checkpoint: Path | None = None,
 ) -> Any:
+    """The flags given, over the sampling a native checkpoint was trained with (its preprocessor config's
+    `video_sampling`, as the service uses it), over the server's defaults."""
     from model_runtime.video import SamplingParams
 
     given = {
@@ -62,8 +68,15 @@ def _sampling(
         "max_pixels": max_pixels,
         "video_total_pixels": total_pixels,
     }
+    own: dict[str, Any] = {}
+    pre = checkpoint / "preprocessor_config.json" if checkpoint is not None else None
+    if pre is not None and pre.is_file():
+        try:
+            own = dict(json.loads(pre.read_text(encoding="utf-8")).get("video_sampling") or {})
+        except (ValueError, OSError, AttributeError) as err:
+            _fail(f"{pre}: unreadable video_sampling ({err})")
     try:
-        return SamplingParams.from_kwargs({k: v for k, v in given.items() if v is not None})
+        return SamplingParams.from_kwargs({**own, **{k: v for k, v in given.items() if v is not None}})
     except ValueError as err:
         _fail(str(err))
 
@@ -144,7 +157,7 @@ def ground(
 
     if "://" not in video and not Path(video).is_file():
         _fail(f"{video}: no such file")
-    params = _sampling(fps, min_pixels, max_pixels, total_pixels)
+    params = _sampling(fps, min_pixels, max_pixels, total_pixels, checkpoint if engine == "native" else None)
     options = _ground_options(
         strategy, params, overlap, top_k, min_confidence, template, think, max_new_tokens, engine
     )
@@ -289,7 +302,7 @@ def _run_model(samples: list[Any], videos: Path | None, engine: str, checkpoint:
         _fail("running a model needs --videos DIR (the folder holding the annotation's videos)")
     for video in {s.video for s in samples}:
         find_video(videos, video)  # raises AnnotationError (one line) before the model is loaded
-    params = _sampling(fps, min_pixels, max_pixels, total_pixels)
+    params = _sampling(fps, min_pixels, max_pixels, total_pixels, checkpoint if engine == "native" else None)
     options = _ground_options(strategy, params, overlap, 5, 0.0, template, think, max_new_tokens, engine)
     eng = _open_engine(engine, checkpoint, base_url, model, api_key, device)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -100,6 +101,30 @@ def test_ground_with_the_tiny_checkpoint(synth_set: Path, checkpoint: Path, tmp_
         assert 0 <= seg["start_s"] <= seg["end_s"] <= 20.5 and seg["rank"] >= 1
     assert json.loads(out_file.read_text()) == rows
     assert json.loads(err.strip().splitlines()[-1])["engine_calls"] >= 1
+
+
+def test_ground_samples_as_the_checkpoint_was_trained_unless_told(
+    synth_set: Path, checkpoint: Path, tmp_path: Path
+) -> None:
+    own = tmp_path / "own"
+    shutil.copytree(checkpoint, own)
+    pre = json.loads((own / "preprocessor_config.json").read_text())
+    pre["video_sampling"] = {
+        "fps": 0.5,
+        "min_pixels": 3136,
+        "max_pixels": 3136,
+        "video_total_pixels": 4 * 3136,
+    }
+    (own / "preprocessor_config.json").write_text(json.dumps(pre))
+
+    def chunks(*flags: str) -> int:
+        code, _, err = _run("ground", str(synth_set / "synth_000.mp4"), "-q", "red circle", "--checkpoint",
+                            str(own), "--stats", "--max-new-tokens", "4", *flags)  # fmt: skip
+        assert code == 0, err
+        return json.loads(err.strip().splitlines()[-1])["chunks"]
+
+    assert chunks() >= 3  # 10 frames at 0.5 fps, 4 frames per context (the checkpoint's own sampling)
+    assert chunks("--total-pixels", str(64 * 3136)) == 1  # a flag overrides it
 
 
 def test_eval_runs_the_tiny_checkpoint(synth_set: Path, checkpoint: Path, tmp_path: Path) -> None:
