@@ -12,10 +12,10 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from anyio import to_thread
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from prometheus_client import CollectorRegistry
 
-from api.deps import AuthCache
+from api.deps import AuthCache, reject_unknown_query
 from api.errors import install_error_handlers
 from api.middleware import BodyGuard, RequestMetrics
 from api.openapi import install_openapi
@@ -68,7 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_openapi(app)
     modules = (jobs, uploads, batches, deliveries, webhook_endpoints, health)
     for module in modules:
-        app.include_router(module.router)
+        app.include_router(module.router, dependencies=[Depends(reject_unknown_query)])
     app.state.route_table = [route for module in modules for route in module.router.routes]
     app.add_middleware(
         BodyGuard, max_body_bytes=settings.max_body_bytes, streaming_paths=uploads.STREAMING_PATHS

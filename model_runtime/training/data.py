@@ -41,14 +41,14 @@ from model_runtime.video import (
     sample_chunk,
 )
 
-# The small model's context is a short window: 8 frames at 2 fps (4 s), each 84×140 pixels = 15 tokens
-# (min = max pixels: the frame size never shrinks to fit more frames), 120 visual tokens. The service's
+# The small model's context is a short window: 16 frames at 2 fps (8 s), each 84×140 pixels = 15 tokens
+# (min = max pixels: the frame size never shrinks to fit more frames), 240 visual tokens. The service's
 # chunk planner cuts any longer video into such windows, overlapping by half, and merges their answers
 # (`grounding.merge`), exactly as it cuts an hour for the 30B model's 100K-token context. A short
-# context is what a 3 M-parameter model learns to ground in the training time this project had. Stored in the
+# context is what a 3 M-parameter model learns to ground in minutes of GPU time. Stored in the
 # checkpoint's preprocessor config, whence the service takes its default sampling.
 SMALL_SAMPLING = SamplingParams(
-    fps=2.0, min_pixels=15 * 784, max_pixels=15 * 784, video_total_pixels=8 * 15 * 784, min_frames=2
+    fps=2.0, min_pixels=15 * 784, max_pixels=15 * 784, video_total_pixels=16 * 15 * 784, min_frames=2
 )
 IGNORE = -100  # label of tokens the loss skips (the prompt)
 # A training-only question: which shapes a (short) clip shows. Its answers name every shape drawn in the

@@ -57,11 +57,11 @@ from model_runtime.training.data import (
 )
 from model_runtime.vlm import KeyeVL, init_weights
 
-TIME_TOKENS_S = 200  # one token per one-decimal time below 200 s (the small model's windows are 4 s)
+TIME_TOKENS_S = 200  # one token per one-decimal time below 200 s (the small model's windows are 8 s)
 
 
 def small_config(tokenizer: Any) -> KeyeConfig:
-    """~2.9 M parameters of exactly the runtime's architecture; top-k 128 of ~290-token prompts (4-s windows)."""
+    """~2.9 M parameters of exactly the runtime's architecture; top-k 128 of ~330-token prompts (8-s windows)."""
     ids = tokenizer.token_to_id
     text = TextConfig(
         vocab_size=-(-tokenizer.get_vocab_size(with_added_tokens=True) // 64) * 64,

@@ -253,6 +253,27 @@ def test_bad_list_parameters(api_client, tenant, params) -> None:
     assert_problem(answer, answer.status_code)
 
 
+@pytest.mark.parametrize(
+    ("path", "params"),
+    [
+        ("/v1/jobs", {"pagesize": "5"}),  # a typo of page_size
+        ("/v1/webhook-endpoints", {"\u00dcuv": "1"}),  # found by schemathesis' negative data
+        ("/v1/jobs/00000000-0000-0000-0000-000000000000", {"expand": "segments"}),
+    ],
+)
+def test_unknown_query_parameters_are_refused(api_client, tenant, path, params) -> None:
+    answer = api_client.get(path, params=params, headers=tenant.headers)
+    assert_problem(answer, 422)
+    body = answer.json()
+    assert body["type"].endswith("validation-error") and list(params)[0] in body["detail"]
+    assert body["errors"][0]["loc"] == ["query", list(params)[0]]
+
+
+def test_known_query_parameters_still_work(api_client, tenant) -> None:
+    answer = api_client.get("/v1/jobs", params={"page_size": 2, "state": "queued"}, headers=tenant.headers)
+    assert answer.status_code == 200, answer.text
+
+
 def test_invalid_utf8_in_query_string_is_not_a_500(api_client, tenant) -> None:
     answer = api_client.get("/v1/jobs?client_ref=%ff%fe", headers=tenant.headers)
     assert answer.status_code < 500
