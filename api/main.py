@@ -67,8 +67,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     install_openapi(app)
     modules = (jobs, uploads, batches, deliveries, webhook_endpoints, health)
-    for module in modules:
-        app.include_router(module.router, dependencies=[Depends(reject_unknown_query)])
+    for module in modules:  # health probes and scrapers may add their own query strings: not refused
+        strict = [] if module is health else [Depends(reject_unknown_query)]
+        app.include_router(module.router, dependencies=strict)
     app.state.route_table = [route for module in modules for route in module.router.routes]
     app.add_middleware(
         BodyGuard, max_body_bytes=settings.max_body_bytes, streaming_paths=uploads.STREAMING_PATHS
