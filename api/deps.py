@@ -26,8 +26,6 @@ from core.problems import Kinds, Problem
 from core.security import authenticate, hash_api_key
 from core.settings import Settings
 
-_KNOWN_QUERY: dict[int, frozenset[str]] = {}
-
 
 def _query_names(dependant: Any) -> set[str]:
     """Query parameter names of a route's dependant and of every dependency under it."""
@@ -39,16 +37,11 @@ def _query_names(dependant: Any) -> set[str]:
 
 async def reject_unknown_query(request: Request) -> None:
     """Unknown query parameters are a 422, as unknown body fields are: a typo such as `?pagesize=5`
-    would otherwise be ignored and the client would never learn why its page has 50 rows.
-    The names a route accepts are read from its (flattened) dependant once per route."""
-    route = request.scope.get("route")
-    dependant = getattr(route, "dependant", None)
+    would otherwise be ignored and the client would never learn why its page has 50 rows."""
+    dependant = getattr(request.scope.get("route"), "dependant", None)
     if dependant is None or not request.query_params:
-        return
-    known = _KNOWN_QUERY.get(id(route))
-    if known is None:
-        known = frozenset(_query_names(dependant))
-        _KNOWN_QUERY[id(route)] = known
+        return  # polls carry no query string: nothing is computed for them
+    known = _query_names(dependant)
     unknown = sorted(set(request.query_params) - known)
     if unknown:
         accepted = ", ".join(sorted(known)) or "none"

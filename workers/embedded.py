@@ -22,6 +22,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from model_runtime.video.sampling import checkpoint_video_sampling
+
 if TYPE_CHECKING:
     from core.settings import Settings
 
@@ -63,15 +65,6 @@ SMALL_MODEL_SAMPLING = {
     "video_total_pixels": 4096 * 784,
     "min_frames": 2,
 }
-
-
-def checkpoint_video_sampling(checkpoint: Path) -> dict[str, float | int] | None:
-    """The sampling a checkpoint was trained with (`video_sampling` in its preprocessor config), if any."""
-    path = Path(checkpoint) / "preprocessor_config.json"
-    if not path.is_file():
-        return None
-    sampling = json.loads(path.read_text()).get("video_sampling")
-    return dict(sampling) if isinstance(sampling, dict) and sampling else None
 
 
 def embedded_env(data_dir: Path, checkpoint: Path, *, base: dict[str, str] | None = None) -> dict[str, str]:

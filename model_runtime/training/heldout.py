@@ -33,6 +33,7 @@ from model_runtime.processor import KeyeProcessor
 from model_runtime.training.data import FrameStore, draw_caption, draw_example, sample_clips
 from model_runtime.training.train import answer_accuracy, make_batch, next_token_targets
 from model_runtime.video import SamplingParams
+from model_runtime.video.sampling import checkpoint_video_sampling
 
 HELDOUT_SEED = 7
 CROP_SEED = 500_000  # video seeds of the crop set: below training's (1,000,000 up)
@@ -40,9 +41,7 @@ CROP_SEED = 500_000  # video seeds of the crop set: below training's (1,000,000 
 
 def checkpoint_sampling(checkpoint: str | Path) -> SamplingParams:
     """The video sampling a checkpoint was trained with (its preprocessor config), else the server's."""
-    path = Path(checkpoint) / "preprocessor_config.json"
-    pre = json.loads(path.read_text()) if path.is_file() else {}
-    return SamplingParams.from_kwargs(pre.get("video_sampling", {}))
+    return SamplingParams.from_kwargs(checkpoint_video_sampling(checkpoint) or {})
 
 
 def evaluate(

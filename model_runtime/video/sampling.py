@@ -10,8 +10,10 @@ Nothing here touches a file: the planner and the tests call these with numbers.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -254,3 +256,13 @@ def frame_prompt_pieces(
     """Timestamp text and token grid per frame; pass `origin_s=chunk.start_s` for chunk-local times."""
     grid_h, grid_w = height // PATCH_FACTOR, width // PATCH_FACTOR
     return [FramePromptPiece(f"{max(0.0, t - origin_s):.1f}", grid_h, grid_w) for t in timestamps]
+
+
+def checkpoint_video_sampling(checkpoint: str | Path) -> dict[str, Any] | None:
+    """The sampling a checkpoint was trained with (`video_sampling` in its preprocessor config), if any:
+    the service, `timemark ground/eval` and the held-out scorer make it their default."""
+    path = Path(checkpoint) / "preprocessor_config.json"
+    if not path.is_file():
+        return None
+    sampling = json.loads(path.read_text()).get("video_sampling")
+    return dict(sampling) if isinstance(sampling, dict) and sampling else None

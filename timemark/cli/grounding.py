@@ -68,13 +68,12 @@ def _sampling(
         "max_pixels": max_pixels,
         "video_total_pixels": total_pixels,
     }
-    own: dict[str, Any] = {}
-    pre = checkpoint / "preprocessor_config.json" if checkpoint is not None else None
-    if pre is not None and pre.is_file():
-        try:
-            own = dict(json.loads(pre.read_text(encoding="utf-8")).get("video_sampling") or {})
-        except (ValueError, OSError, AttributeError) as err:
-            _fail(f"{pre}: unreadable video_sampling ({err})")
+    from model_runtime.video.sampling import checkpoint_video_sampling
+
+    try:
+        own = (checkpoint_video_sampling(checkpoint) if checkpoint is not None else None) or {}
+    except (ValueError, OSError, AttributeError) as err:
+        _fail(f"{checkpoint}/preprocessor_config.json: unreadable ({err})")
     try:
         return SamplingParams.from_kwargs({**own, **{k: v for k, v in given.items() if v is not None}})
     except ValueError as err:
