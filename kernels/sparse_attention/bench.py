@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from kernels._bench import bench_ms, format_table
 from kernels.indexer import indexer_topk
 from kernels.sparse_attention import build_block_union, sparse_attention_ref
+from kernels.sparse_attention.union import build_block_union_torch
 from kernels.sparse_attention.kernel import default_block_q, launch_sparse_attention
 
 Q_HEADS, KV_HEADS, HEAD_DIM = 32, 4, 128
@@ -177,6 +178,7 @@ def layer_sweep(
             idx = indexer_topk(qi, wi, ki, TOPK, 0, max_buffer_bytes=3 << 32, topk_method=topk_method)
             qi = wi = ki = None
         union_ms = bench_ms(lambda: build_block_union(idx, block_q), budget_ms=200)
+        union_torch_ms = bench_ms(lambda: build_block_union_torch(idx, block_q), budget_ms=200)
         union = build_block_union(idx, block_q)
         attn_ms = bench_ms(
             lambda: launch_sparse_attention(
@@ -196,6 +198,7 @@ def layer_sweep(
             "indexer+topk_ms": index_ms,
             "indexer_TFLOP/s": indexer_flop / index_ms / 1e9 if index_ms else None,
             "union_ms": union_ms,
+            "union_torch_ms": union_torch_ms,
             "sparse_attn_ms": attn_ms,
             "sparse_attn_useful_TFLOP/s": useful_flop / attn_ms / 1e9,
             "dense_sdpa_ms": dense_ms,
