@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from kernels._bench import bench_ms, format_table
 from kernels.indexer import indexer_topk
 from kernels.sparse_attention import build_block_union, sparse_attention_ref
-from kernels.sparse_attention.union import build_block_union_torch
 from kernels.sparse_attention.kernel import default_block_q, launch_sparse_attention
+from kernels.sparse_attention.union import build_block_union_torch
 
 Q_HEADS, KV_HEADS, HEAD_DIM = 32, 4, 128
 INDEX_HEADS, INDEX_DIM, TOPK = 16, 64, 2048

@@ -12,8 +12,8 @@ import torch
 
 from kernels import KernelInputError, sparse_attention, sparse_attention_ref
 from kernels.sparse_attention import build_block_union
-from kernels.sparse_attention.union import BlockUnion, build_block_union_torch
 from kernels.sparse_attention.kernel import launch_sparse_attention
+from kernels.sparse_attention.union import BlockUnion, build_block_union_torch
 from kernels.testing import assert_close
 
 GPU = pytest.mark.gpu
