@@ -140,14 +140,19 @@ def _init_drawer(folder: str, metas_file: str) -> None:
     _DRAWER = (KeyeProcessor.from_pretrained(folder), [Clip.from_meta(m) for m in metas])
 
 
-def _draw(seed: int, max_crop_s: float, caption_p: float, n: int, turns: int) -> list[Example]:
+def _draw(seed: int, max_crop_s: float, caption_p: float, n: int, turns: int) -> bytes:
+    """`n` examples, pickled here with the plain pickler: returned as tensors, they would go through
+    torch's multiprocessing reducers, which pass every tensor as a file descriptor with a socket
+    handshake each (~300 per step at 96 examples; an H200 run stalled in that handshake, then crashed)."""
     assert _DRAWER is not None
     processor, clips = _DRAWER
     rng = np.random.default_rng(seed)
-    return [
-        draw_example(processor, clips, rng, max_crop_s=max_crop_s, caption_p=caption_p, turns=turns)
-        for _ in range(n)
-    ]
+    return pickle.dumps(
+        [
+            draw_example(processor, clips, rng, max_crop_s=max_crop_s, caption_p=caption_p, turns=turns)
+            for _ in range(n)
+        ]
+    )
 
 
 class ExampleFeed:
@@ -199,10 +204,11 @@ class ExampleFeed:
     def _next(self, max_crop_s: float, caption_p: float) -> Example:
         if not self.ready:
             if self.pool is None:
-                self.ready.extend(_draw(self._seed(), max_crop_s, caption_p, self.per_request, self.turns))
+                drawn = _draw(self._seed(), max_crop_s, caption_p, self.per_request, self.turns)
             else:
                 self.prefetch(max_crop_s, caption_p)
-                self.ready.extend(self.pending.popleft().get())
+                drawn = self.pending.popleft().get()
+            self.ready.extend(pickle.loads(drawn))
         return self.ready.popleft()
 
     def _seed(self) -> int:

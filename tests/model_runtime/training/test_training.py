@@ -222,6 +222,24 @@ def test_a_batch_stops_at_its_token_or_example_budget(
     feed.close()
 
 
+def test_worker_processes_draw_the_examples_the_trainer_would(
+    processor: KeyeProcessor, clips: list[Clip], tmp_path: Path
+) -> None:
+    tokenizer = build_tiny_tokenizer()
+    write_checkpoint_files(tmp_path, tokenizer, small_config(tokenizer))
+    pooled = ExampleFeed(tmp_path, clips, workers=2, seed=3, per_request=4, turns=2)
+    inline = ExampleFeed(tmp_path, clips, workers=0, seed=3, per_request=4, turns=2)
+    try:
+        for _ in range(3):  # more requests than the first prefetch holds
+            a = pooled.batch(1 << 20, max_crop_s=2.0, caption_p=0.0, max_examples=4)
+            b = inline.batch(1 << 20, max_crop_s=2.0, caption_p=0.0, max_examples=4)
+            assert [e.input_ids.tolist() for e in a] == [e.input_ids.tolist() for e in b]
+            assert [(e.clip, e.lo, e.hi, e.kind) for e in a] == [(e.clip, e.lo, e.hi, e.kind) for e in b]
+    finally:
+        pooled.close()
+        inline.close()
+
+
 def test_the_curriculum_grows_crops_to_whole_windows() -> None:
     assert crop_limit(0.0, 8.0, 2.0) == 2.0
     assert 2.0 < crop_limit(0.3, 8.0, 2.0) < 8.0
