@@ -29,6 +29,7 @@ import os
 import pickle
 import sys
 import tempfile
+import threading
 import time
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -242,7 +243,12 @@ class FrameProbe(nn.Module):
 
 
 def warm_up_vision(
-    model: KeyeVL, probe: FrameProbe, frames: FrameStore, processor: KeyeProcessor, args: argparse.Namespace
+    model: KeyeVL,
+    probe: FrameProbe,
+    frames: FrameStore,
+    processor: KeyeProcessor,
+    args: argparse.Namespace,
+    stall: StallReport | None = None,
 ) -> list[dict[str, Any]]:
     """Stage 1: the vision tower, projector and probe alone learn which shapes each frame shows, from
     random frames, before the LM asks them anything (cheap: no prompts, no LM)."""
@@ -262,6 +268,8 @@ def warm_up_vision(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if stall is not None:
+            stall.tick()
         if step % args.log_every == 0 or step == args.vision_steps - 1:
             row = {"vision_step": step, "frame_loss": round(loss.item(), 4),
                    "frames_named": round(frames_named(logits, labels), 3)}  # fmt: skip
@@ -336,6 +344,28 @@ class IndexerDistillation:
         loss = torch.stack(self.losses).mean()
         self.losses = []
         return loss
+
+
+class StallReport:
+    """Prints every thread's stack once when no step has finished for `seconds`: a stalled run says where.
+
+    Only on a stall: faulthandler's periodic dump (`dump_traceback_later(repeat=True)`) walks the frames
+    of threads that are running, and two H200 runs segfaulted right after one of its dumps."""
+
+    def __init__(self, seconds: float):
+        self.seconds, self.last, self.reported = seconds, time.monotonic(), False
+        threading.Thread(target=self._watch, daemon=True, name="stall-report").start()
+
+    def tick(self) -> None:
+        self.last, self.reported = time.monotonic(), False
+
+    def _watch(self) -> None:
+        while True:
+            time.sleep(min(5.0, self.seconds / 4))
+            if not self.reported and time.monotonic() - self.last > self.seconds:
+                print(f"no step for {self.seconds:.0f} s; every thread's stack:", file=sys.stderr, flush=True)
+                faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+                self.reported = True
 
 
 # ---- training ---------------------------------------------------------------------------------------
@@ -427,7 +457,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     feed.prefetch(crop_limit(0.0, window_s, args.crop_start_s), args.caption_p)  # drawn during stage 1
     print(json.dumps({"clips": len(clips), "frames": frames.offsets[-1], "sampled_s": round(sampled_s, 1),
                       "stored_s": round(stored_s, 1)}), flush=True)  # fmt: skip
-    vision_log = warm_up_vision(model, probe, frames, processor, args) if args.vision_steps else []
+    stall = StallReport(args.hang_report_s) if args.hang_report_s else None
+    vision_log = warm_up_vision(model, probe, frames, processor, args, stall) if args.vision_steps else []
     started = time.time()
     budget_s = args.minutes * 60
     est_steps = args.max_steps
@@ -486,6 +517,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             save_checkpoint(model, config, out)
             last_save = time.time()
         step += 1
+        if stall is not None:
+            stall.tick()
     feed.close()
     model.model.set_impl(attn_impl="reference", moe_impl="reference")
     save_checkpoint(model.cpu(), config, out)
@@ -540,7 +573,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--bf16", action="store_true", help="bf16 autocast (fp32 weights): fused attention kernels"
     )
-    p.add_argument("--hang-report-s", type=float, default=0, help="print all stacks every N s (0: off)")
+    p.add_argument(
+        "--hang-report-s",
+        type=float,
+        default=0,
+        help="print all stacks once no step has ended for N s (0: off)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--seed-offset", type=int, default=1_000_000, help="video seeds; eval sets use others")
     return p.parse_args(argv)
@@ -548,8 +586,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    if args.hang_report_s:  # a run that stalls prints every thread's stack, then again, until it ends
-        faulthandler.dump_traceback_later(args.hang_report_s, repeat=True, file=sys.stderr)
     print(json.dumps(train(args)), flush=True)
 
 

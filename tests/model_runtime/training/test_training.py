@@ -9,6 +9,7 @@ and loads the result with the native engine, as the service would.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,7 @@ from model_runtime.training.data import (
 from model_runtime.training.train import (
     ExampleFeed,
     FrameProbe,
+    StallReport,
     answer_accuracy,
     crop_limit,
     parse_args,
@@ -238,6 +240,18 @@ def test_worker_processes_draw_the_examples_the_trainer_would(
     finally:
         pooled.close()
         inline.close()
+
+
+def test_a_stall_report_prints_stacks_once_and_only_on_a_stall(capfd: pytest.CaptureFixture[str]) -> None:
+    stall = StallReport(0.4)
+    for _ in range(6):  # steps keep ending: nothing printed
+        time.sleep(0.1)
+        stall.tick()
+    assert "no step for" not in capfd.readouterr().err
+    time.sleep(1.2)  # a stall: one report, naming this test's frame
+    err = capfd.readouterr().err
+    assert err.count("no step for") == 1
+    assert "test_a_stall_report_prints_stacks_once" in err
 
 
 def test_the_curriculum_grows_crops_to_whole_windows() -> None:
