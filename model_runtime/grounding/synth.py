@@ -4,6 +4,11 @@
 a few coloured shapes that appear during known intervals (model_runtime.video.synthetic), and each
 event becomes one query ("When does the red circle appear?") with exactly one answer, written as
 `{video_id: {duration, spans, queries}}` so `timemark eval` reads it like the published sets.
+
+Each entry also carries `absent_queries` (readers of the published format ignore it): a question about a
+shape drawn nowhere in the video, whose right answer is no segment. A near miss when possible (the colour
+or the shape of one of its events), so a model that answers by colour alone, by shape alone, or with
+whatever is on screen gets caught: the held-out scorer reports how often such a query gets a segment.
 """
 
 from __future__ import annotations
@@ -14,7 +19,14 @@ from typing import Any
 
 import numpy as np
 
-from model_runtime.video import SyntheticEvent, make_synthetic_video, random_events
+from model_runtime.video import (
+    COLORS,
+    SHAPES,
+    SyntheticEvent,
+    SyntheticTruth,
+    make_synthetic_video,
+    random_events,
+)
 
 ANNOTATION_FILE = "annotations.json"
 
@@ -22,6 +34,16 @@ ANNOTATION_FILE = "annotations.json"
 def event_query(event: SyntheticEvent) -> str:
     """The natural-language query whose one answer is `event`'s interval."""
     return f"When does the {event.label} appear?"
+
+
+def absent_query(truth: SyntheticTruth, rng: np.random.Generator) -> str:
+    """A query about a shape the video never shows; one sharing an event's colour or shape when possible."""
+    drawn = {(e.color, e.shape) for e in [*truth.events, *truth.distractors]}
+    absent = [(color, shape) for color in COLORS for shape in SHAPES if (color, shape) not in drawn]
+    near = [(c, s) for c, s in absent if any(c == e.color or s == e.shape for e in truth.events)]
+    pool = near or absent
+    color, shape = pool[int(rng.integers(len(pool)))]
+    return f"When does the {color} {shape} appear?"
 
 
 def write_synthetic_set(
@@ -62,6 +84,8 @@ def write_synthetic_set(
             "duration": round(truth.duration_s, 3),
             "spans": [[e.start_s, e.end_s] for e in truth.events],
             "queries": [event_query(e) for e in truth.events],
+            # its own stream, so the videos stay those of every earlier run with the same seed
+            "absent_queries": [absent_query(truth, np.random.default_rng([seed, i]))],
         }
     path = out / ANNOTATION_FILE
     path.write_text(json.dumps(annotations, indent=2) + "\n", encoding="utf-8")

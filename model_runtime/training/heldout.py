@@ -7,6 +7,11 @@ training on the GPU (with the attention backends to compare) and by the model ca
 
     python -m model_runtime.training.heldout --checkpoint DIR --count 200 --seed 7 [--attn-impl reference]
 
+Each variant also answers the set's `absent_queries` (one per video, a shape it never shows, usually sharing
+an event's colour or shape): `absent.answered` is how often such a query got a segment (right: never) and
+`absent.on_an_event` how often that segment sat on one of the video's events — a model answering whatever is
+on screen rather than what was asked scores well on the grounding queries alone, and is caught here.
+
 `crop_exactness` (`--crops N`) is the finer gauge for a model still learning: teacher-forced, how many of a
 fixed set of short-crop questions from videos never trained on it answers exactly, token for token.
 """
@@ -25,8 +30,9 @@ import torch
 
 from model_runtime.checkpoint import load_model
 from model_runtime.engine.native import NativeEngine
-from model_runtime.grounding.annotations import load_annotations
+from model_runtime.grounding.annotations import GroundingSample, Prediction, load_annotations
 from model_runtime.grounding.evaluate import score_predictions
+from model_runtime.grounding.metrics import best_iou
 from model_runtime.grounding.predict import predict_samples
 from model_runtime.grounding.synth import write_synthetic_set
 from model_runtime.processor import KeyeProcessor
@@ -78,9 +84,45 @@ def evaluate(
                         1 for a, b in zip(first, answers, strict=True) if _rounded(a) != _rounded(b)
                     )
                 first = first if first is not None else answers
+                absent = absent_samples(annotations)
+                if absent:  # after the scored queries, so their answers are those of earlier runs
+                    entry["absent"] = absent_answers(
+                        absent, predict_samples(absent, folder, engine, params=params), samples
+                    )
                 results[impl if quantize is None else f"{impl}+{quantize}"] = entry
                 engine.close()
         return results
+
+
+def absent_samples(annotations: Path) -> list[GroundingSample]:
+    """The set's `absent_queries` (synth.py): shapes its videos never show; [] for sets without them."""
+    data = json.loads(annotations.read_text(encoding="utf-8"))
+    return [
+        GroundingSample(video, str(query), [], entry.get("duration"))
+        for video, entry in data.items()
+        for query in entry.get("absent_queries", [])
+    ]
+
+
+def absent_answers(
+    absent: list[GroundingSample], predictions: list[Prediction], samples: list[GroundingSample]
+) -> dict[str, Any]:
+    """How often a query about a shape that never shows got a segment (right: never), and how often its
+    top-1 sits on one of the video's events (IoU >= 0.5): the model answered what is on screen, not what
+    was asked."""
+    events: dict[str, list[tuple[float, float]]] = {}
+    for s in samples:
+        events.setdefault(s.video, []).extend(s.spans)
+    answered = [p for p in predictions if p.segments]
+    on_event = [
+        p for p in answered if best_iou((p.segments[0][0], p.segments[0][1]), events.get(p.video, [])) >= 0.5
+    ]
+    n = max(1, len(absent))
+    return {
+        "queries": len(absent),
+        "answered": round(len(answered) / n, 3),
+        "on_an_event": round(len(on_event) / n, 3),
+    }
 
 
 @torch.no_grad()

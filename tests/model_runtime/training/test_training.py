@@ -315,3 +315,44 @@ def test_heldout_scores_each_variant_against_the_first(tmp_path: Path) -> None:
     assert 0.0 <= report["reference"]["mIoU"] <= 1.0
     assert 0 <= report["reference+fp8"]["top1_differs_from_first"] <= 4
     assert "top1_differs_from_first" not in report["reference"]
+    absent = report["reference"]["absent"]
+    assert absent["queries"] == 2 and 0.0 <= absent["on_an_event"] <= absent["answered"] <= 1.0
+
+
+def test_absent_queries_name_a_near_miss_and_catch_a_colour_only_answerer(tmp_path: Path) -> None:
+    from model_runtime.grounding.annotations import load_annotations
+    from model_runtime.grounding.color_engine import ColorBaselineEngine
+    from model_runtime.grounding.predict import predict_samples
+    from model_runtime.grounding.synth import write_synthetic_set
+    from model_runtime.training.heldout import absent_answers, absent_samples
+    from model_runtime.video import SamplingParams
+
+    path = write_synthetic_set(tmp_path, count=6, seed=4, duration_s=30.0, fps=4.0, width=64, height=48,
+                               min_event_s=6.0, distractors=0)  # fmt: skip
+    samples, _ = load_annotations(path)
+    absent = absent_samples(path)
+    assert len(absent) == 6 and all(a.spans == [] for a in absent)
+    event_colors: dict[str, set[str]] = {}
+    for s in samples:
+        event_colors.setdefault(s.video, set()).add(s.query.split()[3])
+    for a in absent:
+        asked = a.query.split()[3:5]  # "When does the red circle appear?"
+        shown = [s.query.split()[3:5] for s in samples if s.video == a.video]
+        assert asked not in shown  # never drawn (no distractors here, so the events are all that is drawn)
+        assert any(asked[0] == c or asked[1] == sh.rstrip() for c, sh in shown)  # a near miss
+    # The colour baseline answers by colour alone: exactly the near misses that share an event's colour
+    # get a segment, and it lies on that event.
+    params = SamplingParams(fps=2.0, min_pixels=4 * 784, max_pixels=4 * 784, video_total_pixels=30 * 4 * 784)
+    predictions = predict_samples(absent, tmp_path, ColorBaselineEngine(), params=params)
+    report = absent_answers(absent, predictions, samples)
+    same_colour = [a.query.split()[3] in event_colors[a.video] for a in absent]
+    assert any(same_colour)  # the set holds at least one colour-sharing near miss
+    assert [bool(p.segments) for p in predictions] == same_colour
+    assert report["queries"] == 6 and report["answered"] == round(sum(same_colour) / 6, 3)
+    assert 0.0 <= report["on_an_event"] <= report["answered"]
+    for a, p in zip(absent, predictions, strict=True):
+        if p.segments:
+            colour = a.query.split()[3]
+            (event,) = [s.spans[0] for s in samples if s.video == a.video and s.query.split()[3] == colour]
+            start, end = p.segments[0][:2]
+            assert event[0] - 1.0 <= start < end <= event[1] + 1.0
