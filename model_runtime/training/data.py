@@ -163,6 +163,7 @@ def draw_example(
     overlap_p: float = 0.85,
     caption_p: float = 0.0,
     turns: int = 1,
+    near_miss_p: float = 0.0,
 ) -> Example:
     """A random query about a random clip, over a crop (the whole chunk with `whole_chunk_p`).
 
@@ -172,7 +173,9 @@ def draw_example(
     With `caption_p` the question is `CAPTION_PROMPT` over a crop of at most 4 frames instead.
     `turns` > 1 asks up to that many queries about the same crop, one per turn, the first exactly as the
     service asks: the video costs ~300 tokens and a turn ~30, so each step learns from several answers
-    per video instead of one. Extra turns ask the other shapes the crop shows, then one it does not.
+    per video instead of one. Extra turns ask the other shapes the crop shows, then one it does not: with
+    `near_miss_p` one that shares a colour or a shape with a shape the crop shows ("red square" beside a red
+    circle), so that answering by colour alone, by shape alone or with whatever is on screen costs loss.
     """
     if rng.random() < caption_p:
         return draw_caption(processor, clips, rng)
@@ -214,13 +217,22 @@ def draw_example(
         rng.shuffle(visible)
         labels += visible[: turns - 2]
         others = [x for x in ALL_QUERIES if x not in labels and not spans_of(x)]
-        labels.append(others[int(rng.integers(len(others)))])
+        on_screen = [x for x in clip.shown if spans_of(x)]
+        near = [x for x in others if near_miss(x, on_screen)]
+        pool = near if near and rng.random() < near_miss_p else others
+        labels.append(pool[int(rng.integers(len(pool)))])
     video = VideoInput(clip.frames[lo:hi], local)
     prompts = [build_grounding_prompt(ALL_QUERIES[x], end_s - start_s) for x in labels]
     answers = [answer_text(spans_of(x)) for x in labels]
     example = encode_turns(processor, video, prompts, answers, index, lo, hi)
     example.kind = "ground" if spans_of(label) else "absent"  # the first turn's, which the service asks
     return example
+
+
+def near_miss(label: str, shown: list[str]) -> bool:
+    """`label` ("red square") shares its colour or its shape with one of `shown` ("red circle")."""
+    colour, shape = label.split()
+    return any(colour == other.split()[0] or shape == other.split()[1] for other in shown)
 
 
 def draw_caption(processor: KeyeProcessor, clips: list[Clip], rng: np.random.Generator) -> Example:

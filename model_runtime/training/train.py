@@ -141,7 +141,7 @@ def _init_drawer(folder: str, metas_file: str) -> None:
     _DRAWER = (KeyeProcessor.from_pretrained(folder), [Clip.from_meta(m) for m in metas])
 
 
-def _draw(seed: int, max_crop_s: float, caption_p: float, n: int, turns: int) -> bytes:
+def _draw(seed: int, max_crop_s: float, caption_p: float, n: int, turns: int, near_miss_p: float) -> bytes:
     """`n` examples, pickled here with the plain pickler: returned as tensors, they would go through
     torch's multiprocessing reducers, which pass every tensor as a file descriptor with a socket
     handshake each (~300 per step at 96 examples; an H200 run stalled in that handshake, then crashed)."""
@@ -150,7 +150,15 @@ def _draw(seed: int, max_crop_s: float, caption_p: float, n: int, turns: int) ->
     rng = np.random.default_rng(seed)
     return pickle.dumps(
         [
-            draw_example(processor, clips, rng, max_crop_s=max_crop_s, caption_p=caption_p, turns=turns)
+            draw_example(
+                processor,
+                clips,
+                rng,
+                max_crop_s=max_crop_s,
+                caption_p=caption_p,
+                turns=turns,
+                near_miss_p=near_miss_p,
+            )  # fmt: skip
             for _ in range(n)
         ]
     )
@@ -161,7 +169,14 @@ class ExampleFeed:
     in this process. Tokenising is cheap next to a step, so a few workers keep the GPU fed."""
 
     def __init__(
-        self, folder: Path, clips: list[Clip], workers: int, seed: int, per_request: int = 16, turns: int = 1
+        self,
+        folder: Path,
+        clips: list[Clip],
+        workers: int,
+        seed: int,
+        per_request: int = 16,
+        turns: int = 1,
+        near_miss_p: float = 0.0,
     ):
         # The clips go to the workers through a file: a spawn start blocks until the child has read
         # its arguments (imports included), so megabytes of arguments start workers one after another
@@ -171,7 +186,7 @@ class ExampleFeed:
         self.metas_file = Path(name)
         self.metas_file.write_bytes(pickle.dumps([c.without_pixels() for c in clips]))
         self.workers, self.per_request, self.seed = workers, per_request, seed * 1_000_003
-        self.turns = turns
+        self.turns, self.near_miss_p = turns, near_miss_p
         args = (str(folder), str(self.metas_file))
         self.pool = mp.get_context("spawn").Pool(workers, _init_drawer, args) if workers else None
         if self.pool is None:
@@ -198,14 +213,17 @@ class ExampleFeed:
         while self.pool is not None and len(self.pending) < 2 * self.workers:
             self.pending.append(
                 self.pool.apply_async(
-                    _draw, (self._seed(), max_crop_s, caption_p, self.per_request, self.turns)
+                    _draw,
+                    (self._seed(), max_crop_s, caption_p, self.per_request, self.turns, self.near_miss_p),
                 )
             )
 
     def _next(self, max_crop_s: float, caption_p: float) -> Example:
         if not self.ready:
             if self.pool is None:
-                drawn = _draw(self._seed(), max_crop_s, caption_p, self.per_request, self.turns)
+                drawn = _draw(
+                    self._seed(), max_crop_s, caption_p, self.per_request, self.turns, self.near_miss_p
+                )
             else:
                 self.prefetch(max_crop_s, caption_p)
                 drawn = self.pending.popleft().get()
@@ -452,7 +470,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     sampled_s = time.time() - setup_started
     frames = FrameStore(clips, device)
     stored_s = time.time() - setup_started
-    feed = ExampleFeed(out, clips, args.draw_workers, args.seed, turns=args.turns)
+    feed = ExampleFeed(
+        out, clips, args.draw_workers, args.seed, turns=args.turns, near_miss_p=args.near_miss_p
+    )
     window_s = max(c.end_s - c.start_s for c in clips)  # the longest crop: one whole context window
     feed.prefetch(crop_limit(0.0, window_s, args.crop_start_s), args.caption_p)  # drawn during stage 1
     print(json.dumps({"clips": len(clips), "frames": frames.offsets[-1], "sampled_s": round(sampled_s, 1),
@@ -558,6 +578,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "runs per example and layer), so the ~40-86 short crops of early steps took ~2 s a step",
     )  # fmt: skip
     p.add_argument("--turns", type=int, default=4, help="queries asked per crop, one per turn")
+    p.add_argument(
+        "--near-miss-p", type=float, default=0.5,
+        help="share of last turns asking an absent shape with the colour or shape of one on screen",
+    )  # fmt: skip
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--kl-weight", type=float, default=1.0)
     p.add_argument("--vision-steps", type=int, default=0, help="stage 1: frame-label steps, vision only")

@@ -33,6 +33,7 @@ from model_runtime.training.data import (
     draw_example,
     encode_turn,
     frame_labels,
+    near_miss,
     sample_clips,
     visible_span,
 )
@@ -151,6 +152,28 @@ def test_extra_turns_ask_more_shapes_about_the_same_crop(processor: KeyeProcesso
                             text.split("<|im_start|>user\n")[1].split("<|im_end|>")[0].split("<|vision_end|>")[1],
                             answers[0], ex.clip, ex.lo, ex.hi)  # fmt: skip
         assert torch.equal(ex.input_ids[:first_end], alone.input_ids[:first_end])
+
+
+def test_near_miss_turns_share_a_colour_or_shape_with_what_is_on_screen(
+    processor: KeyeProcessor, clips: list[Clip]
+) -> None:
+    assert near_miss("red square", ["red circle"]) and near_miss("blue circle", ["red circle"])
+    assert not near_miss("blue square", ["red circle", "green star"])
+    rng = np.random.default_rng(5)
+    checked = 0
+    for _ in range(30):
+        ex = draw_example(processor, clips, rng, max_crop_s=8.0, turns=3, near_miss_p=1.0)
+        clip = clips[ex.clip]
+        times = clip.times[ex.lo : ex.hi]
+        on_screen = [x for x, (a, b) in clip.shown.items() if any(a <= t < b for t in times)]
+        last = LABEL_OF[
+            [q for q in _decode(processor, ex.input_ids).split('"')[1::2] if q.startswith("When")][-1]
+        ]
+        assert last not in on_screen
+        if on_screen:
+            assert near_miss(last, on_screen), (last, on_screen)
+            checked += 1
+    assert checked >= 10  # most crops show something
 
 
 def test_caption_answers_list_the_shapes_the_frames_show(processor: KeyeProcessor, clips: list[Clip]) -> None:
