@@ -134,9 +134,10 @@ def sample_videos(seeds: range, workers: int, seconds: float, min_s: float, max_
 _DRAWER: tuple[KeyeProcessor, list[Clip]] | None = None
 
 
-def _init_drawer(folder: str, metas_file: str) -> None:
+def _init_drawer(folder: str, metas_file: str, worker: bool = True) -> None:
     global _DRAWER
-    torch.set_num_threads(1)
+    if worker:  # not when drawing inline: that would leave the trainer itself one thread
+        torch.set_num_threads(1)
     metas = pickle.loads(Path(metas_file).read_bytes())
     _DRAWER = (KeyeProcessor.from_pretrained(folder), [Clip.from_meta(m) for m in metas])
 
@@ -190,7 +191,7 @@ class ExampleFeed:
         args = (str(folder), str(self.metas_file))
         self.pool = mp.get_context("spawn").Pool(workers, _init_drawer, args) if workers else None
         if self.pool is None:
-            _init_drawer(*args)
+            _init_drawer(*args, worker=False)
         self.pending: deque[Any] = deque()
         self.ready: deque[Example] = deque()
 

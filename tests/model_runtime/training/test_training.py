@@ -238,7 +238,9 @@ def test_a_batch_stops_at_its_token_or_example_budget(
 ) -> None:
     tokenizer = build_tiny_tokenizer()
     write_checkpoint_files(tmp_path, tokenizer, small_config(tokenizer))
+    threads = torch.get_num_threads()
     feed = ExampleFeed(tmp_path, clips, workers=0, seed=1)
+    assert torch.get_num_threads() == threads  # drawing inline leaves the trainer its threads
     capped = feed.batch(1 << 20, max_crop_s=2.0, caption_p=0.0, max_examples=5)
     assert len(capped) == 5
     by_tokens = feed.batch(1500, max_crop_s=2.0, caption_p=0.0)
