@@ -40,13 +40,13 @@ class BlockUnion:
 def build_block_union(idx: torch.Tensor, block_q: int) -> BlockUnion:
     """Union and per-query bitmask for blocks of `block_q` adjacent rows of idx (int [T, K], -1 = none).
 
-    Triton (GPU, or the CPU interpreter); PyTorch when a block's pairs do not fit one program or
-    positions do not fit the kernel's packed 32-bit (key, query) codes."""
+    Triton (GPU, or the CPU interpreter); PyTorch when there is nothing to sort, when a block's pairs do not
+    fit one program, or when positions do not fit the kernel's packed 32-bit (key, query) codes. The Triton
+    result's `keys` rows are `block_q * K` wide (no host sync to size them): about as many bytes as idx."""
     tokens, topk = idx.shape
     q_bits = max(0, (block_q - 1).bit_length())
     pairs = triton.next_power_of_2(block_q) * triton.next_power_of_2(max(1, topk))
-    too_far = tokens and int(idx.max().item()) >= (_PAD >> q_bits)
-    if tokens == 0 or pairs > _MAX_PAIRS or too_far:
+    if tokens == 0 or topk == 0 or pairs > _MAX_PAIRS or int(idx.max().item()) >= (_PAD >> q_bits):
         return build_block_union_torch(idx, block_q)
     n_blocks = -(-tokens // block_q)
     width = block_q * topk  # the widest union possible; the kernel fills `counts[b]` of each row

@@ -219,7 +219,7 @@ def draw_example(
         others = [x for x in ALL_QUERIES if x not in labels and not spans_of(x)]
         on_screen = [x for x in clip.shown if spans_of(x)]
         near = [x for x in others if near_miss(x, on_screen)]
-        pool = near if near and rng.random() < near_miss_p else others
+        pool = near if near_miss_p > 0 and near and rng.random() < near_miss_p else others
         labels.append(pool[int(rng.integers(len(pool)))])
     video = VideoInput(clip.frames[lo:hi], local)
     prompts = [build_grounding_prompt(ALL_QUERIES[x], end_s - start_s) for x in labels]

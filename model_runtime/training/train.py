@@ -29,7 +29,6 @@ import os
 import pickle
 import sys
 import tempfile
-import threading
 import time
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -366,25 +365,23 @@ class IndexerDistillation:
 
 
 class StallReport:
-    """Prints every thread's stack once when no step has finished for `seconds`: a stalled run says where.
+    """Prints every thread's stack once no step has ended for `seconds`: a stalled run says where.
 
-    Only on a stall: faulthandler's periodic dump (`dump_traceback_later(repeat=True)`) walks the frames
-    of threads that are running, and two H200 runs segfaulted right after one of its dumps."""
+    faulthandler's own watchdog, re-armed at every step, so it fires only on a stall (and even when the
+    stalled call holds the GIL). Its periodic mode (`repeat=True`) dumped running threads' frames every N s,
+    and two H200 runs segfaulted right after one of those dumps."""
 
-    def __init__(self, seconds: float):
-        self.seconds, self.last, self.reported = seconds, time.monotonic(), False
-        threading.Thread(target=self._watch, daemon=True, name="stall-report").start()
+    def __init__(self, seconds: float) -> None:
+        if seconds <= 0:
+            raise ValueError(f"a stall report needs a positive number of seconds, got {seconds}")
+        self.seconds = seconds
+        self.tick()
 
     def tick(self) -> None:
-        self.last, self.reported = time.monotonic(), False
+        faulthandler.dump_traceback_later(self.seconds, repeat=False, file=sys.stderr)
 
-    def _watch(self) -> None:
-        while True:
-            time.sleep(min(5.0, self.seconds / 4))
-            if not self.reported and time.monotonic() - self.last > self.seconds:
-                print(f"no step for {self.seconds:.0f} s; every thread's stack:", file=sys.stderr, flush=True)
-                faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
-                self.reported = True
+    def close(self) -> None:
+        faulthandler.cancel_dump_traceback_later()
 
 
 # ---- training ---------------------------------------------------------------------------------------
@@ -540,6 +537,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         step += 1
         if stall is not None:
             stall.tick()
+    if stall is not None:
+        stall.close()
     feed.close()
     model.model.set_impl(attn_impl="reference", moe_impl="reference")
     save_checkpoint(model.cpu(), config, out)
@@ -606,7 +605,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--seed-offset", type=int, default=1_000_000, help="video seeds; eval sets use others")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.hang_report_s < 0:
+        p.error(f"--hang-report-s must be 0 (off) or positive, got {args.hang_report_s}")
+    return args
 
 
 def main() -> None:

@@ -117,6 +117,7 @@ def test_triton_block_union_equals_torch(tokens, keys, topk, block_q, kind, devi
         idx = structured_selection(tokens, keys, topk)
     fast = build_block_union(idx.to(device), block_q)
     oracle = build_block_union_torch(idx, block_q)
+    assert fast.keys.shape[1] == block_q * topk  # the Triton builder ran (the PyTorch one is U wide)
     assert torch.equal(fast.counts.cpu(), oracle.counts), "union sizes differ"
     assert torch.equal(fast.keys[:, : oracle.width].cpu(), oracle.keys), "union keys differ"
     if tokens <= 64:  # per-bit comparison is Python-slow; the large cases are covered by the attention
@@ -124,6 +125,14 @@ def test_triton_block_union_equals_torch(tokens, keys, topk, block_q, kind, devi
     else:
         picked = fast.mask.cpu()[:, : oracle.mask.shape[1]]
         assert torch.equal(picked, oracle.mask), "owner bits differ"
+
+
+def test_block_union_falls_back_to_torch_where_the_kernel_cannot_go() -> None:
+    empty = build_block_union(torch.empty(3, 0, dtype=torch.int32), block_q=2)  # no keys selected at all
+    assert empty.counts.tolist() == [0, 0] and (empty.mask == 0).all()
+    far = torch.tensor([[1 << 29, 5], [5, -1]], dtype=torch.int64)  # beyond 32-bit (key << 3 | query) codes
+    union = build_block_union(far, block_q=8)
+    assert union.keys[0, :2].tolist() == [5, 1 << 29] and union.counts.tolist() == [2]
 
 
 def test_sparse_attention_rejects_bad_input(device: str) -> None:

@@ -239,8 +239,12 @@ def test_a_batch_stops_at_its_token_or_example_budget(
     tokenizer = build_tiny_tokenizer()
     write_checkpoint_files(tmp_path, tokenizer, small_config(tokenizer))
     threads = torch.get_num_threads()
-    feed = ExampleFeed(tmp_path, clips, workers=0, seed=1)
-    assert torch.get_num_threads() == threads  # drawing inline leaves the trainer its threads
+    torch.set_num_threads(2)
+    try:
+        feed = ExampleFeed(tmp_path, clips, workers=0, seed=1)
+        assert torch.get_num_threads() == 2  # drawing inline leaves the trainer its threads
+    finally:
+        torch.set_num_threads(threads)
     capped = feed.batch(1 << 20, max_crop_s=2.0, caption_p=0.0, max_examples=5)
     assert len(capped) == 5
     by_tokens = feed.batch(1500, max_crop_s=2.0, caption_p=0.0)
@@ -267,16 +271,28 @@ def test_worker_processes_draw_the_examples_the_trainer_would(
         inline.close()
 
 
-def test_a_stall_report_prints_stacks_once_and_only_on_a_stall(capfd: pytest.CaptureFixture[str]) -> None:
-    stall = StallReport(0.4)
-    for _ in range(6):  # steps keep ending: nothing printed
-        time.sleep(0.1)
-        stall.tick()
-    assert "no step for" not in capfd.readouterr().err
-    time.sleep(1.2)  # a stall: one report, naming this test's frame
-    err = capfd.readouterr().err
-    assert err.count("no step for") == 1
-    assert "test_a_stall_report_prints_stacks_once" in err
+def test_a_stall_report_prints_stacks_once_per_stall_and_stops_when_closed(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    stall = StallReport(0.5)
+    try:
+        for _ in range(10):  # steps keep ending: nothing printed
+            time.sleep(0.05)
+            stall.tick()
+        assert "Timeout" not in capfd.readouterr().err
+        for _ in range(2):  # a stall, a step, another stall: one report each, naming this test
+            time.sleep(1.0)
+            err = capfd.readouterr().err
+            assert err.count("Timeout") == 1 and "test_a_stall_report_prints_stacks_once" in err
+            stall.tick()
+    finally:
+        stall.close()
+    time.sleep(0.7)  # closed: no report however long nothing happens
+    assert "Timeout" not in capfd.readouterr().err
+    with pytest.raises(ValueError, match="positive"):
+        StallReport(0)
+    with pytest.raises(SystemExit):
+        parse_args(["--out", "x", "--hang-report-s", "-1"])
 
 
 def test_the_curriculum_grows_crops_to_whole_windows() -> None:
