@@ -36,14 +36,18 @@ def event_query(event: SyntheticEvent) -> str:
     return f"When does the {event.label} appear?"
 
 
+def near_miss(label: str, shown: list[str]) -> bool:
+    """`label` ("red square") shares its colour or its shape with one of `shown` ("red circle")."""
+    colour, shape = label.split()
+    return any(colour == other.split()[0] or shape == other.split()[1] for other in shown)
+
+
 def absent_query(truth: SyntheticTruth, rng: np.random.Generator) -> str:
-    """A query about a shape the video never shows; one sharing an event's colour or shape when possible."""
-    drawn = {(e.color, e.shape) for e in [*truth.events, *truth.distractors]}
-    absent = [(color, shape) for color in COLORS for shape in SHAPES if (color, shape) not in drawn]
-    near = [(c, s) for c, s in absent if any(c == e.color or s == e.shape for e in truth.events)]
-    pool = near or absent
-    color, shape = pool[int(rng.integers(len(pool)))]
-    return f"When does the {color} {shape} appear?"
+    """A query about a shape the video never shows; a near miss of one of its events when possible."""
+    drawn = {e.label for e in [*truth.events, *truth.distractors]}
+    absent = [f"{color} {shape}" for color in COLORS for shape in SHAPES if f"{color} {shape}" not in drawn]
+    pool = [x for x in absent if near_miss(x, [e.label for e in truth.events])] or absent
+    return f"When does the {pool[int(rng.integers(len(pool)))]} appear?"
 
 
 def write_synthetic_set(

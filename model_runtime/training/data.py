@@ -27,7 +27,7 @@ from torch import Tensor
 
 from model_runtime.engine.base import VideoInput
 from model_runtime.grounding.prompts import build_grounding_prompt
-from model_runtime.grounding.synth import event_query
+from model_runtime.grounding.synth import event_query, near_miss
 from model_runtime.processor import KeyeProcessor
 from model_runtime.video import (
     COLORS,
@@ -227,12 +227,6 @@ def draw_example(
     example = encode_turns(processor, video, prompts, answers, index, lo, hi)
     example.kind = "ground" if spans_of(label) else "absent"  # the first turn's, which the service asks
     return example
-
-
-def near_miss(label: str, shown: list[str]) -> bool:
-    """`label` ("red square") shares its colour or its shape with one of `shown` ("red circle")."""
-    colour, shape = label.split()
-    return any(colour == other.split()[0] or shape == other.split()[1] for other in shown)
 
 
 def draw_caption(processor: KeyeProcessor, clips: list[Clip], rng: np.random.Generator) -> Example:

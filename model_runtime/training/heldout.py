@@ -68,6 +68,7 @@ def evaluate(
         if not annotations.is_file():
             write_synthetic_set(folder, count=count, seed=seed)
         samples, _ = load_annotations(annotations)
+        absent = absent_samples(annotations)
         params = checkpoint_sampling(checkpoint)
         results: dict[str, Any] = {"count": len(samples), "seed": seed}
         first: list[Any] | None = None
@@ -84,7 +85,6 @@ def evaluate(
                         1 for a, b in zip(first, answers, strict=True) if _rounded(a) != _rounded(b)
                     )
                 first = first if first is not None else answers
-                absent = absent_samples(annotations)
                 if absent:  # after the scored queries, so their answers are those of earlier runs
                     entry["absent"] = absent_answers(
                         absent, predict_samples(absent, folder, engine, params=params), samples

@@ -148,20 +148,8 @@ def _draw(seed: int, max_crop_s: float, caption_p: float, n: int, turns: int, ne
     assert _DRAWER is not None
     processor, clips = _DRAWER
     rng = np.random.default_rng(seed)
-    return pickle.dumps(
-        [
-            draw_example(
-                processor,
-                clips,
-                rng,
-                max_crop_s=max_crop_s,
-                caption_p=caption_p,
-                turns=turns,
-                near_miss_p=near_miss_p,
-            )  # fmt: skip
-            for _ in range(n)
-        ]
-    )
+    options = {"max_crop_s": max_crop_s, "caption_p": caption_p, "turns": turns, "near_miss_p": near_miss_p}
+    return pickle.dumps([draw_example(processor, clips, rng, **options) for _ in range(n)])
 
 
 class ExampleFeed:
