@@ -273,18 +273,19 @@ class Attention(nn.Module):
         if self.sa_indexer is not None:
             iq, iw, ik = self.sa_indexer(x, ctx.index_rope)  # [N, I, Di], [N, I], [N, Di]
         lengths = [seg.length for seg in ctx.segments]
-        if (
-            len(lengths) > 1
-            and all(seg.cache is None for seg in ctx.segments)
-            and (ctx.attn_impl == "dense" or self.sa_indexer is None or max(lengths) <= self.topk)
-        ):  # many fresh sequences, all dense (training batches): a few padded attention calls
+        fresh = len(lengths) > 1 and all(seg.cache is None for seg in ctx.segments)
+        dense = ctx.attn_impl == "dense" or self.sa_indexer is None or max(lengths) <= self.topk
+        if fresh and (dense or ctx.attn_impl == "reference"):
+            # Many fresh sequences (training batches): a few padded attention calls, each sequence's
+            # top-k selection (if any) as one boolean mask, instead of a tiled loop per sequence.
+            index = None if dense else (iq, iw, ik, self.topk)
             out = torch.empty_like(q)
             offsets = [0, *itertools.accumulate(lengths)]
             for group in similar_lengths(lengths):
                 starts = [offsets[i] for i in group]
                 rows = torch.cat([torch.arange(offsets[i], offsets[i + 1], device=q.device) for i in group])
                 out[rows] = padded_causal_attention(
-                    q, k, v, starts, [lengths[i] for i in group], self.head_dim**-0.5
+                    q, k, v, starts, [lengths[i] for i in group], self.head_dim**-0.5, index
                 ).to(out.dtype)  # under bf16 autocast SDPA answers in bf16; q (after the norms) is fp32
             return all_reduce(self.o_proj(out.flatten(1)), self.tp_group)
         out = torch.empty_like(q)  # [N, H, Dh]
@@ -366,11 +367,22 @@ def similar_lengths(lengths: Sequence[int], max_waste: float = 2.0) -> list[list
 
 
 def padded_causal_attention(
-    q: Tensor, k: Tensor, v: Tensor, starts: Sequence[int], lengths: Sequence[int], scale: float
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    starts: Sequence[int],
+    lengths: Sequence[int],
+    scale: float,
+    index: tuple[Tensor, Tensor, Tensor, int] | None = None,
 ) -> Tensor:
-    """Dense causal attention of fresh sequences packed in q [N, H, Dh], k/v [N, K, Dh] (sequence i at rows
+    """Causal attention of fresh sequences packed in q [N, H, Dh], k/v [N, K, Dh] (sequence i at rows
     starts[i] … starts[i] + lengths[i] − 1), in one SDPA call: each is right-padded to the longest, which
-    causality keeps invisible to its real queries. → [Σ lengths, H, Dh], sequence after sequence."""
+    causality keeps invisible to its real queries. → [Σ lengths, H, Dh], sequence after sequence.
+
+    `index` = (iq, iw, ik, topk) makes it the reference sparse attention (each query sees only its top-k
+    causal keys by indexer score, `select_topk`'s ties), all sequences masked at once: what
+    `topk_masked_attention` computes one sequence and one query tile at a time. Scores are [B, T, T], so
+    this is for short sequences (training batches)."""
     n, longest = q.shape[0], max(lengths)
     lens = torch.tensor(lengths, device=q.device)
     slot = torch.arange(longest, device=q.device)  # [T]
@@ -381,9 +393,28 @@ def padded_causal_attention(
     def padded(x: Tensor) -> Tensor:  # [N, heads, Dh] → [B, heads, T, Dh]
         return torch.cat([x, x.new_zeros(1, *x.shape[1:])])[rows].transpose(1, 2)
 
+    if index is None:
+        out = F.scaled_dot_product_attention(
+            padded(q), padded(k), padded(v), is_causal=True, scale=scale, enable_gqa=True
+        )  # [B, H, T, Dh]
+        return out.transpose(1, 2)[real]
+    iq, iw, ik, topk = index
+    causal = torch.ones(longest, longest, dtype=torch.bool, device=q.device).tril()
+    with torch.no_grad():  # the selection passes no gradient (the indexer learns from its KL)
+        pad_iq, pad_ik = padded(iq).transpose(1, 2), padded(ik[:, None])[:, 0]  # [B, T, I, Di], [B, T, Di]
+        pad_iw = torch.cat([iw, iw.new_zeros(1, iw.shape[1])])[rows]  # [B, T, I]
+        logits = torch.einsum("btid,bsd->btis", pad_iq.float(), pad_ik.float()).relu_()
+        scores = torch.einsum("btis,bti->bts", logits, pad_iw.float())  # [B, T, T] fp32, as `indexer_scores`
+        chosen = scores.masked_fill(~causal, float("-inf")).sort(dim=-1, descending=True, stable=True).indices
+        keep = torch.zeros_like(causal).expand_as(scores).scatter(-1, chosen[..., : min(topk, longest)], True)
+    # Padded keys sit after every real query (causal hides them); a padded query keeps its own key, so no
+    # row is all masked (SDPA would answer NaN there). K/V copied per query head: masked fused kernels
+    # lack GQA.
+    group = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
     out = F.scaled_dot_product_attention(
-        padded(q), padded(k), padded(v), is_causal=True, scale=scale, enable_gqa=True
-    )  # [B, H, T, Dh]
+        padded(q), padded(k), padded(v), attn_mask=(keep & causal)[:, None], scale=scale
+    )
     return out.transpose(1, 2)[real]
 
 

@@ -18,7 +18,7 @@ its device and patchifies there.
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +60,7 @@ ALL_QUERIES = {
     for color in COLORS
     for shape in SHAPES
 }
+QUERY_INDEX = {label: i for i, label in enumerate(ALL_QUERIES)}  # the column of each in `frame_labels`
 
 
 @dataclass
@@ -95,6 +96,8 @@ class Example:
     lo: int
     hi: int
     kind: str = "ground"  # a span to find; "absent" (the answer is `none`) or "caption"
+    answer_starts: list[int] = field(default_factory=list)  # each turn's first answer token
+    asked: list[int] = field(default_factory=list)  # each grounding turn's shape, an `ALL_QUERIES` index
 
     @property
     def n_tokens(self) -> int:
@@ -226,6 +229,7 @@ def draw_example(
     answers = [answer_text(spans_of(x)) for x in labels]
     example = encode_turns(processor, video, prompts, answers, index, lo, hi)
     example.kind = "ground" if spans_of(label) else "absent"  # the first turn's, which the service asks
+    example.asked = [QUERY_INDEX[x] for x in labels]
     return example
 
 
@@ -282,15 +286,16 @@ def encode_turns(
     labels = torch.full_like(full.input_ids, IGNORE)
     for start, end in spans:
         labels[start:end] = full.input_ids[start:end]
-    return Example(full.input_ids, full.positions, labels, full.grids, clip, lo, hi)
+    return Example(
+        full.input_ids, full.positions, labels, full.grids, clip, lo, hi, answer_starts=[a for a, _ in spans]
+    )
 
 
 def frame_labels(clip: Clip) -> np.ndarray:
     """[F, len(ALL_QUERIES)] 0/1: which shapes each frame shows (the vision tower's auxiliary target)."""
-    index = {label: i for i, label in enumerate(ALL_QUERIES)}
-    out = np.zeros((len(clip.times), len(index)), np.float32)
+    out = np.zeros((len(clip.times), len(QUERY_INDEX)), np.float32)
     for label, (start, end) in clip.shown.items():
-        out[[i for i, t in enumerate(clip.times) if start <= t < end], index[label]] = 1.0
+        out[[i for i, t in enumerate(clip.times) if start <= t < end], QUERY_INDEX[label]] = 1.0
     return out
 
 
@@ -300,6 +305,7 @@ class FrameStore:
 
     def __init__(self, clips: list[Clip], device: torch.device):
         self.offsets = np.cumsum([0] + [len(c.times) for c in clips]).tolist()
+        self.most_frames = max(len(c.times) for c in clips)  # one context window's frames
         self.frames = torch.from_numpy(np.concatenate([c.frames for c in clips])).to(device)
         self.labels = torch.from_numpy(np.concatenate([frame_labels(c) for c in clips])).to(device)
 
@@ -310,6 +316,23 @@ class FrameStore:
     def gather_labels(self, examples: list[Example]) -> Tensor:
         """The examples' frame labels, in the order of `gather`: [ΣF, len(ALL_QUERIES)]."""
         return torch.cat([self.labels[self._rows(e)] for e in examples])
+
+    def gather_asked(self, examples: list[Example]) -> tuple[Tensor, Tensor]:
+        """Per grounding turn (example by example), which frames of its crop show the shape asked:
+        targets [turns, W] 0/1 and the mask of the W = `most_frames` slots the crop really has."""
+        width = self.most_frames
+        rows, cols, real = [], [], []
+        for e in examples:
+            first, n = self.offsets[e.clip] + e.lo, e.hi - e.lo
+            for label in e.asked:
+                rows.append([first + min(f, n - 1) for f in range(width)])
+                cols.append([label] * width)
+                real.append([f < n for f in range(width)])
+        device = self.labels.device
+        if not rows:
+            return self.labels.new_zeros(0, width), torch.zeros(0, width, dtype=torch.bool, device=device)
+        index = torch.tensor(rows, device=device), torch.tensor(cols, device=device)
+        return self.labels[index], torch.tensor(real, device=device)
 
     def _rows(self, e: Example) -> slice:
         return slice(self.offsets[e.clip] + e.lo, self.offsets[e.clip] + e.hi)

@@ -248,6 +248,22 @@ class FrameProbe(nn.Module):
         return self.head(pooled)
 
 
+class MatchProbe(nn.Module):
+    """Training-only head: from the hidden state where an answer starts, which frames of the crop show the
+    shape asked (one logit per frame slot). Binding the query to its frames is what the answer's two time
+    tokens teach slowest: a model answering whatever shape is on screen already gets most of them right.
+    These 16 labels per question reward only an answer position that attended to the asked shape's
+    frames. Not saved."""
+
+    def __init__(self, width: int, n_slots: int):
+        super().__init__()
+        self.head = nn.Linear(width, n_slots)
+
+    def forward(self, hidden: Tensor, rows: Tensor) -> Tensor:
+        """hidden [N, D], rows [turns] (the positions that predict each first answer token) → [turns, W]."""
+        return self.head(hidden[rows])
+
+
 def warm_up_vision(
     model: KeyeVL,
     probe: FrameProbe,
@@ -290,10 +306,18 @@ def frames_named(logits: Tensor, labels: Tensor) -> float:
     return ((logits > 0) == shown).all(1)[shown.any(1)].float().mean().item()
 
 
+def turns_matched(logits: Tensor, targets: Tensor, real: Tensor) -> float:
+    """Of the grounding turns, the fraction whose frames `MatchProbe` marks exactly right."""
+    if not len(targets):
+        return 0.0
+    return (((logits > 0) == (targets > 0)) | ~real).all(1).float().mean().item()
+
+
 def make_batch(
     examples: list[Example], frames: FrameStore, processor: KeyeProcessor, device: torch.device
 ) -> dict[str, Any]:
     """Pack examples into one ragged forward: concatenated tokens, one Segment each."""
+    starts = [0, *itertools.accumulate(e.n_tokens for e in examples)][:-1]
     return {
         "input_ids": torch.cat([e.input_ids for e in examples]).to(device, non_blocking=True),
         "positions": torch.cat([e.positions for e in examples], dim=1).to(device, non_blocking=True),
@@ -302,6 +326,16 @@ def make_batch(
         "pixel_values": processor.patchify(frames.gather(examples)),
         "frame_labels": frames.gather_labels(examples),
         "grids": [g for e in examples for g in e.grids],
+        # the position before each grounding turn's answer, for `MatchProbe`
+        "match_rows": torch.tensor(
+            [
+                start + a - 1
+                for e, start in zip(examples, starts, strict=True)
+                for a in e.answer_starts[: len(e.asked)]
+            ],
+            dtype=torch.long,
+        ).to(device, non_blocking=True),
+        **dict(zip(("match_targets", "match_real"), frames.gather_asked(examples), strict=True)),
     }
 
 
@@ -446,9 +480,6 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     n_params = sum(p.numel() for p in model.parameters())
     distill = IndexerDistillation(model)
     probe = FrameProbe(config.text.hidden_size).to(device)
-    optimizer = torch.optim.AdamW(
-        [*model.parameters(), *probe.parameters()], lr=args.lr, weight_decay=0.01, betas=(0.9, 0.95)
-    )
 
     seeds = range(args.seed_offset, args.seed_offset + args.videos)
     setup_started = time.time()
@@ -456,6 +487,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     sampled_s = time.time() - setup_started
     frames = FrameStore(clips, device)
     stored_s = time.time() - setup_started
+    match = MatchProbe(config.text.hidden_size, frames.most_frames).to(device)
+    trained = [*model.parameters(), *probe.parameters(), *match.parameters()]
+    optimizer = torch.optim.AdamW(trained, lr=args.lr, weight_decay=0.01, betas=(0.9, 0.95))
     feed = ExampleFeed(
         out, clips, args.draw_workers, args.seed, turns=args.turns, near_miss_p=args.near_miss_p
     )
@@ -489,18 +523,25 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):  # fused SDPA kernels
             visual = model.encode_vision(batch["pixel_values"], batch["grids"])
             embeds = model.embed(batch["input_ids"], visual)
-            logits = model.logits(model.model(embeds, batch["positions"], batch["segments"]))
+            hidden = model.model(embeds, batch["positions"], batch["segments"])
+            logits = model.logits(hidden)
             frame_logits = probe(visual.float(), batch["grids"]).float()
+            match_logits = match(hidden.float(), batch["match_rows"]).float()
         targets = next_token_targets(batch["labels"])
         ce = F.cross_entropy(logits.float(), targets, ignore_index=IGNORE)
         kl = distill.pop()
         frame_loss = F.binary_cross_entropy_with_logits(frame_logits, batch["frame_labels"])
-        loss = ce + args.kl_weight * kl + args.frame_weight * frame_loss
+        real = batch["match_real"]
+        match_each = F.binary_cross_entropy_with_logits(
+            match_logits, batch["match_targets"], reduction="none"
+        )
+        match_loss = (match_each * real).sum() / real.sum().clamp_min(1)
+        loss = ce + args.kl_weight * kl + args.frame_weight * frame_loss + args.match_weight * match_loss
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, est_steps, args.lr)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_([*model.parameters(), *probe.parameters()], 1.0)
+        torch.nn.utils.clip_grad_norm_(trained, 1.0)
         optimizer.step()
         if step % args.log_every == 0:
             elapsed = time.time() - started
@@ -513,6 +554,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             frames_right = frames_named(frame_logits, batch["frame_labels"])
             row = {"step": step, "s": round(elapsed, 1), "ce": round(ce.item(), 4), "kl": round(kl.item(), 4),
                    "frame_loss": round(frame_loss.item(), 4), "frames_named": round(frames_right, 3),
+                   "match_loss": round(match_loss.item(), 4),
+                   "turns_matched": round(turns_matched(match_logits, batch["match_targets"], real), 3),
                    "answer_token_acc": round(token_acc, 3),
                    **{f"{kind}_exact": round(share, 3) for kind, share in exact.items()},
                    "examples": examples_seen, "tokens": int(batch["input_ids"].shape[0]),
@@ -575,6 +618,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--vision-steps", type=int, default=0, help="stage 1: frame-label steps, vision only")
     p.add_argument("--vision-batch", type=int, default=256, help="frames per stage-1 step")
     p.add_argument("--frame-weight", type=float, default=1.0, help="weight of the per-frame label loss")
+    p.add_argument("--match-weight", type=float, default=1.0, help="weight of the asked-frames loss")
     p.add_argument("--dense-fraction", type=float, default=0.75)
     p.add_argument("--crop-start-s", type=float, default=3.0, help="longest crop at the start (curriculum)")
     p.add_argument("--crop-ramp", type=float, default=0.6, help="fraction of the run until whole videos")

@@ -138,6 +138,58 @@ def test_padded_attention_matches_causal_attention_per_sequence_with_gradients()
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
 
 
+def test_padded_sparse_attention_matches_the_reference_per_sequence_with_gradients() -> None:
+    """Training batches run the reference top-k attention as one masked call: same rows, same grads."""
+    gen = torch.Generator().manual_seed(1)
+    lengths, topk, scale = [30, 3, 41, 17], 9, 0.3  # one sequence shorter than topk: it selects all
+    n = sum(lengths)
+    q = torch.randn(n, 4, 8, generator=gen, requires_grad=True)
+    k = torch.randn(n, 2, 8, generator=gen, requires_grad=True)
+    v = torch.randn(n, 2, 8, generator=gen, requires_grad=True)
+    iq, iw, ik = (
+        torch.randn(n, 3, 6, generator=gen),
+        torch.randn(n, 3, generator=gen),
+        torch.randn(n, 6, generator=gen),
+    )
+    ik[40:60] = ik[40]  # ties: a run of keys that score the same, broken toward the earlier key
+    cuts = torch.tensor([0, *lengths]).cumsum(0).tolist()
+    order = [2, 0, 3, 1]
+    packed = padded_causal_attention(
+        q, k, v, [cuts[i] for i in order], [lengths[i] for i in order], scale, (iq, iw, ik, topk)
+    )
+    one_by_one = []
+    for i in order:
+        r = slice(cuts[i], cuts[i + 1])
+        one_by_one.append(
+            topk_masked_attention(q[r], k[r], v[r], iq[r], iw[r], ik[r], 0, topk, scale, q_chunk=8)
+        )
+    expected_rows = torch.cat(one_by_one)
+    assert packed.isfinite().all()
+    torch.testing.assert_close(packed, expected_rows, atol=1e-6, rtol=1e-5)
+    dense = padded_causal_attention(q, k, v, [cuts[i] for i in order], [lengths[i] for i in order], scale)
+    assert not torch.allclose(packed, dense, atol=1e-3)  # the selection really dropped keys
+    grads = torch.autograd.grad(packed.square().sum(), (q, k, v))
+    expected = torch.autograd.grad(expected_rows.square().sum(), (q, k, v))
+    for got, want in zip(grads, expected, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_a_batch_of_fresh_sequences_gives_each_its_own_forward_logits(tiny: KeyeVL) -> None:
+    """The packed training path (dense and reference) = each sequence alone through the model."""
+    prompts = [_prompt(n, seed=n) for n in (N_TOKENS, 20, 77)]  # 20 ≤ topk: dense; the others select
+    ids = torch.cat([p[0] for p in prompts])
+    positions = torch.cat([p[1] for p in prompts], dim=1)
+    try:
+        for impl in ("reference", "dense"):
+            tiny.model.set_impl(attn_impl=impl)
+            with torch.no_grad():
+                packed = tiny(ids, positions, [Segment(len(p[0])) for p in prompts])
+                alone = torch.cat([tiny(p[0], p[1]) for p in prompts])
+            torch.testing.assert_close(packed, alone, atol=2e-4, rtol=1e-4)
+    finally:
+        tiny.model.set_impl(attn_impl="reference")
+
+
 def test_similar_lengths_bound_the_padding_and_cover_every_sequence() -> None:
     lengths = [400, 2600, 380, 420, 2500, 1, 390]
     groups = similar_lengths(lengths)
