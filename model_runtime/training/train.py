@@ -10,8 +10,11 @@ next-token cross-entropy on the answer tokens + the indexer's KL objective (spec
 attention averaged over heads ‖ softmax of the indexer scores), with the indexer's input detached so
 the KL trains only the indexer + a per-frame auxiliary loss (`FrameProbe`: which shapes each frame
 shows, read from its visual tokens), because two answer tokens per clip teach the vision tower far too
-slowly on their own. The first part of the run attends densely; the rest runs the real
-top-k sparse attention (`attn_impl="reference"`), so the shipped model is trained the way it is served.
+slowly on their own + a per-question auxiliary loss (`MatchProbe`: which frames of the crop show the shape
+asked, read from the hidden state where the answer starts), because the answers alone reward a model that
+answers whatever shape is on screen. The first part of the run (`--dense-fraction`, 0 for none) attends
+densely; the rest runs the real top-k sparse attention (`attn_impl="reference"`, each length group of the
+packed batch as one masked call), so the shipped model is trained the way it is served.
 The result is saved in the official checkpoint layout with the tokenizer, the preprocessor config
 (carrying the video sampling defaults the model was trained with) and a training log.
 """
