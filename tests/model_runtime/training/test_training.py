@@ -40,9 +40,11 @@ from model_runtime.training.data import (
 from model_runtime.training.train import (
     ExampleFeed,
     FrameProbe,
+    MatchProbe,
     StallReport,
     answer_accuracy,
     crop_limit,
+    make_batch,
     parse_args,
     small_config,
     train,
@@ -233,6 +235,39 @@ def test_frame_probe_pools_each_frames_own_tokens() -> None:
     assert probe(visual, grids).tolist() == [[1, 0, 0], [0, 5, 2], [4, 0, 7]]  # max over each frame's tokens
 
 
+def test_match_targets_mark_the_frames_showing_each_turns_asked_shape(
+    processor: KeyeProcessor, clips: list[Clip]
+) -> None:
+    """`MatchProbe` reads the position before each answer; its targets are the asked shape's frames."""
+    rng = np.random.default_rng(4)
+    examples = [draw_example(processor, clips, rng, max_crop_s=5.0, turns=3) for _ in range(5)]
+    examples.append(draw_example(processor, clips, rng, max_crop_s=5.0, caption_p=1.0))  # asks no shape
+    store = FrameStore(clips, torch.device("cpu"))
+    batch = make_batch(examples, store, processor, torch.device("cpu"))
+    targets, real = batch["match_targets"], batch["match_real"]
+    assert len(targets) == len(batch["match_rows"]) == sum(len(e.asked) for e in examples[:5])
+    labels = list(ALL_QUERIES)
+    turn = 0
+    offset = 0
+    for e in examples:
+        for asked, start in zip(e.asked, e.answer_starts[: len(e.asked)], strict=True):
+            clip = clips[e.clip]
+            first, last = clip.shown.get(labels[asked], (-1.0, -1.0))
+            shown = [first <= t < last for t in clip.times[e.lo : e.hi]]
+            assert real[turn].tolist() == [f < e.hi - e.lo for f in range(store.most_frames)]
+            assert targets[turn][real[turn]].bool().tolist() == shown
+            # the row predicts the answer's first token: the last prompt token before it
+            row = int(batch["match_rows"][turn])
+            assert row == offset + start - 1 and batch["labels"][row] == IGNORE != batch["labels"][row + 1]
+            answer = _decode(processor, e.input_ids[start:]).split("<|im_end|>")[0]
+            assert (answer == "none") == (not any(shown))
+            turn += 1
+        offset += e.n_tokens
+    assert any(targets[real].bool()) and not all(targets[real].bool())
+    probe = MatchProbe(width=4, n_slots=store.most_frames)
+    assert probe(torch.randn(offset, 4), batch["match_rows"]).shape == targets.shape
+
+
 def test_a_batch_stops_at_its_token_or_example_budget(
     processor: KeyeProcessor, clips: list[Clip], tmp_path: Path
 ) -> None:
@@ -325,6 +360,7 @@ def test_a_short_run_trains_and_saves_a_checkpoint_the_engine_serves(tmp_path: P
     log, vision_log = written["log"], written["vision_log"]
     assert len(log) == 4 and all(row["sparse"] for row in log)  # dense_fraction 0: sparse from the start
     assert log[-1]["ce"] < log[0]["ce"]  # four steps on the answer tokens already lower the loss
+    assert all(row["match_loss"] > 0 and 0 <= row["turns_matched"] <= 1 for row in log)
     assert [row["vision_step"] for row in vision_log] == [0, 1, 2]
     assert vision_log[-1]["frame_loss"] < vision_log[0]["frame_loss"]  # stage 1 learns frame labels
     clip = sample_clips(5, min_s=6.0, max_s=6.0)[0]
