@@ -167,6 +167,7 @@ def draw_example(
     caption_p: float = 0.0,
     turns: int = 1,
     near_miss_p: float = 0.0,
+    present_p: float = 0.0,
 ) -> Example:
     """A random query about a random clip, over a crop (the whole chunk with `whole_chunk_p`).
 
@@ -179,6 +180,9 @@ def draw_example(
     per video instead of one. Extra turns ask the other shapes the crop shows, then one it does not: with
     `near_miss_p` one that shares a colour or a shape with a shape the crop shows ("red square" beside a red
     circle), so that answering by colour alone, by shape alone or with whatever is on screen costs loss.
+    With `present_p` the first turn asks a shape the crop shows (when it shows one): a whole window
+    asked about a random shape of its video mostly answers `none`, and a model unsure of the binding
+    learns that `none` is the cheap guess.
     """
     if rng.random() < caption_p:
         return draw_caption(processor, clips, rng)
@@ -214,6 +218,10 @@ def draw_example(
     def spans_of(label: str) -> list[tuple[float, float]]:
         return visible_span(times, local, *clip.shown[label]) if label in clip.shown else []
 
+    if present_p > 0 and rng.random() < present_p:
+        in_crop = [x for x in clip.shown if spans_of(x)]
+        if in_crop:
+            label = in_crop[int(rng.integers(len(in_crop)))]
     labels = [label]
     if turns > 1:
         visible = [x for x in clip.shown if x != label and spans_of(x)]

@@ -144,15 +144,18 @@ def _init_drawer(folder: str, metas_file: str, worker: bool = True) -> None:
     _DRAWER = (KeyeProcessor.from_pretrained(folder), [Clip.from_meta(m) for m in metas])
 
 
-def _draw(seed: int, max_crop_s: float, caption_p: float, n: int, turns: int, near_miss_p: float) -> bytes:
+def _draw(seed: int, max_crop_s: float, caption_p: float, n: int, options: dict[str, Any]) -> bytes:
     """`n` examples, pickled here with the plain pickler: returned as tensors, they would go through
     torch's multiprocessing reducers, which pass every tensor as a file descriptor with a socket
     handshake each (~300 per step at 96 examples; an H200 run stalled in that handshake, then crashed)."""
     assert _DRAWER is not None
     processor, clips = _DRAWER
     rng = np.random.default_rng(seed)
-    options = {"max_crop_s": max_crop_s, "caption_p": caption_p, "turns": turns, "near_miss_p": near_miss_p}
-    return pickle.dumps([draw_example(processor, clips, rng, **options) for _ in range(n)])
+    drawn = [
+        draw_example(processor, clips, rng, max_crop_s=max_crop_s, caption_p=caption_p, **options)
+        for _ in range(n)
+    ]
+    return pickle.dumps(drawn)
 
 
 class ExampleFeed:
@@ -166,9 +169,9 @@ class ExampleFeed:
         workers: int,
         seed: int,
         per_request: int = 16,
-        turns: int = 1,
-        near_miss_p: float = 0.0,
+        **options: Any,
     ):
+        """`options` go to every `draw_example` (turns, near_miss_p, present_p)."""
         # The clips go to the workers through a file: a spawn start blocks until the child has read
         # its arguments (imports included), so megabytes of arguments start workers one after another
         # (~8 s each on the H200's host); a file name lets them all start at once, in the background.
@@ -177,7 +180,7 @@ class ExampleFeed:
         self.metas_file = Path(name)
         self.metas_file.write_bytes(pickle.dumps([c.without_pixels() for c in clips]))
         self.workers, self.per_request, self.seed = workers, per_request, seed * 1_000_003
-        self.turns, self.near_miss_p = turns, near_miss_p
+        self.options = options
         args = (str(folder), str(self.metas_file))
         self.pool = mp.get_context("spawn").Pool(workers, _init_drawer, args) if workers else None
         if self.pool is None:
@@ -205,16 +208,14 @@ class ExampleFeed:
             self.pending.append(
                 self.pool.apply_async(
                     _draw,
-                    (self._seed(), max_crop_s, caption_p, self.per_request, self.turns, self.near_miss_p),
+                    (self._seed(), max_crop_s, caption_p, self.per_request, self.options),
                 )
             )
 
     def _next(self, max_crop_s: float, caption_p: float) -> Example:
         if not self.ready:
             if self.pool is None:
-                drawn = _draw(
-                    self._seed(), max_crop_s, caption_p, self.per_request, self.turns, self.near_miss_p
-                )
+                drawn = _draw(self._seed(), max_crop_s, caption_p, self.per_request, self.options)
             else:
                 self.prefetch(max_crop_s, caption_p)
                 drawn = self.pending.popleft().get()
@@ -494,7 +495,13 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     trained = [*model.parameters(), *probe.parameters(), *match.parameters()]
     optimizer = torch.optim.AdamW(trained, lr=args.lr, weight_decay=0.01, betas=(0.9, 0.95))
     feed = ExampleFeed(
-        out, clips, args.draw_workers, args.seed, turns=args.turns, near_miss_p=args.near_miss_p
+        out,
+        clips,
+        args.draw_workers,
+        args.seed,
+        turns=args.turns,
+        near_miss_p=args.near_miss_p,
+        present_p=args.present_p,
     )
     window_s = max(c.end_s - c.start_s for c in clips)  # the longest crop: one whole context window
     feed.prefetch(crop_limit(0.0, window_s, args.crop_start_s), args.caption_p)  # drawn during stage 1
@@ -615,6 +622,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--near-miss-p", type=float, default=0.5,
         help="share of last turns asking an absent shape with the colour or shape of one on screen",
+    )  # fmt: skip
+    p.add_argument(
+        "--present-p", type=float, default=0.0,
+        help="share of first turns asking a shape the crop shows (else any of the video's, often `none`)",
     )  # fmt: skip
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--kl-weight", type=float, default=1.0)

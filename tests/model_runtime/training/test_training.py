@@ -178,6 +178,26 @@ def test_near_miss_turns_share_a_colour_or_shape_with_what_is_on_screen(
     assert checked >= 10  # most crops show something
 
 
+def test_present_p_asks_first_about_a_shape_the_crop_shows(
+    processor: KeyeProcessor, clips: list[Clip]
+) -> None:
+    labels = list(ALL_QUERIES)
+    rng = np.random.default_rng(6)
+    asked_present = 0
+    for _ in range(30):
+        ex = draw_example(processor, clips, rng, max_crop_s=8.0, whole_chunk_p=1.0, present_p=1.0)
+        clip = clips[ex.clip]
+        times = clip.times[ex.lo : ex.hi]
+        on_screen = {x for x, (a, b) in clip.shown.items() if any(a <= t < b for t in times)}
+        assert (labels[ex.asked[0]] in on_screen) == bool(on_screen) == (ex.kind == "ground")
+        asked_present += bool(on_screen)
+    assert asked_present >= 10
+    # without it, whole windows are asked about any of the video's shapes: often one not in the window
+    rng = np.random.default_rng(6)
+    kinds = [draw_example(processor, clips, rng, max_crop_s=8.0, whole_chunk_p=1.0).kind for _ in range(30)]
+    assert kinds.count("absent") > 30 - asked_present
+
+
 def test_caption_answers_list_the_shapes_the_frames_show(processor: KeyeProcessor, clips: list[Clip]) -> None:
     rng = np.random.default_rng(4)
     seen_shapes = seen_none = 0
