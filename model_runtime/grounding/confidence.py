@@ -3,7 +3,9 @@
 Mapping. The engine returns log p(token) for every generated token under the unmodified distribution
 (base.py `Completion`). A span's confidence is the geometric-mean probability of the tokens that spell
 its numbers: exp(mean(log p)) over the tokens whose characters overlap the span's text and contain a
-digit, i.e. how readily the model wrote those exact times. When per-token strings are not available
+digit, i.e. how readily the model wrote those exact times; when the answer opens with bare punctuation
+("[", the strict format whose alternative is `none`), times the probability of that opening token, i.e.
+how sure the model was that the event happens in the chunk at all. When per-token strings are not available
 (`token_texts=None`), the whole completion's tokens stand in, which for the short default answer format
 is nearly the same set. A completion without log-probs yields 0.5: no evidence either way.
 Agreement: when overlapping chunks report the same span independently, the merged confidence is the
@@ -40,6 +42,12 @@ def span_token_indices(span: ParsedSpan, token_texts: Sequence[str]) -> list[int
     return indices
 
 
+def _opens_an_answer(piece: str) -> bool:
+    """A first token of bare punctuation ("[", "[[") opens the strict answer format, where the model's
+    alternative was `none`: its probability is how sure the model was that the event happens at all."""
+    return bool(piece.strip()) and not any(ch.isalnum() for ch in piece)
+
+
 def span_confidence(
     completion: Completion, span: ParsedSpan, token_texts: Sequence[str] | None = None
 ) -> float:
@@ -54,7 +62,10 @@ def span_confidence(
     if aligned:
         indices = span_token_indices(span, token_texts)  # type: ignore[arg-type]
         if indices:
-            return geometric_mean_probability([logprobs[i] for i in indices])
+            times = geometric_mean_probability([logprobs[i] for i in indices])
+            if _opens_an_answer(token_texts[0]) and indices[0] > 0 and not math.isnan(logprobs[0]):  # type: ignore[index]
+                return times * math.exp(logprobs[0])
+            return times
     return geometric_mean_probability(logprobs)
 
 

@@ -8,6 +8,9 @@ that crosses a chunk boundary arrives as two halves. `merge_segments` handles bo
 - join: spans from different chunks that overlap or touch (gap ≤ `join_gap_s`) become their union; when
   the chunks are known, only if the earlier span ends near its chunk's end and the later starts near its
   chunk's start (the signature of a cut event). Halves are not independent sightings: confidence = max;
+- absorb (chunks known): a span cut by its chunk's edge that lies inside another chunk's span is that
+  event seen in part (a chunk that ends mid-event reports its first seconds, the next chunk the whole);
+  the larger span stays, and as two sightings of one event its confidence is their noisy-OR;
 - rank: by confidence, top-k, ranks from 1.
 All times are VIDEO seconds (ground_chunk has already added chunk.start_s).
 """
@@ -112,6 +115,29 @@ def _cut_by_boundary(first: _Cluster, second: _Cluster, bounds: Mapping[int, _Ch
     return ends_at_edge and starts_at_edge
 
 
+def _is_cut(c: _Cluster, bounds: Mapping[int, _ChunkBounds]) -> bool:
+    """The span starts at one of its chunks' starts or ends at one of its chunks' ends."""
+    return any(
+        abs(c.start_s - bounds[i].start_s) <= bounds[i].edge_s
+        or abs(c.end_s - bounds[i].end_s) <= bounds[i].edge_s
+        for i in c.chunk_ids
+        if i in bounds
+    )
+
+
+def _partial_view(
+    a: _Cluster, b: _Cluster, slack_s: float, bounds: Mapping[int, _ChunkBounds] | None
+) -> bool:
+    """One span, cut by its chunk's edge, lies within the other (from other chunks): see `absorb`."""
+    if bounds is None or a.chunk_ids & b.chunk_ids:
+        return False
+
+    def inside(x: _Cluster, y: _Cluster) -> bool:
+        return x.start_s >= y.start_s - slack_s and x.end_s <= y.end_s + slack_s
+
+    return (inside(b, a) and _is_cut(b, bounds)) or (inside(a, b) and _is_cut(a, bounds))
+
+
 def _should_join(
     a: _Cluster, b: _Cluster, join_gap_s: float, bounds: Mapping[int, _ChunkBounds] | None
 ) -> bool:
@@ -155,6 +181,10 @@ def _merge_query(
                         combine_agreeing([a.confidence, b.confidence]) if independent else a.confidence
                     )
                     a.chunk_ids |= b.chunk_ids  # a keeps its span: it is the more confident one
+                elif _partial_view(a, b, join_gap_s, bounds):
+                    a.start_s, a.end_s = min(a.start_s, b.start_s), max(a.end_s, b.end_s)
+                    a.confidence = combine_agreeing([a.confidence, b.confidence])
+                    a.chunk_ids |= b.chunk_ids
                 elif _should_join(a, b, join_gap_s, bounds):
                     a.start_s, a.end_s = min(a.start_s, b.start_s), max(a.end_s, b.end_s)
                     a.chunk_ids |= b.chunk_ids

@@ -36,6 +36,18 @@ def test_span_cut_by_the_boundary_is_joined() -> None:
     assert final.confidence == pytest.approx(0.7)  # halves of one event are not two sightings
 
 
+def test_the_part_a_chunk_saw_before_its_end_is_absorbed_by_the_next_chunks_whole_span() -> None:
+    # chunk 0 ends 3 s into the event and reports those 3 s; chunk 1 sees all of it
+    segs = [ChunkSegment(0, 297.0, 299.5, 0.6, 0), ChunkSegment(0, 297.0, 330.0, 0.5, 1)]
+    (final,) = merge_segments(segs, ["q"], chunks=CHUNKS)
+    assert (final.start_s, final.end_s, final.chunk_ids) == (297.0, 330.0, [0, 1])
+    assert final.confidence == pytest.approx(1 - 0.4 * 0.5)  # two sightings of one event
+    # a span inside another that no chunk edge cut is the model's own claim: kept apart
+    wide = [_chunk(0, 0.0, 300.0), _chunk(1, 250.0, 550.0)]
+    segs = [ChunkSegment(0, 270.0, 280.0, 0.6, 0), ChunkSegment(0, 255.0, 330.0, 0.5, 1)]
+    assert _spans(merge_segments(segs, ["q"], chunks=wide)) == [(270.0, 280.0), (255.0, 330.0)]
+
+
 def test_no_join_when_the_later_span_does_not_start_at_its_chunk_edge() -> None:
     segs = [ChunkSegment(0, 290.0, 299.5, 0.7, 0), ChunkSegment(0, 299.0, 310.0, 0.6, 1)]
     finals = merge_segments(segs, ["q"], chunks=CHUNKS)

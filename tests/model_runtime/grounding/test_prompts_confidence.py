@@ -54,6 +54,15 @@ def _completion(pieces: list[str], logprobs: list[float]) -> Completion:
     return Completion("".join(pieces), list(range(len(pieces))), logprobs, 100, "stop")
 
 
+def test_a_bracketed_answer_also_counts_the_doubt_between_answering_and_none() -> None:
+    pieces = ["[", "3", ".", "5", ",", " ", "12", ".", "0", "]"]
+    sure = [math.log(0.9)] + [math.log(0.8) if any(c.isdigit() for c in p) else -2.0 for p in pieces[1:]]
+    unsure = [math.log(0.4)] + sure[1:]  # the same times after a near coin-flip against `none`
+    (span,) = find_spans("".join(pieces), lo=0, hi=60)
+    confident, doubtful = (span_confidence(_completion(pieces, lp), span, pieces) for lp in (sure, unsure))
+    assert confident == pytest.approx(0.9 * 0.8) and doubtful == pytest.approx(0.4 * 0.8)
+
+
 def test_span_confidence_uses_the_number_tokens_when_token_texts_are_known() -> None:
     pieces = ["The", " event", " happens", " in", " ", "12", ".", "5", " -", " ", "30", " seconds", "."]
     logprobs = [
