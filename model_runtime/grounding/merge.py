@@ -5,9 +5,9 @@ that crosses a chunk boundary arrives as two halves. `merge_segments` handles bo
 - dedupe: two spans with IoU ≥ `iou_threshold` are one; the higher-confidence span is kept, chunk ids
   are pooled, and when they came from different chunks the agreement raises the confidence (noisy-OR,
   confidence.py); a chunk repeating itself is not agreement;
-- join: spans from different chunks that overlap or touch (gap ≤ `join_gap_s`) become their union; when
-  the chunks are known, only if the earlier span ends near its chunk's end and the later starts near its
-  chunk's start (the signature of a cut event). Halves are not independent sightings: confidence = max;
+- join: spans from different chunks that overlap or touch become their union (gap ≤ `join_gap_s`; when
+  the chunks are known, ≤ their edge tolerance, and only if the earlier span ends near its chunk's end and
+  the later starts near its chunk's start: the signature of a cut event). Halves are not independent sightings: confidence = max;
 - absorb (chunks known): a span cut by its chunk's edge that lies inside another chunk's span is that
   event seen in part (a chunk that ends mid-event reports its first seconds, the next chunk the whole);
   the larger span stays, and as two sightings of one event its confidence is their noisy-OR;
@@ -144,6 +144,8 @@ def _should_join(
     if a.chunk_ids & b.chunk_ids:
         return False  # two spans of one chunk are two events as far as the model said
     first, second = (a, b) if (a.start_s, a.end_s) <= (b.start_s, b.end_s) else (b, a)
+    if bounds is not None:  # halves end and start at frames of two grids: as precise as an edge, no more
+        join_gap_s = max([join_gap_s] + [bounds[i].edge_s for i in a.chunk_ids | b.chunk_ids if i in bounds])
     if second.start_s - first.end_s > join_gap_s:
         return False
     return bounds is None or _cut_by_boundary(first, second, bounds)

@@ -48,6 +48,14 @@ def test_the_part_a_chunk_saw_before_its_end_is_absorbed_by_the_next_chunks_whol
     assert _spans(merge_segments(segs, ["q"], chunks=wide)) == [(270.0, 280.0), (255.0, 330.0)]
 
 
+def test_halves_a_frame_apart_on_two_frame_grids_still_join() -> None:
+    # chunk 0's last frame showing it is at 299.0, chunk 1's first at 300.2 (its own grid): one event
+    segs = [ChunkSegment(0, 290.0, 299.0, 0.7, 0), ChunkSegment(0, 300.2, 320.0, 0.6, 1)]
+    (final,) = merge_segments(segs, ["q"], chunks=CHUNKS)
+    assert (final.start_s, final.end_s) == (290.0, 320.0)
+    assert len(merge_segments(segs, ["q"])) == 2  # without chunks, only `join_gap_s` (0.5 s) counts
+
+
 def test_no_join_when_the_later_span_does_not_start_at_its_chunk_edge() -> None:
     segs = [ChunkSegment(0, 290.0, 299.5, 0.7, 0), ChunkSegment(0, 299.0, 310.0, 0.6, 1)]
     finals = merge_segments(segs, ["q"], chunks=CHUNKS)
