@@ -49,10 +49,11 @@ def test_the_part_a_chunk_saw_before_its_end_is_absorbed_by_the_next_chunks_whol
 
 
 def test_halves_a_frame_apart_on_two_frame_grids_still_join() -> None:
-    # chunk 0's last frame showing it is at 299.0, chunk 1's first at 300.2 (its own grid): one event
-    segs = [ChunkSegment(0, 290.0, 299.0, 0.7, 0), ChunkSegment(0, 300.2, 320.0, 0.6, 1)]
-    (final,) = merge_segments(segs, ["q"], chunks=CHUNKS)
-    assert (final.start_s, final.end_s) == (290.0, 320.0)
+    # 2 fps: chunk 0's last frame showing it is at 51.4, chunk 1's first at 52.0 (its own grid): one event
+    chunks = [_chunk(0, 44.0, 52.0, fps=2.0), _chunk(1, 51.9, 60.0, fps=2.0)]
+    segs = [ChunkSegment(0, 49.5, 51.4, 0.7, 0), ChunkSegment(0, 52.0, 52.9, 0.6, 1)]
+    (final,) = merge_segments(segs, ["q"], chunks=chunks)
+    assert (final.start_s, final.end_s) == (49.5, 52.9)
     assert len(merge_segments(segs, ["q"])) == 2  # without chunks, only `join_gap_s` (0.5 s) counts
 
 
