@@ -153,6 +153,11 @@ class ForwardContext:
     score_tile_elements: int = SCORE_TILE_ELEMENTS
 
 
+# Fresh sequences up to this long run the reference sparse attention packed, with [B, T, T] index scores
+# (training batches); longer ones go one by one through the tiled path, whose memory stays bounded.
+PACKED_SPARSE_MAX_TOKENS = 4096
+
+
 # ---- the decoder ------------------------------------------------------------------------------------
 
 
@@ -275,7 +280,8 @@ class Attention(nn.Module):
         lengths = [seg.length for seg in ctx.segments]
         fresh = len(lengths) > 1 and all(seg.cache is None for seg in ctx.segments)
         dense = ctx.attn_impl == "dense" or self.sa_indexer is None or max(lengths) <= self.topk
-        if fresh and (dense or ctx.attn_impl == "reference"):
+        packed_sparse = ctx.attn_impl == "reference" and max(lengths) <= PACKED_SPARSE_MAX_TOKENS
+        if fresh and (dense or packed_sparse):
             # Many fresh sequences (training batches): a few padded attention calls, each sequence's
             # top-k selection (if any) as one boolean mask, instead of a tiled loop per sequence.
             index = None if dense else (iq, iw, ik, self.topk)
