@@ -322,6 +322,7 @@ def make_batch(
 ) -> dict[str, Any]:
     """Pack examples into one ragged forward: concatenated tokens, one Segment each."""
     starts = [0, *itertools.accumulate(e.n_tokens for e in examples)][:-1]
+    match_targets, match_real = frames.gather_asked(examples)
     return {
         "input_ids": torch.cat([e.input_ids for e in examples]).to(device, non_blocking=True),
         "positions": torch.cat([e.positions for e in examples], dim=1).to(device, non_blocking=True),
@@ -339,7 +340,8 @@ def make_batch(
             ],
             dtype=torch.long,
         ).to(device, non_blocking=True),
-        **dict(zip(("match_targets", "match_real"), frames.gather_asked(examples), strict=True)),
+        "match_targets": match_targets,
+        "match_real": match_real,
     }
 
 
