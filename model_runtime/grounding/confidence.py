@@ -63,7 +63,8 @@ def span_confidence(
         indices = span_token_indices(span, token_texts)  # type: ignore[arg-type]
         if indices:
             times = geometric_mean_probability([logprobs[i] for i in indices])
-            if _opens_an_answer(token_texts[0]) and indices[0] > 0 and not math.isnan(logprobs[0]):  # type: ignore[index]
+            opening = token_texts[0]  # type: ignore[index]
+            if indices[0] > 0 and _opens_an_answer(opening) and not math.isnan(logprobs[0]):
                 return times * math.exp(logprobs[0])
             return times
     return geometric_mean_probability(logprobs)

@@ -7,7 +7,8 @@ that crosses a chunk boundary arrives as two halves. `merge_segments` handles bo
   confidence.py); a chunk repeating itself is not agreement;
 - join: spans from different chunks that overlap or touch become their union (gap ≤ `join_gap_s`; when
   the chunks are known, ≤ their edge tolerance, and only if the earlier span ends near its chunk's end and
-  the later starts near its chunk's start: the signature of a cut event). Halves are not independent sightings: confidence = max;
+  the later starts near its chunk's start: the signature of a cut event). Halves are not independent
+  sightings: confidence = max;
 - absorb (chunks known): a span cut by its chunk's edge that lies inside another chunk's span is that
   event seen in part (a chunk that ends mid-event reports its first seconds, the next chunk the whole);
   the larger span stays, and as two sightings of one event its confidence is their noisy-OR;
