@@ -28,6 +28,7 @@ from model_runtime.training.data import (
     CAPTION_PROMPT,
     IGNORE,
     Clip,
+    Example,
     FrameStore,
     answer_text,
     draw_example,
@@ -74,6 +75,13 @@ def clips() -> list[Clip]:
 
 def _decode(processor: KeyeProcessor, ids: torch.Tensor) -> str:
     return processor.tokenizer.decode(ids.tolist(), skip_special_tokens=False)
+
+
+def _on_screen(clips: list[Clip], ex: Example) -> list[str]:
+    """The shapes any frame of the example's crop shows."""
+    clip = clips[ex.clip]
+    times = clip.times[ex.lo : ex.hi]
+    return [x for x, (a, b) in clip.shown.items() if any(a <= t < b for t in times)]
 
 
 def test_sampled_clips_hold_the_frames_the_model_sees(clips: list[Clip]) -> None:
@@ -165,9 +173,7 @@ def test_near_miss_turns_share_a_colour_or_shape_with_what_is_on_screen(
     checked = 0
     for _ in range(30):
         ex = draw_example(processor, clips, rng, max_crop_s=8.0, turns=3, near_miss_p=1.0)
-        clip = clips[ex.clip]
-        times = clip.times[ex.lo : ex.hi]
-        on_screen = [x for x, (a, b) in clip.shown.items() if any(a <= t < b for t in times)]
+        on_screen = _on_screen(clips, ex)
         last = LABEL_OF[
             [q for q in _decode(processor, ex.input_ids).split('"')[1::2] if q.startswith("When")][-1]
         ]
@@ -186,9 +192,7 @@ def test_present_p_asks_first_about_a_shape_the_crop_shows(
     asked_present = 0
     for _ in range(30):
         ex = draw_example(processor, clips, rng, max_crop_s=8.0, whole_chunk_p=1.0, present_p=1.0)
-        clip = clips[ex.clip]
-        times = clip.times[ex.lo : ex.hi]
-        on_screen = {x for x, (a, b) in clip.shown.items() if any(a <= t < b for t in times)}
+        on_screen = _on_screen(clips, ex)
         assert (labels[ex.asked[0]] in on_screen) == bool(on_screen) == (ex.kind == "ground")
         asked_present += bool(on_screen)
     assert asked_present >= 10
