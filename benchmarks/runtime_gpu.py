@@ -5,8 +5,11 @@ Builds the full-size architecture (`KeyeConfig.full()`) with random bf16 weights
 video-shaped prompts of 16K/64K/128K tokens in chunks (as the engine does: a KV cache reserved once,
 `--chunk` tokens per forward) and then decodes single tokens. Prompt embeddings are random, laid out
 as 256-token frames with timestamp text between them (mRoPE positions per spec §4.6); the vision
-tower's cost is measured separately on frames of the same size. Model FLOP utilisation divides the
-FLOPs the architecture needs by the time and by 787 TFLOP/s (the H200's measured dense bf16 rate):
+tower's cost is measured separately on frames of the same size. With `--tp N` the same measurements run
+on N GPUs at once, one process per GPU, each holding its shard of the heads and expert widths
+(`model_runtime.parallel`) and all-reducing over NCCL, as `TensorParallelEngine` does. Model FLOP
+utilisation divides the
+FLOPs the architecture (one rank's shard under `--tp`) needs by the time and by 787 TFLOP/s (the H200's measured dense bf16 rate):
 linear layers of the 8 active experts, attention over all causal keys for `dense` and over
 min(position, top-k) keys plus the indexer's scoring of all causal keys for `reference`/`triton`.
 Each measurement has a time cap; a size whose projected time exceeds it is reported as skipped.
@@ -18,12 +21,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 PEAK_BF16_FLOPS = 787e12
 FRAME_GRID = 16  # merged tokens per frame side: 256 tokens per 448x448 frame
@@ -91,11 +96,18 @@ def peak_gib(device: torch.device) -> float:
     return torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else 0.0
 
 
-def build_model(device: torch.device, size: str) -> Any:
+def build_model(device: torch.device, size: str, tp: int = 1) -> Any:
+    """The model (or, under tensor parallelism, this rank's shard of it) with random weights.
+
+    Every rank draws from the same seed and its shards have the same shapes, so the replicated weights
+    (indexer, norms, router, embeddings) come out identical on all ranks, as they would from a checkpoint.
+    """
     from model_runtime.config import KeyeConfig
+    from model_runtime.model import Attention, SparseMoe
+    from model_runtime.parallel import shard_config
     from model_runtime.vlm import KeyeVL
 
-    config = KeyeConfig.from_size(size)
+    config = shard_config(KeyeConfig.from_size(size), tp)
     torch.manual_seed(0)
     with torch.device(device):
         torch.set_default_dtype(torch.bfloat16)
@@ -109,7 +121,29 @@ def build_model(device: torch.device, size: str) -> Any:
                 param.fill_(1.0)
             else:
                 param.normal_(0.0, 0.02)
+    if tp > 1:
+        for module in model.modules():
+            if isinstance(module, (Attention, SparseMoe)):
+                module.tp_group = dist.group.WORLD
     return model.eval()
+
+
+def is_rank0() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def say(*parts: Any, **kw: Any) -> None:
+    if is_rank0():
+        print(*parts, **kw)
+
+
+def rank0_decides(flag: bool, device: torch.device) -> bool:
+    """Rank 0's choice on every rank: a rank skipping a measurement the others run would hang them."""
+    if not dist.is_initialized():
+        return flag
+    box = torch.tensor([int(flag)], device=device)
+    dist.broadcast(box, src=0)
+    return bool(box.item())
 
 
 @torch.no_grad()
@@ -123,7 +157,8 @@ def prefill(model: Any, n_tokens: int, chunk: int, cache: Any, device: torch.dev
     t0 = time.perf_counter()
     for lo in range(0, n_tokens, chunk):
         hi = min(n_tokens, lo + chunk)
-        embeds = torch.randn(hi - lo, d, device=device, dtype=torch.bfloat16) * 0.02
+        seed = torch.Generator(device).manual_seed(lo)  # the same prompt on every tensor-parallel rank
+        embeds = torch.randn(hi - lo, d, device=device, dtype=torch.bfloat16, generator=seed) * 0.02
         hidden = model.model(embeds, positions[:, lo:hi], [Segment(hi - lo, cache)])
     model.logits(hidden[-1:])
     sync(device)
@@ -161,10 +196,12 @@ def run(args: argparse.Namespace) -> list[Result]:
     from model_runtime.model import KVCache
 
     device = torch.device(args.device)
+    if args.tp > 1 and device.type == "cuda":
+        device = torch.device(f"cuda:{dist.get_rank()}")
     t_start = time.perf_counter()
-    model = build_model(device, args.size)
+    model = build_model(device, args.size, args.tp)
     sync(device)
-    print(
+    say(
         f"built {args.size} model in {time.perf_counter() - t_start:.1f}s, peak {peak_gib(device):.1f} GiB",
         flush=True,
     )
@@ -174,7 +211,8 @@ def run(args: argparse.Namespace) -> list[Result]:
 
     def record(result: Result) -> None:
         results.append(result)
-        if args.out:  # written after every measurement, so a run cut short keeps what it measured
+        # written after every measurement, so a run cut short keeps what it measured
+        if args.out and is_rank0():
             with open(args.out, "w") as f:
                 json.dump({"results": [r.__dict__ for r in results]}, f, indent=2)
 
@@ -197,12 +235,12 @@ def run(args: argparse.Namespace) -> list[Result]:
             quantize_experts(model)
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-            print(f"experts in FP8: {torch.cuda.memory_allocated() / 2**30:.1f} GiB allocated", flush=True)
+            say(f"experts in FP8: {torch.cuda.memory_allocated() / 2**30:.1f} GiB allocated", flush=True)
         needs_kernels = "triton" in (attn, moe)
-        if needs_kernels and model.model.kernels.get(device) is None:
+        if rank0_decides(needs_kernels and model.model.kernels.get(device) is None, device):
             record(Result(label, "prefill", 0, None, None, None, 0.0, "skipped: Triton kernels unavailable"))
             continue
-        if left() < 20:
+        if rank0_decides(left() < 20, device):
             record(Result(label, "prefill", 0, None, None, None, 0.0, "skipped: out of device time"))
             continue
         try:
@@ -219,18 +257,18 @@ def run(args: argparse.Namespace) -> list[Result]:
                     label, "prefill", 0, None, None, None, 0.0, f"failed: {type(exc).__name__}: {exc}"[:200]
                 )
             )
-            print(f"{label}: warm-up failed: {exc!r}", flush=True)
+            say(f"{label}: warm-up failed: {exc!r}", flush=True)
             continue
         projected = 0.0
         for i, n in enumerate(args.sizes):
             cap = min(args.cap_s, left() - 10)
-            if projected > cap:
+            if rank0_decides(projected > cap, device):
                 record(
                     Result(
                         label, "prefill", n, None, None, None, 0.0, f"skipped: ~{projected:.0f}s projected"
                     )
                 )
-                print(
+                say(
                     f"{label} prefill {n}: skipped (~{projected:.0f}s projected, {cap:.0f}s allowed)",
                     flush=True,
                 )
@@ -242,12 +280,12 @@ def run(args: argparse.Namespace) -> list[Result]:
             except Exception as exc:  # OOM or a failing kernel: report it and move on to the next config
                 note = f"failed: {type(exc).__name__}: {exc}"[:160]
                 record(Result(label, "prefill", n, None, None, None, peak_gib(device), note))
-                print(f"{label} prefill {n}: {note}", flush=True)
+                say(f"{label} prefill {n}: {note}", flush=True)
                 break
             flops = n * lin + attention_flops(cfg, 0, n, attn)
             mfu = flops / seconds / PEAK_BF16_FLOPS
             record(Result(label, "prefill", n, seconds, n / seconds, mfu, peak_gib(device)))
-            print(
+            say(
                 f"{label} prefill {n}: {seconds:.2f}s {n / seconds:,.0f} tok/s MFU {mfu:.1%} "
                 f"peak {peak_gib(device):.1f} GiB",
                 flush=True,
@@ -268,7 +306,7 @@ def run(args: argparse.Namespace) -> list[Result]:
                         "batch 1",
                     )
                 )
-                print(f"{label} decode at {n}: {1 / per_token:.1f} tok/s", flush=True)
+                say(f"{label} decode at {n}: {1 / per_token:.1f} tok/s", flush=True)
             del cache
             # Attention (and the reference path's per-query scoring and sort) grows with n^2: project
             # the next size's time from this one, conservatively, to skip what would not finish.
@@ -324,6 +362,7 @@ def main() -> None:
     parser.add_argument("--vision", action="store_true", help="also time the vision tower")
     parser.add_argument("--size", default="full", help="full, or tiny for a CPU smoke run")
     parser.add_argument("--device", default="cuda")
+    parser.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks, one process (GPU) each")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     try:
@@ -331,10 +370,36 @@ def main() -> None:
         smi = subprocess.run(query, capture_output=True, text=True, timeout=30).stdout.strip()
     except (OSError, subprocess.TimeoutExpired):
         smi = f"no nvidia-smi ({args.device})"
-    print(f"device: {smi}; torch {torch.__version__}", flush=True)
-    results = run(args)
-    if args.vision:
-        results.append(vision_speed(torch.device(args.device), args.size))
+    print(f"device: {smi}; torch {torch.__version__}; tp {args.tp}", flush=True)
+    if args.tp == 1:
+        measure(0, args, smi)
+        return
+    os.environ.setdefault("NCCL_NVLS_ENABLE", "0")  # never NVLink multicast on a shared host
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
+    torch.multiprocessing.spawn(measure, args=(args, smi), nprocs=args.tp)
+
+
+def measure(rank: int, args: argparse.Namespace, smi: str) -> None:
+    """One rank's run (the only one without `--tp`); rank 0 prints the table and writes `--out`."""
+    if args.tp > 1:
+        on_gpu = args.device.startswith("cuda")
+        if on_gpu:
+            torch.cuda.set_device(rank)
+        device = torch.device(f"cuda:{rank}") if on_gpu else None
+        dist.init_process_group("nccl" if on_gpu else "gloo", rank=rank, world_size=args.tp, device_id=device)
+    try:
+        results = run(args)
+        if args.vision and is_rank0():
+            results.append(vision_speed(torch.device(args.device), args.size))
+        if is_rank0():
+            report(args, smi, results)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def report(args: argparse.Namespace, smi: str, results: list[Result]) -> None:
     header = f"| impl | what | tokens | s | tokens/s | MFU | peak GiB | note |\n|{'---|' * 8}"
     rows = [
         f"| {r.impl} | {r.what} | {r.tokens} | {'' if r.seconds is None else f'{r.seconds:.3f}'} | "
@@ -348,6 +413,7 @@ def main() -> None:
             "device": smi,
             "torch": torch.__version__,
             "chunk": args.chunk,
+            "tp": args.tp,
             "results": [r.__dict__ for r in results],
         }
         with open(args.out, "w") as f:

@@ -39,6 +39,24 @@ def test_two_ranks_answer_exactly_like_one_process(tiny_ckpt: Path, make_video) 
     assert again[0].token_ids == single[0].token_ids
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+@pytest.mark.parametrize("attn_impl", ["reference", "triton"])
+def test_two_gpus_over_nccl_answer_like_one(tiny_ckpt: Path, make_video, attn_impl: str) -> None:
+    video = make_video(n_frames=6)
+    requests = [GenerationRequest(q, video, max_new_tokens=8) for q in QUERIES]
+    options = {"device": "cuda", "dtype": torch.float32, "attn_impl": attn_impl, "moe_impl": attn_impl}
+    single = NativeEngine(tiny_ckpt, **options).generate(requests)
+    engine = TensorParallelEngine(tiny_ckpt, tp=2, **options)
+    try:
+        parallel = engine.generate(requests)
+    finally:
+        engine.close()
+    assert [c.token_ids for c in parallel] == [c.token_ids for c in single]
+    for p, s in zip(parallel, single, strict=True):
+        assert p.token_logprobs == pytest.approx(s.token_logprobs, abs=1e-3)
+
+
 def test_fp8_experts_shard_then_quantise(tiny_ckpt: Path, make_video) -> None:
     video = make_video(n_frames=4)
     requests = [GenerationRequest(QUERIES[0], video, max_new_tokens=6)]
@@ -94,3 +112,19 @@ def test_a_checkpoint_that_cannot_load_fails_fast_and_leaves_no_rank_behind(tmp_
 
     assert not [p for p in multiprocessing.active_children() if p.is_alive()]
     assert not torch.distributed.is_initialized()  # a later engine in this process can start
+
+
+def test_the_runtime_benchmark_measures_two_ranks_in_lockstep(tmp_path: Path) -> None:
+    """`benchmarks.runtime_gpu --tp 2` (the two-GPU report) runs its ranks' collectives to the end."""
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "tp.json"
+    command = [sys.executable, "-m", "benchmarks.runtime_gpu", "--size", "tiny", "--device", "cpu", "--tp", "2",
+               "--configs", "reference", "--sizes", "300", "--decode-steps", "2", "--out", str(out)]  # fmt: skip
+    subprocess.run(command, check=True, timeout=120, capture_output=True)
+    report = json.loads(out.read_text())
+    assert report["tp"] == 2
+    assert [r["what"] for r in report["results"]] == ["prefill", "decode @ 300 context"]
+    assert all(r["seconds"] > 0 for r in report["results"])
