@@ -329,7 +329,7 @@ class Attention(nn.Module):
         if impl == "triton":
             kern = ctx.kernels.get(q.device)
             if kern is not None:
-                idx = kern.indexer_topk(iq, iw, ik, self.topk, start)  # [T, topk] int32
+                idx = shared_topk(kern, iq, iw, ik, self.topk, start, self.tp_group)  # [T, topk] int32
                 return kern.sparse_attention(q, k, v, idx, scale)
         return topk_masked_attention(
             q, k, v, iq, iw, ik, start, self.topk, scale, self.q_chunk, ctx.score_tile_elements
@@ -658,6 +658,29 @@ def all_reduce(x: Tensor, group: Any) -> Tensor:
     if group is not None:
         torch.distributed.all_reduce(x, group=group)
     return x
+
+
+def shared_topk(kern: Any, iq: Tensor, iw: Tensor, ik: Tensor, topk: int, start: int, group: Any) -> Tensor:
+    """The indexer's top-k keys per query [T, topk] (`kern.indexer_topk`).
+
+    Under tensor parallelism every rank needs the same selection (one set for all heads, spec §2.1), and
+    at long contexts scoring every causal key is most of a layer's time, so each rank scores an equal
+    share of the query rows and the shares are all-gathered: the same rows and the same ties as one
+    rank scoring them all. Short chunks (decode) are scored whole on every rank.
+    """
+    world = torch.distributed.get_world_size(group) if group is not None else 1
+    rows = iq.shape[0]
+    if world == 1 or rows < world * 64:
+        return kern.indexer_topk(iq, iw, ik, topk, start)
+    share = -(-rows // world)
+    lo = min(rows, torch.distributed.get_rank(group) * share)
+    hi = min(rows, lo + share)
+    mine = torch.full((share, topk), -1, dtype=torch.int32, device=iq.device)
+    if hi > lo:
+        mine[: hi - lo] = kern.indexer_topk(iq[lo:hi], iw[lo:hi], ik[: start + hi], topk, start + lo)
+    shares = [torch.empty_like(mine) for _ in range(world)]
+    torch.distributed.all_gather(shares, mine, group=group)
+    return torch.cat(shares)[:rows]
 
 
 def moe_all_experts(x: Tensor, gate_up: Tensor, down: Tensor, ids: Tensor, weights: Tensor) -> Tensor:

@@ -128,3 +128,36 @@ def test_the_runtime_benchmark_measures_two_ranks_in_lockstep(tmp_path: Path) ->
     assert report["tp"] == 2
     assert [r["what"] for r in report["results"]] == ["prefill", "decode @ 300 context"]
     assert all(r["seconds"] > 0 for r in report["results"])
+
+
+def _shared_topk_rank(rank: int, port: int, out: str) -> None:
+    from types import SimpleNamespace
+
+    import torch.distributed as dist
+
+    from kernels.indexer.reference import indexer_topk_ref
+    from model_runtime.model import shared_topk
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        g = torch.Generator().manual_seed(0)
+        rows, start, topk = 301, 150, 32  # an odd row count: the last share is short
+        iq, iw = torch.randn(rows, 4, 16, generator=g), torch.rand(rows, 4, generator=g)
+        ik = torch.randn(start + rows, 16, generator=g)
+        kern = SimpleNamespace(indexer_topk=indexer_topk_ref)
+        shared = shared_topk(kern, iq, iw, ik, topk, start, dist.group.WORLD)
+        if rank == 0:
+            torch.save({"shared": shared, "whole": indexer_topk_ref(iq, iw, ik, topk, start)}, out)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ranks_share_the_indexer_rows_and_gather_the_same_selection(tmp_path: Path) -> None:
+    """Under --tp each rank scores half the query rows (`shared_topk`); gathered, it is one rank's answer."""
+    from model_runtime.parallel import _free_port
+
+    out = str(tmp_path / "topk.pt")
+    torch.multiprocessing.spawn(_shared_topk_rank, args=(_free_port(), out), nprocs=2)
+    result = torch.load(out)
+    assert result["shared"].shape == (301, 32)
+    assert torch.equal(result["shared"], result["whole"])
