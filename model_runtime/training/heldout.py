@@ -59,6 +59,7 @@ def evaluate(
     attn_impls: tuple[str, ...] = ("reference",),
     videos_dir: str | Path | None = None,
     quantizes: tuple[str | None, ...] = (None,),
+    dtype: str | None = None,
 ) -> dict[str, Any]:
     """Scores per variant (attention backend × expert weights), plus how many greedy top-1 answers differ
     from the first variant's (issue 7: triton vs reference; issue 10: FP8 experts vs full precision)."""
@@ -74,7 +75,9 @@ def evaluate(
         first: list[Any] | None = None
         for quantize in quantizes:
             for impl in attn_impls:
-                engine = NativeEngine(checkpoint, device=device, attn_impl=impl, quantize=quantize)
+                engine = NativeEngine(
+                    checkpoint, device=device, dtype=dtype, attn_impl=impl, quantize=quantize
+                )
                 started = time.perf_counter()
                 predictions = predict_samples(samples, folder, engine, params=params)
                 report = score_predictions(samples, predictions)
@@ -181,6 +184,7 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--attn-impl", action="append", dest="attn_impls")
     p.add_argument("--videos-dir")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], help="default: fp32 on the CPU, bf16 on a GPU")
     p.add_argument("--crops", type=int, default=0, help="score N fixed short-crop questions instead")
     p.add_argument("--quantize", action="append", choices=["none", "fp8"],
                    help="expert weights per variant (repeat: none then fp8 compares FP8 with full precision)")  # fmt: skip
@@ -192,7 +196,7 @@ def main() -> None:
         return
     impls = tuple(args.attn_impls or ["reference"])
     print(json.dumps(evaluate(args.checkpoint, count=args.count, seed=args.seed, device=args.device,
-                              attn_impls=impls, videos_dir=args.videos_dir,
+                              attn_impls=impls, videos_dir=args.videos_dir, dtype=args.dtype,
                               quantizes=tuple(None if q == "none" else q for q in args.quantize or ["none"]))),
           flush=True)  # fmt: skip
 
