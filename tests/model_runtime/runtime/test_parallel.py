@@ -42,6 +42,8 @@ def test_two_ranks_answer_exactly_like_one_process(tiny_ckpt: Path, make_video) 
 @pytest.mark.gpu
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
 @pytest.mark.parametrize("attn_impl", ["reference", "triton"])
+# triton ran past 140 s on two H200s once (three engines JIT-compile their kernels; a hang is not ruled out)
+@pytest.mark.timeout(600)
 def test_two_gpus_over_nccl_answer_like_one(tiny_ckpt: Path, make_video, attn_impl: str) -> None:
     video = make_video(n_frames=6)
     requests = [GenerationRequest(q, video, max_new_tokens=8) for q in QUERIES]
