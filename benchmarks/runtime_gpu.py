@@ -8,10 +8,10 @@ as 256-token frames with timestamp text between them (mRoPE positions per spec Â
 tower's cost is measured separately on frames of the same size. With `--tp N` the same measurements run
 on N GPUs at once, one process per GPU, each holding its shard of the heads and expert widths
 (`model_runtime.parallel`) and all-reducing over NCCL, as `TensorParallelEngine` does. Model FLOP
-utilisation divides the
-FLOPs the architecture (one rank's shard under `--tp`) needs by the time and by 787 TFLOP/s (the H200's measured dense bf16 rate):
-linear layers of the 8 active experts, attention over all causal keys for `dense` and over
-min(position, top-k) keys plus the indexer's scoring of all causal keys for `reference`/`triton`.
+utilisation divides the FLOPs the architecture (one rank's shard under `--tp`) needs by the time and by
+787 TFLOP/s (the H200's measured dense bf16 rate): linear layers of the 8 active experts, attention
+over all causal keys for `dense` and over min(position, top-k) keys plus the indexer's scoring of all
+causal keys for `reference`/`triton`.
 Each measurement has a time cap; a size whose projected time exceeds it is reported as skipped.
 
     python -m benchmarks.runtime_gpu --out benchmarks/results/runtime_gpu.json
