@@ -156,10 +156,10 @@ def _shared_topk_rank(rank: int, port: int, out: str) -> None:
 
 def test_ranks_share_the_indexer_rows_and_gather_the_same_selection(tmp_path: Path) -> None:
     """Under --tp each rank scores half the query rows (`shared_topk`); gathered, it is one rank's answer."""
-    from model_runtime.parallel import _free_port
+    from tests.conftest import free_port
 
     out = str(tmp_path / "topk.pt")
-    torch.multiprocessing.spawn(_shared_topk_rank, args=(_free_port(), out), nprocs=2)
+    torch.multiprocessing.spawn(_shared_topk_rank, args=(free_port(), out), nprocs=2)
     result = torch.load(out)
     assert result["shared"].shape == (301, 32)
     assert torch.equal(result["shared"], result["whole"])
