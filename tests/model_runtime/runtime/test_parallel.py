@@ -19,6 +19,12 @@ from model_runtime.parallel import TensorParallelEngine, shard_config, shard_ten
 QUERIES = ["When does the red circle appear?", "Find the blue square.", "When?"]
 
 
+def _assert_same_answers(parallel: list, single: list, abs_tol: float) -> None:
+    assert [c.token_ids for c in parallel] == [c.token_ids for c in single]
+    for p, s in zip(parallel, single, strict=True):
+        assert p.token_logprobs == pytest.approx(s.token_logprobs, abs=abs_tol)
+
+
 def test_two_ranks_answer_exactly_like_one_process(tiny_ckpt: Path, make_video) -> None:
     video = make_video(n_frames=6)
     requests = [GenerationRequest(q, video, max_new_tokens=8) for q in QUERIES]
@@ -33,9 +39,7 @@ def test_two_ranks_answer_exactly_like_one_process(tiny_ckpt: Path, make_video) 
         again = engine.generate(requests[:1])  # the followers keep serving batches
     finally:
         engine.close()
-    assert [c.token_ids for c in parallel] == [c.token_ids for c in single]
-    for p, s in zip(parallel, single, strict=True):
-        assert p.token_logprobs == pytest.approx(s.token_logprobs, abs=1e-4)
+    _assert_same_answers(parallel, single, abs_tol=1e-4)
     assert again[0].token_ids == single[0].token_ids
 
 
@@ -54,9 +58,7 @@ def test_two_gpus_over_nccl_answer_like_one(tiny_ckpt: Path, make_video, attn_im
         parallel = engine.generate(requests)
     finally:
         engine.close()
-    assert [c.token_ids for c in parallel] == [c.token_ids for c in single]
-    for p, s in zip(parallel, single, strict=True):
-        assert p.token_logprobs == pytest.approx(s.token_logprobs, abs=1e-3)
+    _assert_same_answers(parallel, single, abs_tol=1e-3)
 
 
 def test_fp8_experts_shard_then_quantise(tiny_ckpt: Path, make_video) -> None:
