@@ -248,11 +248,13 @@ def ground_video(
     decode_frames: bool = True,
     token_texts: TokenTexts | None = None,
     stats: GroundingStats | None = None,
+    raw: list[ChunkSegment] | None = None,
 ) -> list[FinalSegment]:
     """Top-k segments per query (ranked, video seconds) for `source` with the chosen strategy.
 
     `decode_frames=False` is for engines that decode the video themselves (openai): each request then
-    carries the source and the chunk window instead of frames.
+    carries the source and the chunk window instead of frames. `raw`, when given, receives every chunk's
+    answers before merging (chunked strategy): what the per-window diagnosis of a model counts.
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r} (expected one of {', '.join(STRATEGIES)})")
@@ -277,6 +279,8 @@ def ground_video(
     if strategy == "chunked":
         plan = plan_chunks(info, params, overlap_s=overlap_s)
         segments = [s for chunk in plan.chunks for s in ask(chunk, queries)]
+        if raw is not None:
+            raw.extend(segments)
         finals = merge_segments(
             segments, queries, iou_threshold=iou_threshold, top_k=top_k, chunks=plan.chunks
         )

@@ -12,6 +12,11 @@ an event's colour or shape): `absent.answered` is how often such a query got a s
 `absent.on_an_event` how often that segment sat on one of the video's events — a model answering whatever is
 on screen rather than what was asked scores well on the grounding queries alone, and is caught here.
 
+`window_counts` (`--per-window N`) is the diagnosis behind the model card's per-window table: for each
+(window, grounding query) of the first N videos, did the model give a span or `none`, where the asked shape
+is or is not on the window's frames; and the top-1 mIoU beside the best of each query's ranked candidates
+(a right span found but outranked shows up as the gap between the two).
+
 `crop_exactness` (`--crops N`) is the finer gauge for a model still learning: teacher-forced, how many of a
 fixed set of short-crop questions from videos never trained on it answers exactly, token for token.
 """
@@ -29,16 +34,19 @@ import numpy as np
 import torch
 
 from model_runtime.checkpoint import load_model
+from model_runtime.engine.base import Engine
 from model_runtime.engine.native import NativeEngine
 from model_runtime.grounding.annotations import GroundingSample, Prediction, load_annotations
 from model_runtime.grounding.evaluate import score_predictions
+from model_runtime.grounding.ground import finals_by_query, ground_video
+from model_runtime.grounding.merge import ChunkSegment
 from model_runtime.grounding.metrics import best_iou
-from model_runtime.grounding.predict import predict_samples
+from model_runtime.grounding.predict import find_video, predict_samples
 from model_runtime.grounding.synth import write_synthetic_set
 from model_runtime.processor import KeyeProcessor
 from model_runtime.training.data import FrameStore, draw_caption, draw_example, sample_clips
 from model_runtime.training.train import answer_accuracy, make_batch, next_token_targets
-from model_runtime.video import SamplingParams
+from model_runtime.video import SamplingParams, plan_chunks, probe_video
 from model_runtime.video.sampling import checkpoint_video_sampling
 
 HELDOUT_SEED = 7
@@ -128,6 +136,39 @@ def absent_answers(
     }
 
 
+def window_counts(
+    samples: list[GroundingSample], folder: Path, engine: Engine, params: SamplingParams, videos: int
+) -> dict[str, Any]:
+    """TP / FN / FP / TN over (window, query) pairs of the first `videos` videos (P: the model gave a
+    span; T: rightly, i.e. a span exactly where a frame of the window falls inside the asked event), with
+    the top-1 and best-candidate mIoU of those queries, through `ground_video` like the workers."""
+    order = list(dict.fromkeys(s.video for s in samples))[:videos]
+    counts = dict.fromkeys(("TP", "FN", "FP", "TN"), 0)
+    top1: list[float] = []
+    best: list[float] = []
+    for video in order:
+        asked = [s for s in samples if s.video == video]
+        queries = list(dict.fromkeys(s.query for s in asked))
+        path = str(find_video(folder, video))
+        raw: list[ChunkSegment] = []
+        finals = ground_video(path, queries, engine, params=params, raw=raw)
+        chunks = plan_chunks(probe_video(path), params).chunks
+        for qi, (query, ranked) in enumerate(
+            zip(queries, finals_by_query(finals, len(queries)), strict=True)
+        ):
+            spans = [span for s in asked if s.query == query for span in s.spans]
+            for chunk in chunks:
+                shown = any(a <= t <= b for t in chunk.timestamps for a, b in spans)
+                said = any(s.chunk_index == chunk.index and s.query_index == qi for s in raw)
+                counts[("T" if shown == said else "F") + ("P" if said else "N")] += 1
+            ious = [best_iou((f.start_s, f.end_s), spans) for f in ranked]
+            top1.append(ious[0] if ious else 0.0)
+            best.append(max(ious, default=0.0))
+    n = max(1, len(top1))
+    return {"videos": len(order), "queries": len(top1), **counts,
+            "top1_mIoU": round(sum(top1) / n, 3), "best_candidate_mIoU": round(sum(best) / n, 3)}  # fmt: skip
+
+
 @torch.no_grad()
 def crop_exactness(
     checkpoint: str | Path,
@@ -186,6 +227,7 @@ def main() -> None:
     p.add_argument("--videos-dir")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], help="default: fp32 on the CPU, bf16 on a GPU")
     p.add_argument("--crops", type=int, default=0, help="score N fixed short-crop questions instead")
+    p.add_argument("--per-window", type=int, default=0, help="count per-window answers of N videos instead")
     p.add_argument("--quantize", action="append", choices=["none", "fp8"],
                    help="expert weights per variant (repeat: none then fp8 compares FP8 with full precision)")  # fmt: skip
     args = p.parse_args()
@@ -195,6 +237,18 @@ def main() -> None:
         )
         return
     impls = tuple(args.attn_impls or ["reference"])
+    if args.per_window:
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(args.videos_dir or tmp)
+            if not (folder / "annotations.json").is_file():
+                write_synthetic_set(folder, count=args.count, seed=args.seed)
+            samples, _ = load_annotations(folder / "annotations.json")
+            engine = NativeEngine(args.checkpoint, device=args.device, dtype=args.dtype, attn_impl=impls[0])
+            report = window_counts(
+                samples, folder, engine, checkpoint_sampling(args.checkpoint), args.per_window
+            )
+        print(json.dumps({"checkpoint": args.checkpoint, "attn_impl": impls[0], **report}), flush=True)
+        return
     print(json.dumps(evaluate(args.checkpoint, count=args.count, seed=args.seed, device=args.device,
                               attn_impls=impls, videos_dir=args.videos_dir, dtype=args.dtype,
                               quantizes=tuple(None if q == "none" else q for q in args.quantize or ["none"]))),

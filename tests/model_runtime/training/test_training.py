@@ -457,3 +457,35 @@ def test_absent_queries_name_a_near_miss_and_catch_a_colour_only_answerer(tmp_pa
             (event,) = [s.spans[0] for s in samples if s.video == a.video and s.query.split()[3] == colour]
             start, end = p.segments[0][:2]
             assert event[0] - 1.0 <= start < end <= event[1] + 1.0
+
+
+def test_per_window_counts_score_a_known_answerer(tmp_path: Path) -> None:
+    """The colour baseline sees every event of a distractor-free set: per window it answers where the
+    asked shape shows and nowhere else, and its top-1 mIoU is the scorer's."""
+    from model_runtime.grounding.annotations import load_annotations
+    from model_runtime.grounding.color_engine import ColorBaselineEngine
+    from model_runtime.grounding.evaluate import score_predictions
+    from model_runtime.grounding.predict import find_video, predict_samples
+    from model_runtime.grounding.synth import write_synthetic_set
+    from model_runtime.training.heldout import window_counts
+    from model_runtime.video import SamplingParams, plan_chunks, probe_video
+
+    path = write_synthetic_set(tmp_path, count=3, seed=4, duration_s=30.0, fps=4.0, width=64, height=48,
+                               min_event_s=6.0, distractors=0)  # fmt: skip
+    samples, _ = load_annotations(path)
+    params = SamplingParams(fps=2.0, min_pixels=4 * 784, max_pixels=4 * 784, video_total_pixels=8 * 4 * 784)
+    engine = ColorBaselineEngine()
+    report = window_counts(samples, tmp_path, engine, params, videos=2)
+    first_two = list(dict.fromkeys(s.video for s in samples))[:2]
+    two = [s for s in samples if s.video in first_two]
+    windows = sum(
+        len(plan_chunks(probe_video(str(find_video(tmp_path, v))), params).chunks)
+        * sum(s.video == v for s in two)
+        for v in first_two
+    )
+    assert report["videos"] == 2 and report["queries"] == len(two)
+    assert report["TP"] + report["FN"] + report["FP"] + report["TN"] == windows > len(two)  # several windows
+    assert report["TP"] > 0 and report["TN"] > 0 and report["FP"] == 0
+    scored = score_predictions(two, predict_samples(two, tmp_path, engine, params=params)).scores
+    assert report["top1_mIoU"] == round(scored.to_dict()["mIoU"], 3)
+    assert report["top1_mIoU"] <= report["best_candidate_mIoU"] <= 1.0
