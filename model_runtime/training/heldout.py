@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -68,9 +70,11 @@ def evaluate(
     videos_dir: str | Path | None = None,
     quantizes: tuple[str | None, ...] = (None,),
     dtype: str | None = None,
+    on_variant: Callable[[str, dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Scores per variant (attention backend × expert weights), plus how many greedy top-1 answers differ
-    from the first variant's (issue 7: triton vs reference; issue 10: FP8 experts vs full precision)."""
+    from the first variant's (issue 7: triton vs reference; issue 10: FP8 experts vs full precision).
+    `on_variant` gets each variant's scores as soon as they exist: a run cut by a time limit keeps those."""
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(videos_dir or tmp)
         annotations = folder / "annotations.json"
@@ -100,8 +104,11 @@ def evaluate(
                     entry["absent"] = absent_answers(
                         absent, predict_samples(absent, folder, engine, params=params), samples
                     )
-                results[impl if quantize is None else f"{impl}+{quantize}"] = entry
+                name = impl if quantize is None else f"{impl}+{quantize}"
+                results[name] = entry
                 engine.close()
+                if on_variant is not None:
+                    on_variant(name, entry)
         return results
 
 
@@ -249,8 +256,12 @@ def main() -> None:
             )
         print(json.dumps({"checkpoint": args.checkpoint, "attn_impl": impls[0], **report}), flush=True)
         return
+
+    def progress(name: str, entry: dict[str, Any]) -> None:
+        print(json.dumps({"variant": name, **entry}), file=sys.stderr, flush=True)
+
     print(json.dumps(evaluate(args.checkpoint, count=args.count, seed=args.seed, device=args.device,
-                              attn_impls=impls, videos_dir=args.videos_dir, dtype=args.dtype,
+                              attn_impls=impls, videos_dir=args.videos_dir, dtype=args.dtype, on_variant=progress,
                               quantizes=tuple(None if q == "none" else q for q in args.quantize or ["none"]))),
           flush=True)  # fmt: skip
 

@@ -410,7 +410,10 @@ def test_heldout_scores_each_variant_against_the_first(tmp_path: Path) -> None:
 
     ckpt = init_checkpoint(tmp_path / "tiny")
     write_synthetic_set(tmp_path / "videos", count=2, seed=7, duration_s=6.0)  # short: a fast CPU run
-    report = evaluate(ckpt, count=2, quantizes=(None, "fp8"), videos_dir=tmp_path / "videos")
+    streamed: dict[str, dict] = {}
+    report = evaluate(ckpt, count=2, quantizes=(None, "fp8"), videos_dir=tmp_path / "videos",
+                      on_variant=streamed.__setitem__)  # fmt: skip
+    assert streamed == {k: report[k] for k in ("reference", "reference+fp8")}  # each as soon as it is done
     assert report["count"] == 4  # two videos, two events each
     assert set(report) == {"count", "seed", "reference", "reference+fp8"}
     assert 0.0 <= report["reference"]["mIoU"] <= 1.0
