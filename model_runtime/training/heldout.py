@@ -247,8 +247,8 @@ def main() -> None:
     if args.per_window:
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(args.videos_dir or tmp)
-            if not (folder / "annotations.json").is_file():
-                write_synthetic_set(folder, count=args.count, seed=args.seed)
+            if not (folder / "annotations.json").is_file():  # its first videos do not depend on its size
+                write_synthetic_set(folder, count=args.per_window, seed=args.seed)
             samples, _ = load_annotations(folder / "annotations.json")
             engine = NativeEngine(args.checkpoint, device=args.device, dtype=args.dtype, attn_impl=impls[0])
             report = window_counts(
