@@ -173,7 +173,8 @@ def window_counts(
             best.append(max(ious, default=0.0))
     n = max(1, len(top1))
     return {"videos": len(order), "queries": len(top1), **counts,
-            "top1_mIoU": round(sum(top1) / n, 3), "best_candidate_mIoU": round(sum(best) / n, 3)}  # fmt: skip
+            "top1_mIoU": round(sum(top1) / n, 3), "top1_R1@0.5": round(sum(i >= 0.5 for i in top1) / n, 3),
+            "best_candidate_mIoU": round(sum(best) / n, 3)}  # fmt: skip
 
 
 @torch.no_grad()

@@ -492,3 +492,4 @@ def test_per_window_counts_score_a_known_answerer(tmp_path: Path) -> None:
     scored = score_predictions(two, predict_samples(two, tmp_path, engine, params=params)).scores
     assert report["top1_mIoU"] == round(scored.to_dict()["mIoU"], 3)
     assert report["top1_mIoU"] <= report["best_candidate_mIoU"] <= 1.0
+    assert 0.0 <= report["top1_R1@0.5"] <= 1.0
