@@ -28,7 +28,8 @@ import json
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,17 @@ def checkpoint_sampling(checkpoint: str | Path) -> SamplingParams:
     return SamplingParams.from_kwargs(checkpoint_video_sampling(checkpoint) or {})
 
 
+@contextmanager
+def heldout_set(videos_dir: str | Path | None, count: int, seed: int) -> Iterator[Path]:
+    """The folder of the held-out set, written there (or in a temporary folder) unless it already is;
+    a set's first videos do not depend on its size, so a smaller set is a prefix of a larger one."""
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(videos_dir or tmp)
+        if not (folder / "annotations.json").is_file():
+            write_synthetic_set(folder, count=count, seed=seed)
+        yield folder
+
+
 def evaluate(
     checkpoint: str | Path,
     *,
@@ -75,11 +87,8 @@ def evaluate(
     """Scores per variant (attention backend × expert weights), plus how many greedy top-1 answers differ
     from the first variant's (issue 7: triton vs reference; issue 10: FP8 experts vs full precision).
     `on_variant` gets each variant's scores as soon as they exist: a run cut by a time limit keeps those."""
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(videos_dir or tmp)
+    with heldout_set(videos_dir, count, seed) as folder:
         annotations = folder / "annotations.json"
-        if not annotations.is_file():
-            write_synthetic_set(folder, count=count, seed=seed)
         samples, _ = load_annotations(annotations)
         absent = absent_samples(annotations)
         params = checkpoint_sampling(checkpoint)
@@ -246,10 +255,7 @@ def main() -> None:
         return
     impls = tuple(args.attn_impls or ["reference"])
     if args.per_window:
-        with tempfile.TemporaryDirectory() as tmp:
-            folder = Path(args.videos_dir or tmp)
-            if not (folder / "annotations.json").is_file():  # its first videos do not depend on its size
-                write_synthetic_set(folder, count=args.per_window, seed=args.seed)
+        with heldout_set(args.videos_dir, args.per_window, args.seed) as folder:
             samples, _ = load_annotations(folder / "annotations.json")
             engine = NativeEngine(args.checkpoint, device=args.device, dtype=args.dtype, attn_impl=impls[0])
             report = window_counts(
