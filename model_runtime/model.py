@@ -289,7 +289,7 @@ class Attention(nn.Module):
             offsets = [0, *itertools.accumulate(lengths)]
             for group in similar_lengths(lengths):
                 starts = [offsets[i] for i in group]
-                rows = torch.cat([torch.arange(offsets[i], offsets[i + 1], device=q.device) for i in group])
+                rows = host_index([torch.arange(offsets[i], offsets[i + 1]) for i in group], q.device)
                 out[rows] = padded_causal_attention(
                     q, k, v, starts, [lengths[i] for i in group], self.head_dim**-0.5, index
                 ).to(out.dtype)  # under bf16 autocast SDPA answers in bf16; q (after the norms) is fp32
@@ -390,11 +390,16 @@ def padded_causal_attention(
     `topk_masked_attention` computes one sequence and one query tile at a time. Scores are [B, T, T], so
     this is for short sequences (training batches)."""
     n, longest = q.shape[0], max(lengths)
-    lens = torch.tensor(lengths, device=q.device)
-    slot = torch.arange(longest, device=q.device)  # [T]
-    real = slot[None, :] < lens[:, None]  # [B, T]
-    first = torch.tensor(starts, device=q.device)
-    rows = torch.where(real, first[:, None] + slot[None, :], n)  # padding reads a zero row appended below
+    # Index tensors are built on the host from the host's lengths and sent without waiting: a tensor
+    # made from a list on the GPU, or a boolean-mask read, waits for the GPU to finish its queue.
+    slot = torch.arange(longest)  # [T]
+    real = slot[None, :] < torch.tensor(lengths)[:, None]  # [B, T]
+    rows = torch.where(real, torch.tensor(starts)[:, None] + slot[None, :], n)  # padding: a zero row
+    rows = host_index([rows], q.device)
+    real_rows = host_index([real.flatten().nonzero()[:, 0]], q.device)  # [Σ lengths] into B·T
+
+    def unpadded(x: Tensor) -> Tensor:  # [B, H, T, Dh] → [Σ lengths, H, Dh]
+        return x.transpose(1, 2).flatten(0, 1)[real_rows]
 
     def padded(x: Tensor) -> Tensor:  # [N, heads, Dh] → [B, heads, T, Dh]
         return torch.cat([x, x.new_zeros(1, *x.shape[1:])])[rows].transpose(1, 2)
@@ -403,7 +408,7 @@ def padded_causal_attention(
         out = F.scaled_dot_product_attention(
             padded(q), padded(k), padded(v), is_causal=True, scale=scale, enable_gqa=True
         )  # [B, H, T, Dh]
-        return out.transpose(1, 2)[real]
+        return unpadded(out)
     iq, iw, ik, topk = index
     causal = torch.ones(longest, longest, dtype=torch.bool, device=q.device).tril()
     with torch.no_grad():  # the selection passes no gradient (the indexer learns from its KL)
@@ -421,7 +426,13 @@ def padded_causal_attention(
     out = F.scaled_dot_product_attention(
         padded(q), padded(k), padded(v), attn_mask=(keep & causal)[:, None], scale=scale
     )
-    return out.transpose(1, 2)[real]
+    return unpadded(out)
+
+
+def host_index(parts: Sequence[Tensor], device: torch.device) -> Tensor:
+    """Index tensors made on the host, joined and copied to `device` without a stream sync."""
+    joined = parts[0] if len(parts) == 1 else torch.cat(parts)
+    return joined.to(device, non_blocking=True)
 
 
 def topk_masked_attention(
@@ -720,7 +731,7 @@ def mrope_cos_sin(
     """
     device = positions.device
     inv_freq = 1.0 / theta ** (torch.arange(0, dim, 2, device=device, dtype=torch.float64) / dim)  # [dim/2]
-    channel = torch.repeat_interleave(torch.arange(3, device=device), torch.tensor(sections, device=device))
+    channel = host_index([torch.repeat_interleave(torch.arange(3), torch.tensor(sections))], device)
     pos = positions.to(torch.float64)[channel]  # [dim/2, N]
     angles = (pos.T * inv_freq).float()  # [N, dim/2]
     emb = torch.cat([angles, angles], dim=-1)  # [N, dim]

@@ -177,7 +177,7 @@ def rope_cos_sin(
     cols = torch.arange(w).repeat(h).float()  # idx % w
     angles = torch.cat([rows[:, None] * inv_freq, cols[:, None] * inv_freq], dim=-1)  # [L, Dh/2]
     emb = torch.cat([angles, angles], dim=-1)  # [L, Dh]
-    return emb.cos().to(device), emb.sin().to(device)
+    return emb.cos().to(device, non_blocking=True), emb.sin().to(device, non_blocking=True)  # no sync
 
 
 def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:

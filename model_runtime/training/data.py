@@ -339,8 +339,9 @@ class FrameStore:
         device = self.labels.device
         if not rows:
             return self.labels.new_zeros(0, width), torch.zeros(0, width, dtype=torch.bool, device=device)
-        index = torch.tensor(rows, device=device), torch.tensor(cols, device=device)
-        return self.labels[index], torch.tensor(real, device=device)
+        # made on the host and sent without a stream sync (a list turned into a GPU tensor waits)
+        rows_t, cols_t, real_t = (torch.tensor(x).to(device, non_blocking=True) for x in (rows, cols, real))
+        return self.labels[rows_t, cols_t], real_t
 
     def _rows(self, e: Example) -> slice:
         return slice(self.offsets[e.clip] + e.lo, self.offsets[e.clip] + e.hi)

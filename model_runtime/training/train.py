@@ -245,7 +245,8 @@ class FrameProbe(nn.Module):
     def forward(self, visual: Tensor, grids: list[tuple[int, int, int]], merge: int = 2) -> Tensor:
         """visual [M, D] (frames' tokens in order) → label logits [F, n_labels]."""
         per_frame = torch.tensor([h * w // merge**2 for t, h, w in grids for _ in range(t)])
-        frame_of = torch.repeat_interleave(torch.arange(len(per_frame)), per_frame).to(visual.device)
+        frame_of = torch.repeat_interleave(torch.arange(len(per_frame)), per_frame)
+        frame_of = frame_of.to(visual.device, non_blocking=True)
         pooled = visual.new_zeros(len(per_frame), visual.shape[1]).scatter_reduce(
             0, frame_of[:, None].expand_as(visual), visual, "amax", include_self=False
         )
@@ -516,6 +517,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     est_steps = args.max_steps
     log: list[dict[str, Any]] = []
     step = examples_seen = 0
+    feed_wait_s = 0.0
     sparse = False
     last_save = started
     profiler = torch.profiler.profile() if args.profile else None
@@ -529,7 +531,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             sparse = True
         limit = crop_limit(progress, window_s, args.crop_start_s, args.crop_ramp)
         caption_p = args.caption_p * max(0.0, 1.0 - progress / args.crop_ramp)  # captions fade out
+        waited = time.time()
         examples = feed.batch(args.batch_tokens, limit, caption_p, args.batch_examples)
+        feed_wait_s += time.time() - waited  # the trainer idle for want of examples
         batch = make_batch(examples, frames, processor, device)
         examples_seen += len(examples)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):  # fused SDPA kernels
@@ -571,6 +575,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                    "answer_token_acc": round(token_acc, 3),
                    **{f"{kind}_exact": round(share, 3) for kind, share in exact.items()},
                    "examples": examples_seen, "tokens": int(batch["input_ids"].shape[0]),
+                   "feed_wait_s": round(feed_wait_s, 1),
                    "max_crop_s": round(limit, 1), "sparse": sparse}  # fmt: skip
             log.append(row)
             print(json.dumps(row), flush=True)
