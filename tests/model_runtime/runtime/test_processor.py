@@ -32,6 +32,18 @@ def test_mrope_positions_two_frames_by_hand() -> None:
     assert delta == 11 - 17  # the next token (index 17) sits at position 11
 
 
+def test_mrope_positions_of_frames_back_to_back_in_one_placeholder_run() -> None:
+    text, pad = 1, 9
+    # a [frame 1: 1×2] [frame 2: 1×2] b — images without timestamps between them
+    ids = torch.tensor([text] + [pad] * 4 + [text])
+    positions, delta = mrope_positions(ids, [(1, 2, 4), (1, 2, 4)], visual_ids=[pad], merge=2)
+    expected = torch.tensor([[0, 1, 1, 3, 3, 5], [0, 1, 1, 3, 3, 5], [0, 1, 2, 3, 4, 5]])
+    assert torch.equal(positions, expected)
+    assert delta == 6 - 6
+    empty, none = mrope_positions(torch.tensor([], dtype=torch.long), [], visual_ids=[pad])
+    assert empty.shape == (3, 0) and none == 0
+
+
 def test_mrope_positions_refuse_mismatched_grids() -> None:
     ids = torch.tensor([1] + [9] * 4 + [1])
     with pytest.raises(ValueError, match="grids"):
