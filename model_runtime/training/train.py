@@ -474,9 +474,10 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device(args.device)
     torch.manual_seed(args.seed)
     torch.backends.cuda.matmul.allow_tf32 = True
-    # Every step has new sequence lengths; cuDNN's attention spent ~9 ms of host time per call on them
-    # (H200 profile, 7 calls a step), the flash and memory-efficient kernels take new shapes for free.
-    torch.backends.cuda.enable_cudnn_sdp(False)
+    if device.type == "cuda":
+        # Every step has new sequence lengths; cuDNN's attention spent ~9 ms of host time per call on
+        # them (H200 profile, 7 calls a step); the flash and memory-efficient kernels take new shapes free.
+        torch.backends.cuda.enable_cudnn_sdp(False)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tiny_tokenizer(time_tokens_s=TIME_TOKENS_S)
