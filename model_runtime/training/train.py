@@ -625,8 +625,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-tokens", type=int, default=32768)
     p.add_argument(
         "--batch-examples", type=int, default=24,
-        help="at most this many examples per step: on the H200 a step costs ~20-50 ms per example (attention "
-        "runs per example and layer), so the ~40-86 short crops of early steps took ~2 s a step",
+        help="at most this many examples per step (64 whole windows: ~0.14 s a step on an H200, "
+        "benchmarks/results/training.md)",
     )  # fmt: skip
     p.add_argument("--turns", type=int, default=4, help="queries asked per crop, one per turn")
     p.add_argument(
