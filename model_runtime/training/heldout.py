@@ -64,12 +64,23 @@ def checkpoint_sampling(checkpoint: str | Path) -> SamplingParams:
 @contextmanager
 def heldout_set(videos_dir: str | Path | None, count: int, seed: int) -> Iterator[Path]:
     """The folder of the held-out set, written there (or in a temporary folder) unless it already is;
-    a set's first videos do not depend on its size, so a smaller set is a prefix of a larger one."""
+    a set's first videos do not depend on its size, so a smaller set is a prefix of a larger one and a
+    folder holding at least `count` videos serves (callers score its first `count`)."""
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(videos_dir or tmp)
-        if not (folder / "annotations.json").is_file():
+        annotations = folder / "annotations.json"
+        if not annotations.is_file():
             write_synthetic_set(folder, count=count, seed=seed)
+        held = len(json.loads(annotations.read_text(encoding="utf-8")))
+        if held < count:
+            raise ValueError(f"{folder} holds {held} held-out videos, {count} asked: use an empty folder")
         yield folder
+
+
+def first_videos(samples: list[GroundingSample], count: int) -> list[GroundingSample]:
+    """The samples of the first `count` videos (in the set's order)."""
+    keep = set(list(dict.fromkeys(s.video for s in samples))[:count])
+    return [s for s in samples if s.video in keep]
 
 
 def evaluate(
@@ -90,7 +101,8 @@ def evaluate(
     with heldout_set(videos_dir, count, seed) as folder:
         annotations = folder / "annotations.json"
         samples, _ = load_annotations(annotations)
-        absent = absent_samples(annotations)
+        samples = first_videos(samples, count)
+        absent = first_videos(absent_samples(annotations), count)
         params = checkpoint_sampling(checkpoint)
         results: dict[str, Any] = {"count": len(samples), "seed": seed}
         first: list[Any] | None = None
@@ -158,7 +170,7 @@ def window_counts(
     """TP / FN / FP / TN over (window, query) pairs of the first `videos` videos (P: the model gave a
     span; T: rightly, i.e. a span exactly where a frame of the window falls inside the asked event), with
     the top-1 and best-candidate mIoU of those queries, through `ground_video` like the workers."""
-    order = list(dict.fromkeys(s.video for s in samples))[:videos]
+    order = list(dict.fromkeys(s.video for s in first_videos(samples, videos)))
     counts = dict.fromkeys(("TP", "FN", "FP", "TN"), 0)
     top1: list[float] = []
     best: list[float] = []

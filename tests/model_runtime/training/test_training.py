@@ -493,3 +493,23 @@ def test_per_window_counts_score_a_known_answerer(tmp_path: Path) -> None:
     assert report["top1_mIoU"] == round(scored.to_dict()["mIoU"], 3)
     assert report["top1_mIoU"] <= report["best_candidate_mIoU"] <= 1.0
     assert 0.0 <= report["top1_R1@0.5"] <= 1.0
+
+
+def test_a_held_out_folder_serves_smaller_sets_and_refuses_larger_ones(tmp_path: Path) -> None:
+    from model_runtime.grounding.annotations import load_annotations
+    from model_runtime.grounding.synth import write_synthetic_set
+    from model_runtime.training.heldout import first_videos, heldout_set
+
+    folder = tmp_path / "videos"
+    write_synthetic_set(folder, count=3, seed=7, duration_s=6.0)
+    samples, _ = load_annotations(folder / "annotations.json")
+    videos = list(dict.fromkeys(s.video for s in samples))
+    assert len(videos) == 3
+    two = first_videos(samples, 2)
+    assert list(dict.fromkeys(s.video for s in two)) == videos[:2]  # the set's first two, all their queries
+    assert two == [s for s in samples if s.video in videos[:2]]
+    with heldout_set(folder, 2, seed=7) as served:  # a larger set serves a smaller one, unchanged
+        assert served == folder
+    with pytest.raises(ValueError, match="holds 3 held-out videos, 5 asked"), heldout_set(folder, 5, seed=7):
+        pass
+    assert len(load_annotations(folder / "annotations.json")[0]) == len(samples)  # nothing rewritten
