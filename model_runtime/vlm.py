@@ -35,9 +35,23 @@ class KeyeVL(nn.Module):
         dtype = self.mlp_AR.linear_1.weight.dtype
         return self.mlp_AR(self.visual(pixel_values.to(dtype), grids), grids)
 
-    def embed(self, input_ids: Tensor, visual_embeds: Tensor | None = None) -> Tensor:
-        """input_ids [N] → [N, D]; placeholder positions take the visual tokens in order."""
+    def embed(
+        self, input_ids: Tensor, visual_embeds: Tensor | None = None, visual_rows: Tensor | None = None
+    ) -> Tensor:
+        """input_ids [N] → [N, D]; placeholder positions take the visual tokens in order.
+
+        `visual_rows` (the placeholders' positions, ascending) is for callers that know them on the host
+        (training): counting placeholders on the device makes the host wait for the GPU every step."""
         embeds = self.model.embed_tokens(input_ids)  # [N, D]
+        if visual_rows is not None:
+            n_visual = 0 if visual_embeds is None else visual_embeds.shape[0]
+            if visual_rows.shape[0] != n_visual:
+                raise ValueError(
+                    f"{visual_rows.shape[0]} visual rows but {n_visual} visual tokens were given"
+                )
+            if not n_visual:
+                return embeds
+            return embeds.index_copy(0, visual_rows, visual_embeds.to(embeds.dtype))
         is_visual = (input_ids == self.config.image_token_id) | (input_ids == self.config.video_token_id)
         n_slots = int(is_visual.sum())
         n_visual = 0 if visual_embeds is None else visual_embeds.shape[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -51,3 +52,22 @@ def test_2d_rope_angles_follow_row_and_column() -> None:
     patch = 2 * 5 + 3  # row 2, col 3
     expected = torch.cat([2 * inv_freq, 3 * inv_freq]).repeat(2).cos()
     torch.testing.assert_close(cos[patch], expected)
+
+
+def test_placeholder_rows_given_by_the_host_embed_like_the_counted_ones() -> None:
+    """Training passes the placeholders' rows (no device count); the result must not differ, and a
+    count that disagrees with the visual tokens is refused."""
+    config = KeyeConfig.tiny()
+    model = init_weights(KeyeVL(config), seed=2).eval()
+    ids = torch.tensor([5, config.video_token_id, config.video_token_id, 7, config.image_token_id, 9])
+    visual = torch.randn(3, config.text.hidden_size)
+    with torch.no_grad():
+        counted = model.embed(ids, visual)
+        given = model.embed(ids, visual, torch.tensor([1, 2, 4]))
+        assert torch.equal(counted, given)
+        assert torch.equal(given[[1, 2, 4]], visual) and torch.equal(given[0], model.embed(ids[:1])[0])
+        assert torch.equal(
+            model.embed(ids[:1], None, torch.tensor([], dtype=torch.long)), model.embed(ids[:1])
+        )
+    with pytest.raises(ValueError, match="2 visual rows but 3 visual tokens"):
+        model.embed(ids, visual, torch.tensor([1, 2]))

@@ -269,6 +269,10 @@ def test_match_targets_mark_the_frames_showing_each_turns_asked_shape(
     store = FrameStore(clips, torch.device("cpu"))
     batch = make_batch(examples, store, processor, torch.device("cpu"))
     targets, real = batch["match_targets"], batch["match_real"]
+    is_visual = (batch["input_ids"] == processor.video_token_id) | (
+        batch["input_ids"] == processor.image_token_id
+    )
+    assert batch["visual_rows"].tolist() == is_visual.nonzero()[:, 0].tolist()  # `KeyeVL.embed` takes them
     assert len(targets) == len(batch["match_rows"]) == sum(len(e.asked) for e in examples[:5])
     labels = list(ALL_QUERIES)
     turn = 0
