@@ -67,6 +67,7 @@ class KeyeProcessor:
         self.vision_start_id = config.vision_start_token_id
         self.vision_end_id = config.vision_end_token_id
         self.frame_token_id = tokenizer.token_id("<|frame|>")
+        self._on_device: dict[torch.device, tuple[Tensor, Tensor]] = {}
         self.stop_token_ids = sorted({*config.eos_token_ids, tokenizer.token_id(tokenizer.eos_token)})
 
     @classmethod
@@ -164,13 +165,21 @@ class KeyeProcessor:
         if self.pre.get("do_rescale", True):
             x = x * float(self.pre["rescale_factor"])
         if self.pre.get("do_normalize", True):
-            mean = torch.tensor(self.pre["image_mean"], device=x.device)
-            std = torch.tensor(self.pre["image_std"], device=x.device)
+            mean, std = self._normalisers(x.device)
             x = (x - mean) / std
         n, height, width, c = x.shape
         p = self.patch
         x = x.view(n, height // p, p, width // p, p, c).permute(0, 1, 3, 5, 2, 4)  # [F, h, w, 3, p, p]
         return x.reshape(-1, c, p, p)
+
+    def _normalisers(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        """The mean and std per channel on `device`, made once: a small tensor made on a GPU from a list
+        is a blocking copy, which made every training step wait for the previous one to finish."""
+        if device not in self._on_device:
+            values = torch.tensor([self.pre["image_mean"], self.pre["image_std"]], dtype=torch.float32)
+            mean, std = values.to(device)
+            self._on_device[device] = (mean, std)
+        return self._on_device[device]
 
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
