@@ -672,10 +672,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="print all stacks once no step has ended for N s (0: off)",
     )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--seed-offset", type=int, default=1_000_000, help="video seeds; eval sets use others")
+    p.add_argument(
+        "--seed-offset", type=int,
+        help="first video seed (default 1,000,000 + 100,000 × --seed: each run of a line makes new videos; "
+        "evaluation sets use seeds below 1,000,000)",
+    )  # fmt: skip
     args = p.parse_args(argv)
     if args.hang_report_s < 0:
         p.error(f"--hang-report-s must be 0 (off) or positive, got {args.hang_report_s}")
+    if args.seed < 0:
+        p.error(f"--seed must be 0 or more, got {args.seed}")
+    if args.seed_offset is None:
+        args.seed_offset = 1_000_000 + 100_000 * args.seed
+    elif args.seed_offset < 1_000_000:
+        p.error(
+            f"--seed-offset must be at least 1,000,000 (evaluation sets use the seeds below), got {args.seed_offset}"
+        )
     return args
 
 

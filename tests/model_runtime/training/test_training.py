@@ -358,6 +358,18 @@ def test_a_stall_report_prints_stacks_once_per_stall_and_stops_when_closed(
         parse_args(["--out", "x", "--hang-report-s", "-1"])
 
 
+def test_each_run_of_a_line_makes_its_own_videos_away_from_the_evaluation_seeds(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert parse_args(["--out", "x"]).seed_offset == 1_000_000
+    assert parse_args(["--out", "x", "--seed", "3"]).seed_offset == 1_300_000
+    assert parse_args(["--out", "x", "--seed", "3", "--seed-offset", "2000000"]).seed_offset == 2_000_000
+    for bad, why in ((["--seed-offset", "7"], "at least 1,000,000"), (["--seed", "-1"], "0 or more")):
+        with pytest.raises(SystemExit):
+            parse_args(["--out", "x", *bad])
+        assert why in capsys.readouterr().err
+
+
 def test_the_curriculum_grows_crops_to_whole_windows() -> None:
     assert crop_limit(0.0, 8.0, 2.0) == 2.0
     assert 2.0 < crop_limit(0.3, 8.0, 2.0) < 8.0
