@@ -68,6 +68,7 @@ class KeyeProcessor:
         self.vision_end_id = config.vision_end_token_id
         self.frame_token_id = tokenizer.token_id("<|frame|>")
         self._on_device: dict[torch.device, tuple[Tensor, Tensor]] = {}
+        self._times: dict[str, list[int]] = {}
         self.stop_token_ids = sorted({*config.eos_token_ids, tokenizer.token_id(tokenizer.eos_token)})
 
     @classmethod
@@ -147,10 +148,18 @@ class KeyeProcessor:
         ids = [self.vision_start_id]
         for i in range(n_frames):
             if timestamps is not None:
-                ids += [self.frame_token_id, *self.tokenizer.encode(f"{float(timestamps[i]):.1f}")]
+                ids += [self.frame_token_id, *self._time_ids(float(timestamps[i]))]
             ids += [pad_id] * per_frame
             grids.append((1, h, w))
         return ids + [self.vision_end_id]
+
+    def _time_ids(self, seconds: float) -> list[int]:
+        """A frame's `secs` tokens, remembered: the same few hundred times recur in every prompt, and
+        encoding them was half of what drawing a training example cost."""
+        text = f"{seconds:.1f}"
+        if text not in self._times:
+            self._times[text] = self.tokenizer.encode(text)
+        return self._times[text]
 
     # ---- pixels ---------------------------------------------------------------------------------------
 

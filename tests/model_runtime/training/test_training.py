@@ -328,6 +328,9 @@ def test_worker_processes_draw_the_examples_the_trainer_would(
             a = pooled.batch(1 << 20, max_crop_s=2.0, caption_p=0.0, max_examples=4)
             b = inline.batch(1 << 20, max_crop_s=2.0, caption_p=0.0, max_examples=4)
             assert [e.input_ids.tolist() for e in a] == [e.input_ids.tolist() for e in b]
+            for x, y in zip(a, b, strict=True):  # tensors again after the pipe's numpy arrays
+                assert isinstance(x.positions, torch.Tensor) and isinstance(x.labels, torch.Tensor)
+                assert torch.equal(x.positions, y.positions) and torch.equal(x.labels, y.labels)
             assert [(e.clip, e.lo, e.hi, e.kind) for e in a] == [(e.clip, e.lo, e.hi, e.kind) for e in b]
     finally:
         pooled.close()
