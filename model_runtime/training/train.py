@@ -1,6 +1,8 @@
 """Train the small Keye-architecture model on synthetic videos (issue 7), nanoGPT-style: one file, top-down.
 
-    python -m model_runtime.training.train --out model_runtime/checkpoints/keye-synth-small --minutes 8
+    python -m model_runtime.training.train --out DIR --minutes 8 [--init EARLIER_RUN]
+
+(`model_runtime.training.recipe` chains the three runs that made the shipped checkpoint.)
 
 What happens: worker processes write synthetic videos and decode them through `model_runtime.video`
 (`training.data.sample_clips`); all their frames move to the training device once. While the GPU
