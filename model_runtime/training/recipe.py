@@ -1,6 +1,6 @@
 """The shipped `keye-synth-small` line as one command: three `train` runs on one GPU, each from the last.
 
-    python -m model_runtime.training.recipe --out DIR              # ~18 min of H200 steps + ~2.5 min of videos
+    python -m model_runtime.training.recipe --out DIR              # ~18 min of H200 steps + ~2.3 min of videos
     python -m model_runtime.training.recipe --out DIR -- --device cpu --max-steps 2 ...   # flags for every run
 
 The stages are session 10's runs b1 → c3 → e4 (`benchmarks/results/training.md`) with the flags that shape

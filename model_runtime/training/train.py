@@ -695,6 +695,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.hang_report_s < 0:
         p.error(f"--hang-report-s must be 0 (off) or positive, got {args.hang_report_s}")
+    if args.trainer_threads < 1:
+        p.error(f"--trainer-threads must be at least 1, got {args.trainer_threads}")
     if args.seed < 0:
         p.error(f"--seed must be 0 or more, got {args.seed}")
     if args.seed_offset is None:

@@ -367,7 +367,12 @@ def test_each_run_of_a_line_makes_its_own_videos_away_from_the_evaluation_seeds(
     assert parse_args(["--out", "x"]).seed_offset == 1_000_000
     assert parse_args(["--out", "x", "--seed", "3"]).seed_offset == 1_300_000
     assert parse_args(["--out", "x", "--seed", "3", "--seed-offset", "2000000"]).seed_offset == 2_000_000
-    for bad, why in ((["--seed-offset", "7"], "at least 1,000,000"), (["--seed", "-1"], "0 or more")):
+    refused = [
+        (["--seed-offset", "7"], "at least 1,000,000"),
+        (["--seed", "-1"], "0 or more"),
+        (["--trainer-threads", "0"], "at least 1, got 0"),
+    ]
+    for bad, why in refused:
         with pytest.raises(SystemExit):
             parse_args(["--out", "x", *bad])
         assert why in capsys.readouterr().err
