@@ -53,6 +53,11 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="one folder per stage is made here; the result is OUT/final")
     args = p.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
+    chained = {"--out", "--init"} & {flag.split("=")[0] for flag in extra}
+    if chained:
+        p.error(
+            f"{', '.join(sorted(chained))} after -- would break the chain of stages; the recipe sets them"
+        )
     out = Path(args.out)
     previous: Path | None = None
     for name, flags in STAGES:

@@ -616,6 +616,12 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             stall.tick()
     if stall is not None:
         stall.close()
+    if profiler is not None and 10 < step < 16:  # the run ended inside the profiled steps
+        profiler.stop()
+    if device.type == "cuda":
+        torch.cuda.set_sync_debug_mode(
+            "default"
+        )  # process-wide: a next run in this process (recipe) starts clean
     feed.close()
     model.model.set_impl(attn_impl="reference", moe_impl="reference")
     save_checkpoint(model.cpu(), config, out)
@@ -700,6 +706,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.seed < 0:
         p.error(f"--seed must be 0 or more, got {args.seed}")
     if args.seed_offset is None:
+        if args.videos > 100_000:
+            p.error(f"--videos {args.videos} would reach the next --seed's videos: give --seed-offset")
         args.seed_offset = 1_000_000 + 100_000 * args.seed
     elif args.seed_offset < 1_000_000:
         p.error(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from model_runtime.checkpoint import load_state
 from model_runtime.tokenizer import build_tiny_tokenizer
 from model_runtime.training.recipe import STAGES, main, stage_args
@@ -39,3 +41,13 @@ def test_the_recipe_chains_its_stages_on_the_cpu(tmp_path: Path) -> None:
     assert [log["summary"]["args"]["lr"] for log in logs] == [2e-3, 1e-3, 5e-4]
     model = KeyeVL(small_config(build_tiny_tokenizer(time_tokens_s=TIME_TOKENS_S)))
     load_state(model, tmp_path / "final")  # the result is a whole checkpoint in the official layout
+
+
+def test_flags_that_chain_the_stages_are_refused_after_the_separator(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for flag in ("--out", "--init=x"):
+        with pytest.raises(SystemExit):
+            main(["--out", str(tmp_path), "--", flag, "elsewhere"])
+        assert "would break the chain" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # refused before any stage ran

@@ -323,7 +323,31 @@ def test_worker_processes_draw_the_examples_the_trainer_would(
     write_checkpoint_files(tmp_path, tokenizer, small_config(tokenizer))
     pooled = ExampleFeed(tmp_path, clips, workers=2, seed=3, per_request=4, turns=2)
     inline = ExampleFeed(tmp_path, clips, workers=0, seed=3, per_request=4, turns=2)
+    # the first request, drawn here without any pipe: the round trip must hand back the same examples
+    rng = np.random.default_rng(3 * 1_000_003 + 1)
+    direct_processor = KeyeProcessor.from_pretrained(tmp_path)
+    direct = [
+        draw_example(direct_processor, clips, rng, max_crop_s=2.0, caption_p=0.0, turns=2) for _ in range(4)
+    ]
     try:
+        first = pooled.batch(1 << 20, max_crop_s=2.0, caption_p=0.0, max_examples=4)
+        assert [
+            e.input_ids.tolist() for e in inline.batch(1 << 20, max_crop_s=2.0, caption_p=0.0, max_examples=4)
+        ] == [
+            e.input_ids.tolist() for e in direct
+        ]  # the inline feed too (and both feeds stay in step for the loop below)
+        for x, y in zip(first, direct, strict=True):
+            assert torch.equal(x.input_ids, y.input_ids) and torch.equal(x.positions, y.positions)
+            assert torch.equal(x.labels, y.labels)
+            assert (x.grids, x.clip, x.lo, x.hi, x.kind, x.answer_starts, x.asked) == (
+                y.grids,
+                y.clip,
+                y.lo,
+                y.hi,
+                y.kind,
+                y.answer_starts,
+                y.asked,
+            )
         for _ in range(3):  # more requests than the first prefetch holds
             a = pooled.batch(1 << 20, max_crop_s=2.0, caption_p=0.0, max_examples=4)
             b = inline.batch(1 << 20, max_crop_s=2.0, caption_p=0.0, max_examples=4)
@@ -371,6 +395,7 @@ def test_each_run_of_a_line_makes_its_own_videos_away_from_the_evaluation_seeds(
         (["--seed-offset", "7"], "at least 1,000,000"),
         (["--seed", "-1"], "0 or more"),
         (["--trainer-threads", "0"], "at least 1, got 0"),
+        (["--videos", "100001"], "give --seed-offset"),
     ]
     for bad, why in refused:
         with pytest.raises(SystemExit):
