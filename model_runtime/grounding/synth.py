@@ -36,6 +36,25 @@ def event_query(event: SyntheticEvent) -> str:
     return f"When does the {event.label} appear?"
 
 
+def query_label(query: str) -> str:
+    """`event_query`'s shape label back ("When does the red circle appear?" → "red circle")."""
+    label = query.removeprefix("When does the ").removesuffix(" appear?")
+    if label == query or len(label.split()) != 2:
+        raise ValueError(f"not a synthetic event query: {query!r}")
+    return label
+
+
+def near_miss_kind(label: str, shown: list[str]) -> str:
+    """What `label` shares with `shown`'s shapes: "colour", "shape", "colour+shape" (each with a different
+    one: the label itself is never shown) or "neither"."""
+    colour, shape = label.split()
+    same_colour = any(colour == other.split()[0] for other in shown)
+    same_shape = any(shape == other.split()[1] for other in shown)
+    return {(True, False): "colour", (False, True): "shape", (True, True): "colour+shape"}.get(
+        (same_colour, same_shape), "neither"
+    )
+
+
 def near_miss(label: str, shown: list[str]) -> bool:
     """`label` ("red square") shares its colour or its shape with one of `shown` ("red circle")."""
     colour, shape = label.split()

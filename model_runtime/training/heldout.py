@@ -11,6 +11,8 @@ Each variant also answers the set's `absent_queries` (one per video, a shape it 
 an event's colour or shape): `absent.answered` is how often such a query got a segment (right: never) and
 `absent.on_an_event` how often that segment sat on one of the video's events — a model answering whatever is
 on screen rather than what was asked scores well on the grounding queries alone, and is caught here.
+`absent.by_near_miss` splits them by what the absent shape shares with the video's events (colour, shape or
+both), which says whether a model that answers them confuses colours or shapes.
 
 `window_counts` (`--per-window N`) is the diagnosis behind the model card's per-window table: for each
 (window, grounding query) of the first N videos, did the model give a span or `none`, where the asked shape
@@ -45,7 +47,7 @@ from model_runtime.grounding.ground import finals_by_query, ground_video
 from model_runtime.grounding.merge import ChunkSegment
 from model_runtime.grounding.metrics import best_iou
 from model_runtime.grounding.predict import find_video, predict_samples
-from model_runtime.grounding.synth import write_synthetic_set
+from model_runtime.grounding.synth import near_miss_kind, query_label, write_synthetic_set
 from model_runtime.processor import KeyeProcessor
 from model_runtime.training.data import FrameStore, draw_caption, draw_example, sample_clips
 from model_runtime.training.train import answer_accuracy, make_batch, next_token_targets
@@ -148,19 +150,30 @@ def absent_answers(
 ) -> dict[str, Any]:
     """How often a query about a shape that never shows got a segment (right: never), and how often its
     top-1 sits on one of the video's events (IoU >= 0.5): the model answered what is on screen, not what
-    was asked."""
+    was asked; and per kind of near miss (`near_miss_kind`: sharing an event's colour, its shape, or both)."""
     events: dict[str, list[tuple[float, float]]] = {}
+    shown: dict[str, list[str]] = {}
     for s in samples:
         events.setdefault(s.video, []).extend(s.spans)
+        shown.setdefault(s.video, []).append(query_label(s.query))
     answered = [p for p in predictions if p.segments]
     on_event = [
         p for p in answered if best_iou((p.segments[0][0], p.segments[0][1]), events.get(p.video, [])) >= 0.5
     ]
     n = max(1, len(absent))
+    by_kind: dict[str, dict[str, int]] = {}
+    for p in predictions:  # which near misses fool the model: those sharing a colour, or a shape?
+        kind = by_kind.setdefault(
+            near_miss_kind(query_label(p.query), shown.get(p.video, [])),
+            dict.fromkeys(("queries", "answered"), 0),
+        )
+        kind["queries"] += 1
+        kind["answered"] += bool(p.segments)
     return {
         "queries": len(absent),
         "answered": round(len(answered) / n, 3),
         "on_an_event": round(len(on_event) / n, 3),
+        "by_near_miss": dict(sorted(by_kind.items())),
     }
 
 

@@ -502,6 +502,9 @@ def test_absent_queries_name_a_near_miss_and_catch_a_colour_only_answerer(tmp_pa
     assert any(same_colour)  # the set holds at least one colour-sharing near miss
     assert [bool(p.segments) for p in predictions] == same_colour
     assert report["queries"] == 6 and report["answered"] == round(sum(same_colour) / 6, 3)
+    kinds = report["by_near_miss"]  # the colour baseline is fooled by every colour near miss, no shape one
+    assert sum(k["queries"] for k in kinds.values()) == 6 and "neither" not in kinds
+    assert all(k["answered"] == (k["queries"] if "colour" in name else 0) for name, k in kinds.items())
     assert 0.0 <= report["on_an_event"] <= report["answered"]
     for a, p in zip(absent, predictions, strict=True):
         if p.segments:
