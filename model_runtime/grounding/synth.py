@@ -48,17 +48,17 @@ def near_miss_kind(label: str, shown: list[str]) -> str:
     """What `label` shares with `shown`'s shapes: "colour", "shape", "colour+shape" (each with a different
     one: the label itself is never shown) or "neither"."""
     colour, shape = label.split()
-    same_colour = any(colour == other.split()[0] for other in shown)
-    same_shape = any(shape == other.split()[1] for other in shown)
-    return {(True, False): "colour", (False, True): "shape", (True, True): "colour+shape"}.get(
-        (same_colour, same_shape), "neither"
-    )
+    shared = [
+        name
+        for name, part, at in (("colour", colour, 0), ("shape", shape, 1))
+        if any(part == other.split()[at] for other in shown)
+    ]
+    return "+".join(shared) or "neither"
 
 
 def near_miss(label: str, shown: list[str]) -> bool:
     """`label` ("red square") shares its colour or its shape with one of `shown` ("red circle")."""
-    colour, shape = label.split()
-    return any(colour == other.split()[0] or shape == other.split()[1] for other in shown)
+    return near_miss_kind(label, shown) != "neither"
 
 
 def absent_query(truth: SyntheticTruth, rng: np.random.Generator) -> str:

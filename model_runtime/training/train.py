@@ -618,10 +618,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         stall.close()
     if profiler is not None and 10 < step < 16:  # the run ended inside the profiled steps
         profiler.stop()
-    if device.type == "cuda":
-        torch.cuda.set_sync_debug_mode(
-            "default"
-        )  # process-wide: a next run in this process (recipe) starts clean
+    if device.type == "cuda":  # the mode is process-wide: a next run in this process (recipe) starts clean
+        torch.cuda.set_sync_debug_mode("default")
     feed.close()
     model.model.set_impl(attn_impl="reference", moe_impl="reference")
     save_checkpoint(model.cpu(), config, out)
