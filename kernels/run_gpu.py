@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
             if not isinstance(rows, list) or not rows:
                 return "compact"
             widest = max(rows, key=lambda r: r["rows"])
-            times = {m: widest[f"ours_{m}_us_per_row"] for m in ("compact", "radix", "sample")}
+            times = {m: widest[f"ours_{m}_us_per_row"] for m in ("compact", "radix", "sample", "split")}
             return min(times, key=times.get)
 
         sweeps = [

@@ -186,7 +186,7 @@ def indexer_topk(
         max_buffer_bytes: bound on the score buffer (+ top-k scratch) reused across query chunks.
         topk_method: "auto" (default: "torch" for chunks of <= 64 queries, else "compact"),
             "torch" (torch.topk on the -inf-masked score rows) or a `kernels.topk` method:
-            "compact", "sample", "radix".
+            "compact", "sample", "radix", "split".
         scales: (q_scale [T, H_I], k_scale [S]) when q and k are e4m3 (`quantize_indexer_fp8`): the
             scores are `indexer_scores_fp8`'s, computed chunk by chunk like the bf16 ones.
 
@@ -207,7 +207,8 @@ def indexer_topk(
     lengths = causal_lengths(tokens, start, q.device)  # [T]
     methods = ("auto", "torch", *TOPK_METHODS)
     require(topk_method in methods, f"topk_method must be one of {methods}, got {topk_method!r}")
-    bytes_per_entry = 4 if topk_method in ("radix", "torch") else 12  # fp32 score (+ key/column scratch)
+    # fp32 score (+ key/column scratch; + "split"'s 512 int32 histogram bins per 2048-column slice)
+    bytes_per_entry = {"radix": 4, "torch": 4, "split": 13}.get(topk_method, 12)
     chunk = max(64, (max_buffer_bytes // (bytes_per_entry * max(keys, 1))) // 64 * 64)
     buffer = scratch = None
     for first in range(0, tokens, chunk):

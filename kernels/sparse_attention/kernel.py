@@ -3,7 +3,8 @@
 A block holds BLOCK_Q adjacent queries; with GQA their G = Hq / Hkv heads that share the kv
 head are stacked into BLOCK_Q * G matrix rows, so one gathered key tile feeds a tensor-core
 product for all of them. The program walks the sorted union of the block's selected keys
-(`union.py`) in tiles, masks each (query, key) pair with the query's bit, and keeps an exact
+(`union.py`) in tiles, masks each (query, key) pair with the query's bit in the key's owner word
+(one vector load per tile; row r tests bit r // G), and keeps an exact
 online softmax (running max and sum, rescaled per tile). Rows that never see a key end with
 sum 0 and are written as zeros instead of 0/0.
 """
@@ -16,7 +17,7 @@ import triton.language as tl
 
 from kernels._validate import require
 from kernels.sparse_attention.reference import check_sparse_attention_args
-from kernels.sparse_attention.union import BlockUnion, build_block_union
+from kernels.sparse_attention.union import MAX_BLOCK_Q, BlockUnion, build_block_union
 
 _LOG2E = 1.4426950408889634
 
@@ -29,7 +30,7 @@ def _sparse_attention_kernel(
     o_ptr,
     union_ptr,
     counts_ptr,
-    mask_ptr,
+    owners_ptr,
     T,
     qk_scale,
     stride_qt,
@@ -41,7 +42,7 @@ def _sparse_attention_kernel(
     stride_ot,
     stride_oh,
     stride_union,
-    stride_mask,
+    stride_owners,
     G: tl.constexpr,
     D: tl.constexpr,
     BLOCK_D: tl.constexpr,
@@ -67,12 +68,13 @@ def _sparse_attention_kernel(
     row_max = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
     row_sum = tl.zeros((BLOCK_M,), dtype=tl.float32)
     acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
-    mask_rows = mask_ptr + token[:, None].to(tl.int64) * stride_mask  # [BLOCK_M, 1]
+    owner_bit = tl.minimum(rows // G, 31)  # [BLOCK_M]: the row's query within the block
     for first in range(0, n_keys, BLOCK_N):
         slot = first + tl.arange(0, BLOCK_N)
         slot_ok = slot < n_keys
         key_pos = tl.load(union_ptr + block.to(tl.int64) * stride_union + slot, mask=slot_ok, other=0)
         key_pos = key_pos.to(tl.int64)
+        owners = tl.load(owners_ptr + block.to(tl.int64) * stride_owners + slot, mask=slot_ok, other=0)
         k_tile = tl.load(
             k_ptr + key_pos[None, :] * stride_ks + kv_head * stride_kh + offs_d[:, None],
             mask=slot_ok[None, :] & d_ok[:, None],
@@ -83,8 +85,7 @@ def _sparse_attention_kernel(
             mask=slot_ok[:, None] & d_ok[None, :],
             other=0.0,
         )  # [BLOCK_N, BLOCK_D]
-        words = tl.load(mask_rows + (slot // 32)[None, :], mask=row_ok[:, None] & slot_ok[None, :], other=0)
-        picked = ((words >> (slot % 32)[None, :]) & 1) != 0  # [BLOCK_M, BLOCK_N]
+        picked = row_ok[:, None] & (((owners[None, :] >> owner_bit[:, None]) & 1) != 0)  # [BLOCK_M, BLOCK_N]
         logits = tl.dot(q, k_tile, input_precision=PRECISION) * qk_scale  # log2 domain
         logits = tl.where(picked, logits, float("-inf"))
         new_max = tl.maximum(row_max, tl.max(logits, 1))
@@ -132,9 +133,9 @@ def launch_sparse_attention(
     precision = "tf32x3" if q.dtype == torch.float32 else "tf32"
     grid = (union.keys.shape[0], kv_heads)
     _sparse_attention_kernel[grid](
-        q, k, v, out, union.keys, union.counts, union.mask, tokens, scale * _LOG2E,
+        q, k, v, out, union.keys, union.counts, union.owners, tokens, scale * _LOG2E,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-        out.stride(0), out.stride(1), union.keys.stride(0), union.mask.stride(0),
+        out.stride(0), out.stride(1), union.keys.stride(0), union.owners.stride(0),
         G=group, D=dim, BLOCK_D=block_d, BLOCK_Q=block_q, BLOCK_M=block_m, BLOCK_N=block_n,
         PRECISION=precision, num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip
@@ -166,7 +167,7 @@ def sparse_attention(
     check_sparse_attention_args(q, k, v, idx)
     group = q.shape[1] // k.shape[1]
     block_q = block_q or default_block_q(group)
-    require(block_q >= 1, f"block_q must be >= 1, got {block_q}")
+    require(1 <= block_q <= MAX_BLOCK_Q, f"block_q must be in 1..{MAX_BLOCK_Q}, got {block_q}")
     q = q if q.stride(-1) == 1 else q.contiguous()
     k = k if k.stride(-1) == 1 else k.contiguous()
     v = v if v.stride(-1) == 1 else v.contiguous()

@@ -1,4 +1,4 @@
-"""Sweep: radix top-k (ours) vs torch.topk on long fp32 rows; prints microseconds per row.
+"""Sweep: our top-k methods vs torch.topk on long fp32 rows; prints microseconds per row.
 
 `python -m kernels.topk.bench [--cols 131072] [--rows 1 64 1024] [--topk 2048]`. The target
 (issue 5) is top-2048 of a 128K row in under 30 us per row at batch 1; rows > 1 show the
@@ -26,6 +26,7 @@ def sweep(cols: int, rows_list: list[int], topk: int, device: str) -> list[dict[
         ours = bench_ms(lambda: select_topk(scores, topk, lengths, method="compact"), graph=True)
         ours_radix = bench_ms(lambda: select_topk(scores, topk, lengths, method="radix"), graph=True)
         ours_sample = bench_ms(lambda: select_topk(scores, topk, lengths, method="sample"), graph=True)
+        ours_split = bench_ms(lambda: select_topk(scores, topk, lengths, method="split"), graph=True)
         torch_topk = bench_ms(lambda: scores.topk(topk, dim=1), graph=True)
         reference = bench_ms(lambda: select_topk_ref(scores, topk, lengths))
         read_bytes = rows * cols * 4
@@ -37,9 +38,10 @@ def sweep(cols: int, rows_list: list[int], topk: int, device: str) -> list[dict[
                 "ours_compact_us_per_row": ours * 1e3 / rows,
                 "ours_radix_us_per_row": ours_radix * 1e3 / rows,
                 "ours_sample_us_per_row": ours_sample * 1e3 / rows,
+                "ours_split_us_per_row": ours_split * 1e3 / rows,
                 "torch.topk_us_per_row": torch_topk * 1e3 / rows,
                 "reference_us_per_row": reference * 1e3 / rows,
-                "best_GB/s_one_read": read_bytes / min(ours, ours_radix, ours_sample) / 1e6,
+                "best_GB/s_one_read": read_bytes / min(ours, ours_radix, ours_sample, ours_split) / 1e6,
             }
         )
     return results

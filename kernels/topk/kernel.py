@@ -129,6 +129,26 @@ def _compact_select(
         tl.store(row_cand_col + rank_cand, col, mask=cand_mask)
         written += tl.sum(above_mask.to(tl.int32), 0)
         n_cand += tl.sum(cand_mask.to(tl.int32), 0)
+    _finish_candidates(row_out, row_cand_key, row_cand_col, n_cand, top_bin, needed, written, K, BLOCK)
+
+
+@triton.jit
+def _finish_candidates(
+    row_out,
+    row_cand_key,
+    row_cand_col,
+    n_cand,
+    top_bin,
+    needed,
+    written,
+    K: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    """Write the `needed` best of the `n_cand` keys of the threshold bin after slot `written`.
+
+    The candidates are in column order, so among keys equal to the threshold the lower columns win.
+    """
+    lanes = tl.arange(0, BLOCK)
     # Radix passes over the candidates only (they share the top 8 bits).
     prefix = top_bin.to(tl.uint32) << 24
     remaining = needed
@@ -262,7 +282,146 @@ def _select_topk_sample_kernel(
             _compact_select(row_scores, row_out, row_cand_key, row_cand_col, length, K, BLOCK)
 
 
-TOPK_METHODS = ("radix", "compact", "sample")
+@triton.jit
+def _split_hist_kernel(scores_ptr, lengths_ptr, hist_ptr, stride_row, stride_hist, SLICE: tl.constexpr):
+    """Histogram of the top 8 key bits of one slice of one row (grid: rows x slices)."""
+    row, part = tl.program_id(0), tl.program_id(1)
+    length = tl.load(lengths_ptr + row).to(tl.int32)
+    col = part * SLICE + tl.arange(0, SLICE)
+    valid = col < length
+    key = _ordered_key(tl.load(scores_ptr + row.to(tl.int64) * stride_row + col, mask=valid, other=0.0))
+    hist = tl.histogram(tl.where(valid, (key >> 24).to(tl.int32), 256), 512)
+    tl.store(hist_ptr + row.to(tl.int64) * stride_hist + part * 512 + tl.arange(0, 512), hist)
+
+
+@triton.jit
+def _slice_counts(row_hist, parts, top_bin, PART_BLOCK: tl.constexpr):
+    """Keys above the threshold bin and keys inside it, summed over slices 0 .. parts-1."""
+    bins = tl.arange(0, 512)
+    above = tl.zeros((), dtype=tl.int32)
+    inside = tl.zeros((), dtype=tl.int32)
+    for first in range(0, parts, PART_BLOCK):
+        part = first + tl.arange(0, PART_BLOCK)
+        hist = tl.load(row_hist + part[:, None] * 512 + bins[None, :], mask=(part < parts)[:, None], other=0)
+        above += tl.sum(tl.sum(tl.where((bins > top_bin) & (bins < 256), hist, 0), 1), 0)
+        inside += tl.sum(tl.sum(tl.where(bins == top_bin, hist, 0), 1), 0)
+    return above, inside
+
+
+@triton.jit
+def _row_threshold_bin(row_hist, parts, K: tl.constexpr, PART_BLOCK: tl.constexpr):
+    """(threshold bin, keys above it) of the row's histogram, summed over its `parts` slices."""
+    bins = tl.arange(0, 512)
+    total = tl.zeros((512,), dtype=tl.int32)
+    for first in range(0, parts, PART_BLOCK):
+        part = first + tl.arange(0, PART_BLOCK)
+        hist = tl.load(row_hist + part[:, None] * 512 + bins[None, :], mask=(part < parts)[:, None], other=0)
+        total += tl.sum(hist, 0)
+    return _crossing_bin(total, K)
+
+
+@triton.jit
+def _split_compact_kernel(
+    scores_ptr,
+    lengths_ptr,
+    hist_ptr,
+    out_ptr,
+    cand_key_ptr,
+    cand_col_ptr,
+    parts,
+    stride_row,
+    stride_hist,
+    stride_out,
+    stride_cand,
+    K: tl.constexpr,
+    SLICE: tl.constexpr,
+    PART_BLOCK: tl.constexpr,
+):
+    """Each slice writes its keys above the threshold bin and compacts the ones inside it.
+
+    Slots come from the histograms of the slices before it, not from atomics, so the candidate
+    list is in column order and the result does not depend on scheduling.
+    """
+    row, part = tl.program_id(0), tl.program_id(1)
+    length = tl.load(lengths_ptr + row).to(tl.int32)
+    if (length > K) & (part * SLICE < length):
+        row_hist = hist_ptr + row.to(tl.int64) * stride_hist
+        top_bin, _ = _row_threshold_bin(row_hist, parts, K, PART_BLOCK)
+        base_above, base_cand = _slice_counts(row_hist, part, top_bin, PART_BLOCK)
+        col = part * SLICE + tl.arange(0, SLICE)
+        valid = col < length
+        key = _ordered_key(tl.load(scores_ptr + row.to(tl.int64) * stride_row + col, mask=valid, other=0.0))
+        digit = (key >> 24).to(tl.int32)
+        above_mask = valid & (digit > top_bin)
+        cand_mask = valid & (digit == top_bin)
+        rank_above = base_above + tl.cumsum(above_mask.to(tl.int32), 0) - 1
+        rank_cand = base_cand + tl.cumsum(cand_mask.to(tl.int32), 0) - 1
+        tl.store(out_ptr + row.to(tl.int64) * stride_out + rank_above, col, mask=above_mask)
+        row_cand = row.to(tl.int64) * stride_cand + rank_cand
+        tl.store(cand_key_ptr + row_cand, key.to(tl.int32, bitcast=True), mask=cand_mask)
+        tl.store(cand_col_ptr + row_cand, col, mask=cand_mask)
+
+
+@triton.jit
+def _split_finish_kernel(
+    lengths_ptr,
+    hist_ptr,
+    out_ptr,
+    cand_key_ptr,
+    cand_col_ptr,
+    parts,
+    stride_hist,
+    stride_out,
+    stride_cand,
+    K: tl.constexpr,
+    BLOCK: tl.constexpr,
+    PART_BLOCK: tl.constexpr,
+):
+    """One program per row: radix passes over the threshold bin's candidates, as in "compact"."""
+    row = tl.program_id(0)
+    length = tl.load(lengths_ptr + row).to(tl.int32)
+    row_out = out_ptr + row.to(tl.int64) * stride_out
+    if length <= K:
+        _select_everything(row_out, length, K, BLOCK)
+    else:
+        row_hist = hist_ptr + row.to(tl.int64) * stride_hist
+        top_bin, n_above = _row_threshold_bin(row_hist, parts, K, PART_BLOCK)
+        _, n_cand = _slice_counts(row_hist, parts, top_bin, PART_BLOCK)
+        _finish_candidates(
+            row_out, cand_key_ptr + row.to(tl.int64) * stride_cand, cand_col_ptr + row.to(tl.int64) * stride_cand,
+            n_cand, top_bin, K - n_above, n_above, K, BLOCK,
+        )  # fmt: skip
+
+
+def _launch_split(
+    scores: torch.Tensor,
+    topk: int,
+    lengths: torch.Tensor,
+    out: torch.Tensor,
+    cand_key: torch.Tensor,
+    cand_col: torch.Tensor,
+    slice_size: int,
+    block: int,
+) -> None:
+    """Three launches: slice histograms, slice compaction, per-row finish over the candidates."""
+    rows = scores.shape[0]
+    parts = triton.cdiv(max(scores.shape[1], 1), slice_size)
+    hist = torch.empty(rows, parts * 512, dtype=torch.int32, device=scores.device)
+    part_block = 8
+    _split_hist_kernel[(rows, parts)](
+        scores, lengths, hist, scores.stride(0), hist.stride(0), SLICE=slice_size, num_warps=8
+    )
+    _split_compact_kernel[(rows, parts)](
+        scores, lengths, hist, out, cand_key, cand_col, parts, scores.stride(0), hist.stride(0), out.stride(0),
+        cand_key.stride(0), K=topk, SLICE=slice_size, PART_BLOCK=part_block, num_warps=8,
+    )  # fmt: skip
+    _split_finish_kernel[(rows,)](
+        lengths, hist, out, cand_key, cand_col, parts, hist.stride(0), out.stride(0), cand_key.stride(0),
+        K=topk, BLOCK=block, PART_BLOCK=part_block, num_warps=8,
+    )  # fmt: skip
+
+
+TOPK_METHODS = ("radix", "compact", "sample", "split")
 
 
 def launch_select_topk(
@@ -275,6 +434,7 @@ def launch_select_topk(
     scratch: tuple[torch.Tensor, torch.Tensor] | None = None,
     block: int = 2048,
     sample_size: int = 4096,
+    slice_size: int = 2048,
 ) -> None:
     """Write the selection of each row of `scores` into `out` (int32 [R, topk]); no checks.
 
@@ -282,7 +442,9 @@ def launch_select_topk(
     twice and runs the last 3 radix passes on the keys of the threshold bin, compacted into
     `scratch` (two int32 [>= R, >= S] buffers; allocated here when not given); "sample" reads it
     once after estimating the threshold from a strided sample, sorts the survivors, and
-    falls back to "compact" for rows where the estimate fails.
+    falls back to "compact" for rows where the estimate fails; "split" runs "compact"'s two row
+    reads on `slice_size`-column slices in parallel (many programs per row: decode, few rows)
+    and finishes each row's candidates in one program.
     """
     rows = scores.shape[0]
     if rows == 0:
@@ -298,6 +460,9 @@ def launch_select_topk(
             torch.empty(rows, scores.shape[1], dtype=torch.int32, device=scores.device),
         )
     cand_key, cand_col = scratch
+    if method == "split":
+        _launch_split(scores, topk, lengths, out, cand_key, cand_col, slice_size, block)
+        return
     if method == "sample" and scores.shape[1] < (1 << 20):  # columns must fit the 20-bit packing
         _select_topk_sample_kernel[(rows,)](
             scores, lengths, out, cand_key, cand_col, scores.stride(0), out.stride(0), cand_key.stride(0),
@@ -318,6 +483,7 @@ def select_topk(
     *,
     method: str = "compact",
     sample_size: int = 4096,
+    slice_size: int = 2048,
 ) -> torch.Tensor:
     """Top-k column ids of each row's valid prefix.
 
@@ -326,9 +492,11 @@ def select_topk(
         topk: how many columns to select per row.
         lengths: int32/int64 [R].
         method: "compact" (2 passes over each row + candidate passes; default), "radix"
-            (5 passes over each row) or "sample" (1 pass after a sampled threshold estimate).
+            (5 passes over each row), "sample" (1 pass after a sampled threshold estimate) or
+            "split" ("compact" with each row cut into slices handled by separate programs).
             All return the same set up to the choice among equal scores at the threshold.
         sample_size: keys in the "sample" method's threshold sample (a power of two).
+        slice_size: columns per program in the "split" method (a power of two).
 
     Returns:
         int32 [R, topk]: selected column ids in no particular order, padded with -1 when a row
@@ -337,9 +505,15 @@ def select_topk(
     """
     check_select_topk_args(scores, topk, lengths)
     require(method in TOPK_METHODS, f"method must be one of {TOPK_METHODS}, got {method!r}")
+    require(
+        slice_size >= 16 and slice_size & (slice_size - 1) == 0,
+        f"slice_size must be a power of two >= 16, got {slice_size}",
+    )
     if scores.stride(1) != 1:
         scores = scores.contiguous()
     lengths = lengths.to(torch.int32).clamp(max=scores.shape[1]).contiguous()
     out = torch.empty(scores.shape[0], topk, dtype=torch.int32, device=scores.device)
-    launch_select_topk(scores, topk, lengths, out, method=method, sample_size=sample_size)
+    launch_select_topk(
+        scores, topk, lengths, out, method=method, sample_size=sample_size, slice_size=slice_size
+    )
     return out

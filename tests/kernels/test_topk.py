@@ -37,7 +37,7 @@ def make_scores(rows: int, cols: int, kind: str, generator: torch.Generator) -> 
     return scores
 
 
-@pytest.mark.parametrize("method", ["compact", "radix", "sample"])
+@pytest.mark.parametrize("method", ["compact", "radix", "sample", "split"])
 @pytest.mark.parametrize(("rows", "cols", "topk", "kind"), CASES)
 def test_select_topk_matches_reference(
     rows: int, cols: int, topk: int, kind: str, method: str, device: str
@@ -52,9 +52,17 @@ def test_select_topk_matches_reference(
     borders = [topk - 1, topk, topk + 1]
     for row, length in zip(range(1, rows), borders, strict=False):
         lengths[row] = min(max(length, 1), cols)
-    # A small threshold sample on the CPU keeps the interpreter's sort cheap (same code path).
-    sample_size = 64 if device == "cpu" else 4096
-    picked = select_topk(scores.to(device), topk, lengths.to(device), method=method, sample_size=sample_size)
+    # A small threshold sample on the CPU keeps the interpreter's sort cheap (same code path);
+    # small slices there make "split" cut even the short rows into several programs.
+    sample_size, slice_size = (64, 64) if device == "cpu" else (4096, 2048)
+    picked = select_topk(
+        scores.to(device),
+        topk,
+        lengths.to(device),
+        method=method,
+        sample_size=sample_size,
+        slice_size=slice_size,
+    )
     expected = select_topk_ref(scores, topk, lengths)
     # fp32 in, fp32 compared: the selected score multisets must be identical (tolerance 0).
     assert_same_selection(picked, expected, scores, lengths, score_tol=0.0, what="select_topk")
@@ -78,3 +86,5 @@ def test_select_topk_rejects_bad_input(device: str) -> None:
         select_topk(scores, 4, lengths.float())
     with pytest.raises(KernelInputError, match="method"):
         select_topk(scores, 4, lengths, method="sort")
+    with pytest.raises(KernelInputError, match="slice_size"):
+        select_topk(scores, 4, lengths, method="split", slice_size=48)
