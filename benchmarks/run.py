@@ -8,6 +8,7 @@ nothing and only rebuilds BENCHMARKS.md.
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
@@ -58,8 +59,13 @@ def assemble() -> Path:
     return out
 
 
-def main() -> int:
-    if "--assemble-only" in sys.argv:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--assemble-only", action="store_true", help="run nothing; only rebuild BENCHMARKS.md"
+    )
+    args = parser.parse_args(argv)  # an unknown flag exits with a one-line message instead of benchmarking
+    if args.assemble_only:
         print(f"[bench] wrote {assemble()}")
         return 0
     only = os.environ.get("BENCH_ONLY")
