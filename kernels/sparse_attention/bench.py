@@ -26,6 +26,7 @@ from kernels.indexer import indexer_topk
 from kernels.sparse_attention import build_block_union, sparse_attention_ref
 from kernels.sparse_attention.kernel import default_block_q, launch_sparse_attention
 from kernels.sparse_attention.union import build_block_union_torch
+from kernels.topk.kernel import TOPK_METHODS
 
 Q_HEADS, KV_HEADS, HEAD_DIM = 32, 4, 128
 INDEX_HEADS, INDEX_DIM, TOPK = 16, 64, 2048
@@ -79,9 +80,12 @@ def dense_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> Callable[[]
 ATTN_CONFIGS = [  # (block_q, block_n, num_warps, num_stages); block_q * 8 GQA heads = matrix rows
     (8, 64, 4, 2),
     (8, 64, 4, 3),
-    (16, 64, 8, 2),
-    (16, 64, 4, 3),
     (8, 128, 8, 2),
+    (8, 128, 8, 3),
+    (16, 64, 8, 2),
+    (16, 64, 8, 3),
+    (16, 64, 4, 3),
+    (16, 128, 8, 2),
 ]
 
 
@@ -227,7 +231,7 @@ def main(argv: list[str] | None = None, deadline_s: float = math.inf) -> dict[st
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", type=int, nargs="+", default=[32768, 131072, 262144])
     parser.add_argument("--reference-max", type=int, default=8192)
-    parser.add_argument("--topk-method", default="compact", choices=["compact", "radix", "sample"])
+    parser.add_argument("--topk-method", default="compact", choices=list(TOPK_METHODS))
     parser.add_argument("--config-sweep-size", type=int, default=32768, help="0: no sweep, default tiles")
     args = parser.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
