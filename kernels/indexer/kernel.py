@@ -207,8 +207,8 @@ def indexer_topk(
     lengths = causal_lengths(tokens, start, q.device)  # [T]
     methods = ("auto", "torch", *TOPK_METHODS)
     require(topk_method in methods, f"topk_method must be one of {methods}, got {topk_method!r}")
-    # fp32 score (+ key/column scratch; + "split"'s 512 int32 histogram bins per 2048-column slice)
-    bytes_per_entry = {"radix": 4, "torch": 4, "split": 13}.get(topk_method, 12)
+    # fp32 score (+ key/column scratch; + "split"'s two 512-bin int32 histograms per 2048-column slice)
+    bytes_per_entry = {"radix": 4, "torch": 4, "split": 14}.get(topk_method, 12)
     chunk = max(64, (max_buffer_bytes // (bytes_per_entry * max(keys, 1))) // 64 * 64)
     buffer = scratch = None
     for first in range(0, tokens, chunk):

@@ -80,12 +80,12 @@ def dense_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> Callable[[]
 ATTN_CONFIGS = [  # (block_q, block_n, num_warps, num_stages); block_q * 8 GQA heads = matrix rows
     (8, 64, 4, 2),
     (8, 64, 4, 3),
-    (8, 128, 8, 2),
+    (8, 64, 8, 2),
+    (8, 32, 4, 2),
+    (8, 32, 4, 3),
     (8, 128, 8, 3),
     (16, 64, 8, 2),
     (16, 64, 8, 3),
-    (16, 64, 4, 3),
-    (16, 128, 8, 2),
 ]
 
 

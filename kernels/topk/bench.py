@@ -19,9 +19,12 @@ from kernels.topk import select_topk, select_topk_ref
 
 
 def sweep(cols: int, rows_list: list[int], topk: int, device: str) -> list[dict[str, object]]:
+    """Normal scores at every row count, then one row of narrow ones (one octave, like indexer scores)."""
     results = []
-    for rows in rows_list:
+    for rows, spread in [(rows, 1.0) for rows in rows_list] + [(1, 0.05)]:
         scores = torch.randn(rows, cols, device=device)  # [R, S] fp32
+        if spread != 1.0:
+            scores = 2.5 + spread * scores
         lengths = torch.full((rows,), cols, dtype=torch.int32, device=device)
         ours = bench_ms(lambda: select_topk(scores, topk, lengths, method="compact"), graph=True)
         ours_radix = bench_ms(lambda: select_topk(scores, topk, lengths, method="radix"), graph=True)
@@ -33,6 +36,7 @@ def sweep(cols: int, rows_list: list[int], topk: int, device: str) -> list[dict[
         results.append(
             {
                 "rows": rows,
+                "scores": "normal" if spread == 1.0 else f"2.5+{spread}*normal",
                 "cols": cols,
                 "k": topk,
                 "ours_compact_us_per_row": ours * 1e3 / rows,

@@ -129,7 +129,8 @@ def _compact_select(
         tl.store(row_cand_col + rank_cand, col, mask=cand_mask)
         written += tl.sum(above_mask.to(tl.int32), 0)
         n_cand += tl.sum(cand_mask.to(tl.int32), 0)
-    _finish_candidates(row_out, row_cand_key, row_cand_col, n_cand, top_bin, needed, written, K, BLOCK)
+    prefix = top_bin.to(tl.uint32) << 24
+    _finish_candidates(row_out, row_cand_key, row_cand_col, n_cand, prefix, needed, written, K, BLOCK, 1)
 
 
 @triton.jit
@@ -138,21 +139,23 @@ def _finish_candidates(
     row_cand_key,
     row_cand_col,
     n_cand,
-    top_bin,
+    prefix,
     needed,
     written,
     K: tl.constexpr,
     BLOCK: tl.constexpr,
+    FIRST_STEP: tl.constexpr,
 ):
-    """Write the `needed` best of the `n_cand` keys of the threshold bin after slot `written`.
+    """Write the `needed` best of the `n_cand` candidate keys after slot `written`.
 
-    The candidates are in column order, so among keys equal to the threshold the lower columns win.
+    The candidates share the key bits above radix step FIRST_STEP (given in `prefix`) and are in
+    column order, so among keys equal to the threshold the lower columns win.
     """
     lanes = tl.arange(0, BLOCK)
-    # Radix passes over the candidates only (they share the top 8 bits).
-    prefix = top_bin.to(tl.uint32) << 24
+    # Radix passes over the candidates only.
+    prefix = prefix.to(tl.uint32)
     remaining = needed
-    for step in tl.static_range(1, 4):
+    for step in tl.static_range(FIRST_STEP, 4):
         shift = 24 - 8 * step  # constexpr: the loop is unrolled
         hist = tl.zeros((512,), dtype=tl.int32)
         for first in range(0, n_cand, BLOCK):
@@ -295,36 +298,72 @@ def _split_hist_kernel(scores_ptr, lengths_ptr, hist_ptr, stride_row, stride_his
 
 
 @triton.jit
-def _slice_counts(row_hist, parts, top_bin, PART_BLOCK: tl.constexpr):
-    """Keys above the threshold bin and keys inside it, summed over slices 0 .. parts-1."""
+def _slice_counts(row_hist, parts, chosen, PART_BLOCK: tl.constexpr):
+    """Keys in bins above `chosen` and keys in it, summed over slices 0 .. parts-1."""
     bins = tl.arange(0, 512)
     above = tl.zeros((), dtype=tl.int32)
     inside = tl.zeros((), dtype=tl.int32)
     for first in range(0, parts, PART_BLOCK):
         part = first + tl.arange(0, PART_BLOCK)
         hist = tl.load(row_hist + part[:, None] * 512 + bins[None, :], mask=(part < parts)[:, None], other=0)
-        above += tl.sum(tl.sum(tl.where((bins > top_bin) & (bins < 256), hist, 0), 1), 0)
-        inside += tl.sum(tl.sum(tl.where(bins == top_bin, hist, 0), 1), 0)
+        above += tl.sum(tl.sum(tl.where((bins > chosen) & (bins < 256), hist, 0), 1), 0)
+        inside += tl.sum(tl.sum(tl.where(bins == chosen, hist, 0), 1), 0)
     return above, inside
 
 
 @triton.jit
-def _row_threshold_bin(row_hist, parts, K: tl.constexpr, PART_BLOCK: tl.constexpr):
-    """(threshold bin, keys above it) of the row's histogram, summed over its `parts` slices."""
+def _row_crossing_bin(row_hist, parts, needed, PART_BLOCK: tl.constexpr):
+    """(bin holding the `needed`-th largest key, keys above it) of a row's slice histograms summed."""
     bins = tl.arange(0, 512)
     total = tl.zeros((512,), dtype=tl.int32)
     for first in range(0, parts, PART_BLOCK):
         part = first + tl.arange(0, PART_BLOCK)
         hist = tl.load(row_hist + part[:, None] * 512 + bins[None, :], mask=(part < parts)[:, None], other=0)
         total += tl.sum(hist, 0)
-    return _crossing_bin(total, K)
+    return _crossing_bin(total, needed)
+
+
+@triton.jit
+def _split_refine_kernel(
+    scores_ptr,
+    lengths_ptr,
+    hist1_ptr,
+    hist2_ptr,
+    out_ptr,
+    parts,
+    stride_row,
+    stride_hist,
+    stride_out,
+    K: tl.constexpr,
+    SLICE: tl.constexpr,
+    PART_BLOCK: tl.constexpr,
+):
+    """Level 1 -> 2: write the slice's keys above the threshold bin, histogram the next 8 bits of
+    the keys inside it. Slots come from the histograms of the slices before it (no atomics), so
+    the output does not depend on scheduling."""
+    row, part = tl.program_id(0), tl.program_id(1)
+    length = tl.load(lengths_ptr + row).to(tl.int32)
+    row_hist1 = hist1_ptr + row.to(tl.int64) * stride_hist
+    bin1, _ = _row_crossing_bin(row_hist1, parts, K, PART_BLOCK)
+    base_above, _ = _slice_counts(row_hist1, part, bin1, PART_BLOCK)
+    col = part * SLICE + tl.arange(0, SLICE)
+    valid = col < tl.where(length > K, length, 0)  # a row with L <= K selects everything: nothing here
+    key = _ordered_key(tl.load(scores_ptr + row.to(tl.int64) * stride_row + col, mask=valid, other=0.0))
+    digit = (key >> 24).to(tl.int32)
+    above_mask = valid & (digit > bin1)
+    rank_above = base_above + tl.cumsum(above_mask.to(tl.int32), 0) - 1
+    tl.store(out_ptr + row.to(tl.int64) * stride_out + rank_above, col, mask=above_mask)
+    inside = valid & (digit == bin1)
+    hist2 = tl.histogram(tl.where(inside, ((key >> 16) & 255).to(tl.int32), 256), 512)
+    tl.store(hist2_ptr + row.to(tl.int64) * stride_hist + part * 512 + tl.arange(0, 512), hist2)
 
 
 @triton.jit
 def _split_compact_kernel(
     scores_ptr,
     lengths_ptr,
-    hist_ptr,
+    hist1_ptr,
+    hist2_ptr,
     out_ptr,
     cand_key_ptr,
     cand_col_ptr,
@@ -337,24 +376,23 @@ def _split_compact_kernel(
     SLICE: tl.constexpr,
     PART_BLOCK: tl.constexpr,
 ):
-    """Each slice writes its keys above the threshold bin and compacts the ones inside it.
-
-    Slots come from the histograms of the slices before it, not from atomics, so the candidate
-    list is in column order and the result does not depend on scheduling.
-    """
+    """Level 2: write the slice's keys above the 16-bit threshold prefix, compact the ones equal to it."""
     row, part = tl.program_id(0), tl.program_id(1)
     length = tl.load(lengths_ptr + row).to(tl.int32)
     if (length > K) & (part * SLICE < length):
-        row_hist = hist_ptr + row.to(tl.int64) * stride_hist
-        top_bin, _ = _row_threshold_bin(row_hist, parts, K, PART_BLOCK)
-        base_above, base_cand = _slice_counts(row_hist, part, top_bin, PART_BLOCK)
+        row_hist1 = hist1_ptr + row.to(tl.int64) * stride_hist
+        row_hist2 = hist2_ptr + row.to(tl.int64) * stride_hist
+        bin1, n_above1 = _row_crossing_bin(row_hist1, parts, K, PART_BLOCK)
+        bin2, _ = _row_crossing_bin(row_hist2, parts, K - n_above1, PART_BLOCK)
+        base_above, base_cand = _slice_counts(row_hist2, part, bin2, PART_BLOCK)
         col = part * SLICE + tl.arange(0, SLICE)
         valid = col < length
         key = _ordered_key(tl.load(scores_ptr + row.to(tl.int64) * stride_row + col, mask=valid, other=0.0))
-        digit = (key >> 24).to(tl.int32)
-        above_mask = valid & (digit > top_bin)
-        cand_mask = valid & (digit == top_bin)
-        rank_above = base_above + tl.cumsum(above_mask.to(tl.int32), 0) - 1
+        inside = valid & ((key >> 24).to(tl.int32) == bin1)
+        digit = ((key >> 16) & 255).to(tl.int32)
+        above_mask = inside & (digit > bin2)
+        cand_mask = inside & (digit == bin2)
+        rank_above = n_above1 + base_above + tl.cumsum(above_mask.to(tl.int32), 0) - 1
         rank_cand = base_cand + tl.cumsum(cand_mask.to(tl.int32), 0) - 1
         tl.store(out_ptr + row.to(tl.int64) * stride_out + rank_above, col, mask=above_mask)
         row_cand = row.to(tl.int64) * stride_cand + rank_cand
@@ -365,7 +403,8 @@ def _split_compact_kernel(
 @triton.jit
 def _split_finish_kernel(
     lengths_ptr,
-    hist_ptr,
+    hist1_ptr,
+    hist2_ptr,
     out_ptr,
     cand_key_ptr,
     cand_col_ptr,
@@ -377,19 +416,23 @@ def _split_finish_kernel(
     BLOCK: tl.constexpr,
     PART_BLOCK: tl.constexpr,
 ):
-    """One program per row: radix passes over the threshold bin's candidates, as in "compact"."""
+    """One program per row: the last two radix steps over the (few) keys of the 16-bit threshold prefix."""
     row = tl.program_id(0)
     length = tl.load(lengths_ptr + row).to(tl.int32)
     row_out = out_ptr + row.to(tl.int64) * stride_out
     if length <= K:
         _select_everything(row_out, length, K, BLOCK)
     else:
-        row_hist = hist_ptr + row.to(tl.int64) * stride_hist
-        top_bin, n_above = _row_threshold_bin(row_hist, parts, K, PART_BLOCK)
-        _, n_cand = _slice_counts(row_hist, parts, top_bin, PART_BLOCK)
+        row_hist1 = hist1_ptr + row.to(tl.int64) * stride_hist
+        row_hist2 = hist2_ptr + row.to(tl.int64) * stride_hist
+        bin1, n_above1 = _row_crossing_bin(row_hist1, parts, K, PART_BLOCK)
+        bin2, n_above2 = _row_crossing_bin(row_hist2, parts, K - n_above1, PART_BLOCK)
+        _, n_cand = _slice_counts(row_hist2, parts, bin2, PART_BLOCK)
+        written = n_above1 + n_above2
+        prefix = (bin1.to(tl.uint32) << 24) | (bin2.to(tl.uint32) << 16)
         _finish_candidates(
             row_out, cand_key_ptr + row.to(tl.int64) * stride_cand, cand_col_ptr + row.to(tl.int64) * stride_cand,
-            n_cand, top_bin, K - n_above, n_above, K, BLOCK,
+            n_cand, prefix, K - written, written, K, BLOCK, 2,
         )  # fmt: skip
 
 
@@ -403,21 +446,26 @@ def _launch_split(
     slice_size: int,
     block: int,
 ) -> None:
-    """Three launches: slice histograms, slice compaction, per-row finish over the candidates."""
+    """Four launches: slice histograms of the top 8 key bits, of the next 8 inside the threshold
+    bin, slice compaction at the 16-bit threshold prefix, and a per-row finish over its few keys."""
     rows = scores.shape[0]
     parts = triton.cdiv(max(scores.shape[1], 1), slice_size)
-    hist = torch.empty(rows, parts * 512, dtype=torch.int32, device=scores.device)
-    part_block = 8
+    hist1, hist2 = torch.empty(2, rows, parts * 512, dtype=torch.int32, device=scores.device)
+    meta = {"K": topk, "PART_BLOCK": 8, "num_warps": 8}
     _split_hist_kernel[(rows, parts)](
-        scores, lengths, hist, scores.stride(0), hist.stride(0), SLICE=slice_size, num_warps=8
+        scores, lengths, hist1, scores.stride(0), hist1.stride(0), SLICE=slice_size, num_warps=8
     )
+    _split_refine_kernel[(rows, parts)](
+        scores, lengths, hist1, hist2, out, parts, scores.stride(0), hist1.stride(0), out.stride(0),
+        SLICE=slice_size, **meta,
+    )  # fmt: skip
     _split_compact_kernel[(rows, parts)](
-        scores, lengths, hist, out, cand_key, cand_col, parts, scores.stride(0), hist.stride(0), out.stride(0),
-        cand_key.stride(0), K=topk, SLICE=slice_size, PART_BLOCK=part_block, num_warps=8,
+        scores, lengths, hist1, hist2, out, cand_key, cand_col, parts, scores.stride(0), hist1.stride(0),
+        out.stride(0), cand_key.stride(0), SLICE=slice_size, **meta,
     )  # fmt: skip
     _split_finish_kernel[(rows,)](
-        lengths, hist, out, cand_key, cand_col, parts, hist.stride(0), out.stride(0), cand_key.stride(0),
-        K=topk, BLOCK=block, PART_BLOCK=part_block, num_warps=8,
+        lengths, hist1, hist2, out, cand_key, cand_col, parts, hist1.stride(0), out.stride(0),
+        cand_key.stride(0), BLOCK=block, **meta,
     )  # fmt: skip
 
 
@@ -442,9 +490,9 @@ def launch_select_topk(
     twice and runs the last 3 radix passes on the keys of the threshold bin, compacted into
     `scratch` (two int32 [>= R, >= S] buffers; allocated here when not given); "sample" reads it
     once after estimating the threshold from a strided sample, sorts the survivors, and
-    falls back to "compact" for rows where the estimate fails; "split" runs "compact"'s two row
-    reads on `slice_size`-column slices in parallel (many programs per row: decode, few rows)
-    and finishes each row's candidates in one program.
+    falls back to "compact" for rows where the estimate fails; "split" cuts each row into
+    `slice_size`-column slices, one program each (decode, few rows), runs the first two radix
+    steps over them (three slice reads) and finishes each row's few remaining keys in one program.
     """
     rows = scores.shape[0]
     if rows == 0:
