@@ -184,7 +184,7 @@ def indexer_topk(
         topk: keys to keep per query (2048 for Keye-VL-2.0).
         start: absolute position of the first query (history length).
         max_buffer_bytes: bound on the score buffer (+ top-k scratch) reused across query chunks.
-        topk_method: "auto" (default: "torch" for chunks of <= 64 queries, else "compact"),
+        topk_method: "auto" (default: "split" for one query, "torch" for chunks of <= 64, else "compact"),
             "torch" (torch.topk on the -inf-masked score rows) or a `kernels.topk` method:
             "compact", "sample", "radix", "split".
         scales: (q_scale [T, H_I], k_scale [S]) when q and k are e4m3 (`quantize_indexer_fp8`): the
@@ -216,9 +216,11 @@ def indexer_topk(
         visible = start + last  # keys the last query of this chunk sees
         method = topk_method
         if method == "auto":
-            # Measured on the H200 (kernels/NOTES.md): torch.topk beats our one-program-per-row
-            # kernels when few rows run at once (decode); ours wins on long causal prefill chunks.
-            method = "torch" if last - first <= SMALL_BATCH_ROWS else "compact"
+            # Measured on the H200 (kernels/NOTES.md): for one decode row "split" (many programs per
+            # row) beats torch.topk; torch.topk beats our kernels on a few rows; "compact" (one program
+            # per row) wins on long causal prefill chunks.
+            rows = last - first
+            method = "split" if rows == 1 else "torch" if rows <= SMALL_BATCH_ROWS else "compact"
         if visible <= topk:  # every row selects everything: the scores are never read
             scores = buffer if buffer is not None else torch.empty(last - first, 1, device=q.device)
             launch_select_topk(

@@ -155,7 +155,7 @@ def layer_sweep(
     device: str,
     reference: bool,
     *,
-    attn_config: tuple[int, int, int, int] = (8, 64, 4, 2),
+    attn_config: tuple[int, int, int, int] = (8, 32, 4, 3),
     topk_method: str = "compact",
 ) -> list[dict[str, object]]:
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
@@ -182,6 +182,7 @@ def layer_sweep(
             idx = indexer_topk(qi, wi, ki, TOPK, 0, max_buffer_bytes=3 << 32, topk_method=topk_method)
             qi = wi = ki = None
         union_ms = bench_ms(lambda: build_block_union(idx, block_q), budget_ms=200)
+        union_sort_ms = bench_ms(lambda: build_block_union(idx, block_q, method="sort"), budget_ms=200)
         union_torch_ms = bench_ms(lambda: build_block_union_torch(idx, block_q), budget_ms=200)
         union = build_block_union(idx, block_q)
         attn_ms = bench_ms(
@@ -202,6 +203,7 @@ def layer_sweep(
             "indexer+topk_ms": index_ms,
             "indexer_TFLOP/s": indexer_flop / index_ms / 1e9 if index_ms else None,
             "union_ms": union_ms,
+            "union_sort_ms": union_sort_ms,
             "union_torch_ms": union_torch_ms,
             "sparse_attn_ms": attn_ms,
             "sparse_attn_useful_TFLOP/s": useful_flop / attn_ms / 1e9,
@@ -236,7 +238,7 @@ def main(argv: list[str] | None = None, deadline_s: float = math.inf) -> dict[st
     args = parser.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     tables: dict[str, list[dict[str, object]]] = {}
-    attn_config = (default_block_q(Q_HEADS // KV_HEADS), 64, 4, 2)
+    attn_config = (default_block_q(Q_HEADS // KV_HEADS), 32, 4, 3)
     if args.config_sweep_size:
         sweep = attention_config_sweep(args.config_sweep_size, device)
         tables["sparse-attention tile configs"] = sweep

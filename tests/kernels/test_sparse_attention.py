@@ -105,14 +105,15 @@ UNION_CASES = [
 ]
 
 
+@pytest.mark.parametrize("method", ["bitmap", "sort"])
 @pytest.mark.parametrize(("tokens", "keys", "topk", "block_q", "kind"), UNION_CASES)
-def test_triton_block_union_equals_torch(tokens, keys, topk, block_q, kind, device) -> None:
+def test_triton_block_union_equals_torch(tokens, keys, topk, block_q, kind, method, device) -> None:
     generator = torch.Generator().manual_seed(5)
     if kind == "random":
         idx = random_selection(tokens, keys, topk, generator)
     else:
         idx = structured_selection(tokens, keys, topk)
-    fast = build_block_union(idx.to(device), block_q)
+    fast = build_block_union(idx.to(device), block_q, method=method)
     oracle = build_block_union_torch(idx, block_q)
     assert fast.keys.shape[1] == block_q * topk  # the Triton builder ran (the PyTorch one is U wide)
     assert torch.equal(fast.counts.cpu(), oracle.counts), "union sizes differ"
@@ -125,8 +126,12 @@ def test_block_union_falls_back_to_torch_where_the_kernel_cannot_go() -> None:
     empty = build_block_union(torch.empty(3, 0, dtype=torch.int32), block_q=2)  # no keys selected at all
     assert empty.counts.tolist() == [0, 0] and (empty.owners == 0).all()
     far = torch.tensor([[1 << 29, 5], [5, -1]], dtype=torch.int64)  # beyond 32-bit (key << 3 | query) codes
-    union = build_block_union(far, block_q=8)
+    union = build_block_union(far, block_q=8, method="sort")
     assert union.keys[0, :2].tolist() == [5, 1 << 29] and union.counts.tolist() == [2]
+    with pytest.raises(ValueError, match="block_q"):
+        build_block_union(far, block_q=33)
+    with pytest.raises(ValueError, match="method"):
+        build_block_union(far, block_q=8, method="heap")
 
 
 def test_sparse_attention_rejects_bad_input(device: str) -> None:
