@@ -3,8 +3,8 @@
 The Triton prefill kernel walks, for a block of adjacent queries, the sorted union of their
 index sets once (so shared keys are loaded once for the whole block) and masks per query with
 one owner word per union slot (bit j: the block's query j picked the key), so a key tile's mask
-is one vector load rather than a load per (row, key). The union width U (the largest block's union) is the quantity
-the benchmarks report against k.
+is one vector load rather than a load per (row, key). The union width U (the largest block's
+union) is the quantity the benchmarks report against k.
 
 Three builders, one result. `build_block_union` runs Triton: by default a bitmap per block (its
 selections set bits, a walk over the words lists the keys in order, a third pass gives each selection
@@ -31,9 +31,8 @@ MAX_BLOCK_Q = 32  # queries per block: one bit each in an int32 owner word
 class BlockUnion:
     keys: torch.Tensor  # int32 [n_blocks, >= U]: sorted distinct key positions, padded with INT32_MAX
     counts: torch.Tensor  # int32 [n_blocks]: valid entries of each row of `keys`
-    owners: (
-        torch.Tensor
-    )  # int32 [n_blocks, >= U]: bit j of owners[b, u] set if query j of block b picked keys[b, u]
+    # int32 [n_blocks, >= U]: bit j of owners[b, u] set if query j of block b picked keys[b, u]
+    owners: torch.Tensor
 
     @property
     def width(self) -> int:

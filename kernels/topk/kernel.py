@@ -541,7 +541,8 @@ def select_topk(
         lengths: int32/int64 [R].
         method: "compact" (2 passes over each row + candidate passes; default), "radix"
             (5 passes over each row), "sample" (1 pass after a sampled threshold estimate) or
-            "split" ("compact" with each row cut into slices handled by separate programs).
+            "split" (two radix levels over column slices, one program per slice, then a per-row
+            finish over the few keys left: for one or a few rows, e.g. decode).
             All return the same set up to the choice among equal scores at the threshold.
         sample_size: keys in the "sample" method's threshold sample (a power of two).
         slice_size: columns per program in the "split" method (a power of two).
