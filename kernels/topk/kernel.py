@@ -285,6 +285,12 @@ def _select_topk_sample_kernel(
             _compact_select(row_scores, row_out, row_cand_key, row_cand_col, length, K, BLOCK)
 
 
+# "split": per-row state words (written by the two level kernels, read by the slice kernels)
+_BIN1, _ABOVE1, _BIN2, _ABOVE2, _CAND = (tl.constexpr(i) for i in range(5))
+STATE_WORDS = 8
+_STATE = tl.constexpr(STATE_WORDS)
+
+
 @triton.jit
 def _split_hist_kernel(scores_ptr, lengths_ptr, hist_ptr, stride_row, stride_hist, SLICE: tl.constexpr):
     """Histogram of the top 8 key bits of one slice of one row (grid: rows x slices)."""
@@ -298,54 +304,82 @@ def _split_hist_kernel(scores_ptr, lengths_ptr, hist_ptr, stride_row, stride_his
 
 
 @triton.jit
-def _slice_counts(row_hist, parts, chosen, PART_BLOCK: tl.constexpr):
-    """Keys in bins above `chosen` and keys in it, summed over slices 0 .. parts-1."""
-    bins = tl.arange(0, 512)
-    above = tl.zeros((), dtype=tl.int32)
-    inside = tl.zeros((), dtype=tl.int32)
-    for first in range(0, parts, PART_BLOCK):
-        part = first + tl.arange(0, PART_BLOCK)
-        hist = tl.load(row_hist + part[:, None] * 512 + bins[None, :], mask=(part < parts)[:, None], other=0)
-        above += tl.sum(tl.sum(tl.where((bins > chosen) & (bins < 256), hist, 0), 1), 0)
-        inside += tl.sum(tl.sum(tl.where(bins == chosen, hist, 0), 1), 0)
-    return above, inside
+def _total_at(total, chosen):
+    """total[chosen] of a 512-bin histogram."""
+    return tl.sum(tl.where(tl.arange(0, 512) == chosen, total, 0), 0)
 
 
 @triton.jit
-def _row_crossing_bin(row_hist, parts, needed, PART_BLOCK: tl.constexpr):
-    """(bin holding the `needed`-th largest key, keys above it) of a row's slice histograms summed."""
+def _split_level_kernel(
+    hist_ptr,
+    state_ptr,
+    offsets_ptr,
+    parts,
+    stride_hist,
+    stride_offsets,
+    K: tl.constexpr,
+    LEVEL: tl.constexpr,
+    PART_BLOCK: tl.constexpr,
+):
+    """One program per row, between the slice passes: the level's threshold bin from the slices'
+    histograms summed, and each slice's first output slot (and, at level 2, first candidate slot),
+    so the slice programs read a few words instead of every slice's histogram."""
+    row = tl.program_id(0).to(tl.int64)
+    row_hist = hist_ptr + row * stride_hist
+    state = state_ptr + row * _STATE
+    needed = tl.full((), K, tl.int32) if LEVEL == 1 else K - tl.load(state + _ABOVE1)
     bins = tl.arange(0, 512)
     total = tl.zeros((512,), dtype=tl.int32)
     for first in range(0, parts, PART_BLOCK):
         part = first + tl.arange(0, PART_BLOCK)
         hist = tl.load(row_hist + part[:, None] * 512 + bins[None, :], mask=(part < parts)[:, None], other=0)
         total += tl.sum(hist, 0)
-    return _crossing_bin(total, needed)
+    chosen, n_above = _crossing_bin(total, needed)
+    above_done = tl.zeros((), dtype=tl.int32)
+    inside_done = tl.zeros((), dtype=tl.int32)
+    for first in range(0, parts, PART_BLOCK):
+        part = first + tl.arange(0, PART_BLOCK)
+        ok = part < parts
+        hist = tl.load(row_hist + part[:, None] * 512 + bins[None, :], mask=ok[:, None], other=0)
+        above = tl.sum(tl.where((bins > chosen) & (bins < 256), hist, 0), 1)  # [PART_BLOCK]
+        inside = tl.sum(tl.where(bins == chosen, hist, 0), 1)
+        row_offsets = offsets_ptr + row * stride_offsets + part
+        tl.store(row_offsets, above_done + tl.cumsum(above, 0) - above, mask=ok)
+        if LEVEL == 2:
+            tl.store(row_offsets + parts, inside_done + tl.cumsum(inside, 0) - inside, mask=ok)
+        above_done += tl.sum(above, 0)
+        inside_done += tl.sum(inside, 0)
+    if LEVEL == 1:
+        tl.store(state + _BIN1, chosen)
+        tl.store(state + _ABOVE1, n_above)
+    else:
+        tl.store(state + _BIN2, chosen)
+        tl.store(state + _ABOVE2, n_above)
+        tl.store(state + _CAND, _total_at(total, chosen))
 
 
 @triton.jit
 def _split_refine_kernel(
     scores_ptr,
     lengths_ptr,
-    hist1_ptr,
+    state_ptr,
+    offsets_ptr,
     hist2_ptr,
     out_ptr,
-    parts,
     stride_row,
+    stride_offsets,
     stride_hist,
     stride_out,
     K: tl.constexpr,
     SLICE: tl.constexpr,
-    PART_BLOCK: tl.constexpr,
 ):
-    """Level 1 -> 2: write the slice's keys above the threshold bin, histogram the next 8 bits of
-    the keys inside it. Slots come from the histograms of the slices before it (no atomics), so
-    the output does not depend on scheduling."""
+    """Level 1 -> 2 on one slice: write its keys above the threshold bin, histogram the next 8 bits
+    of the keys inside it. Its first slot comes from the level kernel (no atomics), so the output does
+    not depend on scheduling."""
     row, part = tl.program_id(0), tl.program_id(1)
     length = tl.load(lengths_ptr + row).to(tl.int32)
-    row_hist1 = hist1_ptr + row.to(tl.int64) * stride_hist
-    bin1, _ = _row_crossing_bin(row_hist1, parts, K, PART_BLOCK)
-    base_above, _ = _slice_counts(row_hist1, part, bin1, PART_BLOCK)
+    bin1 = tl.load(state_ptr + row.to(tl.int64) * _STATE + _BIN1)
+    base_above = tl.load(offsets_ptr + row.to(tl.int64) * stride_offsets + part)
     col = part * SLICE + tl.arange(0, SLICE)
     valid = col < tl.where(length > K, length, 0)  # a row with L <= K selects everything: nothing here
     key = _ordered_key(tl.load(scores_ptr + row.to(tl.int64) * stride_row + col, mask=valid, other=0.0))
@@ -362,29 +396,27 @@ def _split_refine_kernel(
 def _split_compact_kernel(
     scores_ptr,
     lengths_ptr,
-    hist1_ptr,
-    hist2_ptr,
+    state_ptr,
+    offsets_ptr,
     out_ptr,
     cand_key_ptr,
     cand_col_ptr,
     parts,
     stride_row,
-    stride_hist,
+    stride_offsets,
     stride_out,
     stride_cand,
     K: tl.constexpr,
     SLICE: tl.constexpr,
-    PART_BLOCK: tl.constexpr,
 ):
-    """Level 2: write the slice's keys above the 16-bit threshold prefix, compact the ones equal to it."""
+    """Level 2 on one slice: write its keys above the 16-bit threshold prefix, compact the ones equal to it."""
     row, part = tl.program_id(0), tl.program_id(1)
     length = tl.load(lengths_ptr + row).to(tl.int32)
     if (length > K) & (part * SLICE < length):
-        row_hist1 = hist1_ptr + row.to(tl.int64) * stride_hist
-        row_hist2 = hist2_ptr + row.to(tl.int64) * stride_hist
-        bin1, n_above1 = _row_crossing_bin(row_hist1, parts, K, PART_BLOCK)
-        bin2, _ = _row_crossing_bin(row_hist2, parts, K - n_above1, PART_BLOCK)
-        base_above, base_cand = _slice_counts(row_hist2, part, bin2, PART_BLOCK)
+        state = state_ptr + row.to(tl.int64) * _STATE
+        bin1, n_above1, bin2 = tl.load(state + _BIN1), tl.load(state + _ABOVE1), tl.load(state + _BIN2)
+        row_offsets = offsets_ptr + row.to(tl.int64) * stride_offsets
+        base_above, base_cand = tl.load(row_offsets + part), tl.load(row_offsets + parts + part)
         col = part * SLICE + tl.arange(0, SLICE)
         valid = col < length
         key = _ordered_key(tl.load(scores_ptr + row.to(tl.int64) * stride_row + col, mask=valid, other=0.0))
@@ -403,18 +435,14 @@ def _split_compact_kernel(
 @triton.jit
 def _split_finish_kernel(
     lengths_ptr,
-    hist1_ptr,
-    hist2_ptr,
+    state_ptr,
     out_ptr,
     cand_key_ptr,
     cand_col_ptr,
-    parts,
-    stride_hist,
     stride_out,
     stride_cand,
     K: tl.constexpr,
     BLOCK: tl.constexpr,
-    PART_BLOCK: tl.constexpr,
 ):
     """One program per row: the last two radix steps over the (few) keys of the 16-bit threshold prefix."""
     row = tl.program_id(0)
@@ -423,16 +451,13 @@ def _split_finish_kernel(
     if length <= K:
         _select_everything(row_out, length, K, BLOCK)
     else:
-        row_hist1 = hist1_ptr + row.to(tl.int64) * stride_hist
-        row_hist2 = hist2_ptr + row.to(tl.int64) * stride_hist
-        bin1, n_above1 = _row_crossing_bin(row_hist1, parts, K, PART_BLOCK)
-        bin2, n_above2 = _row_crossing_bin(row_hist2, parts, K - n_above1, PART_BLOCK)
-        _, n_cand = _slice_counts(row_hist2, parts, bin2, PART_BLOCK)
-        written = n_above1 + n_above2
+        state = state_ptr + row.to(tl.int64) * _STATE
+        bin1, bin2 = tl.load(state + _BIN1), tl.load(state + _BIN2)
+        written = tl.load(state + _ABOVE1) + tl.load(state + _ABOVE2)
         prefix = (bin1.to(tl.uint32) << 24) | (bin2.to(tl.uint32) << 16)
         _finish_candidates(
             row_out, cand_key_ptr + row.to(tl.int64) * stride_cand, cand_col_ptr + row.to(tl.int64) * stride_cand,
-            n_cand, prefix, K - written, written, K, BLOCK, 2,
+            tl.load(state + _CAND), prefix, K - written, written, K, BLOCK, 2,
         )  # fmt: skip
 
 
@@ -446,26 +471,37 @@ def _launch_split(
     slice_size: int,
     block: int,
 ) -> None:
-    """Four launches: slice histograms of the top 8 key bits, of the next 8 inside the threshold
-    bin, slice compaction at the 16-bit threshold prefix, and a per-row finish over its few keys."""
+    """Six launches: slice histograms of the top 8 key bits; per row, the threshold bin and slice
+    offsets; slice histograms of the next 8 bits inside that bin; per row again; slice compaction
+    at the 16-bit threshold prefix; a per-row finish over its few keys."""
     rows = scores.shape[0]
     parts = triton.cdiv(max(scores.shape[1], 1), slice_size)
-    hist1, hist2 = torch.empty(2, rows, parts * 512, dtype=torch.int32, device=scores.device)
-    meta = {"K": topk, "PART_BLOCK": 8, "num_warps": 8}
-    _split_hist_kernel[(rows, parts)](
+    device = scores.device
+    hist1, hist2 = torch.empty(2, rows, parts * 512, dtype=torch.int32, device=device)
+    offsets = torch.empty(rows, 2 * parts, dtype=torch.int32, device=device)  # first slots: above, candidates
+    state = torch.empty(rows, STATE_WORDS, dtype=torch.int32, device=device)
+    grid = (rows, parts)
+    _split_hist_kernel[grid](
         scores, lengths, hist1, scores.stride(0), hist1.stride(0), SLICE=slice_size, num_warps=8
     )
-    _split_refine_kernel[(rows, parts)](
-        scores, lengths, hist1, hist2, out, parts, scores.stride(0), hist1.stride(0), out.stride(0),
-        SLICE=slice_size, **meta,
+    level = {"K": topk, "PART_BLOCK": 8, "num_warps": 4}
+    _split_level_kernel[(rows,)](
+        hist1, state, offsets, parts, hist1.stride(0), offsets.stride(0), LEVEL=1, **level
+    )
+    _split_refine_kernel[grid](
+        scores, lengths, state, offsets, hist2, out, scores.stride(0), offsets.stride(0), hist2.stride(0),
+        out.stride(0), K=topk, SLICE=slice_size, num_warps=8,
     )  # fmt: skip
-    _split_compact_kernel[(rows, parts)](
-        scores, lengths, hist1, hist2, out, cand_key, cand_col, parts, scores.stride(0), hist1.stride(0),
-        out.stride(0), cand_key.stride(0), SLICE=slice_size, **meta,
+    _split_level_kernel[(rows,)](
+        hist2, state, offsets, parts, hist2.stride(0), offsets.stride(0), LEVEL=2, **level
+    )
+    _split_compact_kernel[grid](
+        scores, lengths, state, offsets, out, cand_key, cand_col, parts, scores.stride(0), offsets.stride(0),
+        out.stride(0), cand_key.stride(0), K=topk, SLICE=slice_size, num_warps=8,
     )  # fmt: skip
     _split_finish_kernel[(rows,)](
-        lengths, hist1, hist2, out, cand_key, cand_col, parts, hist1.stride(0), out.stride(0),
-        cand_key.stride(0), BLOCK=block, **meta,
+        lengths, state, out, cand_key, cand_col, out.stride(0), cand_key.stride(0), K=topk, BLOCK=block,
+        num_warps=8,
     )  # fmt: skip
 
 
