@@ -68,7 +68,8 @@ def _sparse_attention_kernel(
     row_max = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
     row_sum = tl.zeros((BLOCK_M,), dtype=tl.float32)
     acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
-    owner_bit = tl.minimum(rows // G, 31)  # [BLOCK_M]: the row's query within the block
+    # [BLOCK_M]: the row's query within the block (BLOCK_Q <= 32; the clamp only keeps padding rows' shifts legal)
+    owner_bit = tl.minimum(rows // G, 31)
     for first in range(0, n_keys, BLOCK_N):
         slot = first + tl.arange(0, BLOCK_N)
         slot_ok = slot < n_keys
@@ -105,8 +106,9 @@ def _sparse_attention_kernel(
 
 
 def default_block_q(group: int) -> int:
-    """Queries per block so that BLOCK_Q * G fills about 64 matrix rows (16 rows minimum)."""
-    return max(1, 64 // group)
+    """Queries per block so that BLOCK_Q * G fills about 64 matrix rows (16 rows minimum), at most one
+    per bit of an owner word (MHA, G = 1: 32 queries)."""
+    return max(1, min(MAX_BLOCK_Q, 64 // group))
 
 
 def launch_sparse_attention(

@@ -219,6 +219,8 @@ def _first_occurrences(sorted_rows: torch.Tensor) -> torch.Tensor:
 
 def build_block_union_torch(idx: torch.Tensor, block_q: int) -> BlockUnion:
     """`build_block_union` in PyTorch (sorts + searchsorted + scatter); rows of `keys` are exactly U wide."""
+    if not 1 <= block_q <= MAX_BLOCK_Q:
+        raise ValueError(f"block_q must be in 1..{MAX_BLOCK_Q}, got {block_q}")
     tokens, topk = idx.shape
     n_blocks = -(-tokens // block_q)
     pad_rows = n_blocks * block_q - tokens

@@ -287,17 +287,19 @@ def _select_topk_sample_kernel(
 
 # "split": per-row state words (written by the two level kernels, read by the slice kernels)
 _BIN1, _ABOVE1, _BIN2, _ABOVE2, _CAND = (tl.constexpr(i) for i in range(5))
-STATE_WORDS = 8
+STATE_WORDS = 5
 _STATE = tl.constexpr(STATE_WORDS)
 
 
 @triton.jit
-def _split_hist_kernel(scores_ptr, lengths_ptr, hist_ptr, stride_row, stride_hist, SLICE: tl.constexpr):
+def _split_hist_kernel(
+    scores_ptr, lengths_ptr, hist_ptr, stride_row, stride_hist, K: tl.constexpr, SLICE: tl.constexpr
+):
     """Histogram of the top 8 key bits of one slice of one row (grid: rows x slices)."""
     row, part = tl.program_id(0), tl.program_id(1)
     length = tl.load(lengths_ptr + row).to(tl.int32)
     col = part * SLICE + tl.arange(0, SLICE)
-    valid = col < length
+    valid = col < tl.where(length > K, length, 0)  # a row with L <= K selects everything: nothing to read
     key = _ordered_key(tl.load(scores_ptr + row.to(tl.int64) * stride_row + col, mask=valid, other=0.0))
     hist = tl.histogram(tl.where(valid, (key >> 24).to(tl.int32), 256), 512)
     tl.store(hist_ptr + row.to(tl.int64) * stride_hist + part * 512 + tl.arange(0, 512), hist)
@@ -482,7 +484,7 @@ def _launch_split(
     state = torch.empty(rows, STATE_WORDS, dtype=torch.int32, device=device)
     grid = (rows, parts)
     _split_hist_kernel[grid](
-        scores, lengths, hist1, scores.stride(0), hist1.stride(0), SLICE=slice_size, num_warps=8
+        scores, lengths, hist1, scores.stride(0), hist1.stride(0), K=topk, SLICE=slice_size, num_warps=8
     )
     level = {"K": topk, "PART_BLOCK": 8, "num_warps": 4}
     _split_level_kernel[(rows,)](

@@ -12,7 +12,7 @@ import torch
 
 from kernels import KernelInputError, sparse_attention, sparse_attention_ref
 from kernels.sparse_attention import build_block_union
-from kernels.sparse_attention.kernel import launch_sparse_attention
+from kernels.sparse_attention.kernel import default_block_q, launch_sparse_attention
 from kernels.sparse_attention.union import BlockUnion, build_block_union_torch
 from kernels.testing import assert_close
 
@@ -45,6 +45,7 @@ CASES = [
     pytest.param(63, 80, 12, 4, 64, 16, torch.float16, "random", id="T63-S80-H12-KV4-D64-K16-fp16"),
     pytest.param(40, 200, 6, 3, 24, 33, torch.float32, "random", id="T40-S200-H6-KV3-D24-K33"),
     pytest.param(33, 50, 5, 1, 16, 20, torch.float32, "structured", id="T33-S50-H5-KV1-D16-K20-local"),
+    pytest.param(40, 64, 2, 2, 16, 8, torch.float32, "random", id="T40-S64-H2-KV2-D16-K8-mha"),
     pytest.param(
         2049, 2049, 32, 4, 128, 2048, torch.bfloat16, "structured", id="T2049-H32-KV4-K2048-local", marks=GPU
     ),  # fmt: skip
@@ -68,8 +69,9 @@ def test_sparse_attention_matches_reference(tokens, keys, q_heads, kv_heads, dim
     scale = dim**-0.5
     # Poison the output buffer so a row the kernel forgets to write fails the comparison.
     out = torch.full_like(q, float("nan"))
-    union = build_block_union(idx, block_q=max(1, 64 // (q_heads // kv_heads)))
-    launch_sparse_attention(q, k, v, union, max(1, 64 // (q_heads // kv_heads)), scale, out)
+    block_q = default_block_q(q_heads // kv_heads)  # 32 for MHA (G = 1): one bit per query of an owner word
+    union = build_block_union(idx, block_q=block_q)
+    launch_sparse_attention(q, k, v, union, block_q, scale, out)
     ref = sparse_attention_ref(q, k, v, idx, scale)
     assert not out.isnan().any(), "unwritten or NaN output"
     assert_close(out, ref, rel_tol=REL_TOL[dtype], what="sparse_attention")
@@ -130,6 +132,8 @@ def test_block_union_falls_back_to_torch_where_the_kernel_cannot_go() -> None:
     assert union.keys[0, :2].tolist() == [5, 1 << 29] and union.counts.tolist() == [2]
     with pytest.raises(ValueError, match="block_q"):
         build_block_union(far, block_q=33)
+    with pytest.raises(ValueError, match="block_q"):
+        build_block_union_torch(far, block_q=33)  # owner words hold 32 queries
     with pytest.raises(ValueError, match="method"):
         build_block_union(far, block_q=8, method="heap")
 
