@@ -27,7 +27,10 @@ def select_topk_ref(scores: torch.Tensor, topk: int, lengths: torch.Tensor) -> t
     rows, cols = scores.shape
     columns = torch.arange(cols, device=scores.device)  # [S]
     valid = columns[None, :] < lengths[:, None].to(columns.dtype)  # [R, S]
-    masked = scores.masked_fill(~valid, float("-inf"))  # [R, S]
+    # In float64 a valid -inf score becomes -1e300 (below every finite fp32 score), so only the columns
+    # past the prefix are -inf and a valid -inf never loses to one of them.
+    scores64 = scores.double().masked_fill(scores.isneginf(), -1e300)
+    masked = scores64.masked_fill(~valid, float("-inf"))  # [R, S]
     width = min(topk, cols)
     chosen = masked.topk(width, dim=1).indices.to(torch.int32)  # [R, width]
     out = torch.full((rows, topk), -1, dtype=torch.int32, device=scores.device)

@@ -18,6 +18,7 @@ CASES = [
     pytest.param(2, 200, 16, "constant", id="R2-S200-K16-allequal"),
     pytest.param(3, 130, 5, "signed", id="R3-S130-K5-negative-and-inf"),
     pytest.param(3, 700, 32, "narrow", id="R3-S700-K32-narrow"),
+    pytest.param(3, 90, 16, "mostly-inf", id="R3-S90-K16-mostly-neg-inf"),
     pytest.param(3, 2049, 2048, "normal", id="R3-S2049-K2048"),
     pytest.param(64, 5000, 2048, "normal", id="R64-S5000-K2048", marks=GPU),
     pytest.param(8, 131072, 2048, "ties", id="R8-S128K-K2048-ties", marks=GPU),
@@ -28,6 +29,8 @@ def make_scores(rows: int, cols: int, kind: str, generator: torch.Generator) -> 
     scores = torch.randn(rows, cols, generator=generator)
     if kind == "ties":  # a handful of distinct values: the threshold bin is full of ties
         scores = (scores * 2).round()
+    elif kind == "mostly-inf":  # fewer finite scores than k: -inf columns inside the prefix are selected
+        scores[:, 5:] = float("-inf")
     elif kind == "narrow":  # one octave, like indexer scores: the top 8 key bits barely separate them
         scores = 2.5 + 0.05 * scores
     elif kind == "constant":
