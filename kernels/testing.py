@@ -57,4 +57,6 @@ def assert_same_selection(
         same = mine_scores == their_scores  # also equal infinities, whose difference is NaN
         gap = torch.where(same, 0.0, (mine_scores - their_scores).abs())
         bound = score_tol * (1.0 + their_scores.abs())
-        assert (same | (gap <= bound)).all(), f"{what}: row {row} selection differs beyond ties (gap {gap.max():.3e})"
+        assert (same | (gap <= bound)).all(), (
+            f"{what}: row {row} selection differs beyond ties (gap {gap.max():.3e})"
+        )
