@@ -10,6 +10,7 @@ ground truth and whose values carry `timestamps` and/or raw `answers`) and timem
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,26 +55,45 @@ def video_key(video: str) -> str:
     return stem if dot and ext.lower() in {"mp4", "mkv", "webm", "avi", "mov", "m4v", "mpg", "mpeg"} else name
 
 
-def _span(value: Any, where: str) -> tuple[float, float]:
+def _span(value: Any, where: str, *, ordered: bool = True) -> tuple[float, float]:
+    """[start, end] as floats; `ordered=False` for a model's predicted span, which may be reversed (it scores 0)."""
     if not isinstance(value, list | tuple) or len(value) != 2:
         raise AnnotationError(f"{where}: expected [start, end], got {value!r}")
     try:
         start, end = float(value[0]), float(value[1])
     except (TypeError, ValueError):
         raise AnnotationError(f"{where}: expected numbers in [start, end], got {value!r}") from None
+    _check_times(start, end, where, ordered=ordered)
     return start, end
+
+
+def _check_times(start: float, end: float, where: str, *, ordered: bool = True) -> None:
+    """A span scores nothing if it is not finite, starts before 0 or ends before it starts: say so instead."""
+    if not (math.isfinite(start) and math.isfinite(end)):
+        raise AnnotationError(f"{where}: times must be finite numbers, got [{start}, {end}]")
+    if ordered and (start < 0 or end < start):
+        raise AnnotationError(f"{where}: expected 0 <= start <= end, got [{start}, {end}]")
+
+
+def _read_text(path: Path) -> str:
+    if not path.is_file():
+        raise AnnotationError(f"{path}: no such file")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise AnnotationError(f"{path}: not UTF-8 text") from None
 
 
 def _load_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(_read_text(path))
     except json.JSONDecodeError as err:
         raise AnnotationError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
 
 
 def _load_jsonl(path: Path) -> list[Any]:
     rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(_read_text(path).splitlines(), 1):
         if line.strip():
             try:
                 rows.append(json.loads(line))
@@ -95,6 +115,8 @@ def read_timelens_bench(path: Path) -> list[GroundingSample]:
     for vid, entry in data.items():
         if not isinstance(entry, dict) or "spans" not in entry or "queries" not in entry:
             raise AnnotationError(f"{path}: entry {vid!r} lacks 'spans' and 'queries'")
+        if not isinstance(entry["spans"], list) or not isinstance(entry["queries"], list):
+            raise AnnotationError(f"{path}: entry {vid!r}: 'spans' and 'queries' must be lists")
         if len(entry["spans"]) != len(entry["queries"]):
             raise AnnotationError(
                 f"{path}: entry {vid!r} has {len(entry['spans'])} spans for {len(entry['queries'])} queries"
@@ -110,7 +132,7 @@ def read_timelens_bench(path: Path) -> list[GroundingSample]:
 def read_charades_sta(path: Path) -> list[GroundingSample]:
     """One sample per line: `video_id start end##sentence`."""
     samples = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(_read_text(path).splitlines(), 1):
         if not line.strip():
             continue
         head, sep, sentence = line.partition("##")
@@ -180,7 +202,7 @@ def read_timelens_results(path: Path) -> tuple[list[GroundingSample], list[Predi
         if not isinstance(value, dict):
             raise AnnotationError(f"{path}: value of {key[:60]!r} is not an object")
         timestamps = value.get("timestamps") or []
-        segments = [(*_span(t, f"{path}: {key[:40]!r} timestamps"), 1.0) for t in timestamps]
+        segments = [(*_span(t, f"{path}: {key[:40]!r} timestamps", ordered=False), 1.0) for t in timestamps]
         answers = value.get("answers")
         answer = answers[0] if isinstance(answers, list) and answers else answers
         samples.append(GroundingSample(video, query, [gt]))
@@ -197,16 +219,21 @@ def read_predictions(path: Path) -> list[Prediction]:
     for i, row in enumerate(data):
         if not isinstance(row, dict) or not {"video", "query", "segments"} <= row.keys():
             raise AnnotationError(f"{path}: item {i} lacks 'video', 'query' or 'segments'")
+        if not isinstance(row["segments"], list):
+            raise AnnotationError(f"{path}: item {i}: 'segments' must be a list")
         segments = []
         for seg in row["segments"]:
             try:
-                segments.append(
-                    (float(seg["start_s"]), float(seg["end_s"]), float(seg.get("confidence", 1.0)))
-                )
-            except (KeyError, TypeError, ValueError):
+                start, end = float(seg["start_s"]), float(seg["end_s"])
+                confidence = float(seg.get("confidence", 1.0))
+            except (AttributeError, KeyError, TypeError, ValueError):
                 raise AnnotationError(
                     f"{path}: item {i} has a segment without numeric start_s/end_s"
                 ) from None
+            _check_times(start, end, f"{path}: item {i}", ordered=False)
+            if not math.isfinite(confidence):
+                raise AnnotationError(f"{path}: item {i}: confidence must be a finite number")
+            segments.append((start, end, confidence))
         predictions.append(Prediction(str(row["video"]), str(row["query"]), segments, row.get("answer")))
     return predictions
 

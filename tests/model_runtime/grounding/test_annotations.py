@@ -176,6 +176,11 @@ def test_predictions_roundtrip_and_missing(tmp_path: Path) -> None:
         ),
         ("pred.json", json.dumps([{"video": "v", "query": "q", "segments": []}]), "pass it as --predictions"),
         ("keys.jsonl", json.dumps({"v>>>q>>>oops": {"answers": ["1 - 2"]}}), "does not end in"),
+        ("nan.json", '{"v": {"duration": 3, "spans": [[NaN, 1]], "queries": ["q"]}}', "must be finite"),
+        ("inf.json", '{"v": {"duration": 3, "spans": [[0, Infinity]], "queries": ["q"]}}', "must be finite"),
+        ("reversed.json", json.dumps({"v": {"spans": [[2, 1]], "queries": ["q"]}}), "0 <= start <= end"),
+        ("negative.json", json.dumps({"v": {"spans": [[-1, 1]], "queries": ["q"]}}), "0 <= start <= end"),
+        ("notlists.json", json.dumps({"v": {"spans": 5, "queries": "a"}}), "must be lists"),
     ],
 )
 def test_bad_files_raise_one_line_errors(tmp_path: Path, name: str, text: str, message: str | None) -> None:
@@ -188,3 +193,39 @@ def test_bad_files_raise_one_line_errors(tmp_path: Path, name: str, text: str, m
 def test_missing_file() -> None:
     with pytest.raises(AnnotationError, match="no such file"):
         load_annotations("/nonexistent/annotations.json")
+
+
+def test_binary_and_folder_inputs_are_one_line_errors(tmp_path: Path) -> None:
+    binary = tmp_path / "binary.json"
+    binary.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(AnnotationError, match="not UTF-8 text"):
+        load_annotations(binary, "timelens-bench")
+    with pytest.raises(AnnotationError, match="not UTF-8 text"):
+        read_predictions(binary)
+    with pytest.raises(AnnotationError, match="no such file"):
+        read_predictions(tmp_path)  # a folder
+
+
+@pytest.mark.parametrize(
+    ("segments", "message"),
+    [
+        (None, "'segments' must be a list"),
+        ([{"start_s": float("nan"), "end_s": 1.0}], "must be finite"),
+        ([{"start_s": 0.0, "end_s": 1.0, "confidence": float("inf")}], "confidence must be a finite"),
+        (["0-1"], "without numeric start_s/end_s"),
+    ],
+)
+def test_bad_predictions_are_refused(tmp_path: Path, segments: object, message: str) -> None:
+    path = tmp_path / "preds.json"
+    path.write_text(
+        json.dumps([{"video": "v", "query": "q", "segments": segments}])
+    )  # NaN/inf as JSON allows
+    with pytest.raises(AnnotationError, match=message):
+        read_predictions(path)
+
+
+def test_a_reversed_predicted_span_is_read_not_refused(tmp_path: Path) -> None:
+    """A model's reversed answer is a wrong answer, not a broken file."""
+    path = tmp_path / "preds.json"
+    path.write_text(json.dumps([{"video": "v", "query": "q", "segments": [{"start_s": 3.0, "end_s": 1.0}]}]))
+    assert read_predictions(path)[0].segments == [(3.0, 1.0, 1.0)]
