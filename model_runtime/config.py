@@ -198,7 +198,13 @@ class KeyeConfig:
         path = Path(checkpoint_dir) / "config.json"
         if not path.is_file():
             raise FileNotFoundError(f"no config.json in {checkpoint_dir}")
-        return cls.from_dict(json.loads(path.read_text()))
+        try:
+            config = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"{path}: not a JSON config ({err})") from None
+        if not isinstance(config, dict):
+            raise ValueError(f"{path}: expected a JSON object, got {type(config).__name__}")
+        return cls.from_dict(config)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> KeyeConfig:

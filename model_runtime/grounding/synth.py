@@ -14,6 +14,7 @@ whatever is on screen gets caught: the held-out scorer reports how often such a 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,46 @@ def absent_query(truth: SyntheticTruth, rng: np.random.Generator) -> str:
     return f"When does the {pool[int(rng.integers(len(pool)))]} appear?"
 
 
+SET_LIMITS = {
+    "count": 100_000,
+    "duration_s": 24 * 3600.0,
+    "fps": 120.0,
+    "side": 4096,
+    "events": 63,
+    "distractors": 48,
+}
+
+
+def _check_set_args(
+    count: int, seed: int, duration_s: float, events: int, fps: float, width: int, height: int,
+    min_event_s: float | None, distractors: int,
+) -> None:  # fmt: skip
+    """Refuse, in one line, what would write nonsense (reversed spans) or run without end (huge sets)."""
+    limits = SET_LIMITS
+    if not 1 <= count <= limits["count"]:
+        raise ValueError(f"count must be within 1 and {limits['count']}, got {count}")
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    if not (math.isfinite(duration_s) and 0 < duration_s <= limits["duration_s"]):
+        raise ValueError(f"duration must be within 0 and {limits['duration_s']:.0f} s, got {duration_s}")
+    if not (math.isfinite(fps) and 1 <= fps <= limits["fps"]):
+        raise ValueError(f"video fps must be within 1 and {limits['fps']:.0f}, got {fps}")
+    if not (16 <= width <= limits["side"] and 16 <= height <= limits["side"]):
+        raise ValueError(
+            f"width and height must be within 16 and {limits['side']} pixels, got {width}x{height}"
+        )
+    if not 1 <= events <= limits["events"]:  # one colour/shape pair each
+        raise ValueError(f"events must be within 1 and {limits['events']}, got {events}")
+    if not 0 <= distractors <= limits["distractors"]:
+        raise ValueError(f"distractors must be within 0 and {limits['distractors']}, got {distractors}")
+    if min_event_s is not None and not (
+        math.isfinite(min_event_s) and 0 < min_event_s <= duration_s / events
+    ):
+        raise ValueError(
+            f"min event must be positive and fit {events} events in {duration_s} s, got {min_event_s}"
+        )
+
+
 def write_synthetic_set(
     out_dir: str | Path,
     *,
@@ -87,10 +128,7 @@ def write_synthetic_set(
     Deterministic per `seed`. Events last between `min_event_s` (default 5 % of the video, at least 1 s)
     and a third of the video; `distractors` unrelated shapes per video come and go (no query is about them).
     """
-    if count < 1:
-        raise ValueError(f"count must be at least 1, got {count}")
-    if not duration_s > 0:
-        raise ValueError(f"duration must be positive, got {duration_s}")
+    _check_set_args(count, seed, duration_s, events_per_video, fps, width, height, min_event_s, distractors)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)

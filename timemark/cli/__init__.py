@@ -7,6 +7,8 @@ functions so that `timemark --help` stays fast and the API images need no torch.
 
 from __future__ import annotations
 
+import os
+
 import typer
 
 app = typer.Typer(
@@ -19,8 +21,31 @@ app = typer.Typer(
 
 
 def main() -> None:
-    """Entry point of the `timemark` script."""
+    """Entry point of the `timemark` script.
+
+    Commands turn the errors they expect into one-line messages themselves; anything else that escapes
+    (an unwritable path, a malformed checkpoint file, a device this machine lacks) still ends as one line,
+    not a traceback. TIMEMARK_DEBUG=1 lets it through with its traceback.
+    """
     # Imported for their side effect: each module adds its commands to `app`.
     from timemark.cli import grounding, model, serve_model, service, video  # noqa: F401
 
-    app()
+    try:
+        app()
+    except KeyboardInterrupt:
+        typer.echo("error: interrupted", err=True)
+        raise SystemExit(130) from None
+    except Exception as err:  # the last resort of a command line: one line, with the cause's name
+        if os.environ.get("TIMEMARK_DEBUG"):
+            raise
+        typer.echo(f"error: {describe_error(err)} (TIMEMARK_DEBUG=1 shows the traceback)", err=True)
+        raise SystemExit(1) from None
+
+
+def describe_error(err: BaseException) -> str:
+    """One line naming what failed: an OS error's file and reason, else the exception's kind and text."""
+    if isinstance(err, OSError) and err.strerror:
+        where = f"{err.filename}: " if err.filename is not None else ""
+        return f"{where}{err.strerror.lower()}"
+    text = " ".join(str(err).split()) or "no details"
+    return f"{type(err).__name__}: {text[:300]}"

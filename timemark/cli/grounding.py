@@ -11,6 +11,7 @@ and exit status 2. Heavy imports (torch, PyAV) happen inside the commands.
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
@@ -23,6 +24,17 @@ from timemark.cli import app
 def _fail(message: str) -> NoReturn:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(2)
+
+
+def _check_output(path: Path, option: str, protect: list[Path | None]) -> None:
+    """Refuse, before any work, an output file that cannot be written or would replace an input."""
+    if path.is_dir():
+        _fail(f"{option} {path} is a folder; give a file name")
+    if not path.parent.is_dir():
+        _fail(f"{option} {path}: its folder {path.parent} does not exist")
+    for source in protect:
+        if source is not None and source.exists() and path.resolve() == source.resolve():
+            _fail(f"{option} {path} would overwrite an input; choose another file")
 
 
 def _open_engine(
@@ -156,6 +168,8 @@ def ground(
 
     if "://" not in video and not Path(video).is_file():
         _fail(f"{video}: no such file")
+    if out is not None:
+        _check_output(out, "--out", protect=[Path(video)] if "://" not in video else [])
     params = _sampling(fps, min_pixels, max_pixels, total_pixels, checkpoint if engine == "native" else None)
     options = _ground_options(
         strategy, params, overlap, top_k, min_confidence, template, think, max_new_tokens, engine
@@ -258,9 +272,13 @@ def evaluate(
     )
     from model_runtime.grounding.evaluate import score_predictions
 
-    if unit <= 0:
-        _fail(f"--unit must be positive, got {unit}")
+    if not (math.isfinite(unit) and unit > 0):
+        _fail(f"--unit must be a positive number, got {unit}")
     run_model = checkpoint is not None or base_url is not None or engine != "native"
+    if save_predictions is not None:
+        if not run_model:
+            _fail("--save-predictions needs a model run (--checkpoint / --engine openai)")
+        _check_output(save_predictions, "--save-predictions", protect=[annotations, predictions])
     if predictions is not None and run_model:
         _fail("pass either --predictions or a model (--checkpoint / --engine openai), not both")
     try:

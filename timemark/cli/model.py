@@ -9,6 +9,7 @@ experts (issue 10). torch is imported inside the commands so `--help` stays fast
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NoReturn
 
 import typer
 
@@ -16,6 +17,18 @@ from timemark.cli import app
 
 model_app = typer.Typer(help="Native Keye-VL checkpoints: create, inspect, quantise.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
+EXPERT_LAYOUTS = ("fused", "per_expert")
+
+
+def _fail(message: str) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def _require_new_folder(out: Path) -> None:
+    """A checkpoint is written into a new or empty folder, never over another one's files."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        _fail(f"--out {out} already exists and is not an empty folder; choose a new one")
 
 
 @model_app.command("init")
@@ -28,6 +41,9 @@ def init(
     """Write a random-weight checkpoint (config, safetensors, tokenizer, preprocessor config)."""
     from model_runtime.checkpoint import init_checkpoint
 
+    if expert_layout not in EXPERT_LAYOUTS:
+        _fail(f"--expert-layout must be one of {', '.join(EXPERT_LAYOUTS)}, got {expert_layout!r}")
+    _require_new_folder(out)
     try:
         path = init_checkpoint(out, size=size, seed=seed, expert_layout=expert_layout)
     except ValueError as exc:
@@ -70,6 +86,7 @@ def quantize(
 
     if out.resolve() == checkpoint.resolve():
         raise typer.BadParameter("--out must be another folder than the checkpoint")
+    _require_new_folder(out)
     try:
         model = load_model(checkpoint, device=device, quantize="fp8")
     except (CheckpointError, ValueError, FileNotFoundError) as exc:

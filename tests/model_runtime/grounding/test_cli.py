@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -199,9 +202,83 @@ def test_eval_with_the_colour_baseline_engine(tmp_path: Path) -> None:
         (["ground", "{synth}/synth_000.mp4", "-q", "x", "--strategy", "zigzag"], "unknown strategy"),
         (["ground", "{synth}/synth_000.mp4", "-q", "x", "--fps", "-1"], "fps must be"),
         (["synth", "--out", "{tmp}/s", "--count", "0"], "count must be"),
+        (["synth", "--out", "{tmp}/s", "--min-event", "-1"], "min event must be positive"),
+        (["synth", "--out", "{tmp}/s", "--duration", "inf"], "duration must be within"),
+        (["synth", "--out", "{tmp}/s", "--video-fps", "1e9"], "video fps must be within"),
+        (["synth", "--out", "{tmp}/s", "--width", "99999999"], "width and height must be within"),
+        (["synth", "--out", "{tmp}/s", "--distractors", "-1"], "distractors must be within"),
+        # An output that would replace an input, or cannot be written, is refused before any work.
+        (
+            [
+                "ground",
+                "{synth}/synth_000.mp4",
+                "-q",
+                "x",
+                "--engine",
+                "color",
+                "--out",
+                "{synth}/synth_000.mp4",
+            ],
+            "would overwrite an input",
+        ),
+        (
+            ["ground", "{synth}/synth_000.mp4", "-q", "x", "--engine", "color", "--out", "{tmp}"],
+            "is a folder",
+        ),
+        (
+            ["ground", "{synth}/synth_000.mp4", "-q", "x", "--engine", "color", "--out", "{tmp}/no/x.json"],
+            "does not exist",
+        ),
+        (
+            [
+                "eval",
+                "--annotations",
+                "{synth}/annotations.json",
+                "--videos",
+                "{synth}",
+                "--engine",
+                "color",
+                "--save-predictions",
+                "{synth}/annotations.json",
+            ],
+            "would overwrite an input",
+        ),
+        (
+            [
+                "eval",
+                "--annotations",
+                "{synth}/annotations.json",
+                "--predictions",
+                "{tmp}/p.json",
+                "--save-predictions",
+                "{tmp}/q.json",
+            ],
+            "needs a model run",
+        ),
+        (
+            ["eval", "--annotations", "{synth}/annotations.json", "--timelens", "--unit", "nan"],
+            "--unit must be",
+        ),
     ],
 )
 def test_one_line_errors(args: list[str], message: str, synth_set: Path, tmp_path: Path) -> None:
     code, _, err = _run(*(a.format(synth=synth_set, tmp=tmp_path) for a in args))
     assert code == 2
     assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
+
+
+def test_the_script_turns_an_unexpected_error_into_one_line(tmp_path: Path) -> None:
+    """The `timemark` entry point itself (not the Typer app): what no command expected still ends as one line."""
+    broken = tmp_path / "ckpt"
+    broken.mkdir()
+    (broken / "config.json").write_text("[1, 2]")
+    script = "import sys; from timemark.cli import main; sys.argv = ['timemark', *sys.argv[1:]]; main()"
+    env = {**os.environ, "TIMEMARK_DEBUG": ""}
+    done = subprocess.run([sys.executable, "-c", script, "model", "info", str(broken)], capture_output=True,
+                          text=True, env=env, timeout=120)  # fmt: skip
+    assert done.returncode == 1
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.startswith("error: ") and "expected a JSON object" in done.stderr
+    debug = subprocess.run([sys.executable, "-c", script, "model", "info", str(broken)], capture_output=True,
+                           text=True, env={**env, "TIMEMARK_DEBUG": "1"}, timeout=120)  # fmt: skip
+    assert debug.returncode == 1 and "Traceback" in debug.stderr

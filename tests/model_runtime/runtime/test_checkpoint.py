@@ -165,3 +165,12 @@ def test_cli_model_init(tmp_path: Path) -> None:
     assert info.exit_code == 0 and "params=" in info.output
     bad = CliRunner().invoke(app, ["model", "init", "--size", "full", "--out", str(tmp_path / "x")])
     assert bad.exit_code != 0
+    # Never over another checkpoint's files, and nothing half-written for a bad layout.
+    again = CliRunner().invoke(app, ["model", "init", "--out", str(tmp_path / "ck"), "--seed", "6"])
+    assert again.exit_code == 2 and "not an empty folder" in again.stderr
+    layout = CliRunner().invoke(
+        app, ["model", "init", "--out", str(tmp_path / "y"), "--expert-layout", "foo"]
+    )
+    assert (
+        layout.exit_code == 2 and "--expert-layout must be" in layout.stderr and not (tmp_path / "y").exists()
+    )

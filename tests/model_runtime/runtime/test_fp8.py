@@ -101,6 +101,10 @@ def test_cli_model_quantize_writes_a_checkpoint_that_loads_in_fp8(tiny_ckpt: Pat
     assert (out / "tokenizer.json").is_file()
     same = CliRunner().invoke(app, ["model", "quantize", str(tiny_ckpt), "--out", str(tiny_ckpt)])
     assert same.exit_code != 0 and "another folder" in same.output
+    over = CliRunner().invoke(
+        app, ["model", "quantize", str(tiny_ckpt), "--out", str(out)]
+    )  # `out` holds one now
+    assert over.exit_code == 2 and "not an empty folder" in over.stderr
     empty = tmp_path / "empty"
     empty.mkdir()
     refused = CliRunner().invoke(app, ["model", "quantize", str(empty), "--out", str(tmp_path / "x")])
