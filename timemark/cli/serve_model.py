@@ -15,7 +15,7 @@ def serve_model(
         ..., "--checkpoint", exists=True, file_okay=False, help="Checkpoint folder."
     ),
     host: str = typer.Option("127.0.0.1", help="Address to listen on."),
-    port: int = typer.Option(8000, help="Port to listen on."),
+    port: int = typer.Option(8000, min=1, max=65535, help="Port to listen on."),
     device: str = typer.Option("cpu", help="Torch device for the model, e.g. cpu or cuda."),
     attn_impl: str = typer.Option("reference", "--attn-impl", help="dense, reference or triton."),
     moe_impl: str = typer.Option("reference", "--moe-impl", help="reference or triton."),
@@ -30,14 +30,26 @@ def serve_model(
         False, "--no-local-files", help="Refuse file paths and file:// URLs."
     ),
     context_tokens: int = typer.Option(
-        188_416, "--context-tokens", help="Tokens one request may hold (KV cache), for the memory check."
+        188_416,
+        "--context-tokens",
+        min=1,
+        help="Tokens one request may hold (KV cache), for the memory check.",
     ),
     gpu_memory_gib: float | None = typer.Option(
-        None, "--gpu-memory-gib", help="Memory to plan against (default on CUDA: the GPU's free memory)."
+        None,
+        "--gpu-memory-gib",
+        min=0.5,
+        help="Memory to plan against (default on CUDA: the GPU's free memory).",
     ),
-    max_batch: int = typer.Option(8, "--max-batch", help="Most requests run together in one engine call."),
+    max_batch: int = typer.Option(
+        8, "--max-batch", min=1, help="Most requests run together in one engine call."
+    ),
     batch_window_ms: float = typer.Option(
-        20.0, "--batch-window-ms", help="How long the first request of a batch waits for company."
+        20.0,
+        "--batch-window-ms",
+        min=0.0,
+        max=10_000.0,
+        help="How long the first request of a batch waits for company.",
     ),
 ) -> None:
     """Serve /v1/chat/completions, /v1/models and /healthz over the native Keye runtime.

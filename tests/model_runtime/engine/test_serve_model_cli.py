@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import requests
 
 from .conftest import _free_port
@@ -80,3 +81,14 @@ def test_serve_model_plans_memory_with_fp8_experts_when_asked(tiny_checkpoint: P
     )
     assert result.returncode == 1, result.stdout + result.stderr
     assert "fp8 weights" in result.stderr  # the refused plan is the FP8 one
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [("--port", "70000"), ("--max-batch", "0"), ("--batch-window-ms", "-1"), ("--context-tokens", "0")],
+)
+def test_serve_model_refuses_out_of_range_numbers(tiny_checkpoint: Path, flag: str, value: str) -> None:
+    result = _serve_model("--checkpoint", str(tiny_checkpoint), flag, value)
+    assert (
+        result.returncode == 2 and flag in result.stdout + result.stderr
+    )  # a usage error, before any loading
