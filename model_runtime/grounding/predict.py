@@ -19,7 +19,11 @@ VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v")
 
 
 def find_video(videos_dir: Path, video: str) -> Path:
-    """The file of an annotation's video id under `videos_dir` (the id may carry its extension)."""
+    """The file of an annotation's video id under `videos_dir` (the id may carry its extension).
+
+    An id is a name inside the folder: one that climbs out of it (`../x`, an absolute path) is refused."""
+    if Path(video).is_absolute() or ".." in Path(video).parts:
+        raise AnnotationError(f"video id {video!r} points outside {videos_dir}")
     direct = videos_dir / video
     if direct.suffix.lower() in VIDEO_EXTENSIONS and direct.is_file():
         return direct

@@ -115,7 +115,9 @@ _TEMPLATE = typer.Option("default", "--template", help="Prompt template name (de
 _THINK = typer.Option(
     False, "--think/--no-think", help="Let the model reason first (give it a larger --max-new-tokens)."
 )
-_MAX_NEW = typer.Option(64, "--max-new-tokens", help="Answer length budget per query and chunk.")
+_MAX_NEW = typer.Option(
+    64, "--max-new-tokens", min=1, max=32768, help="Answer length budget per query and chunk."
+)
 
 
 def _ground_options(strategy: str, params: Any, overlap: float, top_k: int, min_conf: float, template: str,

@@ -42,9 +42,15 @@ def frames(
     skip: str = typer.Option(
         "auto", "--skip", help="Frames the decoder may drop: auto, none, nonref, bidir."
     ),
-    threads: int = typer.Option(2, "--threads", help="Decoder threads (shared among --processes)."),
-    processes: int = typer.Option(1, "--processes", help="Decode each chunk in this many processes (PyAV)."),
-    timeout: float = typer.Option(15.0, "--timeout", help="Seconds any network read may take."),
+    threads: int = typer.Option(
+        2, "--threads", min=1, max=256, help="Decoder threads (shared among --processes)."
+    ),
+    processes: int = typer.Option(
+        1, "--processes", min=1, max=256, help="Decode each chunk in this many processes (PyAV)."
+    ),
+    timeout: float = typer.Option(
+        15.0, "--timeout", min=0.1, max=3600.0, help="Seconds any network read may take."
+    ),
     plan_only: bool = typer.Option(False, "--plan-only", help="Print the plan without decoding."),
 ) -> None:
     """Print the sampling plan of VIDEO as JSON and decode its frames (JPEGs with --out)."""

@@ -229,3 +229,13 @@ def test_a_reversed_predicted_span_is_read_not_refused(tmp_path: Path) -> None:
     path = tmp_path / "preds.json"
     path.write_text(json.dumps([{"video": "v", "query": "q", "segments": [{"start_s": 3.0, "end_s": 1.0}]}]))
     assert read_predictions(path)[0].segments == [(3.0, 1.0, 1.0)]
+
+
+def test_a_video_id_cannot_climb_out_of_the_videos_folder(tmp_path: Path) -> None:
+    from model_runtime.grounding.predict import find_video
+
+    (tmp_path / "set").mkdir()
+    (tmp_path / "outside.mp4").write_bytes(b"x")
+    for video in ("../outside", "../outside.mp4", str(tmp_path / "outside.mp4")):
+        with pytest.raises(AnnotationError, match="points outside"):
+            find_video(tmp_path / "set", video)
