@@ -282,3 +282,11 @@ def test_the_script_turns_an_unexpected_error_into_one_line(tmp_path: Path) -> N
     debug = subprocess.run([sys.executable, "-c", script, "model", "info", str(broken)], capture_output=True,
                            text=True, env={**env, "TIMEMARK_DEBUG": "1"}, timeout=120)  # fmt: skip
     assert debug.returncode == 1 and "Traceback" in debug.stderr
+    # Typer's own usage errors (a bad value, a missing argument) also end in one line, with a pointer to --help.
+    usage = subprocess.run([sys.executable, "-c", script, "frames", "x.mp4", "--fps", "abc"], capture_output=True,
+                           text=True, env=env, timeout=120)  # fmt: skip
+    assert usage.returncode == 2 and usage.stderr.count("\n") == 1, usage.stderr
+    assert (
+        usage.stderr.startswith("error: Invalid value for '--fps'")
+        and "timemark frames --help" in usage.stderr
+    )
