@@ -7,21 +7,19 @@ import pytest
 from benchmarks import run
 
 
-def test_help_prints_usage_and_runs_nothing(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.mark.parametrize(
+    ("argv", "code", "stream", "expected"),
+    [
+        (["--help"], 0, "out", "--assemble-only"),  # usage printed, nothing run
+        (["--assemble-onyl"], 2, "err", "unrecognized arguments: --assemble-onyl"),  # a one-line error
+    ],
+)
+def test_flags_are_parsed_before_anything_runs(
+    argv: list[str], code: int, stream: str, expected: str, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
     monkeypatch.setattr(run, "run_cpu_benchmarks", lambda selected: pytest.fail("benchmarks started"))
     with pytest.raises(SystemExit) as exit_info:
-        run.main(["--help"])
-    assert exit_info.value.code == 0
-    assert "--assemble-only" in capsys.readouterr().out
-
-
-def test_unknown_flag_is_a_one_line_error(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(run, "run_cpu_benchmarks", lambda selected: pytest.fail("benchmarks started"))
-    with pytest.raises(SystemExit) as exit_info:
-        run.main(["--assemble-onyl"])
-    assert exit_info.value.code == 2
-    assert "unrecognized arguments: --assemble-onyl" in capsys.readouterr().err
+        run.main(argv)
+    assert exit_info.value.code == code
+    assert expected in getattr(capsys.readouterr(), stream)
