@@ -142,7 +142,7 @@ def decode_sweep(sizes: list[int], device: str) -> list[dict[str, object]]:
     for keys in sizes:
         q, w, k = make_inputs(keys, device)
         last = keys - 1
-        ours = bench_ms(lambda: indexer_topk(q[last:], w[last:], k, TOPK, last), graph=True)
+        ours = bench_ms(lambda: indexer_topk(q[last:], w[last:], k, TOPK, last), graph=True)  # cooperative
         split = bench_ms(
             lambda: indexer_topk(q[last:], w[last:], k, TOPK, last, topk_method="split"), graph=True
         )

@@ -184,9 +184,9 @@ def indexer_topk(
         topk: keys to keep per query (2048 for Keye-VL-2.0).
         start: absolute position of the first query (history length).
         max_buffer_bytes: bound on the score buffer (+ top-k scratch) reused across query chunks.
-        topk_method: "auto" (default: "split" for one query, "torch" for chunks of <= 64, else "compact"),
-            "torch" (torch.topk on the -inf-masked score rows) or a `kernels.topk` method:
-            "compact", "sample", "radix", "split".
+        topk_method: "auto" (default: "cooperative" for one query, "torch" for chunks of <= 64, else
+            "compact"), "torch" (torch.topk on the -inf-masked score rows) or a `kernels.topk` method:
+            "compact", "sample", "radix", "split", "cooperative".
         scales: (q_scale [T, H_I], k_scale [S]) when q and k are e4m3 (`quantize_indexer_fp8`): the
             scores are `indexer_scores_fp8`'s, computed chunk by chunk like the bf16 ones.
 
@@ -207,8 +207,9 @@ def indexer_topk(
     lengths = causal_lengths(tokens, start, q.device)  # [T]
     methods = ("auto", "torch", *TOPK_METHODS)
     require(topk_method in methods, f"topk_method must be one of {methods}, got {topk_method!r}")
-    # fp32 score (+ key/column scratch; + "split"'s two 512-bin int32 histograms per 2048-column slice)
-    bytes_per_entry = {"radix": 4, "torch": 4, "split": 14}.get(topk_method, 12)
+    # fp32 score (+ key/column scratch; + "split"'s two 512-bin int32 histograms per 2048-column slice,
+    # which "cooperative" falls back to when a chunk's slices do not fit on the GPU at once)
+    bytes_per_entry = {"radix": 4, "torch": 4, "split": 14, "cooperative": 14}.get(topk_method, 12)
     chunk = max(64, (max_buffer_bytes // (bytes_per_entry * max(keys, 1))) // 64 * 64)
     buffer = scratch = None
     for first in range(0, tokens, chunk):
@@ -216,11 +217,11 @@ def indexer_topk(
         visible = start + last  # keys the last query of this chunk sees
         method = topk_method
         if method == "auto":
-            # Measured on the H200 (kernels/NOTES.md): for one decode row "split" (many programs per
-            # row) beats torch.topk; torch.topk beats our kernels on a few rows; "compact" (one program
-            # per row) wins on long causal prefill chunks.
+            # Measured on the H200 (kernels/NOTES.md): for one decode row "cooperative" (many programs
+            # per row, one launch) beats "split" and torch.topk; torch.topk beats our kernels on a few
+            # rows; "compact" (one program per row) wins on long causal prefill chunks.
             rows = last - first
-            method = "split" if rows == 1 else "torch" if rows <= SMALL_BATCH_ROWS else "compact"
+            method = "cooperative" if rows == 1 else "torch" if rows <= SMALL_BATCH_ROWS else "compact"
         if visible <= topk:  # every row selects everything: the scores are never read
             scores = buffer if buffer is not None else torch.empty(last - first, 1, device=q.device)
             launch_select_topk(

@@ -20,25 +20,9 @@ import triton
 import triton.language as tl
 
 from kernels._validate import require
+from kernels.topk.cooperative import launch_cooperative
+from kernels.topk.radix import _crossing_bin, _finish_candidates, _ordered_key, _select_everything, _total_at
 from kernels.topk.reference import check_select_topk_args
-
-
-@triton.jit
-def _ordered_key(x):
-    """Map fp32 to uint32 so that unsigned order equals float order (-inf lowest)."""
-    bits = x.to(tl.uint32, bitcast=True)
-    negative = (bits >> 31) == 1
-    return tl.where(negative, ~bits, bits | 0x80000000)
-
-
-@triton.jit
-def _crossing_bin(hist, needed):
-    """(bin holding the `needed`-th largest key, keys in bins above it) of a 512-bin histogram."""
-    bins = tl.arange(0, 512)
-    hist = tl.where(bins < 256, hist, 0)
-    above = tl.sum(hist, 0) - tl.cumsum(hist, 0)  # keys in bins strictly above each bin
-    crossing = (above < needed) & (above + hist >= needed)
-    return tl.sum(tl.where(crossing, bins, 0), 0), tl.sum(tl.where(crossing, above, 0), 0)
 
 
 @triton.jit
@@ -134,59 +118,6 @@ def _compact_select(
 
 
 @triton.jit
-def _finish_candidates(
-    row_out,
-    row_cand_key,
-    row_cand_col,
-    n_cand,
-    prefix,
-    needed,
-    written,
-    K: tl.constexpr,
-    BLOCK: tl.constexpr,
-    FIRST_STEP: tl.constexpr,
-):
-    """Write the `needed` best of the `n_cand` candidate keys after slot `written`.
-
-    The candidates share the key bits above radix step FIRST_STEP (given in `prefix`) and are in
-    column order, so among keys equal to the threshold the lower columns win.
-    """
-    lanes = tl.arange(0, BLOCK)
-    # Radix passes over the candidates only.
-    prefix = prefix.to(tl.uint32)
-    remaining = needed
-    for step in tl.static_range(FIRST_STEP, 4):
-        shift = 24 - 8 * step  # constexpr: the loop is unrolled
-        hist = tl.zeros((512,), dtype=tl.int32)
-        for first in range(0, n_cand, BLOCK):
-            slot = first + lanes
-            key = tl.load(row_cand_key + slot, mask=slot < n_cand, other=0).to(tl.uint32, bitcast=True)
-            match = (slot < n_cand) & ((key >> (shift + 8)) == (prefix >> (shift + 8)))
-            hist += tl.histogram(tl.where(match, ((key >> shift) & 255).to(tl.int32), 256), 512)
-        chosen, n_above_bin = _crossing_bin(hist, remaining)
-        remaining -= n_above_bin
-        prefix = prefix | (chosen.to(tl.uint32) << shift)
-    # Final pass over the candidates: those above the threshold key, then enough equal ones.
-    n_gt = needed - remaining
-    taken_gt = tl.zeros((), dtype=tl.int32)
-    taken_eq = tl.zeros((), dtype=tl.int32)
-    for first in range(0, n_cand, BLOCK):
-        slot = first + lanes
-        ok = slot < n_cand
-        key = tl.load(row_cand_key + slot, mask=ok, other=0).to(tl.uint32, bitcast=True)
-        col = tl.load(row_cand_col + slot, mask=ok, other=0)
-        gt_mask = ok & (key > prefix)
-        eq_mask = ok & (key == prefix)
-        rank_gt = taken_gt + tl.cumsum(gt_mask.to(tl.int32), 0) - 1
-        rank_eq = taken_eq + tl.cumsum(eq_mask.to(tl.int32), 0) - 1
-        keep_eq = eq_mask & (rank_eq < remaining)
-        slot_out = written + tl.where(gt_mask, rank_gt, n_gt + rank_eq)
-        tl.store(row_out + slot_out, col, mask=(gt_mask | keep_eq) & (slot_out < K))
-        taken_gt += tl.sum(gt_mask.to(tl.int32), 0)
-        taken_eq += tl.sum(eq_mask.to(tl.int32), 0)
-
-
-@triton.jit
 def _select_topk_compact_kernel(
     scores_ptr,
     lengths_ptr,
@@ -209,15 +140,6 @@ def _select_topk_compact_kernel(
             scores_ptr + row.to(tl.int64) * stride_row, row_out, cand_key_ptr + row.to(tl.int64) * stride_cand,
             cand_col_ptr + row.to(tl.int64) * stride_cand, length, K, BLOCK,
         )  # fmt: skip
-
-
-@triton.jit
-def _select_everything(row_out, length, K: tl.constexpr, BLOCK: tl.constexpr):
-    """A row with L <= K selects 0 .. L-1 and pads with -1."""
-    lanes = tl.arange(0, BLOCK)
-    for first in range(0, K, BLOCK):
-        slot = first + lanes
-        tl.store(row_out + slot, tl.where(slot < length, slot, -1), mask=slot < K)
 
 
 @triton.jit
@@ -303,12 +225,6 @@ def _split_hist_kernel(
     key = _ordered_key(tl.load(scores_ptr + row.to(tl.int64) * stride_row + col, mask=valid, other=0.0))
     hist = tl.histogram(tl.where(valid, (key >> 24).to(tl.int32), 256), 512)
     tl.store(hist_ptr + row.to(tl.int64) * stride_hist + part * 512 + tl.arange(0, 512), hist)
-
-
-@triton.jit
-def _total_at(total, chosen):
-    """total[chosen] of a 512-bin histogram."""
-    return tl.sum(tl.where(tl.arange(0, 512) == chosen, total, 0), 0)
 
 
 @triton.jit
@@ -507,7 +423,9 @@ def _launch_split(
     )  # fmt: skip
 
 
-TOPK_METHODS = ("radix", "compact", "sample", "split")
+TOPK_METHODS = ("radix", "compact", "sample", "split", "cooperative")
+# Columns per slice program by default, the fastest on one 128K row on the H200 (kernels/NOTES.md).
+SPLIT_SLICE, COOPERATIVE_SLICE = 2048, 1024
 
 
 def launch_select_topk(
@@ -520,7 +438,7 @@ def launch_select_topk(
     scratch: tuple[torch.Tensor, torch.Tensor] | None = None,
     block: int = 2048,
     sample_size: int = 4096,
-    slice_size: int = 2048,
+    slice_size: int | None = None,
 ) -> None:
     """Write the selection of each row of `scores` into `out` (int32 [R, topk]); no checks.
 
@@ -530,7 +448,9 @@ def launch_select_topk(
     once after estimating the threshold from a strided sample, sorts the survivors, and
     falls back to "compact" for rows where the estimate fails; "split" cuts each row into
     `slice_size`-column slices, one program each (decode, few rows), runs the first two radix
-    steps over them (three slice reads) and finishes each row's few remaining keys in one program.
+    steps over them (three slice reads) and finishes each row's few remaining keys in one program;
+    "cooperative" does the same in one launch (one slice read; cooperative.py) when the row's
+    slices fit on the GPU at once, and falls back to "split" otherwise.
     """
     rows = scores.shape[0]
     if rows == 0:
@@ -546,8 +466,12 @@ def launch_select_topk(
             torch.empty(rows, scores.shape[1], dtype=torch.int32, device=scores.device),
         )
     cand_key, cand_col = scratch
-    if method == "split":
-        _launch_split(scores, topk, lengths, out, cand_key, cand_col, slice_size, block)
+    if method == "cooperative" and launch_cooperative(
+        scores, topk, lengths, out, cand_key, cand_col, slice_size or COOPERATIVE_SLICE, block
+    ):
+        return
+    if method in ("split", "cooperative"):
+        _launch_split(scores, topk, lengths, out, cand_key, cand_col, slice_size or SPLIT_SLICE, block)
         return
     if method == "sample" and scores.shape[1] < (1 << 20):  # columns must fit the 20-bit packing
         _select_topk_sample_kernel[(rows,)](
@@ -569,7 +493,7 @@ def select_topk(
     *,
     method: str = "compact",
     sample_size: int = 4096,
-    slice_size: int = 2048,
+    slice_size: int | None = None,
 ) -> torch.Tensor:
     """Top-k column ids of each row's valid prefix.
 
@@ -580,10 +504,13 @@ def select_topk(
         method: "compact" (2 passes over each row + candidate passes; default), "radix"
             (5 passes over each row), "sample" (1 pass after a sampled threshold estimate) or
             "split" (two radix levels over column slices, one program per slice, then a per-row
-            finish over the few keys left: for one or a few rows, e.g. decode).
+            finish over the few keys left: for one or a few rows, e.g. decode) or
+            "cooperative" ("split" in one launch with grid barriers; "split" when it cannot fit).
             All return the same set up to the choice among equal scores at the threshold.
         sample_size: keys in the "sample" method's threshold sample (a power of two).
-        slice_size: columns per program in the "split" method (a power of two).
+        slice_size: columns per program in the "split" and "cooperative" methods (a power of two;
+            default 2048 and 1024; "cooperative" doubles it, up to 8192, until the grid fits one
+            program per SM).
 
     Returns:
         int32 [R, topk]: selected column ids in no particular order, padded with -1 when a row
@@ -593,7 +520,7 @@ def select_topk(
     check_select_topk_args(scores, topk, lengths)
     require(method in TOPK_METHODS, f"method must be one of {TOPK_METHODS}, got {method!r}")
     require(
-        slice_size >= 16 and slice_size & (slice_size - 1) == 0,
+        slice_size is None or (slice_size >= 16 and slice_size & (slice_size - 1) == 0),
         f"slice_size must be a power of two >= 16, got {slice_size}",
     )
     if scores.stride(1) != 1:

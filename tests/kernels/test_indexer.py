@@ -56,11 +56,14 @@ TOPK_CASES = [
     pytest.param(70, 30, 5, 32, 24, torch.float32, -2, id="T70-S100-H5-K24-chunked-torch"),
     pytest.param(70, 30, 5, 32, 24, torch.float32, -3, id="T70-S100-H5-K24-chunked-split"),
     pytest.param(3, 90, 4, 16, 32, torch.float32, 1 << 30, id="T3-S93-K32-decode-auto"),
-    pytest.param(1, 90, 4, 16, 32, torch.float32, 1 << 30, id="T1-S91-K32-decode-auto-split"),
+    pytest.param(1, 90, 4, 16, 32, torch.float32, 1 << 30, id="T1-S91-K32-decode-auto-cooperative"),
     pytest.param(2, 2047, 2, 16, 2048, torch.float32, 1 << 30, id="T2-S2049-K2048-border"),
     pytest.param(5000, 0, 16, 64, 2048, torch.bfloat16, 1 << 30, id="T5000-K2048-bf16", marks=GPU),
     pytest.param(257, 4000, 16, 64, 2048, torch.bfloat16, 1 << 22, id="T257-S4257-K2048-chunked", marks=GPU),
     pytest.param(1, 131071, 16, 64, 2048, torch.bfloat16, -3, id="T1-S128K-K2048-decode-split", marks=GPU),
+    pytest.param(
+        1, 131071, 16, 64, 2048, torch.bfloat16, 1 << 30, id="T1-S128K-K2048-decode-auto", marks=GPU
+    ),
 ]
 
 

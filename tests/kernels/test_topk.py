@@ -43,7 +43,7 @@ def make_scores(rows: int, cols: int, kind: str, generator: torch.Generator) -> 
     return scores
 
 
-@pytest.mark.parametrize("method", ["compact", "radix", "sample", "split"])
+@pytest.mark.parametrize("method", ["compact", "radix", "sample", "split", "cooperative"])
 @pytest.mark.parametrize(("rows", "cols", "topk", "kind"), CASES)
 def test_select_topk_matches_reference(
     rows: int, cols: int, topk: int, kind: str, method: str, device: str
@@ -59,7 +59,7 @@ def test_select_topk_matches_reference(
     for row, length in zip(range(1, rows), borders, strict=False):
         lengths[row] = min(max(length, 1), cols)
     # A small threshold sample on the CPU keeps the interpreter's sort cheap (same code path);
-    # small slices there make "split" cut even the short rows into several programs.
+    # small slices there make "split" and "cooperative" cut even the short rows into several programs.
     sample_size, slice_size = (64, 64) if device == "cpu" else (4096, 2048)
     picked = select_topk(
         scores.to(device),

@@ -1,0 +1,100 @@
+"""Radix-select pieces shared by the top-k kernels (kernel.py, cooperative.py).
+
+Scores become order-preserving uint32 keys; a 512-bin histogram of one 8-bit digit (bin 256
+collects keys that do not match the current prefix and is never read) gives the bin holding the
+k-th largest key; the few keys left in that bin are finished by radix passes over a candidate list.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _ordered_key(x):
+    """Map fp32 to uint32 so that unsigned order equals float order (-inf lowest)."""
+    bits = x.to(tl.uint32, bitcast=True)
+    negative = (bits >> 31) == 1
+    return tl.where(negative, ~bits, bits | 0x80000000)
+
+
+@triton.jit
+def _crossing_bin(hist, needed):
+    """(bin holding the `needed`-th largest key, keys in bins above it) of a 512-bin histogram."""
+    bins = tl.arange(0, 512)
+    hist = tl.where(bins < 256, hist, 0)
+    above = tl.sum(hist, 0) - tl.cumsum(hist, 0)  # keys in bins strictly above each bin
+    crossing = (above < needed) & (above + hist >= needed)
+    return tl.sum(tl.where(crossing, bins, 0), 0), tl.sum(tl.where(crossing, above, 0), 0)
+
+
+@triton.jit
+def _finish_candidates(
+    row_out,
+    row_cand_key,
+    row_cand_col,
+    n_cand,
+    prefix,
+    needed,
+    written,
+    K: tl.constexpr,
+    BLOCK: tl.constexpr,
+    FIRST_STEP: tl.constexpr,
+):
+    """Write the `needed` best of the `n_cand` candidate keys after slot `written`.
+
+    The candidates share the key bits above radix step FIRST_STEP (given in `prefix`) and are in
+    column order, so among keys equal to the threshold the lower columns win. They are read past L1
+    (".cg"): in cooperative.py other programs wrote them.
+    """
+    lanes = tl.arange(0, BLOCK)
+    # Radix passes over the candidates only.
+    prefix = prefix.to(tl.uint32)
+    remaining = needed
+    for step in tl.static_range(FIRST_STEP, 4):
+        shift = 24 - 8 * step  # constexpr: the loop is unrolled
+        hist = tl.zeros((512,), dtype=tl.int32)
+        for first in range(0, n_cand, BLOCK):
+            slot = first + lanes
+            key = tl.load(row_cand_key + slot, mask=slot < n_cand, other=0, cache_modifier=".cg").to(
+                tl.uint32, bitcast=True
+            )
+            match = (slot < n_cand) & ((key >> (shift + 8)) == (prefix >> (shift + 8)))
+            hist += tl.histogram(tl.where(match, ((key >> shift) & 255).to(tl.int32), 256), 512)
+        chosen, n_above_bin = _crossing_bin(hist, remaining)
+        remaining -= n_above_bin
+        prefix = prefix | (chosen.to(tl.uint32) << shift)
+    # Final pass over the candidates: those above the threshold key, then enough equal ones.
+    n_gt = needed - remaining
+    taken_gt = tl.zeros((), dtype=tl.int32)
+    taken_eq = tl.zeros((), dtype=tl.int32)
+    for first in range(0, n_cand, BLOCK):
+        slot = first + lanes
+        ok = slot < n_cand
+        key = tl.load(row_cand_key + slot, mask=ok, other=0, cache_modifier=".cg").to(tl.uint32, bitcast=True)
+        col = tl.load(row_cand_col + slot, mask=ok, other=0, cache_modifier=".cg")
+        gt_mask = ok & (key > prefix)
+        eq_mask = ok & (key == prefix)
+        rank_gt = taken_gt + tl.cumsum(gt_mask.to(tl.int32), 0) - 1
+        rank_eq = taken_eq + tl.cumsum(eq_mask.to(tl.int32), 0) - 1
+        keep_eq = eq_mask & (rank_eq < remaining)
+        slot_out = written + tl.where(gt_mask, rank_gt, n_gt + rank_eq)
+        tl.store(row_out + slot_out, col, mask=(gt_mask | keep_eq) & (slot_out < K))
+        taken_gt += tl.sum(gt_mask.to(tl.int32), 0)
+        taken_eq += tl.sum(eq_mask.to(tl.int32), 0)
+
+
+@triton.jit
+def _select_everything(row_out, length, K: tl.constexpr, BLOCK: tl.constexpr):
+    """A row with L <= K selects 0 .. L-1 and pads with -1."""
+    lanes = tl.arange(0, BLOCK)
+    for first in range(0, K, BLOCK):
+        slot = first + lanes
+        tl.store(row_out + slot, tl.where(slot < length, slot, -1), mask=slot < K)
+
+
+@triton.jit
+def _total_at(total, chosen):
+    """total[chosen] of a 512-bin histogram."""
+    return tl.sum(tl.where(tl.arange(0, 512) == chosen, total, 0), 0)
