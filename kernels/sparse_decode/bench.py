@@ -12,6 +12,7 @@ excluded: a decode step is captured in a graph by any serious engine); the refer
 from __future__ import annotations
 
 import argparse
+import statistics
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +21,16 @@ from kernels._bench import bench_ms, format_table
 from kernels.sparse_decode import sparse_decode, sparse_decode_ref
 
 Q_HEADS, KV_HEADS, HEAD_DIM, TOPK, PAGE = 32, 4, 128, 2048, 64
+CONFIGS = [  # (block_n, n_splits or None for the default, num_warps, num_stages); the first is the default
+    (64, None, 4, 3),
+    (32, None, 4, 4),
+    (32, None, 4, 3),
+    (64, None, 4, 4),
+    (64, None, 8, 3),
+    (64, None, 4, 2),
+    (128, None, 8, 3),
+    (64, 4, 4, 3),
+]
 
 
 def torch_gather_sdpa(q, k_cache, v_cache, table, idx, scale):
@@ -34,24 +45,65 @@ def torch_gather_sdpa(q, k_cache, v_cache, table, idx, scale):
     )[:, :, 0]  # fmt: skip
 
 
-def sweep(length: int, batches: list[int], device: str) -> list[dict[str, object]]:
+def make_case(length: int, batch: int, device: str):
+    """Paged caches shuffled across pages, one query per sequence, random top-k positions."""
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    pages_per_seq = -(-length // PAGE)
+    n_pages = batch * pages_per_seq
+    k_cache = torch.randn(n_pages, PAGE, KV_HEADS, HEAD_DIM, device=device, dtype=dtype)
+    v_cache = torch.randn(n_pages, PAGE, KV_HEADS, HEAD_DIM, device=device, dtype=dtype)
+    table = torch.randperm(n_pages, device=device).view(batch, pages_per_seq).to(torch.int32)
+    q = torch.randn(batch, Q_HEADS, HEAD_DIM, device=device, dtype=dtype)
+    idx = torch.rand(batch, length, device=device).topk(min(TOPK, length), dim=1).indices.to(torch.int32)
+    return q, k_cache, v_cache, table, idx
+
+
+def moved_bytes(idx: torch.Tensor, k_cache: torch.Tensor) -> int:
+    """Selected K and V rows plus the indices."""
+    return idx.shape[0] * idx.shape[1] * (2 * KV_HEADS * HEAD_DIM * k_cache.element_size() + 4)
+
+
+def config_sweep(length: int, batch: int, device: str, rounds: int = 3) -> list[dict[str, object]]:
+    """Launch configurations of the split kernel at one batch, each timed in `rounds` interleaved
+    rounds (single timings of a ~90 µs op moved by up to 10 % between calls); median and spread."""
+    q, k_cache, v_cache, table, idx = make_case(length, batch, device)
+    scale = HEAD_DIM**-0.5
+    expected = sparse_decode(q, k_cache, v_cache, table, idx, scale).float()
+    configs = [
+        {"block_n": block_n, "n_splits": n_splits, "num_warps": warps, "num_stages": stages}
+        for block_n, n_splits, warps, stages in CONFIGS
+    ]
+    times: list[list[float]] = [[] for _ in configs]
+    for _ in range(rounds):
+        for config, timed in zip(configs, times, strict=True):
+            timed.append(
+                bench_ms(lambda: sparse_decode(q, k_cache, v_cache, table, idx, scale, **config), graph=True)
+            )
+    results = []
+    for config, timed in zip(configs, times, strict=True):
+        out = sparse_decode(q, k_cache, v_cache, table, idx, scale, **config)
+        ms = statistics.median(timed)
+        results.append(
+            {
+                "B": batch, **config, "us_median": ms * 1e3, "us_min": min(timed) * 1e3, "us_max": max(timed) * 1e3,
+                "GB/s": moved_bytes(idx, k_cache) / ms / 1e6,
+                "max_abs_diff_vs_default": (out.float() - expected).abs().max().item(),
+            }
+        )  # fmt: skip
+    return results
+
+
+def sweep(length: int, batches: list[int], device: str) -> list[dict[str, object]]:
     scale = HEAD_DIM**-0.5
     results = []
     for batch in batches:
-        pages_per_seq = -(-length // PAGE)
-        n_pages = batch * pages_per_seq
-        k_cache = torch.randn(n_pages, PAGE, KV_HEADS, HEAD_DIM, device=device, dtype=dtype)
-        v_cache = torch.randn(n_pages, PAGE, KV_HEADS, HEAD_DIM, device=device, dtype=dtype)
-        table = torch.randperm(n_pages, device=device).view(batch, pages_per_seq).to(torch.int32)
-        q = torch.randn(batch, Q_HEADS, HEAD_DIM, device=device, dtype=dtype)
-        idx = torch.rand(batch, length, device=device).topk(min(TOPK, length), dim=1).indices.to(torch.int32)
+        q, k_cache, v_cache, table, idx = make_case(length, batch, device)
         ours = bench_ms(lambda: sparse_decode(q, k_cache, v_cache, table, idx, scale), graph=True)
         baseline = bench_ms(lambda: torch_gather_sdpa(q, k_cache, v_cache, table, idx, scale), graph=True)
         reference = None
         if batch == 1:
             reference = bench_ms(lambda: sparse_decode_ref(q, k_cache, v_cache, table, idx, scale))
-        moved = batch * idx.shape[1] * (2 * KV_HEADS * HEAD_DIM * k_cache.element_size() + 4)
+        moved = moved_bytes(idx, k_cache)
         results.append(
             {
                 "B": batch,
@@ -67,17 +119,24 @@ def sweep(length: int, batches: list[int], device: str) -> list[dict[str, object
     return results
 
 
-def main(argv: list[str] | None = None) -> list[dict[str, object]]:
+def main(argv: list[str] | None = None) -> dict[str, list[dict[str, object]]]:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--lengths", type=int, nargs="+", default=[131072])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64])
+    parser.add_argument(
+        "--config-batch", type=int, default=64, help="batch of the launch-config sweep (0: skip)"
+    )
     args = parser.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     results = []
     for length in args.lengths:
         results += sweep(length, args.batches, device)
-    print(format_table(results, f"sparse decode, paged KV ({device})"))
-    return results
+    tables = {"sparse decode, paged KV": results}
+    if args.config_batch:
+        tables["split-kernel launch configs"] = config_sweep(args.lengths[0], args.config_batch, device)
+    for title, rows in tables.items():
+        print(format_table(rows, f"{title} ({device})"))
+    return tables
 
 
 if __name__ == "__main__":
