@@ -19,6 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels._validate import require
 from kernels.fused_moe.reference import check_fused_moe_args, check_fused_moe_fp8_args
 
 
@@ -216,6 +217,7 @@ def fused_moe(
     block_k: int | None = None,
     num_warps: int | None = None,
     num_stages: int | None = None,
+    down_tiles: dict[str, int] | None = None,
 ) -> torch.Tensor:
     """Routed SiLU-gated expert FFN for a batch of tokens.
 
@@ -228,6 +230,9 @@ def fused_moe(
         block_m/n/k, num_warps, num_stages: tile configuration of both GEMMs; each left None
             takes `default_tiles(x.dtype)` (16-bit: the best of the kernels/fused_moe/bench.py sweep
             on an H200, 2026-11-29; fp32: smaller tiles that fit shared memory).
+        down_tiles: block_n/block_k/num_warps/num_stages of the down GEMM where they should differ
+            from the gate_up GEMM's (its N is D and its K is F, the other way round); block_m is
+            shared, both kernels walk the same expert-padded rows.
 
     Returns:
         [T, D] in x's dtype: sum_j topk_weights[t, j] * (SiLU(x gate) * (x up)) down for
@@ -241,7 +246,9 @@ def fused_moe(
         "block_k": block_k or tiles["block_k"], "num_warps": num_warps or tiles["num_warps"],
         "num_stages": num_stages or tiles["num_stages"],
     }  # fmt: skip
-    return _run(x, gate_up, down, None, topk_ids, topk_weights, **tiles)
+    unknown = set(down_tiles or {}) - {"block_n", "block_k", "num_warps", "num_stages"}
+    require(not unknown, f"down_tiles takes block_n, block_k, num_warps, num_stages; got {sorted(unknown)}")
+    return _run(x, gate_up, down, None, topk_ids, topk_weights, down_tiles=down_tiles, **tiles)
 
 
 def fused_moe_fp8(
@@ -280,6 +287,7 @@ def _run(
     block_k: int,
     num_warps: int,
     num_stages: int,
+    down_tiles: dict[str, int] | None = None,
 ) -> torch.Tensor:
     """Sort the slots, launch both GEMMs (FP8 when `scales` are given), sum each token's k rows."""
     tokens, hidden = x.shape
@@ -306,6 +314,15 @@ def _run(
         num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip
     per_slot = torch.empty(n_slots, hidden, dtype=x.dtype, device=x.device)  # [T*k, D]
+    down_tiles = {
+        "block_n": block_n,
+        "block_k": block_k,
+        "num_warps": num_warps,
+        "num_stages": num_stages,
+    } | (down_tiles or {})
+    block_n, block_k, num_warps, num_stages = (
+        down_tiles[name] for name in ("block_n", "block_k", "num_warps", "num_stages")
+    )
     _down_kernel[(max_blocks, triton.cdiv(hidden, block_n))](
         act, down, down_scale, per_slot, weights, sorted_slots, block_expert, n_blocks, n_slots, hidden, width,
         act.stride(0), down.stride(0), down.stride(1), down_scale.stride(0), down_scale.stride(1),

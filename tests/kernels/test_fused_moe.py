@@ -54,6 +54,20 @@ def test_fused_moe_matches_reference(tokens, hidden, width, experts, top, dtype,
     assert_close(out, ref, rel_tol=REL_TOL[dtype], what="fused_moe")
 
 
+def test_fused_moe_down_tiles_differ_from_gate_up(device: str) -> None:
+    """The down GEMM with its own tiles (N = D, K = F) gives the same result as the reference."""
+    generator = torch.Generator().manual_seed(3)
+    case = make_case(37, 48, 40, 5, 2, torch.float32, generator)
+    x, gate_up, down, ids, weights = (t.to(device) for t in case)
+    out = fused_moe(
+        x, gate_up, down, ids, weights, block_m=16, block_n=32, block_k=16,
+        down_tiles={"block_n": 16, "block_k": 32, "num_warps": 2, "num_stages": 2},
+    )  # fmt: skip
+    assert_close(
+        out, fused_moe_ref(x, gate_up, down, ids, weights), rel_tol=REL_TOL[torch.float32], what="down_tiles"
+    )
+
+
 def test_sort_slots_groups_by_expert_in_padded_blocks() -> None:
     ids = torch.tensor([[2, 0], [2, 1], [0, 2]])  # slots 0..5 -> experts 2,0,2,1,0,2
     sorted_slots, block_expert, n_blocks = sort_slots_by_expert(ids, experts=4, block_m=2)
@@ -77,3 +91,5 @@ def test_fused_moe_rejects_bad_input(device: str) -> None:
         fused_moe(x.half(), gate_up, down, ids, weights)
     with pytest.raises(KernelInputError, match="hidden"):
         fused_moe(x[:, :8], gate_up, down, ids, weights)
+    with pytest.raises(KernelInputError, match="down_tiles takes"):
+        fused_moe(x, gate_up, down, ids, weights, down_tiles={"block_m": 64})
