@@ -27,7 +27,6 @@ CONFIGS = [  # (block_m, block_n, block_k, num_warps, num_stages) of both GEMMs
     (64, 64, 64, 4, 4),
     (128, 128, 64, 8, 3),
     (128, 64, 64, 4, 3),
-    (128, 64, 64, 4, 4),
     (128, 128, 32, 8, 4),
     (128, 128, 64, 8, 4),
     (256, 128, 64, 8, 3),
@@ -36,10 +35,8 @@ CONFIGS = [  # (block_m, block_n, block_k, num_warps, num_stages) of both GEMMs
 # the row with both on the default is the down kernel's share.
 DOWN_CONFIGS = [  # (block_n, block_k, num_warps, num_stages)
     (128, 64, 4, 4),
-    (128, 64, 8, 4),
     (256, 64, 8, 3),
     (256, 32, 8, 4),
-    (128, 128, 8, 3),
     (64, 64, 4, 4),
 ]
 

@@ -23,7 +23,9 @@ import triton
 import triton.language as tl
 
 _PAD = torch.iinfo(torch.int32).max
-_MAX_PAIRS = 1 << 15  # (query, key) pairs one program sorts in registers: 8 queries × top-2048 = 16K
+_MAX_PAIRS = (
+    1 << 15
+)  # (query, key) pairs one program sorts in registers (8 queries × top-2048 = 16K); keys per query in the bitmap kernels
 MAX_BLOCK_Q = 32  # queries per block: one bit each in an int32 owner word
 
 
@@ -50,8 +52,9 @@ def build_block_union(idx: torch.Tensor, block_q: int, *, method: str = "bitmap"
     "bitmap" (default): one bit per key position per block, set by the block's selections, then read back in
     order, so the union comes out sorted without sorting (O(positions / 32) words per block). "sort": the
     block's (key, query) pairs sorted in registers; used when the bitmaps would pass 4 GB. Both are Triton
-    (GPU, or the CPU interpreter); PyTorch when there is nothing to select, when a block's pairs do not fit one
-    program, or when positions do not fit the sort kernel's packed 32-bit (key, query) codes. The Triton
+    (GPU, or the CPU interpreter); PyTorch when there is nothing to select, when a query's selections (for
+    "sort": a block's pairs) do not fit one program, or when positions do not fit the sort kernel's packed
+    32-bit (key, query) codes. The Triton
     result's `keys` and `owners` rows are `block_q * K` wide (no host sync to size them): each as many bytes
     as idx."""
     tokens, topk = idx.shape
@@ -61,14 +64,14 @@ def build_block_union(idx: torch.Tensor, block_q: int, *, method: str = "bitmap"
         raise ValueError(f"method must be one of {UNION_METHODS}, got {method!r}")
     q_bits = max(0, (block_q - 1).bit_length())
     pairs = triton.next_power_of_2(block_q) * triton.next_power_of_2(max(1, topk))
-    if tokens == 0 or topk == 0 or pairs > _MAX_PAIRS:
+    if tokens == 0 or topk == 0 or triton.next_power_of_2(topk) > _MAX_PAIRS:
         return build_block_union_torch(idx, block_q)
     largest = int(idx.max().item())
     n_blocks = -(-tokens // block_q)
     words = largest // 32 + 1
     if method == "bitmap" and 2 * 4 * n_blocks * words > _BITMAP_MAX_BYTES:
         method = "sort"
-    if method == "sort" and largest >= (_PAD >> q_bits):
+    if method == "sort" and (pairs > _MAX_PAIRS or largest >= (_PAD >> q_bits)):
         return build_block_union_torch(idx, block_q)
     width = block_q * topk  # the widest union possible; the kernel fills `counts[b]` of each row
     keys = torch.full((n_blocks, width), _PAD, dtype=torch.int32, device=idx.device)
@@ -85,7 +88,7 @@ def build_block_union(idx: torch.Tensor, block_q: int, *, method: str = "bitmap"
         return BlockUnion(keys=keys, counts=counts, owners=owners)
     bitmap = torch.zeros(n_blocks, words, dtype=torch.int32, device=idx.device)
     word_slot = torch.empty(n_blocks, words, dtype=torch.int32, device=idx.device)
-    pair_meta = {"BLOCK_Q": block_q, "BLOCK_QP": 1 << q_bits, "BLOCK_K": triton.next_power_of_2(max(1, topk))}
+    pair_meta = {"BLOCK_Q": block_q, "BLOCK_K": triton.next_power_of_2(max(1, topk))}
     _set_bits_kernel[(n_blocks,)](idx, bitmap, tokens, topk, idx.stride(0), bitmap.stride(0), **pair_meta,
                                   num_warps=warps)  # fmt: skip
     _read_bits_kernel[(n_blocks,)](bitmap, word_slot, keys, counts, words, bitmap.stride(0), keys.stride(0),
@@ -98,28 +101,25 @@ def build_block_union(idx: torch.Tensor, block_q: int, *, method: str = "bitmap"
 
 
 @triton.jit
-def _block_pairs(
-    idx_ptr, T, K, stride_idx, BLOCK_Q: tl.constexpr, BLOCK_QP: tl.constexpr, BLOCK_K: tl.constexpr
-):
-    """The block's selections: (query within the block [QP, 1], key [QP, K], valid [QP, K])."""
-    block = tl.program_id(0)
-    local = tl.arange(0, BLOCK_QP)[:, None]
-    col = tl.arange(0, BLOCK_K)[None, :]
-    token = block * BLOCK_Q + local
-    ok = (local < BLOCK_Q) & (token < T) & (col < K)
+def _query_keys(idx_ptr, T, K, stride_idx, j, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Query j of the block's selections: (key [K], valid [K]). One query at a time keeps a program's
+    tensors [K]-sized whatever BLOCK_Q is (a [16, 2048] block needed 256 KB of shared memory)."""
+    token = tl.program_id(0) * BLOCK_Q + j
+    col = tl.arange(0, BLOCK_K)
+    ok = col < tl.where(token < T, K, 0)  # (a scalar & vector mask trips the CPU interpreter)
     key = tl.load(idx_ptr + token.to(tl.int64) * stride_idx + col, mask=ok, other=-1).to(tl.int32)
-    return local, key, ok & (key >= 0)
+    return key, ok & (key >= 0)
 
 
 @triton.jit
 def _set_bits_kernel(
-    idx_ptr, bitmap_ptr, T, K, stride_idx, stride_bitmap,
-    BLOCK_Q: tl.constexpr, BLOCK_QP: tl.constexpr, BLOCK_K: tl.constexpr,
-):  # fmt: skip
+    idx_ptr, bitmap_ptr, T, K, stride_idx, stride_bitmap, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr
+):
     """Bit `key` of the block's bitmap for every key one of its queries selected."""
-    _, key, valid = _block_pairs(idx_ptr, T, K, stride_idx, BLOCK_Q, BLOCK_QP, BLOCK_K)
     row = bitmap_ptr + tl.program_id(0).to(tl.int64) * stride_bitmap
-    tl.atomic_or(row + (key >> 5), 1 << (key & 31), mask=valid)
+    for j in range(BLOCK_Q):
+        key, valid = _query_keys(idx_ptr, T, K, stride_idx, j, BLOCK_Q, BLOCK_K)
+        tl.atomic_or(row + (key >> 5), 1 << (key & 31), mask=valid)
 
 
 @triton.jit
@@ -156,16 +156,19 @@ def _popcount(x):
 @triton.jit
 def _mark_owners_kernel(
     idx_ptr, bitmap_ptr, word_slot_ptr, owners_ptr, T, K, stride_idx, stride_bitmap, stride_owners,
-    BLOCK_Q: tl.constexpr, BLOCK_QP: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     """Each selection's union slot (its word's first slot + the set bits below it) gets the query's bit."""
-    local, key, valid = _block_pairs(idx_ptr, T, K, stride_idx, BLOCK_Q, BLOCK_QP, BLOCK_K)
     block = tl.program_id(0).to(tl.int64)
-    word_id = tl.where(valid, key >> 5, 0)
-    word = tl.load(bitmap_ptr + block * stride_bitmap + word_id, mask=valid, other=0)
-    below = word & ((1 << (key & 31)) - 1)
-    slot = tl.load(word_slot_ptr + block * stride_bitmap + word_id, mask=valid, other=0) + _popcount(below)
-    tl.atomic_or(owners_ptr + block * stride_owners + slot, 1 << local, mask=valid)
+    for j in range(BLOCK_Q):
+        key, valid = _query_keys(idx_ptr, T, K, stride_idx, j, BLOCK_Q, BLOCK_K)
+        word_id = tl.where(valid, key >> 5, 0)
+        word = tl.load(bitmap_ptr + block * stride_bitmap + word_id, mask=valid, other=0)
+        below = word & ((1 << (key & 31)) - 1)
+        slot = tl.load(word_slot_ptr + block * stride_bitmap + word_id, mask=valid, other=0) + _popcount(
+            below
+        )
+        tl.atomic_or(owners_ptr + block * stride_owners + slot, 1 << j, mask=valid)
 
 
 @triton.jit

@@ -80,8 +80,8 @@ def test_sparse_attention_matches_reference(tokens, keys, q_heads, kv_heads, dim
     assert (out[empty_rows] == 0).all(), "queries with no selected key must be zero"
 
 
-def test_block_union_lists_each_key_once_and_marks_owners() -> None:
-    idx = torch.tensor([[3, 1, -1], [1, 7, 7], [-1, -1, -1], [2, 2, 9]], dtype=torch.int32)
+def test_block_union_lists_each_key_once_and_marks_owners(device: str) -> None:
+    idx = torch.tensor([[3, 1, -1], [1, 7, 7], [-1, -1, -1], [2, 2, 9]], dtype=torch.int32, device=device)
     union = build_block_union(idx, block_q=2)
     assert union.counts.tolist() == [3, 2]
     assert union.keys[0, :3].tolist() == [1, 3, 7]
@@ -103,13 +103,19 @@ UNION_CASES = [
     pytest.param(37, 100, 20, 3, "random", id="T37-K20-q3"),
     pytest.param(33, 50, 20, 5, "structured", id="T33-K20-q5-local"),
     pytest.param(2049, 2049, 2048, 8, "structured", id="T2049-K2048-q8-local", marks=GPU),
+    pytest.param(70, 90, 24, 32, "random", id="T70-K24-q32"),
     pytest.param(300, 5000, 2048, 8, "random", id="T300-S5000-K2048-q8", marks=GPU),
+    # 16 and 32 queries x top-2048: more pairs than the sort kernel holds; the bitmap kernels take them
+    pytest.param(600, 5000, 2048, 16, "random", id="T600-S5000-K2048-q16", marks=GPU),
+    pytest.param(300, 3000, 2048, 32, "structured", id="T300-K2048-q32-local", marks=GPU),
 ]
 
 
 @pytest.mark.parametrize("method", ["bitmap", "sort"])
 @pytest.mark.parametrize(("tokens", "keys", "topk", "block_q", "kind"), UNION_CASES)
 def test_triton_block_union_equals_torch(tokens, keys, topk, block_q, kind, method, device) -> None:
+    if method == "sort" and block_q * topk > 1 << 15:
+        pytest.skip("the sort kernel holds a block's pairs in registers; PyTorch builds these unions")
     generator = torch.Generator().manual_seed(5)
     if kind == "random":
         idx = random_selection(tokens, keys, topk, generator)
