@@ -108,7 +108,9 @@ def main(argv: list[str] | None = None) -> None:
             if not isinstance(rows, list) or not rows:
                 return "compact"
             widest = max(rows, key=lambda r: r["rows"])
-            times = {m: widest[f"ours_{m}_us_per_row"] for m in ("compact", "radix", "sample", "split")}
+            times = {
+                m: widest[f"ours_{m}_us_per_row"] for m in ("compact", "radix", "sample", "split", "bound")
+            }
             return min(times, key=times.get)
 
         sweeps = [

@@ -114,6 +114,10 @@ def prefill_sweep(sizes: list[int], device: str, reference_max: int) -> list[dic
             lambda: indexer_topk(q, w, k, TOPK, 0, max_buffer_bytes=3 << 32, topk_method="split"),
             budget_ms=1000,
         )
+        bound = bench_ms(
+            lambda: indexer_topk(q, w, k, TOPK, 0, max_buffer_bytes=3 << 32, topk_method="bound"),
+            budget_ms=1000,
+        )
         scores_only = bench_ms(lambda: scores_pass(q, w, k, 1 << 32), budget_ms=1000)
         baseline = bench_ms(lambda: torch_indexer_topk(q, w, k, TOPK, 0), budget_ms=1000)
         reference = None
@@ -126,6 +130,7 @@ def prefill_sweep(sizes: list[int], device: str, reference_max: int) -> list[dic
                 "ours_radix_topk_ms": radix,
                 "ours_sample_topk_ms": sample,
                 "ours_split_topk_ms": split,
+                "ours_bound_topk_ms": bound,
                 "scores_only_ms": scores_only,
                 "torch_bf16_ms": baseline,
                 "reference_ms": reference,

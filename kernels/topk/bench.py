@@ -32,6 +32,7 @@ def sweep(cols: int, rows_list: list[int], topk: int, device: str) -> list[dict[
         ours_radix = bench_ms(lambda: select_topk(scores, topk, lengths, method="radix"), graph=True)
         ours_sample = bench_ms(lambda: select_topk(scores, topk, lengths, method="sample"), graph=True)
         ours_split = bench_ms(lambda: select_topk(scores, topk, lengths, method="split"), graph=True)
+        ours_bound = bench_ms(lambda: select_topk(scores, topk, lengths, method="bound"), graph=True)
         ours_coop = {  # "cooperative" falls back to "split" when rows x slices exceed the SMs
             size: bench_ms(
                 lambda: select_topk(scores, topk, lengths, method="cooperative", slice_size=size), graph=True
@@ -51,11 +52,12 @@ def sweep(cols: int, rows_list: list[int], topk: int, device: str) -> list[dict[
                 "ours_radix_us_per_row": ours_radix * 1e3 / rows,
                 "ours_sample_us_per_row": ours_sample * 1e3 / rows,
                 "ours_split_us_per_row": ours_split * 1e3 / rows,
+                "ours_bound_us_per_row": ours_bound * 1e3 / rows,
                 **{f"ours_coop{size}_us_per_row": ms * 1e3 / rows for size, ms in ours_coop.items()},
                 "torch.topk_us_per_row": torch_topk * 1e3 / rows,
                 "reference_us_per_row": reference * 1e3 / rows,
                 "best_GB/s_one_read": read_bytes
-                / min(ours, ours_radix, ours_sample, ours_split, *ours_coop.values())
+                / min(ours, ours_radix, ours_sample, ours_split, ours_bound, *ours_coop.values())
                 / 1e6,
             }
         )

@@ -20,8 +20,16 @@ import triton
 import triton.language as tl
 
 from kernels._validate import require
+from kernels.topk.bound import GROUP, _select_topk_bound_kernel
 from kernels.topk.cooperative import launch_cooperative
-from kernels.topk.radix import _crossing_bin, _finish_candidates, _ordered_key, _select_everything, _total_at
+from kernels.topk.radix import (
+    _compact_select,
+    _crossing_bin,
+    _finish_candidates,
+    _ordered_key,
+    _select_everything,
+    _total_at,
+)
 from kernels.topk.reference import check_select_topk_args
 
 
@@ -79,42 +87,6 @@ def _select_topk_kernel(
             tl.store(row_out + slot, col, mask=(above_mask | keep_equal) & (slot < K))
             taken_above += tl.sum(above_mask.to(tl.int32), 0)
             taken_equal += tl.sum(equal_mask.to(tl.int32), 0)
-
-
-@triton.jit
-def _compact_select(
-    row_scores, row_out, row_cand_key, row_cand_col, length, K: tl.constexpr, BLOCK: tl.constexpr
-):
-    """Exact top-K of one row with L > K: two row reads, then radix passes over the candidates."""
-    lanes = tl.arange(0, BLOCK)
-    # Pass 1: histogram of the top 8 key bits over the whole row.
-    hist = tl.zeros((512,), dtype=tl.int32)
-    for first in range(0, length, BLOCK):
-        col = first + lanes
-        valid = col < length
-        key = _ordered_key(tl.load(row_scores + col, mask=valid, other=0.0))
-        hist += tl.histogram(tl.where(valid, (key >> 24).to(tl.int32), 256), 512)
-    top_bin, n_above = _crossing_bin(hist, K)
-    needed = K - n_above
-    # Pass 2: keys above the threshold bin are final; keys inside it become candidates.
-    written = tl.zeros((), dtype=tl.int32)
-    n_cand = tl.zeros((), dtype=tl.int32)
-    for first in range(0, length, BLOCK):
-        col = first + lanes
-        valid = col < length
-        key = _ordered_key(tl.load(row_scores + col, mask=valid, other=0.0))
-        digit = (key >> 24).to(tl.int32)
-        above_mask = valid & (digit > top_bin)
-        cand_mask = valid & (digit == top_bin)
-        rank_above = written + tl.cumsum(above_mask.to(tl.int32), 0) - 1
-        rank_cand = n_cand + tl.cumsum(cand_mask.to(tl.int32), 0) - 1
-        tl.store(row_out + rank_above, col, mask=above_mask)
-        tl.store(row_cand_key + rank_cand, key.to(tl.int32, bitcast=True), mask=cand_mask)
-        tl.store(row_cand_col + rank_cand, col, mask=cand_mask)
-        written += tl.sum(above_mask.to(tl.int32), 0)
-        n_cand += tl.sum(cand_mask.to(tl.int32), 0)
-    prefix = top_bin.to(tl.uint32) << 24
-    _finish_candidates(row_out, row_cand_key, row_cand_col, n_cand, prefix, needed, written, K, BLOCK, 1)
 
 
 @triton.jit
@@ -423,7 +395,7 @@ def _launch_split(
     )  # fmt: skip
 
 
-TOPK_METHODS = ("radix", "compact", "sample", "split", "cooperative")
+TOPK_METHODS = ("radix", "compact", "sample", "split", "cooperative", "bound")
 # Columns per slice program by default, the fastest on one 128K row on the H200 (kernels/NOTES.md).
 SPLIT_SLICE, COOPERATIVE_SLICE = 2048, 1024
 
@@ -450,7 +422,9 @@ def launch_select_topk(
     `slice_size`-column slices, one program each (decode, few rows), runs the first two radix
     steps over them (three slice reads) and finishes each row's few remaining keys in one program;
     "cooperative" does the same in one launch (one slice read; cooperative.py) when the row's
-    slices fit on the GPU at once, and falls back to "split" otherwise.
+    slices fit on the GPU at once, and falls back to "split" otherwise; "bound" reads a row twice
+    without a full-row histogram: group maxima give a lower bound of the threshold, the keys above it
+    are compacted and the radix passes run over them (bound.py).
     """
     rows = scores.shape[0]
     if rows == 0:
@@ -480,6 +454,12 @@ def launch_select_topk(
             num_warps=8,
         )  # fmt: skip
         return
+    if method == "bound":
+        _select_topk_bound_kernel[(rows,)](
+            scores, lengths, out, cand_key, cand_col, scores.stride(0), out.stride(0), cand_key.stride(0),
+            K=topk, BLOCK=block, GROUP=GROUP, num_warps=8,
+        )  # fmt: skip
+        return
     _select_topk_compact_kernel[(rows,)](
         scores, lengths, out, cand_key, cand_col, scores.stride(0), out.stride(0), cand_key.stride(0),
         K=topk, BLOCK=block, num_warps=8,
@@ -505,7 +485,9 @@ def select_topk(
             (5 passes over each row), "sample" (1 pass after a sampled threshold estimate) or
             "split" (two radix levels over column slices, one program per slice, then a per-row
             finish over the few keys left: for one or a few rows, e.g. decode) or
-            "cooperative" ("split" in one launch with grid barriers; "split" when it cannot fit).
+            "cooperative" ("split" in one launch with grid barriers; "split" when it cannot fit) or
+            "bound" (one program per row like "compact", a bound from group maxima instead of the
+            first full-row histogram).
             All return the same set up to the choice among equal scores at the threshold.
         sample_size: keys in the "sample" method's threshold sample (a power of two).
         slice_size: columns per program in the "split" and "cooperative" methods (a power of two;

@@ -60,7 +60,7 @@ def _finish_candidates(
             key = tl.load(row_cand_key + slot, mask=slot < n_cand, other=0, cache_modifier=".cg").to(
                 tl.uint32, bitcast=True
             )
-            match = (slot < n_cand) & ((key >> (shift + 8)) == (prefix >> (shift + 8)))
+            match = (slot < n_cand) & (((key >> shift) >> 8) == ((prefix >> shift) >> 8))  # step 0: all
             hist += tl.histogram(tl.where(match, ((key >> shift) & 255).to(tl.int32), 256), 512)
         chosen, n_above_bin = _crossing_bin(hist, remaining)
         remaining -= n_above_bin
@@ -98,3 +98,39 @@ def _select_everything(row_out, length, K: tl.constexpr, BLOCK: tl.constexpr):
 def _total_at(total, chosen):
     """total[chosen] of a 512-bin histogram."""
     return tl.sum(tl.where(tl.arange(0, 512) == chosen, total, 0), 0)
+
+
+@triton.jit
+def _compact_select(
+    row_scores, row_out, row_cand_key, row_cand_col, length, K: tl.constexpr, BLOCK: tl.constexpr
+):
+    """Exact top-K of one row with L > K: two row reads, then radix passes over the candidates."""
+    lanes = tl.arange(0, BLOCK)
+    # Pass 1: histogram of the top 8 key bits over the whole row.
+    hist = tl.zeros((512,), dtype=tl.int32)
+    for first in range(0, length, BLOCK):
+        col = first + lanes
+        valid = col < length
+        key = _ordered_key(tl.load(row_scores + col, mask=valid, other=0.0))
+        hist += tl.histogram(tl.where(valid, (key >> 24).to(tl.int32), 256), 512)
+    top_bin, n_above = _crossing_bin(hist, K)
+    needed = K - n_above
+    # Pass 2: keys above the threshold bin are final; keys inside it become candidates.
+    written = tl.zeros((), dtype=tl.int32)
+    n_cand = tl.zeros((), dtype=tl.int32)
+    for first in range(0, length, BLOCK):
+        col = first + lanes
+        valid = col < length
+        key = _ordered_key(tl.load(row_scores + col, mask=valid, other=0.0))
+        digit = (key >> 24).to(tl.int32)
+        above_mask = valid & (digit > top_bin)
+        cand_mask = valid & (digit == top_bin)
+        rank_above = written + tl.cumsum(above_mask.to(tl.int32), 0) - 1
+        rank_cand = n_cand + tl.cumsum(cand_mask.to(tl.int32), 0) - 1
+        tl.store(row_out + rank_above, col, mask=above_mask)
+        tl.store(row_cand_key + rank_cand, key.to(tl.int32, bitcast=True), mask=cand_mask)
+        tl.store(row_cand_col + rank_cand, col, mask=cand_mask)
+        written += tl.sum(above_mask.to(tl.int32), 0)
+        n_cand += tl.sum(cand_mask.to(tl.int32), 0)
+    prefix = top_bin.to(tl.uint32) << 24
+    _finish_candidates(row_out, row_cand_key, row_cand_col, n_cand, prefix, needed, written, K, BLOCK, 1)

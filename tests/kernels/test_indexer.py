@@ -55,6 +55,7 @@ TOPK_CASES = [
     pytest.param(70, 30, 5, 32, 24, torch.float32, -1, id="T70-S100-H5-K24-chunked-radix"),
     pytest.param(70, 30, 5, 32, 24, torch.float32, -2, id="T70-S100-H5-K24-chunked-torch"),
     pytest.param(70, 30, 5, 32, 24, torch.float32, -3, id="T70-S100-H5-K24-chunked-split"),
+    pytest.param(40, 700, 4, 16, 24, torch.float32, -4, id="T40-S740-K24-chunked-bound"),
     pytest.param(3, 90, 4, 16, 32, torch.float32, 1 << 30, id="T3-S93-K32-decode-auto"),
     pytest.param(1, 90, 4, 16, 32, torch.float32, 1 << 30, id="T1-S91-K32-decode-auto-cooperative"),
     pytest.param(2, 2047, 2, 16, 2048, torch.float32, 1 << 30, id="T2-S2049-K2048-border"),
@@ -71,8 +72,8 @@ TOPK_CASES = [
 def test_indexer_topk_matches_reference(tokens, start, heads, dim, topk, dtype, buffer, device) -> None:
     q, w, k = (t.to(device) for t in make_inputs(tokens, start, heads, dim, dtype, seed=11))
     # Tiny buffers force 64-query chunks; the sign/size picks the top-k method under test:
-    # 1 -> "compact" kernel, -1 -> "radix" kernel, -2 -> torch.topk, -3 -> "split", otherwise "auto".
-    method = {1: "compact", -1: "radix", -2: "torch", -3: "split"}.get(buffer, "auto")
+    # 1 -> "compact" kernel, -1 -> "radix" kernel, -2 -> torch.topk, -3 -> "split", -4 -> "bound", otherwise "auto".
+    method = {1: "compact", -1: "radix", -2: "torch", -3: "split", -4: "bound"}.get(buffer, "auto")
     picked = indexer_topk(q, w, k, topk, start, max_buffer_bytes=max(buffer, 1), topk_method=method)
     expected = indexer_topk_ref(q, w, k, topk, start)
     scores = indexer_scores_ref(q, w, k, start)

@@ -20,6 +20,10 @@ CASES = [
     pytest.param(3, 700, 32, "narrow", id="R3-S700-K32-narrow"),
     pytest.param(3, 90, 16, "mostly-inf", id="R3-S90-K16-mostly-neg-inf"),
     pytest.param(3, 2049, 2048, "normal", id="R3-S2049-K2048"),
+    pytest.param(
+        3, 1500, 40, "narrow", id="R3-S1500-K40-narrow"
+    ),  # "bound": over 16 * K keys, a bound exists
+    pytest.param(2, 1400, 24, "ties", id="R2-S1400-K24-ties"),
     pytest.param(64, 5000, 2048, "normal", id="R64-S5000-K2048", marks=GPU),
     pytest.param(8, 131072, 2048, "ties", id="R8-S128K-K2048-ties", marks=GPU),
 ]
@@ -43,7 +47,7 @@ def make_scores(rows: int, cols: int, kind: str, generator: torch.Generator) -> 
     return scores
 
 
-@pytest.mark.parametrize("method", ["compact", "radix", "sample", "split", "cooperative"])
+@pytest.mark.parametrize("method", ["compact", "radix", "sample", "split", "cooperative", "bound"])
 @pytest.mark.parametrize(("rows", "cols", "topk", "kind"), CASES)
 def test_select_topk_matches_reference(
     rows: int, cols: int, topk: int, kind: str, method: str, device: str

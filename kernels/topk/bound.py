@@ -1,0 +1,102 @@
+""" "bound" top-k: prune a row with a lower bound on its threshold before any full-row histogram.
+
+"compact" pays a 512-bin `tl.histogram` for every key of the row (the unit cost of these kernels),
+and when the scores are narrow (indexer scores lie within an octave or two) its threshold bin holds
+most of the row, so the candidate passes cost as much again. Here the first pass only takes maxima:
+cut the row into groups of GROUP adjacent keys; the K largest group maxima are K distinct keys, so
+the K-th largest maximum is a lower bound of the row's threshold. Its top 16 bits (two histogram
+passes over L / GROUP maxima) are a looser bound, still exact to use. The second pass compacts the
+keys at or above the bound (a group holding one of them contributes at most GROUP, so at most
+GROUP * K candidates, typically a few K) and the radix passes run over those only.
+
+Rows with fewer than K groups (L < GROUP * K) have no bound and go through "compact"'s path.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from kernels.topk.radix import (
+    _compact_select,
+    _crossing_bin,
+    _finish_candidates,
+    _ordered_key,
+    _select_everything,
+)
+
+GROUP = 16  # keys per group maximum
+
+
+@triton.jit
+def _kth_prefix(row_keys, n, K, BLOCK: tl.constexpr, STEPS: tl.constexpr):
+    """The top 8 * STEPS bits of the K-th largest of n ordered keys (the rest zero: a lower bound of it)."""
+    lanes = tl.arange(0, BLOCK)
+    prefix = tl.zeros((), dtype=tl.uint32)
+    needed = tl.full((), K, tl.int32)
+    for step in tl.static_range(STEPS):
+        shift = 24 - 8 * step  # constexpr: the loop is unrolled
+        hist = tl.zeros((512,), dtype=tl.int32)
+        for first in range(0, n, BLOCK):
+            slot = first + lanes
+            key = tl.load(row_keys + slot, mask=slot < n, other=0).to(tl.uint32, bitcast=True)
+            match = (slot < n) & (((key >> shift) >> 8) == ((prefix >> shift) >> 8))
+            hist += tl.histogram(tl.where(match, ((key >> shift) & 255).to(tl.int32), 256), 512)
+        chosen, n_above = _crossing_bin(hist, needed)
+        needed -= n_above
+        prefix = prefix | (chosen.to(tl.uint32) << shift)
+    return prefix
+
+
+@triton.jit
+def _select_topk_bound_kernel(
+    scores_ptr,
+    lengths_ptr,
+    out_ptr,
+    cand_key_ptr,
+    cand_col_ptr,
+    stride_row,
+    stride_out,
+    stride_cand,
+    K: tl.constexpr,
+    BLOCK: tl.constexpr,
+    GROUP: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    length = tl.load(lengths_ptr + row).to(tl.int32)
+    row_out = out_ptr + row * stride_out
+    row_scores = scores_ptr + row * stride_row
+    row_key = cand_key_ptr + row * stride_cand
+    row_col = cand_col_ptr + row * stride_cand
+    n_groups = tl.cdiv(length, GROUP)
+    if length <= K:
+        _select_everything(row_out, length, K, BLOCK)
+    elif n_groups < K:
+        _compact_select(row_scores, row_out, row_key, row_col, length, K, BLOCK)
+    else:
+        # 1. Group maxima as ordered keys, parked in the candidate-column scratch (free until pass 2).
+        group = tl.arange(0, BLOCK // GROUP)
+        for first in range(0, length, BLOCK):
+            col = first + group[:, None] * GROUP + tl.arange(0, GROUP)[None, :]
+            # Past the end: -inf, never above a group's valid keys; groups wholly past it are not stored.
+            key = _ordered_key(tl.load(row_scores + col, mask=col < length, other=float("-inf")))
+            slot = first // GROUP + group
+            tl.store(row_col + slot, tl.max(key, 1).to(tl.int32, bitcast=True), mask=slot < n_groups)
+        tl.debug_barrier()  # maxima stored by some threads are read by others
+        bound = _kth_prefix(row_col, n_groups, K, BLOCK, 2)
+        tl.debug_barrier()  # every thread has read the maxima before pass 2 overwrites them
+        # 2. Keys at or above the bound become candidates, in column order (ties: lower columns win).
+        lanes = tl.arange(0, BLOCK)
+        n_cand = tl.zeros((), dtype=tl.int32)
+        for first in range(0, length, BLOCK):
+            col = first + lanes
+            valid = col < length
+            key = _ordered_key(tl.load(row_scores + col, mask=valid, other=0.0))
+            keep = valid & (key >= bound)
+            rank = n_cand + tl.cumsum(keep.to(tl.int32), 0) - 1
+            tl.store(row_key + rank, key.to(tl.int32, bitcast=True), mask=keep)
+            tl.store(row_col + rank, col, mask=keep)
+            n_cand += tl.sum(keep.to(tl.int32), 0)
+        tl.debug_barrier()
+        no_prefix = tl.zeros((), dtype=tl.uint32)
+        _finish_candidates(row_out, row_key, row_col, n_cand, no_prefix, K, 0, K, BLOCK, 0)
