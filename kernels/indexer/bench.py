@@ -101,7 +101,10 @@ def prefill_sweep(sizes: list[int], device: str, reference_max: int) -> list[dic
     for tokens in sizes:
         q, w, k = make_inputs(tokens, device)
         pairs = tokens * (tokens + 1) // 2
-        ours = bench_ms(lambda: indexer_topk(q, w, k, TOPK, 0, max_buffer_bytes=3 << 32), budget_ms=1000)
+        ours = bench_ms(
+            lambda: indexer_topk(q, w, k, TOPK, 0, max_buffer_bytes=3 << 32, topk_method="compact"),
+            budget_ms=1000,
+        )
         radix = bench_ms(
             lambda: indexer_topk(q, w, k, TOPK, 0, max_buffer_bytes=1 << 32, topk_method="radix"),
             budget_ms=1000,
@@ -134,8 +137,8 @@ def prefill_sweep(sizes: list[int], device: str, reference_max: int) -> list[dic
                 "scores_only_ms": scores_only,
                 "torch_bf16_ms": baseline,
                 "reference_ms": reference,
-                "ours_TFLOP/s(2*16*64/pair)": 2 * HEADS * DIM * pairs / ours / 1e9,
-                "ours_us_per_row": ours * 1e3 / tokens,
+                "best_TFLOP/s(2*16*64/pair)": 2 * HEADS * DIM * pairs / min(ours, bound) / 1e9,
+                "best_us_per_row": min(ours, bound) * 1e3 / tokens,
             }
         )
     return results

@@ -185,8 +185,8 @@ def indexer_topk(
         start: absolute position of the first query (history length).
         max_buffer_bytes: bound on the score buffer (+ top-k scratch) reused across query chunks.
         topk_method: "auto" (default: "cooperative" for one query, "torch" for chunks of <= 64, else
-            "compact"), "torch" (torch.topk on the -inf-masked score rows) or a `kernels.topk` method:
-            "compact", "sample", "radix", "split", "cooperative".
+            "bound"), "torch" (torch.topk on the -inf-masked score rows) or a `kernels.topk` method:
+            "compact", "sample", "radix", "split", "cooperative", "bound".
         scales: (q_scale [T, H_I], k_scale [S]) when q and k are e4m3 (`quantize_indexer_fp8`): the
             scores are `indexer_scores_fp8`'s, computed chunk by chunk like the bf16 ones.
 
@@ -219,9 +219,9 @@ def indexer_topk(
         if method == "auto":
             # Measured on the H200 (kernels/NOTES.md): for one decode row "cooperative" (many programs
             # per row, one launch) beats "split" and torch.topk; torch.topk beats our kernels on a few
-            # rows; "compact" (one program per row) wins on long causal prefill chunks.
+            # rows; "bound" (one program per row, pruned by group maxima) wins on long prefill chunks.
             rows = last - first
-            method = "cooperative" if rows == 1 else "torch" if rows <= SMALL_BATCH_ROWS else "compact"
+            method = "cooperative" if rows == 1 else "torch" if rows <= SMALL_BATCH_ROWS else "bound"
         if visible <= topk:  # every row selects everything: the scores are never read
             scores = buffer if buffer is not None else torch.empty(last - first, 1, device=q.device)
             launch_select_topk(

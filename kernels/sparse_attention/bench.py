@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None, deadline_s: float = math.inf) -> dict[st
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", type=int, nargs="+", default=[32768, 131072, 262144])
     parser.add_argument("--reference-max", type=int, default=8192)
-    parser.add_argument("--topk-method", default="compact", choices=list(TOPK_METHODS))
+    parser.add_argument("--topk-method", default="bound", choices=list(TOPK_METHODS))
     parser.add_argument("--config-sweep-size", type=int, default=32768, help="0: no sweep, default tiles")
     args = parser.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -56,6 +56,7 @@ TOPK_CASES = [
     pytest.param(70, 30, 5, 32, 24, torch.float32, -2, id="T70-S100-H5-K24-chunked-torch"),
     pytest.param(70, 30, 5, 32, 24, torch.float32, -3, id="T70-S100-H5-K24-chunked-split"),
     pytest.param(40, 700, 4, 16, 24, torch.float32, -4, id="T40-S740-K24-chunked-bound"),
+    pytest.param(80, 500, 4, 16, 16, torch.float32, 1 << 30, id="T80-S580-K16-prefill-auto-bound"),
     pytest.param(3, 90, 4, 16, 32, torch.float32, 1 << 30, id="T3-S93-K32-decode-auto"),
     pytest.param(1, 90, 4, 16, 32, torch.float32, 1 << 30, id="T1-S91-K32-decode-auto-cooperative"),
     pytest.param(2, 2047, 2, 16, 2048, torch.float32, 1 << 30, id="T2-S2049-K2048-border"),
