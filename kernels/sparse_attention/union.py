@@ -67,6 +67,8 @@ def build_block_union(idx: torch.Tensor, block_q: int, *, method: str = "bitmap"
     if tokens == 0 or topk == 0 or triton.next_power_of_2(topk) > _MAX_PAIRS:
         return build_block_union_torch(idx, block_q)
     largest = int(idx.max().item())
+    if largest > _PAD - 1:
+        raise ValueError(f"key positions must be below 2**31 - 1 (int32), got {largest}")
     n_blocks = -(-tokens // block_q)
     words = largest // 32 + 1
     if method == "bitmap" and 2 * 4 * n_blocks * words > _BITMAP_MAX_BYTES:
@@ -225,6 +227,8 @@ def build_block_union_torch(idx: torch.Tensor, block_q: int) -> BlockUnion:
     if not 1 <= block_q <= MAX_BLOCK_Q:
         raise ValueError(f"block_q must be in 1..{MAX_BLOCK_Q}, got {block_q}")
     tokens, topk = idx.shape
+    if idx.numel() and int(idx.max().item()) > _PAD - 1:
+        raise ValueError(f"key positions must be below 2**31 - 1 (int32), got {int(idx.max().item())}")
     n_blocks = -(-tokens // block_q)
     pad_rows = n_blocks * block_q - tokens
     per_query = idx.to(torch.int32).sort(dim=1).values  # [T, K]

@@ -20,6 +20,10 @@ result is deterministic and ties at the threshold go to the lower columns, as in
 A barrier is only safe when every program of the grid is resident at once: the launcher runs the
 fused kernel only when rows x slices fits one program per SM, and otherwise (and on the CPU
 interpreter, which runs programs one after another) launches the same kernel once per phase.
+Kernels running beside it on other streams only delay some programs' start (an SM holds several
+of these); one that never finished and held every SM would hang it. Triton's
+`launch_cooperative_grid` (the driver then guarantees co-residency) would close that gap; it is not
+used because it has not been tried under CUDA graph capture on the GPU.
 """
 
 from __future__ import annotations

@@ -497,7 +497,7 @@ def select_topk(
     Returns:
         int32 [R, topk]: selected column ids in no particular order, padded with -1 when a row
         has fewer than `topk` valid columns (then all of them are selected). Among equal scores
-        at the threshold, lower column ids win.
+        at the threshold, lower column ids win; "equal" is by bits, so +0.0 ranks above -0.0.
     """
     check_select_topk_args(scores, topk, lengths)
     require(method in TOPK_METHODS, f"method must be one of {TOPK_METHODS}, got {method!r}")

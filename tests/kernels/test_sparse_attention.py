@@ -142,6 +142,10 @@ def test_block_union_falls_back_to_torch_where_the_kernel_cannot_go() -> None:
         build_block_union_torch(far, block_q=33)  # owner words hold 32 queries
     with pytest.raises(ValueError, match="method"):
         build_block_union(far, block_q=8, method="heap")
+    beyond_int32 = torch.tensor([[1 << 31, 5]], dtype=torch.int64)  # would wrap to a negative key
+    for build in (build_block_union, build_block_union_torch):
+        with pytest.raises(ValueError, match="below 2\\*\\*31"):
+            build(beyond_int32, block_q=8)
 
 
 def test_sparse_attention_rejects_bad_input(device: str) -> None:
