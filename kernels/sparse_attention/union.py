@@ -23,9 +23,8 @@ import triton
 import triton.language as tl
 
 _PAD = torch.iinfo(torch.int32).max
-_MAX_PAIRS = (
-    1 << 15
-)  # (query, key) pairs one program sorts in registers (8 queries × top-2048 = 16K); keys per query in the bitmap kernels
+# (query, key) pairs one program sorts in registers (8 queries × top-2048 = 16K); keys per query in the bitmap kernels
+_MAX_PAIRS = 1 << 15
 MAX_BLOCK_Q = 32  # queries per block: one bit each in an int32 owner word
 
 
@@ -54,9 +53,8 @@ def build_block_union(idx: torch.Tensor, block_q: int, *, method: str = "bitmap"
     block's (key, query) pairs sorted in registers; used when the bitmaps would pass 4 GB. Both are Triton
     (GPU, or the CPU interpreter); PyTorch when there is nothing to select, when a query's selections (for
     "sort": a block's pairs) do not fit one program, or when positions do not fit the sort kernel's packed
-    32-bit (key, query) codes. The Triton
-    result's `keys` and `owners` rows are `block_q * K` wide (no host sync to size them): each as many bytes
-    as idx."""
+    32-bit (key, query) codes. The Triton result's `keys` and `owners` rows are `block_q * K` wide (no host
+    sync to size them): each as many bytes as idx. Key positions must fit int32."""
     tokens, topk = idx.shape
     if not 1 <= block_q <= MAX_BLOCK_Q:
         raise ValueError(f"block_q must be in 1..{MAX_BLOCK_Q}, got {block_q}")
@@ -167,9 +165,8 @@ def _mark_owners_kernel(
         word_id = tl.where(valid, key >> 5, 0)
         word = tl.load(bitmap_ptr + block * stride_bitmap + word_id, mask=valid, other=0)
         below = word & ((1 << (key & 31)) - 1)
-        slot = tl.load(word_slot_ptr + block * stride_bitmap + word_id, mask=valid, other=0) + _popcount(
-            below
-        )
+        first_slot = tl.load(word_slot_ptr + block * stride_bitmap + word_id, mask=valid, other=0)
+        slot = first_slot + _popcount(below)
         tl.atomic_or(owners_ptr + block * stride_owners + slot, 1 << j, mask=valid)
 
 

@@ -1,4 +1,4 @@
-""" "bound" top-k: prune a row with a lower bound on its threshold before any full-row histogram.
+"""The "bound" top-k: prune a row with a lower bound on its threshold before any full-row histogram.
 
 "compact" pays a 512-bin `tl.histogram` for every key of the row (the unit cost of these kernels),
 and when the scores are narrow (indexer scores lie within an octave or two) its threshold bin holds
@@ -6,8 +6,9 @@ most of the row, so the candidate passes cost as much again. Here the first pass
 cut the row into groups of GROUP adjacent keys; the K largest group maxima are K distinct keys, so
 the K-th largest maximum is a lower bound of the row's threshold. Its top 16 bits (two histogram
 passes over L / GROUP maxima) are a looser bound, still exact to use. The second pass compacts the
-keys at or above the bound (a group holding one of them contributes at most GROUP, so at most
-GROUP * K candidates, typically a few K) and the radix passes run over those only.
+keys at or above the bound and the radix passes run over those only: a few K of them on unordered
+scores, up to about GROUP * K on smooth rows (there the K largest maxima are the K nearest groups),
+more when many maxima share the bound's 16 bits.
 
 Rows with fewer than K groups (L < GROUP * K) have no bound and go through "compact"'s path.
 """

@@ -1,4 +1,4 @@
-""" "cooperative" top-k: the two-level slice radix select of "split" in one launch.
+"""The "cooperative" top-k: the two-level slice radix select of "split" in one launch.
 
 "split" needs six launches for one decode row (slice histograms, a per-row level program, and
 again, then compaction and a per-row finish); in a CUDA graph the launches alone are about a third
