@@ -160,7 +160,7 @@ def layer_sweep(
     reference: bool,
     *,
     attn_config: tuple[int, int, int, int] = (8, 32, 4, 3),
-    topk_method: str = "compact",
+    topk_method: str = "bound",
 ) -> list[dict[str, object]]:
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     scale = HEAD_DIM**-0.5
