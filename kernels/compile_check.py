@@ -1,0 +1,159 @@
+"""Compile every Triton kernel for sm_90 (H100/H200) without a GPU and check its shared memory.
+
+`python -m kernels.compile_check` (run it before spending a device call; tests/kernels/test_hopper_compile.py
+runs it in CI). The CPU interpreter runs kernels as Python, so it misses what only the GPU compiler
+rejects: a global that is not a `tl.constexpr`, a default argument the code generator cannot type, a
+tile that needs more shared memory than an SM has. Each of those once cost a device call. Here Triton's
+own compiler builds each kernel for a Hopper target at its production shapes, with the 16-byte
+divisibility hints real launches carry (they change layouts and shared memory). The Triton installed
+here may be newer than the GPU machine's, and layouts differ between versions (the union kernel that
+needed 256 KB under the H200's Triton 3.6 needs 16 KB under 3.9), so this catches front-end errors
+for certain and shared-memory overflows only where this version has them too. Needs TRITON_INTERPRET
+unset (interpreted kernels cannot be compiled).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from kernels.fused_moe import kernel as moe
+from kernels.indexer import kernel as indexer
+from kernels.sparse_attention import kernel as attention
+from kernels.sparse_attention import union
+from kernels.sparse_decode import kernel as decode
+from kernels.topk import bound, cooperative
+from kernels.topk import kernel as topk
+
+HOPPER_SMEM = 232448  # bytes of shared memory one H100/H200 program may use
+
+BF16 = {name: "*bf16" for name in ("q_ptr", "k_ptr", "v_ptr", "o_ptr", "x_ptr", "w_ptr", "h_ptr", "y_ptr")}
+FP32 = {
+    name: "*fp32" for name in ("scores_ptr", "part_acc_ptr", "part_max_ptr", "part_sum_ptr", "weights_ptr")
+}
+MOE = {"ws_ptr": "*fp32"}
+FLOATS = ("qk_scale",)
+
+# (kernel, constexprs, pointer dtypes beyond the defaults, num_warps, num_stages)
+CASES = [
+    (topk._select_topk_kernel, {"K": 2048, "BLOCK": 2048}, {}, 8, 3),
+    (topk._select_topk_compact_kernel, {"K": 2048, "BLOCK": 2048}, {}, 8, 3),
+    (topk._select_topk_sample_kernel, {"K": 64, "SAMPLE": 256, "CAP": 256, "BLOCK": 2048}, {}, 8, 3),
+    (topk._split_hist_kernel, {"K": 2048, "SLICE": 2048}, {}, 8, 3),
+    (topk._split_level_kernel, {"K": 2048, "LEVEL": 2, "PART_BLOCK": 8}, {}, 4, 3),
+    (topk._split_refine_kernel, {"K": 2048, "SLICE": 2048}, {}, 8, 3),
+    (topk._split_compact_kernel, {"K": 2048, "SLICE": 2048}, {}, 8, 3),
+    (topk._split_finish_kernel, {"K": 2048, "BLOCK": 2048}, {}, 8, 3),
+    (bound._select_topk_bound_kernel, {"K": 2048, "BLOCK": 2048, "GROUP": bound.GROUP}, {}, 8, 3),
+    (
+        cooperative._cooperative_topk_kernel,
+        {"K": 2048, "SLICE": 1024, "PART_BLOCK": 128, "BLOCK": 2048, "PHASE": 0},
+        {},
+        8,
+        3,
+    ),
+    (union._set_bits_kernel, {"BLOCK_Q": 32, "BLOCK_K": 2048}, {}, 8, 3),
+    (union._read_bits_kernel, {"WORDS": 64}, {}, 4, 3),
+    (union._mark_owners_kernel, {"BLOCK_Q": 32, "BLOCK_K": 2048}, {}, 8, 3),
+    (union._block_union_kernel, {"BLOCK_Q": 8, "BLOCK_QP": 8, "BLOCK_K": 256, "Q_BITS": 3}, {}, 8, 3),
+    (
+        attention._sparse_attention_kernel,
+        {"G": 8, "D": 128, "BLOCK_D": 128, "BLOCK_Q": 8, "BLOCK_M": 64, "BLOCK_N": 32, "PRECISION": "tf32"},
+        {},
+        4,
+        3,
+    ),
+    (
+        decode._sparse_decode_split_kernel,
+        {"PAGE": 64, "G": 8, "D": 128, "BLOCK_D": 128, "BLOCK_M": 16, "BLOCK_N": 64, "PRECISION": "tf32"},
+        {},
+        4,
+        3,
+    ),
+    (decode._sparse_decode_merge_kernel, {"HQ": 32, "D": 128, "BLOCK_D": 128, "BLOCK_SPLIT": 4}, {}, 4, 3),
+    (
+        indexer._indexer_scores_kernel,
+        {
+            "H": 16,
+            "D": 64,
+            "BLOCK_D": 64,
+            "BLOCK_T": 64,
+            "BLOCK_S": 128,
+            "FILL_FUTURE": False,
+            "PRECISION": "tf32",
+            "FP8": False,
+        },
+        {"w_ptr": "*fp32", "out_ptr": "*fp32", "q_scale_ptr": "*fp32", "k_scale_ptr": "*fp32"},
+        4,
+        2,
+    ),  # fmt: skip
+    (
+        moe._gate_up_kernel,
+        {"TOPK": 8, "BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "PRECISION": "tf32", "FP8": False},
+        MOE,
+        8,
+        3,
+    ),
+    (
+        moe._down_kernel,
+        {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "PRECISION": "tf32", "FP8": False},
+        MOE,
+        8,
+        3,
+    ),
+]
+
+
+def signature(fn: triton.JITFunction, constexprs: dict, pointers: dict) -> dict[str, str]:
+    """Triton's signature strings: int32 scalars, fp32 scale scalars, typed pointers (int32 unless named)."""
+    types = {**BF16, **FP32, **pointers}
+    return {
+        name: "constexpr"
+        if name in constexprs
+        else types.get(name, "*i32")
+        if name.endswith("_ptr")
+        else "fp32"
+        if name in FLOATS
+        else "i32"
+        for name in fn.arg_names
+    }
+
+
+def compile_for_hopper(
+    fn: triton.JITFunction, constexprs: dict, pointers: dict, warps: int, stages: int
+) -> int:
+    """Shared memory in bytes of `fn` compiled for sm_90; raises what the compiler raises."""
+    sig = signature(fn, constexprs, pointers)
+    divisible = {
+        (i,): [["tt.divisibility", 16]] for i, name in enumerate(fn.arg_names) if sig[name] != "constexpr"
+    }
+    source = ASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=divisible)
+    options = {"num_warps": warps, "num_stages": stages}
+    return int(triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options).metadata.shared)
+
+
+def main() -> int:
+    """Compile all CASES, one line per kernel; exit status 1 if any fails or overflows shared memory."""
+    if not isinstance(topk._select_topk_kernel, triton.JITFunction):
+        print("error: TRITON_INTERPRET is set; unset it to compile for the GPU", file=sys.stderr)
+        return 2
+    failed = 0
+    for fn, constexprs, pointers, warps, stages in CASES:
+        began = time.monotonic()
+        try:
+            smem = compile_for_hopper(fn, constexprs, pointers, warps, stages)
+            verdict = "ok" if smem <= HOPPER_SMEM else f"OVER {HOPPER_SMEM} B of shared memory"
+        except Exception as exc:  # report every kernel, not only the first failure
+            last = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            smem, verdict = -1, f"FAILED: {last[:200]}"
+        failed += verdict != "ok"
+        print(f"{fn.__name__:32s} smem {smem:7d} B  {time.monotonic() - began:5.1f}s  {verdict}", flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
