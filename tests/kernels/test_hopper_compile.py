@@ -23,7 +23,12 @@ PTXAS = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
 def test_every_kernel_compiles_for_hopper() -> None:
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
     done = subprocess.run(
-        [sys.executable, "-m", "kernels.compile_check"], capture_output=True, text=True, env=env, timeout=600
+        [sys.executable, "-m", "kernels.compile_check"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=Path(__file__).resolve().parents[2],  # the repository root, where `kernels` is importable
+        timeout=600,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     lines = [line for line in done.stdout.splitlines() if line.strip()]
