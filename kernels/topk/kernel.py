@@ -10,7 +10,10 @@ v1 ("radix") streams the whole row for every pass (5 reads). v2 ("compact") read
 after the first histogram, keys above the threshold bin are written out at once and the keys
 inside it are compacted into a scratch list, on which the remaining three passes run. v3
 ("sample") avoids the histograms (costly in Triton): a threshold from a sorted strided sample,
-one compaction pass, one sort of the survivors; exact thanks to a fallback to v2.
+one compaction pass, one sort of the survivors; exact thanks to a fallback to v2. "split" cuts a
+row into column slices, one program each, for decode's single rows; "cooperative" (cooperative.py)
+is "split" in one launch; "bound" (bound.py) replaces v2's full-row histogram with a lower bound
+from group maxima, the prefill default since session 12 (kernels/NOTES.md has the measurements).
 """
 
 from __future__ import annotations
