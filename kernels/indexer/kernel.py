@@ -192,8 +192,9 @@ def indexer_topk(
 
     Returns:
         int32 [T, topk] key positions in no particular order. A query that sees L <= topk keys
-        selects all of them (0 .. L-1) and is padded with -1. Ties at the threshold go to the
-        lower position (+0.0 ranks above -0.0).
+        selects all of them (0 .. L-1) and is padded with -1. With the `kernels.topk` methods ties at
+        the threshold go to the lower position (+0.0 ranks above -0.0); torch.topk ("torch", and
+        "auto" for chunks of 2-64 rows) breaks them its own way.
     """
     if scales is None:
         check_indexer_args(q, w, k, start)

@@ -10,7 +10,7 @@ keys at or above the bound and the radix passes run over those only: a few K of 
 scores, up to about GROUP * K on smooth rows (there the K largest maxima are the K nearest groups),
 more when many maxima share the bound's 16 bits.
 
-Rows with fewer than K groups (L < GROUP * K) have no bound and go through "compact"'s path.
+Rows with fewer than K groups (L <= GROUP * (K - 1)) have no bound and go through "compact"'s path.
 """
 
 from __future__ import annotations
@@ -20,33 +20,13 @@ import triton.language as tl
 
 from kernels.topk.radix import (
     _compact_select,
-    _crossing_bin,
     _finish_candidates,
     _ordered_key,
+    _radix_prefix,
     _select_everything,
 )
 
 GROUP = 16  # keys per group maximum
-
-
-@triton.jit
-def _kth_prefix(row_keys, n, K, BLOCK: tl.constexpr, STEPS: tl.constexpr):
-    """The top 8 * STEPS bits of the K-th largest of n ordered keys (the rest zero: a lower bound of it)."""
-    lanes = tl.arange(0, BLOCK)
-    prefix = tl.zeros((), dtype=tl.uint32)
-    needed = tl.full((), K, tl.int32)
-    for step in tl.static_range(STEPS):
-        shift = 24 - 8 * step  # constexpr: the loop is unrolled
-        hist = tl.zeros((512,), dtype=tl.int32)
-        for first in range(0, n, BLOCK):
-            slot = first + lanes
-            key = tl.load(row_keys + slot, mask=slot < n, other=0).to(tl.uint32, bitcast=True)
-            match = (slot < n) & (((key >> shift) >> 8) == ((prefix >> shift) >> 8))
-            hist += tl.histogram(tl.where(match, ((key >> shift) & 255).to(tl.int32), 256), 512)
-        chosen, n_above = _crossing_bin(hist, needed)
-        needed -= n_above
-        prefix = prefix | (chosen.to(tl.uint32) << shift)
-    return prefix
 
 
 @triton.jit
@@ -84,7 +64,9 @@ def _select_topk_bound_kernel(
             slot = first // GROUP + group
             tl.store(row_col + slot, tl.max(key, 1).to(tl.int32, bitcast=True), mask=slot < n_groups)
         tl.debug_barrier()  # maxima stored by some threads are read by others
-        bound = _kth_prefix(row_col, n_groups, K, BLOCK, 2)
+        # The top 16 bits of the K-th largest maximum (the rest zero): a lower bound of it.
+        needed = tl.full((), K, tl.int32)
+        bound, _ = _radix_prefix(row_col, n_groups, tl.zeros((), dtype=tl.uint32), needed, BLOCK, 0, 2)
         tl.debug_barrier()  # every thread has read the maxima before pass 2 overwrites them
         # 2. Keys at or above the bound become candidates, in column order (ties: lower columns win).
         lanes = tl.arange(0, BLOCK)

@@ -141,14 +141,19 @@ def _cooperative_topk_kernel(
             )  # fmt: skip
 
 
-def cooperative_slices(rows: int, cols: int, slice_size: int, device: torch.device) -> tuple[int, int] | None:
-    """(slice size, slices per row) for one fused launch, or None when the grid cannot be resident at once.
+# TRITON_INTERPRET=1 turns kernels into Python run one program after another, on any device's tensors:
+# a barrier would never fill, so the phases are launched one by one there.
+INTERPRETED = not isinstance(_cooperative_topk_kernel, triton.JITFunction)
 
-    The slice grows (up to MAX_SLICE) until rows x slices fits one program per SM."""
-    if device.type != "cuda":
+
+def cooperative_slices(rows: int, cols: int, slice_size: int, device: torch.device) -> tuple[int, int] | None:
+    """(slice size, slices per row) for one fused launch, or None when the grid cannot be resident at once
+    (or kernels are interpreted). The slice grows (up to MAX_SLICE) until rows x slices fits one program
+    per SM."""
+    if device.type != "cuda" or INTERPRETED:
         return None
     programs = torch.cuda.get_device_properties(device).multi_processor_count
-    size = slice_size
+    size = min(slice_size, MAX_SLICE)
     while rows * triton.cdiv(max(cols, 1), size) > programs and size < MAX_SLICE:
         size *= 2
     parts = triton.cdiv(max(cols, 1), size)
@@ -165,12 +170,12 @@ def launch_cooperative(
     slice_size: int,
     block: int,
 ) -> bool:
-    """One fused launch (plus the zeroing of the sync words); False when the grid would not be
-    resident at once and the caller must use another method."""
+    """On the GPU one fused launch (plus the zeroing of the sync words), or False when the grid would
+    not be resident at once and the caller must use another method; under the interpreter one launch
+    per phase."""
     rows, cols = scores.shape
     fused = cooperative_slices(rows, cols, slice_size, scores.device)
-    interpreted = scores.device.type != "cuda"
-    if fused is None and not interpreted:
+    if fused is None and not INTERPRETED:
         return False
     size, parts = fused if fused is not None else (slice_size, triton.cdiv(max(cols, 1), slice_size))
     sync = torch.zeros(rows, COUNTS_AT + 3 * parts, dtype=torch.int32, device=scores.device)

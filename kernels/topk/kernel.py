@@ -13,7 +13,8 @@ inside it are compacted into a scratch list, on which the remaining three passes
 one compaction pass, one sort of the survivors; exact thanks to a fallback to v2. "split" cuts a
 row into column slices, one program each, for decode's single rows; "cooperative" (cooperative.py)
 is "split" in one launch; "bound" (bound.py) replaces v2's full-row histogram with a lower bound
-from group maxima, the prefill default since session 12 (kernels/NOTES.md has the measurements).
+from group maxima (`indexer_topk`'s "auto" for prefill chunks over 64 rows since session 12;
+kernels/NOTES.md has the measurements).
 """
 
 from __future__ import annotations
@@ -448,7 +449,9 @@ def launch_select_topk(
     ):
         return
     if method in ("split", "cooperative"):
-        _launch_split(scores, topk, lengths, out, cand_key, cand_col, slice_size or SPLIT_SLICE, block)
+        # A slice size asked of "cooperative" was sized for it, not for its fallback.
+        split_slice = slice_size if method == "split" and slice_size else SPLIT_SLICE
+        _launch_split(scores, topk, lengths, out, cand_key, cand_col, split_slice, block)
         return
     if method == "sample" and scores.shape[1] < (1 << 20):  # columns must fit the 20-bit packing
         _select_topk_sample_kernel[(rows,)](

@@ -1,4 +1,4 @@
-"""Radix-select pieces shared by the top-k kernels (kernel.py, cooperative.py).
+"""Radix-select pieces shared by the top-k kernels (kernel.py, cooperative.py, bound.py).
 
 Scores become order-preserving uint32 keys; a 512-bin histogram of one 8-bit digit (bin 256
 collects keys that do not match the current prefix and is never read) gives the bin holding the
@@ -30,6 +30,32 @@ def _crossing_bin(hist, needed):
 
 
 @triton.jit
+def _radix_prefix(
+    row_keys, n, prefix, needed, BLOCK: tl.constexpr, FIRST_STEP: tl.constexpr, LAST_STEP: tl.constexpr
+):
+    """Radix steps FIRST_STEP .. LAST_STEP - 1 over the n keys at row_keys (read past L1, ".cg"): each adds
+    one 8-bit digit to `prefix` (the bits above FIRST_STEP), the bin holding the `needed`-th largest of the
+    keys that match it so far. Returns (prefix, how many keys equal to it on these bits are still needed)."""
+    lanes = tl.arange(0, BLOCK)
+    prefix = prefix.to(tl.uint32)
+    remaining = needed
+    for step in tl.static_range(FIRST_STEP, LAST_STEP):
+        shift = 24 - 8 * step  # constexpr: the loop is unrolled
+        hist = tl.zeros((512,), dtype=tl.int32)
+        for first in range(0, n, BLOCK):
+            slot = first + lanes
+            key = tl.load(row_keys + slot, mask=slot < n, other=0, cache_modifier=".cg").to(
+                tl.uint32, bitcast=True
+            )
+            match = (slot < n) & (((key >> shift) >> 8) == ((prefix >> shift) >> 8))  # step 0: every key
+            hist += tl.histogram(tl.where(match, ((key >> shift) & 255).to(tl.int32), 256), 512)
+        chosen, n_above_bin = _crossing_bin(hist, remaining)
+        remaining -= n_above_bin
+        prefix = prefix | (chosen.to(tl.uint32) << shift)
+    return prefix, remaining
+
+
+@triton.jit
 def _finish_candidates(
     row_out,
     row_cand_key,
@@ -48,23 +74,8 @@ def _finish_candidates(
     column order, so among keys equal to the threshold the lower columns win. They are read past L1
     (".cg"): in cooperative.py other programs wrote them.
     """
+    prefix, remaining = _radix_prefix(row_cand_key, n_cand, prefix, needed, BLOCK, FIRST_STEP, 4)
     lanes = tl.arange(0, BLOCK)
-    # Radix passes over the candidates only.
-    prefix = prefix.to(tl.uint32)
-    remaining = needed
-    for step in tl.static_range(FIRST_STEP, 4):
-        shift = 24 - 8 * step  # constexpr: the loop is unrolled
-        hist = tl.zeros((512,), dtype=tl.int32)
-        for first in range(0, n_cand, BLOCK):
-            slot = first + lanes
-            key = tl.load(row_cand_key + slot, mask=slot < n_cand, other=0, cache_modifier=".cg").to(
-                tl.uint32, bitcast=True
-            )
-            match = (slot < n_cand) & (((key >> shift) >> 8) == ((prefix >> shift) >> 8))  # step 0: all
-            hist += tl.histogram(tl.where(match, ((key >> shift) & 255).to(tl.int32), 256), 512)
-        chosen, n_above_bin = _crossing_bin(hist, remaining)
-        remaining -= n_above_bin
-        prefix = prefix | (chosen.to(tl.uint32) << shift)
     # Final pass over the candidates: those above the threshold key, then enough equal ones.
     n_gt = needed - remaining
     taken_gt = tl.zeros((), dtype=tl.int32)
