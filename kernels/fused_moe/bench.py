@@ -18,10 +18,9 @@ import torch.nn.functional as F
 
 from kernels._bench import bench_ms, format_table
 from kernels.fused_moe import fused_moe, fused_moe_ref
-from kernels.fused_moe.kernel import default_tiles
+from kernels.fused_moe.kernel import DOWN_TILE_KEYS, TILE_KEYS, default_tiles
 
 HIDDEN, WIDTH, EXPERTS, TOP = 2048, 768, 128, 8
-DOWN_KEYS = ("block_n", "block_k", "num_warps", "num_stages")
 CONFIGS = [  # (block_m, block_n, block_k, num_warps, num_stages) of both GEMMs
     (64, 128, 64, 4, 3),
     (64, 64, 64, 4, 4),
@@ -91,8 +90,8 @@ def sweep(tokens: int, device: str) -> list[dict[str, object]]:
     runs += [
         (
             f"ours default, down {','.join(map(str, c))}",
-            tuple(default.values()),
-            dict(zip(DOWN_KEYS, c, strict=True)),
+            tuple(default[key] for key in TILE_KEYS),
+            dict(zip(DOWN_TILE_KEYS, c, strict=True)),
         )
         for c in DOWN_CONFIGS
     ]

@@ -197,6 +197,10 @@ def sort_slots_by_expert(
     return sorted_slots, block_expert.to(torch.int32), n_blocks
 
 
+TILE_KEYS = ("block_m", "block_n", "block_k", "num_warps", "num_stages")
+DOWN_TILE_KEYS = TILE_KEYS[1:]  # the down GEMM shares block_m: both kernels walk the same padded rows
+
+
 def default_tiles(dtype: torch.dtype) -> dict[str, int]:
     """Tile configuration per dtype (the gate_up kernel stages A plus two B tiles per K step)."""
     if dtype == torch.float32:
@@ -246,8 +250,8 @@ def fused_moe(
         "block_k": block_k or tiles["block_k"], "num_warps": num_warps or tiles["num_warps"],
         "num_stages": num_stages or tiles["num_stages"],
     }  # fmt: skip
-    unknown = set(down_tiles or {}) - {"block_n", "block_k", "num_warps", "num_stages"}
-    require(not unknown, f"down_tiles takes block_n, block_k, num_warps, num_stages; got {sorted(unknown)}")
+    unknown = set(down_tiles or {}) - set(DOWN_TILE_KEYS)
+    require(not unknown, f"down_tiles takes {', '.join(DOWN_TILE_KEYS)}; got {sorted(unknown)}")
     return _run(x, gate_up, down, None, topk_ids, topk_weights, down_tiles=down_tiles, **tiles)
 
 
@@ -314,15 +318,10 @@ def _run(
         num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip
     per_slot = torch.empty(n_slots, hidden, dtype=x.dtype, device=x.device)  # [T*k, D]
-    down_tiles = {
-        "block_n": block_n,
-        "block_k": block_k,
-        "num_warps": num_warps,
-        "num_stages": num_stages,
-    } | (down_tiles or {})
-    block_n, block_k, num_warps, num_stages = (
-        down_tiles[name] for name in ("block_n", "block_k", "num_warps", "num_stages")
+    down_tiles = dict(zip(DOWN_TILE_KEYS, (block_n, block_k, num_warps, num_stages), strict=True)) | (
+        down_tiles or {}
     )
+    block_n, block_k, num_warps, num_stages = (down_tiles[name] for name in DOWN_TILE_KEYS)
     _down_kernel[(max_blocks, triton.cdiv(hidden, block_n))](
         act, down, down_scale, per_slot, weights, sorted_slots, block_expert, n_blocks, n_slots, hidden, width,
         act.stride(0), down.stride(0), down.stride(1), down_scale.stride(0), down_scale.stride(1),

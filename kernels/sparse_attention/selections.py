@@ -6,7 +6,7 @@ top-2048) with `init_weights`' random weights, runs random token ids through the
 takes every layer's indexer outputs (a forward hook on `sa_indexer`) to the indexer's top-k
 (`indexer_topk_ref`). The prefill kernel walks, per block of 8 queries, the union of their
 selections, so U / k is its work per useful key (1 when neighbours pick the same keys, 8 when they
-share none). The forward itself runs dense attention (the sparse reference gathers too much for this
+share none); the mean is over blocks whose queries all see more than k keys. The forward itself runs dense attention (the sparse reference gathers too much for this
 machine's memory at these sizes); the selections are what each layer's indexer would pick from
 those hidden states. Reference points at the same N: attention-sink + local window, uniform random.
 """
@@ -20,31 +20,33 @@ import torch
 from kernels._bench import format_table
 from kernels.indexer.reference import indexer_topk_ref
 from kernels.sparse_attention.bench import local_selection
+from kernels.sparse_attention.kernel import default_block_q
 from kernels.sparse_attention.union import build_block_union_torch
 
-BLOCK_Q = 8  # queries per block for 8 GQA heads (kernel.default_block_q)
+BLOCK_Q = default_block_q(32 // 4)  # the prefill kernel's block for Keye's 32 q / 4 kv heads: 8 queries
 
 
 def union_stats(name: str, idx: torch.Tensor, topk: int) -> dict[str, object]:
-    """U per 8-query block (mean, max, over k) and how local the picks are."""
+    """U per block of BLOCK_Q queries (mean over the blocks whose queries all see more than k keys, max
+    over all) and how local the picks are."""
     union = build_block_union_torch(idx, BLOCK_Q)
     counts = union.counts.float()
-    full = counts[idx.shape[0] // BLOCK_Q // 2 :]  # blocks whose queries see more than k keys
+    full = counts[-(-topk // BLOCK_Q) :]  # block b's first query sees b * BLOCK_Q + 1 keys
     position = torch.arange(idx.shape[0])[:, None]
     picked = idx >= 0
     recent = picked & (position - idx < topk)
     return {
         "selection": name,
         "N": idx.shape[0],
-        "U_mean (2nd half)": full.mean().item(),
+        "U_mean": full.mean().item(),
         "U_max": counts.max().item(),
-        "U/k (2nd half)": full.mean().item() / topk,
+        "U/k": full.mean().item() / topk,
         "picks within k of the query": recent.sum().item() / max(1, picked.sum().item()),
     }
 
 
-def model_selections(tokens: int, layers: int, seed: int) -> list[torch.Tensor]:
-    """Per layer, the indexer's top-k [tokens, k] on random token ids through the random-weight model."""
+def model_selections(tokens: int, layers: int, seed: int) -> tuple[list[torch.Tensor], int]:
+    """Per layer, the indexer's top-k [tokens, k] on random token ids through the random-weight model; and k."""
     from model_runtime.config import KeyeConfig
     from model_runtime.model import KeyeTextModel
     from model_runtime.vlm import init_weights
@@ -66,7 +68,7 @@ def model_selections(tokens: int, layers: int, seed: int) -> list[torch.Tensor]:
     for hook in hooks:
         hook.remove()
     topk = config.sa.topk
-    return [indexer_topk_ref(iq, iw, ik, topk, 0) for iq, iw, ik in captured]
+    return [indexer_topk_ref(iq, iw, ik, topk, 0) for iq, iw, ik in captured], topk
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, object]]:
@@ -75,10 +77,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, object]]:
     parser.add_argument("--layers", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    topk = 2048
+    selections, topk = model_selections(args.tokens, args.layers, args.seed)
     rows = [
-        union_stats(f"random-weight model, layer {layer}", idx, topk)
-        for layer, idx in enumerate(model_selections(args.tokens, args.layers, args.seed))
+        union_stats(f"random-weight model, layer {layer}", idx, topk) for layer, idx in enumerate(selections)
     ]
     rows.append(union_stats("sink + local window", local_selection(args.tokens, "cpu"), topk))
     position = torch.arange(args.tokens)[:, None]

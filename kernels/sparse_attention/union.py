@@ -23,8 +23,10 @@ import triton
 import triton.language as tl
 
 _PAD = torch.iinfo(torch.int32).max
-# (query, key) pairs one program sorts in registers (8 queries × top-2048 = 16K); keys per query in the bitmap kernels
-_MAX_PAIRS = 1 << 15
+_MAX_SORT_PAIRS = (
+    1 << 15
+)  # (query, key) pairs the sort kernel holds in registers (8 queries × top-2048 = 16K)
+_MAX_QUERY_KEYS = 1 << 15  # one query's selections the bitmap kernels hold at once
 MAX_BLOCK_Q = 32  # queries per block: one bit each in an int32 owner word
 
 
@@ -62,7 +64,7 @@ def build_block_union(idx: torch.Tensor, block_q: int, *, method: str = "bitmap"
         raise ValueError(f"method must be one of {UNION_METHODS}, got {method!r}")
     q_bits = max(0, (block_q - 1).bit_length())
     pairs = triton.next_power_of_2(block_q) * triton.next_power_of_2(max(1, topk))
-    if tokens == 0 or topk == 0 or triton.next_power_of_2(topk) > _MAX_PAIRS:
+    if tokens == 0 or topk == 0 or triton.next_power_of_2(topk) > _MAX_QUERY_KEYS:
         return build_block_union_torch(idx, block_q)
     largest = int(idx.max().item())
     if largest > _PAD - 1:
@@ -71,7 +73,7 @@ def build_block_union(idx: torch.Tensor, block_q: int, *, method: str = "bitmap"
     words = largest // 32 + 1
     if method == "bitmap" and 2 * 4 * n_blocks * words > _BITMAP_MAX_BYTES:
         method = "sort"
-    if method == "sort" and (pairs > _MAX_PAIRS or largest >= (_PAD >> q_bits)):
+    if method == "sort" and (pairs > _MAX_SORT_PAIRS or largest >= (_PAD >> q_bits)):
         return build_block_union_torch(idx, block_q)
     width = block_q * topk  # the widest union possible; the kernel fills `counts[b]` of each row
     keys = torch.full((n_blocks, width), _PAD, dtype=torch.int32, device=idx.device)
@@ -88,14 +90,14 @@ def build_block_union(idx: torch.Tensor, block_q: int, *, method: str = "bitmap"
         return BlockUnion(keys=keys, counts=counts, owners=owners)
     bitmap = torch.zeros(n_blocks, words, dtype=torch.int32, device=idx.device)
     word_slot = torch.empty(n_blocks, words, dtype=torch.int32, device=idx.device)
-    pair_meta = {"BLOCK_Q": block_q, "BLOCK_K": triton.next_power_of_2(max(1, topk))}
-    _set_bits_kernel[(n_blocks,)](idx, bitmap, tokens, topk, idx.stride(0), bitmap.stride(0), **pair_meta,
+    bitmap_meta = {"BLOCK_Q": block_q, "BLOCK_K": triton.next_power_of_2(max(1, topk))}
+    _set_bits_kernel[(n_blocks,)](idx, bitmap, tokens, topk, idx.stride(0), bitmap.stride(0), **bitmap_meta,
                                   num_warps=warps)  # fmt: skip
     _read_bits_kernel[(n_blocks,)](bitmap, word_slot, keys, counts, words, bitmap.stride(0), keys.stride(0),
                                    WORDS=64, num_warps=4)  # fmt: skip
     _mark_owners_kernel[(n_blocks,)](
         idx, bitmap, word_slot, owners, tokens, topk, idx.stride(0), bitmap.stride(0), owners.stride(0),
-        **pair_meta, num_warps=warps,
+        **bitmap_meta, num_warps=warps,
     )  # fmt: skip
     return BlockUnion(keys=keys, counts=counts, owners=owners)
 
@@ -224,8 +226,9 @@ def build_block_union_torch(idx: torch.Tensor, block_q: int) -> BlockUnion:
     if not 1 <= block_q <= MAX_BLOCK_Q:
         raise ValueError(f"block_q must be in 1..{MAX_BLOCK_Q}, got {block_q}")
     tokens, topk = idx.shape
-    if idx.numel() and int(idx.max().item()) > _PAD - 1:
-        raise ValueError(f"key positions must be below 2**31 - 1 (int32), got {int(idx.max().item())}")
+    largest = int(idx.max().item()) if idx.numel() else -1
+    if largest > _PAD - 1:
+        raise ValueError(f"key positions must be below 2**31 - 1 (int32), got {largest}")
     n_blocks = -(-tokens // block_q)
     pad_rows = n_blocks * block_q - tokens
     per_query = idx.to(torch.int32).sort(dim=1).values  # [T, K]

@@ -85,11 +85,15 @@ def config_sweep(length: int, batch: int, device: str, rounds: int = 3) -> list[
         ms = statistics.median(timed)
         results.append(
             {
-                "B": batch, **config, "us_median": ms * 1e3, "us_min": min(timed) * 1e3, "us_max": max(timed) * 1e3,
+                "B": batch,
+                **config,
+                "us_median": ms * 1e3,
+                "us_min": min(timed) * 1e3,
+                "us_max": max(timed) * 1e3,
                 "GB/s": moved_bytes(idx, k_cache) / ms / 1e6,
                 "max_abs_diff_vs_default": (out.float() - expected).abs().max().item(),
             }
-        )  # fmt: skip
+        )
     return results
 
 

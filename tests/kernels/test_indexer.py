@@ -47,35 +47,45 @@ def test_indexer_scores_match_reference(tokens, start, heads, dim, dtype, device
     assert_close(out[~future], ref[~future], rel_tol=SCORE_TOL[dtype], what="indexer_scores")
 
 
+BIG = 1 << 30  # one chunk of queries; a buffer of 1 byte forces 64-query chunks
+
 TOPK_CASES = [
-    # (tokens, start, heads, dim, topk, dtype, buffer bytes: small ones force several query chunks)
-    pytest.param(1, 0, 2, 64, 4, torch.float32, 1 << 30, id="T1-S1-K4"),
-    pytest.param(63, 0, 3, 64, 16, torch.float16, 1 << 30, id="T63-S63-H3-K16-fp16"),
-    pytest.param(70, 30, 5, 32, 24, torch.float32, 1, id="T70-S100-H5-K24-chunked-compact"),
-    pytest.param(70, 30, 5, 32, 24, torch.float32, -1, id="T70-S100-H5-K24-chunked-radix"),
-    pytest.param(70, 30, 5, 32, 24, torch.float32, -2, id="T70-S100-H5-K24-chunked-torch"),
-    pytest.param(70, 30, 5, 32, 24, torch.float32, -3, id="T70-S100-H5-K24-chunked-split"),
-    pytest.param(40, 700, 4, 16, 24, torch.float32, -4, id="T40-S740-K24-chunked-bound"),
-    pytest.param(80, 500, 4, 16, 16, torch.float32, 1 << 30, id="T80-S580-K16-prefill-auto-bound"),
-    pytest.param(3, 90, 4, 16, 32, torch.float32, 1 << 30, id="T3-S93-K32-decode-auto"),
-    pytest.param(1, 90, 4, 16, 32, torch.float32, 1 << 30, id="T1-S91-K32-decode-auto-cooperative"),
-    pytest.param(2, 2047, 2, 16, 2048, torch.float32, 1 << 30, id="T2-S2049-K2048-border"),
-    pytest.param(5000, 0, 16, 64, 2048, torch.bfloat16, 1 << 30, id="T5000-K2048-bf16", marks=GPU),
-    pytest.param(257, 4000, 16, 64, 2048, torch.bfloat16, 1 << 22, id="T257-S4257-K2048-chunked", marks=GPU),
-    pytest.param(1, 131071, 16, 64, 2048, torch.bfloat16, -3, id="T1-S128K-K2048-decode-split", marks=GPU),
+    # (tokens, start, heads, dim, topk, dtype, score buffer bytes, top-k method)
+    pytest.param(1, 0, 2, 64, 4, torch.float32, BIG, "auto", id="T1-S1-K4"),
+    pytest.param(63, 0, 3, 64, 16, torch.float16, BIG, "auto", id="T63-S63-H3-K16-fp16"),
+    pytest.param(70, 30, 5, 32, 24, torch.float32, 1, "compact", id="T70-S100-H5-K24-chunked-compact"),
+    pytest.param(70, 30, 5, 32, 24, torch.float32, 1, "radix", id="T70-S100-H5-K24-chunked-radix"),
+    pytest.param(70, 30, 5, 32, 24, torch.float32, 1, "torch", id="T70-S100-H5-K24-chunked-torch"),
+    pytest.param(70, 30, 5, 32, 24, torch.float32, 1, "split", id="T70-S100-H5-K24-chunked-split"),
+    pytest.param(70, 700, 4, 16, 24, torch.float32, 1, "bound", id="T70-S770-K24-chunked-bound"),
+    pytest.param(80, 500, 4, 16, 16, torch.float32, BIG, "auto", id="T80-S580-K16-prefill-auto-bound"),
+    pytest.param(3, 90, 4, 16, 32, torch.float32, BIG, "auto", id="T3-S93-K32-decode-auto-torch"),
+    pytest.param(1, 90, 4, 16, 32, torch.float32, BIG, "auto", id="T1-S91-K32-decode-auto-cooperative"),
+    pytest.param(2, 2047, 2, 16, 2048, torch.float32, BIG, "auto", id="T2-S2049-K2048-border"),
     pytest.param(
-        1, 131071, 16, 64, 2048, torch.bfloat16, 1 << 30, id="T1-S128K-K2048-decode-auto", marks=GPU
+        5000, 0, 16, 64, 2048, torch.bfloat16, BIG, "auto", id="T5000-K2048-bf16-auto-bound", marks=GPU
+    ),
+    pytest.param(
+        257, 4000, 16, 64, 2048, torch.bfloat16, 1 << 22, "auto", id="T257-S4257-K2048-chunked", marks=GPU
+    ),
+    pytest.param(
+        257, 40000, 16, 64, 2048, torch.bfloat16, BIG, "bound", id="T257-S40K-K2048-bound", marks=GPU
+    ),
+    pytest.param(
+        1, 131071, 16, 64, 2048, torch.bfloat16, BIG, "split", id="T1-S128K-K2048-decode-split", marks=GPU
+    ),
+    pytest.param(
+        1, 131071, 16, 64, 2048, torch.bfloat16, BIG, "auto", id="T1-S128K-K2048-decode-auto", marks=GPU
     ),
 ]
 
 
-@pytest.mark.parametrize(("tokens", "start", "heads", "dim", "topk", "dtype", "buffer"), TOPK_CASES)
-def test_indexer_topk_matches_reference(tokens, start, heads, dim, topk, dtype, buffer, device) -> None:
+@pytest.mark.parametrize(("tokens", "start", "heads", "dim", "topk", "dtype", "buffer", "method"), TOPK_CASES)
+def test_indexer_topk_matches_reference(
+    tokens, start, heads, dim, topk, dtype, buffer, method, device
+) -> None:
     q, w, k = (t.to(device) for t in make_inputs(tokens, start, heads, dim, dtype, seed=11))
-    # Tiny buffers force 64-query chunks; the sign/size picks the top-k method under test:
-    # 1 -> "compact" kernel, -1 -> "radix" kernel, -2 -> torch.topk, -3 -> "split", -4 -> "bound", otherwise "auto".
-    method = {1: "compact", -1: "radix", -2: "torch", -3: "split", -4: "bound"}.get(buffer, "auto")
-    picked = indexer_topk(q, w, k, topk, start, max_buffer_bytes=max(buffer, 1), topk_method=method)
+    picked = indexer_topk(q, w, k, topk, start, max_buffer_bytes=buffer, topk_method=method)
     expected = indexer_topk_ref(q, w, k, topk, start)
     scores = indexer_scores_ref(q, w, k, start)
     lengths = causal_lengths(tokens, start, q.device)

@@ -7,6 +7,7 @@ import torch
 
 from kernels import KernelInputError, select_topk, select_topk_ref
 from kernels.testing import assert_same_selection
+from kernels.topk.bound import GROUP
 
 GPU = pytest.mark.gpu
 
@@ -81,6 +82,19 @@ def test_select_topk_matches_reference(
         ids = picked[row].cpu()
         assert sorted(ids[ids >= 0].tolist()) == list(range(int(lengths[row]))), "short row must select all"
         assert (ids[int(lengths[row]) :] == -1).all(), "short row must be padded with -1 at the end"
+
+
+@pytest.mark.parametrize("kind", ["narrow", "ties", "signed"])
+def test_bound_at_the_group_count_border(kind: str, device: str) -> None:
+    """The "bound" method prunes only rows with at least K groups of GROUP keys: rows around that border."""
+    topk = 32
+    lengths = torch.tensor(
+        [GROUP * topk, GROUP * (topk - 1) + 1, GROUP * (topk - 1), GROUP * topk + 5, 3 * topk]
+    )
+    scores = make_scores(len(lengths), int(lengths.max()), kind, torch.Generator().manual_seed(3))
+    picked = select_topk(scores.to(device), topk, lengths.to(device), method="bound")
+    expected = select_topk_ref(scores, topk, lengths)
+    assert_same_selection(picked, expected, scores, lengths, score_tol=0.0, what="bound border")
 
 
 def test_select_topk_rejects_bad_input(device: str) -> None:
