@@ -42,14 +42,14 @@ FLOATS = ("qk_scale",)
 # (kernel, constexprs, pointer dtypes beyond the defaults, num_warps, num_stages)
 CASES = [
     (topk._select_topk_kernel, {"K": 2048, "BLOCK": 2048}, {}, 8, 3),
-    (topk._select_topk_compact_kernel, {"K": 2048, "BLOCK": 2048}, {}, 8, 3),
+    (topk._select_topk_compact_kernel, {"K": 2048, "BLOCK": 2048, "GROUP": 0}, {}, 8, 3),
     (topk._select_topk_sample_kernel, {"K": 64, "SAMPLE": 256, "CAP": 256, "BLOCK": 2048}, {}, 8, 3),
     (topk._split_hist_kernel, {"K": 2048, "SLICE": 2048}, {}, 8, 3),
     (topk._split_level_kernel, {"K": 2048, "LEVEL": 2, "PART_BLOCK": 8}, {}, 4, 3),
     (topk._split_refine_kernel, {"K": 2048, "SLICE": 2048}, {}, 8, 3),
     (topk._split_compact_kernel, {"K": 2048, "SLICE": 2048}, {}, 8, 3),
     (topk._split_finish_kernel, {"K": 2048, "BLOCK": 2048}, {}, 8, 3),
-    (bound._select_topk_bound_kernel, {"K": 2048, "BLOCK": 2048, "GROUP": bound.GROUP}, {}, 8, 3),
+    (topk._select_topk_compact_kernel, {"K": 2048, "BLOCK": 2048, "GROUP": bound.GROUP}, {}, 8, 3),  # "bound"
     (
         cooperative._cooperative_topk_kernel,
         {"K": 2048, "SLICE": 1024, "PART_BLOCK": 128, "BLOCK": 2048, "PHASE": 0},

@@ -23,36 +23,19 @@ from kernels.topk.radix import (
     _finish_candidates,
     _ordered_key,
     _radix_prefix,
-    _select_everything,
 )
 
 GROUP = 16  # keys per group maximum
 
 
 @triton.jit
-def _select_topk_bound_kernel(
-    scores_ptr,
-    lengths_ptr,
-    out_ptr,
-    cand_key_ptr,
-    cand_col_ptr,
-    stride_row,
-    stride_out,
-    stride_cand,
-    K: tl.constexpr,
-    BLOCK: tl.constexpr,
-    GROUP: tl.constexpr,
+def _bound_select(
+    row_scores, row_out, row_key, row_col, length, K: tl.constexpr, BLOCK: tl.constexpr, GROUP: tl.constexpr
 ):
-    row = tl.program_id(0).to(tl.int64)
-    length = tl.load(lengths_ptr + row).to(tl.int32)
-    row_out = out_ptr + row * stride_out
-    row_scores = scores_ptr + row * stride_row
-    row_key = cand_key_ptr + row * stride_cand
-    row_col = cand_col_ptr + row * stride_cand
+    """Exact top-K of one row with L > K (`compact`'s kernel with GROUP > 0); the candidate scratch rows
+    `row_key` and `row_col` also park the group maxima."""
     n_groups = tl.cdiv(length, GROUP)
-    if length <= K:
-        _select_everything(row_out, length, K, BLOCK)
-    elif n_groups < K:
+    if n_groups < K:
         _compact_select(row_scores, row_out, row_key, row_col, length, K, BLOCK)
     else:
         # 1. Group maxima as ordered keys, parked in the candidate-column scratch (free until pass 2).

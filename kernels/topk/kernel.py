@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 
 from kernels._validate import require
-from kernels.topk.bound import GROUP, _select_topk_bound_kernel
+from kernels.topk.bound import GROUP, _bound_select
 from kernels.topk.cooperative import launch_cooperative
 from kernels.topk.radix import (
     _compact_select,
@@ -105,17 +105,19 @@ def _select_topk_compact_kernel(
     stride_cand,
     K: tl.constexpr,
     BLOCK: tl.constexpr,
+    GROUP: tl.constexpr,  # 0: "compact"; > 0: "bound" with groups of GROUP keys (bound.py)
 ):
-    row = tl.program_id(0)
+    row = tl.program_id(0).to(tl.int64)
     length = tl.load(lengths_ptr + row).to(tl.int32)
-    row_out = out_ptr + row.to(tl.int64) * stride_out
+    row_out = out_ptr + row * stride_out
+    row_scores = scores_ptr + row * stride_row
+    row_key, row_col = cand_key_ptr + row * stride_cand, cand_col_ptr + row * stride_cand
     if length <= K:
         _select_everything(row_out, length, K, BLOCK)
+    elif GROUP == 0:
+        _compact_select(row_scores, row_out, row_key, row_col, length, K, BLOCK)
     else:
-        _compact_select(
-            scores_ptr + row.to(tl.int64) * stride_row, row_out, cand_key_ptr + row.to(tl.int64) * stride_cand,
-            cand_col_ptr + row.to(tl.int64) * stride_cand, length, K, BLOCK,
-        )  # fmt: skip
+        _bound_select(row_scores, row_out, row_key, row_col, length, K, BLOCK, GROUP)
 
 
 @triton.jit
@@ -460,15 +462,9 @@ def launch_select_topk(
             num_warps=8,
         )  # fmt: skip
         return
-    if method == "bound":
-        _select_topk_bound_kernel[(rows,)](
-            scores, lengths, out, cand_key, cand_col, scores.stride(0), out.stride(0), cand_key.stride(0),
-            K=topk, BLOCK=block, GROUP=GROUP, num_warps=8,
-        )  # fmt: skip
-        return
     _select_topk_compact_kernel[(rows,)](
         scores, lengths, out, cand_key, cand_col, scores.stride(0), out.stride(0), cand_key.stride(0),
-        K=topk, BLOCK=block, num_warps=8,
+        K=topk, BLOCK=block, GROUP=GROUP if method == "bound" else 0, num_warps=8,
     )  # fmt: skip
 
 
