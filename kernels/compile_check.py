@@ -27,7 +27,7 @@ from kernels.indexer import kernel as indexer
 from kernels.sparse_attention import kernel as attention
 from kernels.sparse_attention import union
 from kernels.sparse_decode import kernel as decode
-from kernels.topk import bound, cooperative
+from kernels.topk import bound, cooperative, minmax
 from kernels.topk import kernel as topk
 
 HOPPER_SMEM = 232448  # bytes of shared memory one H100/H200 program may use
@@ -50,6 +50,8 @@ CASES = [
     (topk._split_compact_kernel, {"K": 2048, "SLICE": 2048}, {}, 8, 3),
     (topk._split_finish_kernel, {"K": 2048, "BLOCK": 2048}, {}, 8, 3),
     (topk._select_topk_compact_kernel, {"K": 2048, "BLOCK": 2048, "GROUP": bound.GROUP}, {}, 8, 3),  # "bound"
+    (minmax._minmax_stats_kernel, {"BLOCK": 2048, "GROUP": minmax.GROUP}, {}, 8, 3),
+    (minmax._select_topk_minmax_kernel, {"K": 2048, "BLOCK": 2048, "GROUP": minmax.GROUP}, {}, 8, 3),
     (
         cooperative._cooperative_topk_kernel,
         {"K": 2048, "SLICE": 1024, "PART_BLOCK": 128, "BLOCK": 2048, "PHASE": 0},
@@ -87,6 +89,7 @@ CASES = [
             "FILL_FUTURE": False,
             "PRECISION": "tf32",
             "FP8": False,
+            "GROUP": minmax.GROUP,
         },
         {"w_ptr": "*fp32", "out_ptr": "*fp32", "q_scale_ptr": "*fp32", "k_scale_ptr": "*fp32"},
         4,

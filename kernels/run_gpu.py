@@ -103,20 +103,20 @@ def main(argv: list[str] | None = None) -> None:
         deadline = began + args.budget_s
 
         def fastest_topk_method() -> str:
-            """The top-k method with the lowest per-row time on the widest batch measured."""
-            rows = results.get("topk")
-            if not isinstance(rows, list) or not rows:
-                return "compact"
-            widest = max(rows, key=lambda r: r["rows"])
-            times = {
-                m: widest[f"ours_{m}_us_per_row"] for m in ("compact", "radix", "sample", "split", "bound")
-            }
+            """The top-k method of the fastest indexer + top-k prefill on the longest positional inputs."""
+            tables = results.get("indexer")
+            rows = tables.get("indexer + top-k, prefill (one sequence)") if isinstance(tables, dict) else None
+            if not rows:
+                return "minmax"
+            longest = max((r for r in rows if r["inputs"] == "positional"), key=lambda r: r["N"])
+            times = {m: longest[f"ours_{m}_ms"] for m in ("compact", "bound", "minmax")}
             return min(times, key=times.get)
 
         sweeps = [
             ("topk", lambda: topk_bench.main([])),
             ("moe", lambda: moe_bench.main([])),
             ("decode", lambda: decode_bench.main([])),
+            ("indexer", lambda: indexer_bench.main([])),
             (
                 "layer",
                 lambda: layer_bench.main(
@@ -124,7 +124,6 @@ def main(argv: list[str] | None = None) -> None:
                     deadline_s=deadline,
                 ),
             ),
-            ("indexer", lambda: indexer_bench.main([])),
         ]
         for name, sweep in sweeps:
             if args.only is not None and name not in args.only:

@@ -17,6 +17,7 @@ import torch
 from kernels._bench import bench_ms, format_table
 from kernels.indexer import indexer_topk, indexer_topk_ref
 from kernels.indexer.kernel import launch_indexer_scores
+from kernels.topk.minmax import group_stats_buffers
 
 HEADS, DIM, TOPK = 16, 64, 2048
 SCORE_CONFIGS = [  # (block_t, block_s, num_warps, num_stages)
@@ -33,6 +34,20 @@ def make_inputs(tokens: int, device: str, dtype: torch.dtype = torch.bfloat16):
     w = torch.randn(tokens, HEADS, device=device) * DIM**-0.5  # [N, H] fp32
     k = torch.randn(tokens, DIM, device=device, dtype=dtype)  # [N, D]
     return q, w, k
+
+
+def positional_indexer_inputs(tokens: int, device: str, dtype: torch.dtype, structured: bool):
+    """Indexer q/w/k; `structured` gives keys and queries a shared positional code so scores favour nearby keys."""
+    q = torch.randn(tokens, HEADS, DIM, device=device)
+    k = torch.randn(tokens, DIM, device=device)
+    if structured:
+        position = torch.arange(tokens, device=device, dtype=torch.float32)[:, None]
+        freq = torch.logspace(-4, -1, DIM // 2, device=device)[None, :]
+        code = torch.cat([torch.sin(position * freq), torch.cos(position * freq)], dim=1) * 3.0  # [N, D]
+        k = k * 0.3 + code
+        q = q * 0.3 + code[:, None, :]
+    w = torch.rand(tokens, HEADS, device=device) * DIM**-0.5
+    return q.to(dtype), w, k.to(dtype)
 
 
 def torch_indexer_topk(q, w, k, topk: int, start: int, chunk: int = 1024) -> torch.Tensor:
@@ -86,43 +101,39 @@ def score_config_sweep(keys: int, chunk: int, device: str) -> list[dict[str, obj
     return results
 
 
-def scores_pass(q, w, k, max_buffer_bytes: int) -> None:
-    """The score half of indexer_topk alone (same chunking, no top-k), to split the time."""
+def scores_pass(q, w, k, max_buffer_bytes: int, stats: bool = False) -> None:
+    """The score half of indexer_topk alone (same chunking, no top-k), to split the time; `stats` adds the
+    group extremes that "minmax" reads."""
     tokens, keys = q.shape[0], k.shape[0]
     chunk = max(64, (max_buffer_bytes // (4 * keys)) // 64 * 64)
     buffer = torch.empty(min(chunk, tokens), keys, device=q.device)
+    extremes = group_stats_buffers(*buffer.shape, q.device) if stats else None
     for first in range(0, tokens, chunk):
         last = min(first + chunk, tokens)
-        launch_indexer_scores(q[first:last], w[first:last], k[:last], first, buffer, fill_future=False)
+        launch_indexer_scores(
+            q[first:last], w[first:last], k[:last], first, buffer, fill_future=False, stats=extremes
+        )
 
 
 def prefill_sweep(sizes: list[int], device: str, reference_max: int) -> list[dict[str, object]]:
+    """Random inputs (unordered score rows) and positional ones (rows that rise towards the query)."""
     results = []
-    for tokens in sizes:
-        q, w, k = make_inputs(tokens, device)
+    for tokens, kind in [(tokens, kind) for tokens in sizes for kind in ("random", "positional")]:
+        if kind == "random":
+            q, w, k = make_inputs(tokens, device)
+        else:
+            q, w, k = positional_indexer_inputs(tokens, device, torch.bfloat16, structured=True)
         pairs = tokens * (tokens + 1) // 2
-        compact = bench_ms(
-            lambda: indexer_topk(q, w, k, TOPK, 0, max_buffer_bytes=3 << 32, topk_method="compact"),
-            budget_ms=1000,
-        )
-        radix = bench_ms(
-            lambda: indexer_topk(q, w, k, TOPK, 0, max_buffer_bytes=1 << 32, topk_method="radix"),
-            budget_ms=1000,
-        )
-        sample = bench_ms(
-            lambda: indexer_topk(q, w, k, TOPK, 0, max_buffer_bytes=3 << 32, topk_method="sample"),
-            budget_ms=1000,
-        )
-        split = bench_ms(
-            lambda: indexer_topk(q, w, k, TOPK, 0, max_buffer_bytes=3 << 32, topk_method="split"),
-            budget_ms=1000,
-        )
-        bound = bench_ms(
-            lambda: indexer_topk(q, w, k, TOPK, 0, max_buffer_bytes=3 << 32, topk_method="bound"),
-            budget_ms=1000,
-        )
-        best = min(compact, radix, sample, split, bound)  # of our top-k methods
+        timed = {
+            method: bench_ms(
+                lambda: indexer_topk(q, w, k, TOPK, 0, max_buffer_bytes=3 << 32, topk_method=method),
+                budget_ms=1000,
+            )
+            for method in ("compact", "bound", "minmax")
+        }
+        best = min(timed.values())  # of our top-k methods
         scores_only = bench_ms(lambda: scores_pass(q, w, k, 1 << 32), budget_ms=1000)
+        scores_stats = bench_ms(lambda: scores_pass(q, w, k, 1 << 32, stats=True), budget_ms=1000)
         baseline = bench_ms(lambda: torch_indexer_topk(q, w, k, TOPK, 0), budget_ms=1000)
         reference = None
         if tokens <= reference_max:
@@ -130,12 +141,10 @@ def prefill_sweep(sizes: list[int], device: str, reference_max: int) -> list[dic
         results.append(
             {
                 "N": tokens,
-                "ours_compact_ms": compact,
-                "ours_radix_topk_ms": radix,
-                "ours_sample_topk_ms": sample,
-                "ours_split_topk_ms": split,
-                "ours_bound_topk_ms": bound,
+                "inputs": kind,
+                **{f"ours_{method}_ms": ms for method, ms in timed.items()},
                 "scores_only_ms": scores_only,
+                "scores+group_stats_ms": scores_stats,
                 "torch_bf16_ms": baseline,
                 "reference_ms": reference,
                 "best_TFLOP/s(2*16*64/pair)": 2 * HEADS * DIM * pairs / best / 1e9,

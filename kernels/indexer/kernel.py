@@ -16,6 +16,8 @@ import triton.language as tl
 from kernels._validate import require
 from kernels.indexer.reference import causal_lengths, check_indexer_args, check_indexer_fp8_args
 from kernels.topk.kernel import TOPK_METHODS, launch_select_topk
+from kernels.topk.minmax import GROUP, _group_extremes, group_stats_buffers
+from kernels.topk.radix import _ordered_key
 
 
 @triton.jit
@@ -26,6 +28,8 @@ def _indexer_scores_kernel(
     out_ptr,
     q_scale_ptr,
     k_scale_ptr,
+    gmax_ptr,
+    gmin_ptr,
     T,
     S,
     start,
@@ -35,6 +39,7 @@ def _indexer_scores_kernel(
     stride_ks,
     stride_ot,
     stride_qst,
+    stride_stat,
     H: tl.constexpr,
     D: tl.constexpr,
     BLOCK_D: tl.constexpr,
@@ -43,6 +48,7 @@ def _indexer_scores_kernel(
     FILL_FUTURE: tl.constexpr,
     PRECISION: tl.constexpr,
     FP8: tl.constexpr,  # q and k are e4m3 with per-(t, h) and per-s scales (`quantize_indexer_fp8`)
+    GROUP: tl.constexpr,  # > 0: also write each GROUP-key group's max and min ordered key ("minmax" top-k)
 ):
     pid_t = tl.program_id(0)
     pid_s = tl.program_id(1)
@@ -75,6 +81,14 @@ def _indexer_scores_kernel(
             scores += tl.maximum(logits, 0.0) * w_h[:, None]
         visible = offs_s[None, :] <= (start + offs_t)[:, None]
         tl.store(out_ptrs, tl.where(visible, scores, float("-inf")), mask=t_ok[:, None] & s_ok[None, :])
+        if GROUP > 0:
+            GROUPS: tl.constexpr = BLOCK_S // GROUP
+            group_max, group_min = _group_extremes(_ordered_key(scores), visible, BLOCK_T, GROUPS, GROUP)
+            slot = pid_s * GROUPS + tl.arange(0, GROUPS)
+            stat = offs_t[:, None].to(tl.int64) * stride_stat + slot[None, :]
+            stat_ok = t_ok[:, None] & (slot < tl.cdiv(S, GROUP))[None, :]
+            tl.store(gmax_ptr + stat, group_max, mask=stat_ok)
+            tl.store(gmin_ptr + stat, group_min, mask=stat_ok)
     elif FILL_FUTURE:
         tile = tl.full((BLOCK_T, BLOCK_S), float("-inf"), dtype=tl.float32)
         tl.store(out_ptrs, tile, mask=t_ok[:, None] & s_ok[None, :])
@@ -89,13 +103,15 @@ def launch_indexer_scores(
     *,
     fill_future: bool,
     scales: tuple[torch.Tensor, torch.Tensor] | None = None,
+    stats: tuple[torch.Tensor, torch.Tensor] | None = None,
     block_t: int = 64,
     block_s: int = 128,
     num_warps: int = 4,
     num_stages: int = 2,
 ) -> None:
     """Score q [T, H, D] against k [S, D] into out [T, >= S] (row stride out.stride(0)); no checks.
-    `scales` = (q_scale [T, H], k_scale [S]) for e4m3 q and k."""
+    `scales` = (q_scale [T, H], k_scale [S]) for e4m3 q and k; `stats` = int32 (max, min) [T, >= ceil(S /
+    GROUP)] buffers that also receive each key group's extreme ordered keys (`kernels.topk.minmax`)."""
     tokens, heads, dim = q.shape
     keys = k.shape[0]
     if tokens == 0 or keys == 0:
@@ -104,12 +120,13 @@ def launch_indexer_scores(
     precision = "tf32x3" if q.dtype == torch.float32 else "tf32"
     grid = (triton.cdiv(tokens, block_t), triton.cdiv(keys, block_s))
     q_scale, k_scale = scales if scales is not None else (w, w)  # unused placeholders when not FP8
+    gmax, gmin = stats if stats is not None else (out, out)  # unused placeholders without stats
     _indexer_scores_kernel[grid](
-        q, w, k, out, q_scale, k_scale, tokens, keys, start,
-        q.stride(0), q.stride(1), w.stride(0), k.stride(0), out.stride(0), q_scale.stride(0),
+        q, w, k, out, q_scale, k_scale, gmax, gmin, tokens, keys, start,
+        q.stride(0), q.stride(1), w.stride(0), k.stride(0), out.stride(0), q_scale.stride(0), gmax.stride(0),
         H=heads, D=dim, BLOCK_D=block_d, BLOCK_T=block_t, BLOCK_S=block_s,
         FILL_FUTURE=fill_future, PRECISION=precision, FP8=scales is not None,
-        num_warps=num_warps, num_stages=num_stages,
+        GROUP=GROUP if stats is not None else 0, num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip
 
 
@@ -185,8 +202,9 @@ def indexer_topk(
         start: absolute position of the first query (history length).
         max_buffer_bytes: bound on the score buffer (+ top-k scratch) reused across query chunks.
         topk_method: "auto" (default: "cooperative" for one query, "torch" for chunks of <= 64, else
-            "bound"), "torch" (torch.topk on the -inf-masked score rows) or a `kernels.topk` method:
-            "compact", "sample", "radix", "split", "cooperative", "bound".
+            "minmax"), "torch" (torch.topk on the -inf-masked score rows) or a `kernels.topk` method:
+            "compact", "sample", "radix", "split", "cooperative", "bound", "minmax" (the score kernel
+            also writes the group extremes it bounds with).
         scales: (q_scale [T, H_I], k_scale [S]) when q and k are e4m3 (`quantize_indexer_fp8`): the
             scores are `indexer_scores_fp8`'s, computed chunk by chunk like the bf16 ones.
 
@@ -208,11 +226,12 @@ def indexer_topk(
     lengths = causal_lengths(tokens, start, q.device)  # [T]
     methods = ("auto", "torch", *TOPK_METHODS)
     require(topk_method in methods, f"topk_method must be one of {methods}, got {topk_method!r}")
-    # fp32 score (+ key/column scratch; + "split"'s two 512-bin int32 histograms per 2048-column slice,
-    # which "cooperative" falls back to when a chunk's slices do not fit on the GPU at once)
-    bytes_per_entry = {"radix": 4, "torch": 4, "split": 14, "cooperative": 14}.get(topk_method, 12)
+    # Bytes per score entry: fp32 score + key/column scratch (12), + "split"'s two 512-bin int32 histograms
+    # per 2048-column slice (which "cooperative" falls back to when a chunk's slices do not fit on the GPU
+    # at once), + "minmax"'s two int32 group extremes per GROUP columns; "auto" may use any of them.
+    bytes_per_entry = {"radix": 4, "torch": 4, "bound": 12, "compact": 12, "sample": 12}.get(topk_method, 14)
     chunk = max(64, (max_buffer_bytes // (bytes_per_entry * max(keys, 1))) // 64 * 64)
-    buffer = scratch = None
+    buffer = scratch = stats = None
     for first in range(0, tokens, chunk):
         last = min(first + chunk, tokens)
         visible = start + last  # keys the last query of this chunk sees
@@ -220,9 +239,10 @@ def indexer_topk(
         if method == "auto":
             # Measured on the H200 (kernels/NOTES.md): for one decode row "cooperative" (many programs
             # per row, one launch) beats "split" and torch.topk; torch.topk beats our kernels on a few
-            # rows; "bound" (one program per row, pruned by group maxima) wins on long prefill chunks.
+            # rows; "minmax" (one program per row, group extremes from the score kernel) wins on long
+            # prefill chunks.
             rows = last - first
-            method = "cooperative" if rows == 1 else "torch" if rows <= SMALL_BATCH_ROWS else "bound"
+            method = "cooperative" if rows == 1 else "torch" if rows <= SMALL_BATCH_ROWS else "minmax"
         if visible <= topk:  # every row selects everything: the scores are never read
             scores = buffer if buffer is not None else torch.empty(last - first, 1, device=q.device)
             launch_select_topk(
@@ -234,11 +254,14 @@ def indexer_topk(
             buffer = torch.empty(rows, keys, dtype=torch.float32, device=q.device)
         if scratch is None and method not in ("radix", "torch"):
             scratch = tuple(torch.empty(buffer.shape, dtype=torch.int32, device=q.device) for _ in range(2))
+        if stats is None and method == "minmax":
+            stats = group_stats_buffers(*buffer.shape, q.device)
         # A decode step (a handful of queries) wants the smallest tile the tensor cores take.
         chunk_scales = None if scales is None else (scales[0][first:last], scales[1][:visible])
         launch_indexer_scores(
             q[first:last], w[first:last], k[:visible], start + first, buffer, fill_future=method == "torch",
-            scales=chunk_scales, block_t=16 if last - first <= 16 else 64,
+            scales=chunk_scales, stats=stats if method == "minmax" else None,
+            block_t=16 if last - first <= 16 else 64,
         )  # fmt: skip
         if method == "torch":
             _torch_topk_rows(buffer[: last - first, :visible], topk, lengths[first:last], out[first:last])
@@ -250,5 +273,6 @@ def indexer_topk(
                 out[first:last],
                 method=method,
                 scratch=scratch,
+                stats=stats if method == "minmax" else None,
             )
     return out

@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from kernels._bench import bench_ms, format_table
-from kernels.indexer import indexer_topk
+from kernels.indexer import indexer_topk, quantize_indexer_fp8
+from kernels.indexer.bench import positional_indexer_inputs
 from kernels.sparse_attention import build_block_union, sparse_attention_ref
 from kernels.sparse_attention.kernel import default_block_q, launch_sparse_attention
 from kernels.sparse_attention.union import build_block_union_torch
@@ -30,20 +31,6 @@ from kernels.topk.kernel import TOPK_METHODS
 
 Q_HEADS, KV_HEADS, HEAD_DIM = 32, 4, 128
 INDEX_HEADS, INDEX_DIM, TOPK = 16, 64, 2048
-
-
-def positional_indexer_inputs(tokens: int, device: str, dtype: torch.dtype, structured: bool):
-    """Indexer q/w/k; `structured` gives keys and queries a shared positional code so scores favour nearby keys."""
-    q = torch.randn(tokens, INDEX_HEADS, INDEX_DIM, device=device)
-    k = torch.randn(tokens, INDEX_DIM, device=device)
-    if structured:
-        position = torch.arange(tokens, device=device, dtype=torch.float32)[:, None]
-        freq = torch.logspace(-4, -1, INDEX_DIM // 2, device=device)[None, :]
-        code = torch.cat([torch.sin(position * freq), torch.cos(position * freq)], dim=1) * 3.0  # [N, D]
-        k = k * 0.3 + code
-        q = q * 0.3 + code[:, None, :]
-    w = torch.rand(tokens, INDEX_HEADS, device=device) * INDEX_DIM**-0.5
-    return q.to(dtype), w, k.to(dtype)
 
 
 def local_selection(tokens: int, device: str, sinks: int = 64) -> torch.Tensor:
@@ -154,13 +141,27 @@ def best_config(rows: list[dict[str, object]], selection: str) -> tuple[int, int
     return tuple(int(x) for x in str(best["config(q,n,warps,stages)"]).split(","))  # type: ignore[return-value]
 
 
+def select_keys(
+    q: torch.Tensor, w: torch.Tensor, k: torch.Tensor, topk_method: str, fp8: bool
+) -> torch.Tensor:
+    """The layer's indexer + top-k; with `fp8` the queries and keys are quantised first (inside the timing:
+    in the runtime the keys would be quantised once, as they are cached)."""
+    if not fp8:
+        return indexer_topk(q, w, k, TOPK, 0, max_buffer_bytes=3 << 32, topk_method=topk_method)
+    (q8, q_scale), (k8, k_scale) = quantize_indexer_fp8(q), quantize_indexer_fp8(k)
+    return indexer_topk(
+        q8, w, k8, TOPK, 0, max_buffer_bytes=3 << 32, topk_method=topk_method, scales=(q_scale, k_scale)
+    )
+
+
 def layer_sweep(
     tokens: int,
     device: str,
     reference: bool,
     *,
     attn_config: tuple[int, int, int, int] = (8, 32, 4, 3),
-    topk_method: str = "bound",
+    topk_method: str = "minmax",
+    indexer_fp8: bool = False,
 ) -> list[dict[str, object]]:
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     scale = HEAD_DIM**-0.5
@@ -179,11 +180,8 @@ def layer_sweep(
             qi, wi, ki = positional_indexer_inputs(
                 tokens, device, dtype, structured=kind == "indexer-positional"
             )
-            index_ms = bench_ms(
-                lambda: indexer_topk(qi, wi, ki, TOPK, 0, max_buffer_bytes=3 << 32, topk_method=topk_method),
-                budget_ms=500,
-            )
-            idx = indexer_topk(qi, wi, ki, TOPK, 0, max_buffer_bytes=3 << 32, topk_method=topk_method)
+            index_ms = bench_ms(lambda: select_keys(qi, wi, ki, topk_method, indexer_fp8), budget_ms=500)
+            idx = select_keys(qi, wi, ki, topk_method, indexer_fp8)
             qi = wi = ki = None
         union_ms = bench_ms(lambda: build_block_union(idx, block_q), budget_ms=200)
         union_sort_ms = bench_ms(lambda: build_block_union(idx, block_q, method="sort"), budget_ms=200)
@@ -237,8 +235,11 @@ def main(argv: list[str] | None = None, deadline_s: float = math.inf) -> dict[st
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", type=int, nargs="+", default=[32768, 131072, 262144])
     parser.add_argument("--reference-max", type=int, default=8192)
-    parser.add_argument("--topk-method", default="bound", choices=list(TOPK_METHODS))
+    parser.add_argument("--topk-method", default="minmax", choices=list(TOPK_METHODS))
     parser.add_argument("--config-sweep-size", type=int, default=32768, help="0: no sweep, default tiles")
+    parser.add_argument(
+        "--indexer-fp8", action="store_true", help="e4m3 indexer (Hadamard, per-vector scales)"
+    )
     args = parser.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     tables: dict[str, list[dict[str, object]]] = {}
@@ -260,10 +261,12 @@ def main(argv: list[str] | None = None, deadline_s: float = math.inf) -> dict[st
             tokens <= args.reference_max,
             attn_config=attn_config,
             topk_method=args.topk_method,
+            indexer_fp8=args.indexer_fp8,
         )
         for row in rows[-3:]:
             row["tiles"] = ",".join(map(str, attn_config))
             row["topk"] = args.topk_method
+            row["indexer"] = "fp8" if args.indexer_fp8 else "bf16"
         print(format_table(rows[-3:], f"DSA layer N={tokens} ({device})"), flush=True)
     tables["DSA layer vs dense SDPA"] = rows
     print(format_table(rows, f"DSA layer vs dense SDPA ({device})"))

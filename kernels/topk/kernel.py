@@ -13,8 +13,8 @@ inside it are compacted into a scratch list, on which the remaining three passes
 one compaction pass, one sort of the survivors; exact thanks to a fallback to v2. "split" cuts a
 row into column slices, one program each, for decode's single rows; "cooperative" (cooperative.py)
 is "split" in one launch; "bound" (bound.py) replaces v2's full-row histogram with a lower bound
-from group maxima (`indexer_topk`'s "auto" for prefill chunks over 64 rows since session 12;
-kernels/NOTES.md has the measurements).
+from group maxima; "minmax" (minmax.py) bounds with group maxima and minima computed by the score
+kernel and reads only the groups that reach the bound (kernels/NOTES.md has the measurements).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import triton.language as tl
 from kernels._validate import require
 from kernels.topk.bound import GROUP, _bound_select
 from kernels.topk.cooperative import launch_cooperative
+from kernels.topk.minmax import launch_minmax
 from kernels.topk.radix import (
     _compact_select,
     _crossing_bin,
@@ -401,7 +402,7 @@ def _launch_split(
     )  # fmt: skip
 
 
-TOPK_METHODS = ("radix", "compact", "sample", "split", "cooperative", "bound")
+TOPK_METHODS = ("radix", "compact", "sample", "split", "cooperative", "bound", "minmax")
 # Columns per slice program by default, the fastest on one 128K row on the H200 (kernels/NOTES.md).
 SPLIT_SLICE, COOPERATIVE_SLICE = 2048, 1024
 
@@ -417,6 +418,7 @@ def launch_select_topk(
     block: int = 2048,
     sample_size: int = 4096,
     slice_size: int | None = None,
+    stats: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> None:
     """Write the selection of each row of `scores` into `out` (int32 [R, topk]); no checks.
 
@@ -430,7 +432,9 @@ def launch_select_topk(
     "cooperative" does the same in one launch (one slice read; cooperative.py) when the row's
     slices fit on the GPU at once, and falls back to "split" otherwise; "bound" reads a row twice
     without a full-row histogram: group maxima give a lower bound of the threshold, the keys above it
-    are compacted and the radix passes run over them (bound.py).
+    are compacted and the radix passes run over them (bound.py); "minmax" takes the bound from group
+    maxima and minima (`stats`, the indexer score kernel's, or computed here) and reads only the groups
+    that reach it (minmax.py).
     """
     rows = scores.shape[0]
     if rows == 0:
@@ -454,6 +458,9 @@ def launch_select_topk(
         # A slice size asked of "cooperative" was sized for it, not for its fallback.
         split_slice = slice_size if method == "split" and slice_size else SPLIT_SLICE
         _launch_split(scores, topk, lengths, out, cand_key, cand_col, split_slice, block)
+        return
+    if method == "minmax":
+        launch_minmax(scores, topk, lengths, out, cand_key, cand_col, block, stats)
         return
     if method == "sample" and scores.shape[1] < (1 << 20):  # columns must fit the 20-bit packing
         _select_topk_sample_kernel[(rows,)](
@@ -489,7 +496,8 @@ def select_topk(
             finish over the few keys left: for one or a few rows, e.g. decode) or
             "cooperative" ("split" in one launch with grid barriers; "split" when it cannot fit) or
             "bound" (one program per row like "compact", a bound from group maxima instead of the
-            first full-row histogram).
+            first full-row histogram) or "minmax" (a bound from group maxima and minima, then only the
+            groups that reach it are read).
             All return the same set up to the choice among equal scores at the threshold.
         sample_size: keys in the "sample" method's threshold sample (a power of two).
         slice_size: columns per program in the "split" and "cooperative" methods (a power of two;

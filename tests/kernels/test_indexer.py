@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+import triton
 
 from kernels import KernelInputError, indexer_scores, indexer_scores_ref, indexer_topk, indexer_topk_ref
+from kernels.indexer.kernel import launch_indexer_scores
 from kernels.indexer.reference import causal_lengths
 from kernels.testing import assert_close, assert_same_selection
+from kernels.topk.minmax import GROUP, _minmax_stats_kernel, group_stats_buffers
 
 GPU = pytest.mark.gpu
 SCORE_TOL = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 1e-3}
@@ -58,6 +61,8 @@ TOPK_CASES = [
     pytest.param(70, 30, 5, 32, 24, torch.float32, 1, "torch", id="T70-S100-H5-K24-chunked-torch"),
     pytest.param(70, 30, 5, 32, 24, torch.float32, 1, "split", id="T70-S100-H5-K24-chunked-split"),
     pytest.param(70, 700, 4, 16, 24, torch.float32, 1, "bound", id="T70-S770-K24-chunked-bound"),
+    pytest.param(70, 700, 4, 16, 24, torch.float32, 1, "minmax", id="T70-S770-K24-chunked-minmax"),
+    pytest.param(130, 0, 3, 32, 40, torch.float32, BIG, "minmax", id="T130-K40-minmax-short-rows"),
     pytest.param(80, 500, 4, 16, 16, torch.float32, BIG, "auto", id="T80-S580-K16-prefill-auto-bound"),
     pytest.param(3, 90, 4, 16, 32, torch.float32, BIG, "auto", id="T3-S93-K32-decode-auto-torch"),
     pytest.param(1, 90, 4, 16, 32, torch.float32, BIG, "auto", id="T1-S91-K32-decode-auto-cooperative"),
@@ -70,6 +75,9 @@ TOPK_CASES = [
     ),
     pytest.param(
         257, 40000, 16, 64, 2048, torch.bfloat16, BIG, "bound", id="T257-S40K-K2048-bound", marks=GPU
+    ),
+    pytest.param(
+        257, 40000, 16, 64, 2048, torch.bfloat16, BIG, "minmax", id="T257-S40K-K2048-minmax", marks=GPU
     ),
     pytest.param(
         1, 131071, 16, 64, 2048, torch.bfloat16, BIG, "split", id="T1-S128K-K2048-decode-split", marks=GPU
@@ -91,6 +99,28 @@ def test_indexer_topk_matches_reference(
     lengths = causal_lengths(tokens, start, q.device)
     assert picked.dtype == torch.int32
     assert_same_selection(picked, expected, scores, lengths, score_tol=SELECT_TOL[dtype], what="indexer_topk")
+
+
+@pytest.mark.parametrize(("tokens", "start"), [(70, 130), (5, 0)], ids=["T70-S200", "T5-S5"])
+def test_score_kernel_group_extremes_match_the_stats_pass(tokens: int, start: int, device: str) -> None:
+    """The score kernel's per-group (max, min) for "minmax" equal the standalone pass over its own scores,
+    on every group a row can read (those holding at least one visible key)."""
+    q, w, k = (t.to(device) for t in make_inputs(tokens, start, 4, 32, torch.float32, seed=5))
+    keys = start + tokens
+    scores = torch.empty(tokens, keys, device=device)
+    fused = group_stats_buffers(tokens, keys, q.device)
+    launch_indexer_scores(q, w, k, start, scores, fill_future=True, stats=fused)
+    lengths = causal_lengths(tokens, start, q.device).to(torch.int32)
+    alone = group_stats_buffers(tokens, keys, q.device)
+    _minmax_stats_kernel[(tokens, triton.cdiv(keys, 64))](
+        scores, lengths, alone[0], alone[1], alone[0].shape[1], scores.stride(0), alone[0].stride(0),
+        BLOCK=64, GROUP=GROUP,
+    )  # fmt: skip
+    readable = torch.arange(alone[0].shape[1], device=q.device)[None, :] * GROUP < lengths[:, None]
+    for which, (ours, theirs) in enumerate(zip(fused, alone, strict=True)):
+        assert torch.equal(ours[readable], theirs[readable]), (
+            f"group {'max' if which == 0 else 'min'} differs"
+        )
 
 
 def test_indexer_topk_rejects_bad_input(device: str) -> None:

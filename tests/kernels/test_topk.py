@@ -7,7 +7,7 @@ import torch
 
 from kernels import KernelInputError, select_topk, select_topk_ref
 from kernels.testing import assert_same_selection
-from kernels.topk.bound import GROUP
+from kernels.topk import bound, minmax
 
 GPU = pytest.mark.gpu
 
@@ -25,6 +25,7 @@ CASES = [
         3, 1500, 40, "narrow", id="R3-S1500-K40-narrow"
     ),  # "bound": over 16 * K keys, a bound exists
     pytest.param(2, 1400, 24, "ties", id="R2-S1400-K24-ties"),
+    pytest.param(3, 3000, 64, "smooth", id="R3-S3000-K64-smooth"),  # "minmax": the bound from group minima
     pytest.param(64, 5000, 2048, "normal", id="R64-S5000-K2048", marks=GPU),
     pytest.param(8, 131072, 2048, "ties", id="R8-S128K-K2048-ties", marks=GPU),
 ]
@@ -38,6 +39,10 @@ def make_scores(rows: int, cols: int, kind: str, generator: torch.Generator) -> 
         scores[:, 5:] = float("-inf")
     elif kind == "narrow":  # one octave, like indexer scores: the top 8 key bits barely separate them
         scores = 2.5 + 0.05 * scores
+    elif (
+        kind == "smooth"
+    ):  # rising towards the row's end, like positional indexer scores, with a little noise
+        scores = 1.0 + torch.arange(cols) / cols + 1e-4 * scores
     elif kind == "constant":
         scores = torch.full((rows, cols), 0.5)
     elif kind == "signed":
@@ -48,7 +53,7 @@ def make_scores(rows: int, cols: int, kind: str, generator: torch.Generator) -> 
     return scores
 
 
-@pytest.mark.parametrize("method", ["compact", "radix", "sample", "split", "cooperative", "bound"])
+@pytest.mark.parametrize("method", ["compact", "radix", "sample", "split", "cooperative", "bound", "minmax"])
 @pytest.mark.parametrize(("rows", "cols", "topk", "kind"), CASES)
 def test_select_topk_matches_reference(
     rows: int, cols: int, topk: int, kind: str, method: str, device: str
@@ -84,17 +89,24 @@ def test_select_topk_matches_reference(
         assert (ids[int(lengths[row]) :] == -1).all(), "short row must be padded with -1 at the end"
 
 
-@pytest.mark.parametrize("kind", ["narrow", "ties", "signed"])
-def test_bound_at_the_group_count_border(kind: str, device: str) -> None:
-    """The "bound" method prunes only rows with at least K groups of GROUP keys: rows around that border."""
-    topk = 32
-    lengths = torch.tensor(
-        [GROUP * topk, GROUP * (topk - 1) + 1, GROUP * (topk - 1), GROUP * topk + 5, 3 * topk]
-    )
-    scores = make_scores(len(lengths), int(lengths.max()), kind, torch.Generator().manual_seed(3))
-    picked = select_topk(scores.to(device), topk, lengths.to(device), method="bound")
-    expected = select_topk_ref(scores, topk, lengths)
-    assert_same_selection(picked, expected, scores, lengths, score_tol=0.0, what="bound border")
+# (method, k, row lengths) around the length where a method starts to prune: "bound" needs K groups of
+# GROUP keys, "minmax" K / GROUP full groups (only a k that is not a multiple of GROUP has lengths below that)
+BORDERS = [
+    ("bound", 32, [bound.GROUP * 32, bound.GROUP * 31 + 1, bound.GROUP * 31, bound.GROUP * 32 + 5, 96]),
+    ("minmax", 40, [41, 47, 48, 49, 3 * minmax.GROUP + 15]),
+]
+
+
+@pytest.mark.parametrize(("method", "topk", "lengths"), BORDERS, ids=[b[0] for b in BORDERS])
+@pytest.mark.parametrize("kind", ["narrow", "ties", "signed", "smooth"])
+def test_pruning_methods_at_their_border(
+    method: str, topk: int, lengths: list[int], kind: str, device: str
+) -> None:
+    lengths_t = torch.tensor(lengths)
+    scores = make_scores(len(lengths), max(lengths), kind, torch.Generator().manual_seed(3))
+    picked = select_topk(scores.to(device), topk, lengths_t.to(device), method=method)
+    expected = select_topk_ref(scores, topk, lengths_t)
+    assert_same_selection(picked, expected, scores, lengths_t, score_tol=0.0, what=f"{method} border")
 
 
 def test_select_topk_rejects_bad_input(device: str) -> None:

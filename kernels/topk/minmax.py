@@ -1,0 +1,217 @@
+"""The "minmax" top-k: a threshold bound from per-group maxima and minima, so no full-row pass.
+
+"bound" (bound.py) reads a row twice: once for group maxima, once to compact the keys above the
+bound they give. On smooth rows (indexer scores that fall off with distance) its bound is loose:
+the K largest maxima are simply the nearest K groups, so up to GROUP * K keys pass it.
+
+Here each group of GROUP adjacent keys also carries its minimum, and both come precomputed:
+from the indexer's score kernel as it writes the scores (`indexer_topk`), or from one stats pass
+(`select_topk`). Counting a group's maximum once and the minimum of a full group GROUP - 1 more
+times, the K-th largest of that weighted list is a lower bound of the row's K-th largest key
+(at least K keys of the row lie at or above it). It is as tight as "bound"'s on unordered rows
+and within one group's spread of the threshold on smooth ones. Then only the groups whose maximum
+reaches the bound are read (a list of them, then a gather of their keys), the keys at or above
+the bound are compacted in column order, and the radix passes finish over those few.
+
+Rows with fewer than K / GROUP full groups go through "compact"'s path.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels.topk.radix import (
+    _compact_select,
+    _crossing_bin,
+    _finish_candidates,
+    _ordered_key,
+    _select_everything,
+)
+
+GROUP = 16  # keys per group
+BOUND_STEPS = tl.constexpr(3)  # radix steps of the bound: its top 24 bits (the rest zero)
+_ALL_ONES = tl.constexpr(0xFFFFFFFF)  # the largest ordered key: a minimum's neutral element
+
+
+@triton.jit
+def _group_extremes(key, visible, ROWS: tl.constexpr, GROUPS: tl.constexpr, GROUP: tl.constexpr):
+    """Per-group (max, min) of a [ROWS, GROUPS * GROUP] tile of ordered keys over its visible keys,
+    as int32 bit patterns; a group with no visible key gets (0, 0xFFFFFFFF) and is never read."""
+    high = tl.where(visible, key, 0)
+    low = tl.where(visible, key, tl.full(key.shape, _ALL_ONES, tl.uint32))
+    group_max = tl.max(tl.reshape(high, (ROWS, GROUPS, GROUP)), 2)
+    group_min = tl.min(tl.reshape(low, (ROWS, GROUPS, GROUP)), 2)
+    return group_max.to(tl.int32, bitcast=True), group_min.to(tl.int32, bitcast=True)
+
+
+@triton.jit
+def _minmax_stats_kernel(
+    scores_ptr,
+    lengths_ptr,
+    gmax_ptr,
+    gmin_ptr,
+    n_stat_cols,
+    stride_row,
+    stride_stat,
+    BLOCK: tl.constexpr,
+    GROUP: tl.constexpr,
+):
+    """Group extremes of one BLOCK-column slice of one row (grid: rows x slices), for `select_topk`."""
+    row, part = tl.program_id(0).to(tl.int64), tl.program_id(1)
+    length = tl.load(lengths_ptr + row).to(tl.int32)
+    col = part * BLOCK + tl.arange(0, BLOCK)
+    valid = col < length
+    key = _ordered_key(tl.load(scores_ptr + row * stride_row + col, mask=valid, other=0.0))
+    GROUPS: tl.constexpr = BLOCK // GROUP
+    group_max, group_min = _group_extremes(key[None, :], valid[None, :], 1, GROUPS, GROUP)
+    slot = part * GROUPS + tl.arange(0, GROUPS)[None, :]
+    stat = row * stride_stat + slot
+    tl.store(gmax_ptr + stat, group_max, mask=slot < n_stat_cols)
+    tl.store(gmin_ptr + stat, group_min, mask=slot < n_stat_cols)
+
+
+@triton.jit
+def _weighted_bound(
+    row_gmax, row_gmin, n_groups, n_full, K: tl.constexpr, BLOCK: tl.constexpr, GROUP: tl.constexpr
+):
+    """Top 8 * BOUND_STEPS bits of the K-th largest entry of the list where each group's maximum counts
+    once and each full group's minimum GROUP - 1 more times (a full group at or above a value puts all
+    GROUP keys there); the lower bits zero. Read past L1 (".cg")."""
+    lanes = tl.arange(0, BLOCK)
+    prefix = tl.zeros((), dtype=tl.uint32)
+    remaining = tl.full((), K, tl.int32)
+    for step in tl.static_range(BOUND_STEPS):
+        shift = 24 - 8 * step  # constexpr: the loop is unrolled
+        hist = tl.zeros((512,), dtype=tl.int32)
+        for first in range(0, n_groups, BLOCK):
+            slot = first + lanes
+            high = tl.load(row_gmax + slot, mask=slot < n_groups, other=0, cache_modifier=".cg")
+            low = tl.load(row_gmin + slot, mask=slot < n_full, other=0, cache_modifier=".cg")
+            high, low = high.to(tl.uint32, bitcast=True), low.to(tl.uint32, bitcast=True)
+            high_match = (slot < n_groups) & (((high >> shift) >> 8) == ((prefix >> shift) >> 8))
+            low_match = (slot < n_full) & (((low >> shift) >> 8) == ((prefix >> shift) >> 8))
+            hist += tl.histogram(tl.where(high_match, ((high >> shift) & 255).to(tl.int32), 256), 512)
+            hist += (GROUP - 1) * tl.histogram(
+                tl.where(low_match, ((low >> shift) & 255).to(tl.int32), 256), 512
+            )
+        chosen, n_above_bin = _crossing_bin(hist, remaining)
+        remaining -= n_above_bin
+        prefix = prefix | (chosen.to(tl.uint32) << shift)
+    return prefix
+
+
+@triton.jit
+def _minmax_select(
+    row_scores,
+    row_out,
+    row_key,
+    row_col,
+    row_gmax,
+    row_gmin,
+    length,
+    K: tl.constexpr,
+    BLOCK: tl.constexpr,
+    GROUP: tl.constexpr,
+):
+    """Exact top-K of one row with L > K from its group extremes; the minima row is reused for the
+    list of groups to read once the bound is known."""
+    n_full = length // GROUP
+    if n_full * GROUP < K:
+        _compact_select(row_scores, row_out, row_key, row_col, length, K, BLOCK)
+    else:
+        n_groups = tl.cdiv(length, GROUP)
+        bound = _weighted_bound(row_gmax, row_gmin, n_groups, n_full, K, BLOCK, GROUP)
+        tl.debug_barrier()  # every thread has read the minima before the group list overwrites them
+        # 1. The groups whose maximum reaches the bound hold every key that does, in column order.
+        lanes = tl.arange(0, BLOCK)
+        n_listed = tl.zeros((), dtype=tl.int32)
+        for first in range(0, n_groups, BLOCK):
+            slot = first + lanes
+            high = tl.load(row_gmax + slot, mask=slot < n_groups, other=0, cache_modifier=".cg")
+            listed = (slot < n_groups) & (high.to(tl.uint32, bitcast=True) >= bound)
+            rank = n_listed + tl.cumsum(listed.to(tl.int32), 0) - 1
+            tl.store(row_gmin + rank, slot, mask=listed)
+            n_listed += tl.sum(listed.to(tl.int32), 0)
+        tl.debug_barrier()  # list entries stored by some threads are read by others
+        # 2. Gather the listed groups' keys; the ones at or above the bound become candidates.
+        GROUPS: tl.constexpr = BLOCK // GROUP
+        n_cand = tl.zeros((), dtype=tl.int32)
+        for first in range(0, n_listed, GROUPS):
+            entry = first + tl.arange(0, GROUPS)
+            group = tl.load(row_gmin + entry, mask=entry < n_listed, other=0, cache_modifier=".cg")
+            col = group[:, None] * GROUP + tl.arange(0, GROUP)[None, :]  # [GROUPS, GROUP]
+            valid = (entry < n_listed)[:, None] & (col < length)
+            key = _ordered_key(tl.load(row_scores + col, mask=valid, other=0.0))
+            keep = tl.reshape(valid & (key >= bound), (BLOCK,))
+            rank = n_cand + tl.cumsum(keep.to(tl.int32), 0) - 1
+            tl.store(row_key + rank, tl.reshape(key, (BLOCK,)).to(tl.int32, bitcast=True), mask=keep)
+            tl.store(row_col + rank, tl.reshape(col, (BLOCK,)), mask=keep)
+            n_cand += tl.sum(keep.to(tl.int32), 0)
+        tl.debug_barrier()
+        no_prefix = tl.zeros((), dtype=tl.uint32)
+        _finish_candidates(row_out, row_key, row_col, n_cand, no_prefix, K, 0, K, BLOCK, 0)
+
+
+@triton.jit
+def _select_topk_minmax_kernel(
+    scores_ptr,
+    lengths_ptr,
+    out_ptr,
+    cand_key_ptr,
+    cand_col_ptr,
+    gmax_ptr,
+    gmin_ptr,
+    stride_row,
+    stride_out,
+    stride_cand,
+    stride_stat,
+    K: tl.constexpr,
+    BLOCK: tl.constexpr,
+    GROUP: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    length = tl.load(lengths_ptr + row).to(tl.int32)
+    row_out = out_ptr + row * stride_out
+    if length <= K:
+        _select_everything(row_out, length, K, BLOCK)
+    else:
+        _minmax_select(
+            scores_ptr + row * stride_row, row_out, cand_key_ptr + row * stride_cand,
+            cand_col_ptr + row * stride_cand, gmax_ptr + row * stride_stat, gmin_ptr + row * stride_stat,
+            length, K, BLOCK, GROUP,
+        )  # fmt: skip
+
+
+def group_stats_buffers(rows: int, cols: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Uninitialised int32 [rows, ceil(cols / GROUP)] buffers for the group maxima and minima."""
+    shape = (2, rows, triton.cdiv(max(cols, 1), GROUP))
+    gmax, gmin = torch.empty(shape, dtype=torch.int32, device=device)
+    return gmax, gmin
+
+
+def launch_minmax(
+    scores: torch.Tensor,
+    topk: int,
+    lengths: torch.Tensor,
+    out: torch.Tensor,
+    cand_key: torch.Tensor,
+    cand_col: torch.Tensor,
+    block: int,
+    stats: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> None:
+    """Select with group extremes `stats` (the score kernel's), or compute them here first. The minima
+    buffer is overwritten (it holds each row's group list afterwards)."""
+    rows, cols = scores.shape
+    if stats is None:
+        stats = group_stats_buffers(rows, cols, scores.device)
+        _minmax_stats_kernel[(rows, triton.cdiv(cols, block))](
+            scores, lengths, stats[0], stats[1], stats[0].shape[1], scores.stride(0), stats[0].stride(0),
+            BLOCK=block, GROUP=GROUP, num_warps=8,
+        )  # fmt: skip
+    gmax, gmin = stats
+    _select_topk_minmax_kernel[(rows,)](
+        scores, lengths, out, cand_key, cand_col, gmax, gmin, scores.stride(0), out.stride(0),
+        cand_key.stride(0), gmax.stride(0), K=topk, BLOCK=block, GROUP=GROUP, num_warps=8,
+    )  # fmt: skip
