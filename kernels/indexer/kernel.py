@@ -17,7 +17,6 @@ from kernels._validate import require
 from kernels.indexer.reference import causal_lengths, check_indexer_args, check_indexer_fp8_args
 from kernels.topk.kernel import TOPK_METHODS, launch_select_topk
 from kernels.topk.minmax import GROUP, _group_extremes, group_stats_buffers
-from kernels.topk.radix import _ordered_key
 
 
 @triton.jit
@@ -83,7 +82,7 @@ def _indexer_scores_kernel(
         tl.store(out_ptrs, tl.where(visible, scores, float("-inf")), mask=t_ok[:, None] & s_ok[None, :])
         if GROUP > 0:
             GROUPS: tl.constexpr = BLOCK_S // GROUP
-            group_max, group_min = _group_extremes(_ordered_key(scores), visible, BLOCK_T, GROUPS, GROUP)
+            group_max, group_min = _group_extremes(scores, visible, BLOCK_T, GROUPS, GROUP)
             slot = pid_s * GROUPS + tl.arange(0, GROUPS)
             stat = offs_t[:, None].to(tl.int64) * stride_stat + slot[None, :]
             stat_ok = t_ok[:, None] & (slot < tl.cdiv(S, GROUP))[None, :]

@@ -13,7 +13,9 @@ and within one group's spread of the threshold on smooth ones. Then only the gro
 reaches the bound are read (a list of them, then a gather of their keys), the keys at or above
 the bound are compacted in column order, and the radix passes finish over those few.
 
-Rows with fewer than K / GROUP full groups go through "compact"'s path.
+Rows with fewer than K / GROUP full groups go through "compact"'s path, and so do rows whose listed
+groups hold over half the row (unordered rows shorter than GROUP * K: their bound rests on minima,
+which are low there).
 """
 
 from __future__ import annotations
@@ -36,13 +38,21 @@ _ALL_ONES = tl.constexpr(0xFFFFFFFF)  # the largest ordered key: a minimum's neu
 
 
 @triton.jit
-def _group_extremes(key, visible, ROWS: tl.constexpr, GROUPS: tl.constexpr, GROUP: tl.constexpr):
-    """Per-group (max, min) of a [ROWS, GROUPS * GROUP] tile of ordered keys over its visible keys,
-    as int32 bit patterns; a group with no visible key gets (0, 0xFFFFFFFF) and is never read."""
-    high = tl.where(visible, key, 0)
-    low = tl.where(visible, key, tl.full(key.shape, _ALL_ONES, tl.uint32))
+def _group_extremes(values, visible, ROWS: tl.constexpr, GROUPS: tl.constexpr, GROUP: tl.constexpr):
+    """Per-group (max, min) ordered keys, as int32 bit patterns, of a [ROWS, GROUPS * GROUP] tile over its
+    visible entries; a group with none gets (lowest, highest) and is never read. `values` are uint32 ordered
+    keys, or fp32 scores that are never -0.0 (then fp32 max and min order them as their keys do, and only
+    the [ROWS, GROUPS] results are converted: the score kernel's sums start at +0.0, so they qualify)."""
+    if values.dtype == tl.float32:
+        lowest, highest = float("-inf"), float("inf")
+    else:
+        lowest, highest = 0, _ALL_ONES
+    high = tl.where(visible, values, tl.full(values.shape, lowest, values.dtype))
+    low = tl.where(visible, values, tl.full(values.shape, highest, values.dtype))
     group_max = tl.max(tl.reshape(high, (ROWS, GROUPS, GROUP)), 2)
     group_min = tl.min(tl.reshape(low, (ROWS, GROUPS, GROUP)), 2)
+    if values.dtype == tl.float32:
+        group_max, group_min = _ordered_key(group_max), _ordered_key(group_min)
     return group_max.to(tl.int32, bitcast=True), group_min.to(tl.int32, bitcast=True)
 
 
@@ -103,6 +113,39 @@ def _weighted_bound(
 
 
 @triton.jit
+def _gather_candidates(
+    row_scores,
+    row_out,
+    row_key,
+    row_col,
+    row_list,
+    n_listed,
+    bound,
+    length,
+    K: tl.constexpr,
+    BLOCK: tl.constexpr,
+    GROUP: tl.constexpr,
+):
+    """The listed groups' keys at or above the bound become candidates (column order); radix passes finish."""
+    GROUPS: tl.constexpr = BLOCK // GROUP
+    n_cand = tl.zeros((), dtype=tl.int32)
+    for first in range(0, n_listed, GROUPS):
+        entry = first + tl.arange(0, GROUPS)
+        group = tl.load(row_list + entry, mask=entry < n_listed, other=0, cache_modifier=".cg")
+        col = group[:, None] * GROUP + tl.arange(0, GROUP)[None, :]  # [GROUPS, GROUP]
+        valid = (entry < n_listed)[:, None] & (col < length)
+        key = _ordered_key(tl.load(row_scores + col, mask=valid, other=0.0))
+        keep = tl.reshape(valid & (key >= bound), (BLOCK,))
+        rank = n_cand + tl.cumsum(keep.to(tl.int32), 0) - 1
+        tl.store(row_key + rank, tl.reshape(key, (BLOCK,)).to(tl.int32, bitcast=True), mask=keep)
+        tl.store(row_col + rank, tl.reshape(col, (BLOCK,)), mask=keep)
+        n_cand += tl.sum(keep.to(tl.int32), 0)
+    tl.debug_barrier()
+    no_prefix = tl.zeros((), dtype=tl.uint32)
+    _finish_candidates(row_out, row_key, row_col, n_cand, no_prefix, K, 0, K, BLOCK, 0)
+
+
+@triton.jit
 def _minmax_select(
     row_scores,
     row_out,
@@ -116,7 +159,9 @@ def _minmax_select(
     GROUP: tl.constexpr,
 ):
     """Exact top-K of one row with L > K from its group extremes; the minima row is reused for the
-    list of groups to read once the bound is known."""
+    list of groups to read once the bound is known. When the listed groups hold over half the row (an
+    unordered row shorter than GROUP * K, whose bound then rests on low minima), radix passes over them
+    would cost more than "compact"'s one histogram pass, so that path finishes the row."""
     n_full = length // GROUP
     if n_full * GROUP < K:
         _compact_select(row_scores, row_out, row_key, row_col, length, K, BLOCK)
@@ -124,7 +169,7 @@ def _minmax_select(
         n_groups = tl.cdiv(length, GROUP)
         bound = _weighted_bound(row_gmax, row_gmin, n_groups, n_full, K, BLOCK, GROUP)
         tl.debug_barrier()  # every thread has read the minima before the group list overwrites them
-        # 1. The groups whose maximum reaches the bound hold every key that does, in column order.
+        # The groups whose maximum reaches the bound hold every key that does, in column order.
         lanes = tl.arange(0, BLOCK)
         n_listed = tl.zeros((), dtype=tl.int32)
         for first in range(0, n_groups, BLOCK):
@@ -135,23 +180,12 @@ def _minmax_select(
             tl.store(row_gmin + rank, slot, mask=listed)
             n_listed += tl.sum(listed.to(tl.int32), 0)
         tl.debug_barrier()  # list entries stored by some threads are read by others
-        # 2. Gather the listed groups' keys; the ones at or above the bound become candidates.
-        GROUPS: tl.constexpr = BLOCK // GROUP
-        n_cand = tl.zeros((), dtype=tl.int32)
-        for first in range(0, n_listed, GROUPS):
-            entry = first + tl.arange(0, GROUPS)
-            group = tl.load(row_gmin + entry, mask=entry < n_listed, other=0, cache_modifier=".cg")
-            col = group[:, None] * GROUP + tl.arange(0, GROUP)[None, :]  # [GROUPS, GROUP]
-            valid = (entry < n_listed)[:, None] & (col < length)
-            key = _ordered_key(tl.load(row_scores + col, mask=valid, other=0.0))
-            keep = tl.reshape(valid & (key >= bound), (BLOCK,))
-            rank = n_cand + tl.cumsum(keep.to(tl.int32), 0) - 1
-            tl.store(row_key + rank, tl.reshape(key, (BLOCK,)).to(tl.int32, bitcast=True), mask=keep)
-            tl.store(row_col + rank, tl.reshape(col, (BLOCK,)), mask=keep)
-            n_cand += tl.sum(keep.to(tl.int32), 0)
-        tl.debug_barrier()
-        no_prefix = tl.zeros((), dtype=tl.uint32)
-        _finish_candidates(row_out, row_key, row_col, n_cand, no_prefix, K, 0, K, BLOCK, 0)
+        if n_listed * GROUP > length // 2:
+            _compact_select(row_scores, row_out, row_key, row_col, length, K, BLOCK)
+        else:
+            _gather_candidates(
+                row_scores, row_out, row_key, row_col, row_gmin, n_listed, bound, length, K, BLOCK, GROUP
+            )
 
 
 @triton.jit
