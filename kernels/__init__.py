@@ -3,8 +3,8 @@
 The runtime calls these for attn_impl="triton" / moe_impl="triton" (CONTRACTS.md, "kernels"):
 `indexer_topk` (lightning-indexer scores streamed, per query chunk, into a top-k), `sparse_attention`
 (prefill over per-block unions of the selected keys), `fused_moe` (expert sort + grouped GEMMs);
-`sparse_decode` serves one-token decode against a paged KV cache. Every op has a `*_ref` twin
-with the same signature in plain PyTorch. Importing this package needs triton; it never touches
+`sparse_decode` serves one-token decode against a paged KV cache, `indexer_decode_topk` its selection
+for a batch of sequences. Every op has a `*_ref` twin with the same signature in plain PyTorch. Importing this package needs triton; it never touches
 the GPU until a function is called.
 """
 
@@ -12,6 +12,8 @@ from kernels._validate import KernelInputError
 from kernels.fused_moe import fused_moe, fused_moe_fp8, fused_moe_fp8_ref, fused_moe_ref
 from kernels.indexer import (
     hadamard,
+    indexer_decode_topk,
+    indexer_decode_topk_ref,
     indexer_scores,
     indexer_scores_fp8,
     indexer_scores_fp8_ref,
@@ -31,6 +33,8 @@ __all__ = [
     "fused_moe_fp8_ref",
     "fused_moe_ref",
     "hadamard",
+    "indexer_decode_topk",
+    "indexer_decode_topk_ref",
     "indexer_scores",
     "indexer_scores_fp8",
     "indexer_scores_fp8_ref",

@@ -23,6 +23,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from kernels.fused_moe import kernel as moe
+from kernels.indexer import decode as indexer_decode
 from kernels.indexer import kernel as indexer
 from kernels.sparse_attention import kernel as attention
 from kernels.sparse_attention import union
@@ -95,6 +96,13 @@ CASES = [
         4,
         2,
     ),  # fmt: skip
+    (
+        indexer_decode._indexer_decode_kernel,
+        {"H": 16, "D": 64, "BLOCK_H": 16, "BLOCK_D": 64, "BLOCK_S": 128, "PAGE": 64, "PRECISION": "tf32"},
+        {"w_ptr": "*fp32", "out_ptr": "*fp32"},
+        4,
+        2,
+    ),
     (
         moe._gate_up_kernel,
         {"TOPK": 8, "BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "PRECISION": "tf32", "FP8": False},

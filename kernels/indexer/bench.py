@@ -1,9 +1,10 @@
 """Sweep: lightning-indexer scores (tile configs) and the fused indexer -> top-k, prefill and decode.
 
-`python -m kernels.indexer.bench [--sizes 32768 131072]`. FLOPs count 2 * H_I * D_I per causal
-(query, key) pair (2*16*64 for Keye); decode counts bytes of indexer keys read (S * D_I * 2 in
-bf16). Baselines: the PyTorch reference (fp32 einsum + torch.topk, run at the smallest size only)
-and the best plain-torch path (bf16 matmul per query chunk, ReLU, weighted head sum, torch.topk).
+`python -m kernels.indexer.bench [--sizes 32768 131072] [--batches 1 16 64]`. FLOPs count 2 * H_I * D_I
+per causal (query, key) pair (2*16*64 for Keye); decode (one query per sequence, batches of paged
+sequences) counts bytes of indexer keys read (S * D_I * 2 in bf16). Baselines: the PyTorch reference
+(fp32 einsum + torch.topk, run at the smallest size only) and the best plain-torch path (bf16 matmul per
+query chunk, ReLU, weighted head sum, torch.topk).
 """
 
 # ruff: noqa: B023 -- each timed lambda runs inside its own loop iteration
@@ -15,13 +16,17 @@ import argparse
 import torch
 
 from kernels._bench import bench_ms, format_table
-from kernels.indexer import indexer_topk, indexer_topk_ref
+from kernels.indexer import indexer_decode_topk, indexer_topk, indexer_topk_ref
+from kernels.indexer.decode import launch_indexer_decode_scores
 from kernels.indexer.kernel import launch_indexer_scores
 from kernels.topk.minmax import group_stats_buffers
 
 HEADS, DIM, TOPK = 16, 64, 2048
 SCORE_CONFIGS = [  # (block_t, block_s, num_warps, num_stages)
     (64, 128, 4, 2),
+    (64, 128, 4, 3),
+    (64, 128, 4, 4),
+    (64, 64, 4, 3),
     (64, 128, 8, 3),
     (128, 128, 8, 2),
     (64, 256, 8, 2),
@@ -154,27 +159,49 @@ def prefill_sweep(sizes: list[int], device: str, reference_max: int) -> list[dic
     return results
 
 
-def decode_sweep(sizes: list[int], device: str) -> list[dict[str, object]]:
-    """One new query against S cached indexer keys (T = 1): a memory-bound scan + one top-k row."""
+def paged_keys(batch: int, keys: int, device: str, page: int = 64):
+    """A decode batch: each sequence's index keys on shuffled pages, one new query per sequence."""
+    pages = -(-keys // page)
+    k_cache = torch.randn(batch * pages, page, DIM, device=device, dtype=torch.bfloat16)  # [P, page, D]
+    table = torch.randperm(batch * pages, device=device).view(batch, pages).to(torch.int32)
+    q = torch.randn(batch, HEADS, DIM, device=device, dtype=torch.bfloat16)
+    w = torch.randn(batch, HEADS, device=device) * DIM**-0.5
+    return q, w, k_cache, table, torch.full((batch,), keys, dtype=torch.int32, device=device)
+
+
+def decode_sweep(sizes: list[int], batches: list[int], device: str) -> list[dict[str, object]]:
+    """One new query per sequence against S cached keys: the batched paged scan (+ top-k) against one
+    `indexer_topk` call per sequence (auto = cooperative for its one row) and the torch path at batch 1."""
     results = []
     for keys in sizes:
-        q, w, k = make_inputs(keys, device)
-        last = keys - 1
-        ours = bench_ms(lambda: indexer_topk(q[last:], w[last:], k, TOPK, last), graph=True)  # cooperative
-        split = bench_ms(
-            lambda: indexer_topk(q[last:], w[last:], k, TOPK, last, topk_method="split"), graph=True
-        )
-        baseline = bench_ms(lambda: torch_indexer_topk(q[last:], w[last:], k, TOPK, last), graph=True)
-        key_bytes = keys * DIM * 2
-        results.append(
-            {
-                "S": keys,
-                "ours_auto_us": ours * 1e3,
-                "ours_split_topk_us": split * 1e3,
-                "torch_bf16_us": baseline * 1e3,
-                "best_GB/s(keys)": key_bytes / min(ours, split) / 1e6,
-            }
-        )
+        for batch in batches:
+            q, w, k_cache, table, lengths = paged_keys(batch, keys, device)
+            flat = k_cache.view(-1, DIM)[:keys]  # sequence 0's keys, contiguous, for the per-sequence paths
+            scores = torch.empty(batch, table.shape[1] * k_cache.shape[1], device=device)
+            scan = bench_ms(
+                lambda: launch_indexer_decode_scores(q, w, k_cache, table, lengths, scores), graph=True
+            )
+            batched = bench_ms(lambda: indexer_decode_topk(q, w, k_cache, table, lengths, TOPK), graph=True)
+            one = bench_ms(lambda: indexer_topk(q[:1], w[:1], flat, TOPK, keys - 1), graph=True)
+            baseline = None
+            if batch == 1:
+                baseline = bench_ms(
+                    lambda: torch_indexer_topk(q[:1], w[:1], flat, TOPK, keys - 1), graph=True
+                )
+            key_bytes = batch * keys * DIM * 2
+            results.append(
+                {
+                    "S": keys,
+                    "B": batch,
+                    "batched_scan_us": scan * 1e3,
+                    "batched_scan+topk_us": batched * 1e3,
+                    "per_sequence_indexer_topk_us": one * 1e3 * batch,
+                    "torch_bf16_us(B=1)": baseline * 1e3 if baseline else None,
+                    "scan_GB/s(keys)": key_bytes / scan / 1e6,
+                    "scan+topk_GB/s(keys)": key_bytes / batched / 1e6,
+                }
+            )
+            k_cache = scores = None
     return results
 
 
@@ -184,12 +211,13 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict[str, object]]]:
     parser.add_argument("--config-keys", type=int, default=32768)
     parser.add_argument("--config-chunk", type=int, default=4096)
     parser.add_argument("--reference-max", type=int, default=8192)
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64], help="decode batch sizes")
     args = parser.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     tables = {
         "indexer score tile configs": score_config_sweep(args.config_keys, args.config_chunk, device),
         "indexer + top-k, prefill (one sequence)": prefill_sweep(args.sizes, device, args.reference_max),
-        "indexer + top-k, decode (T = 1)": decode_sweep(args.sizes, device),
+        "indexer + top-k, decode (one query per sequence)": decode_sweep(args.sizes, args.batches, device),
     }
     for title, rows in tables.items():
         print(format_table(rows, f"{title} ({device})"))

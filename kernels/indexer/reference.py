@@ -62,6 +62,36 @@ def indexer_topk_ref(
     return torch.cat(pieces)
 
 
+def indexer_decode_scores_ref(
+    q: torch.Tensor, w: torch.Tensor, k_cache: torch.Tensor, page_table: torch.Tensor, lengths: torch.Tensor
+) -> torch.Tensor:
+    """fp32 [B, capacity] scores of `indexer_decode_scores`, one sequence at a time: gather positions
+    0 .. L-1 through the page table and score the new query at position L - 1; -inf from L on."""
+    page_size = k_cache.shape[1]
+    capacity = page_table.shape[1] * page_size
+    scores = torch.full((q.shape[0], capacity), float("-inf"), dtype=torch.float32, device=q.device)
+    for b, length in enumerate(lengths.long().clamp(0, capacity).tolist()):
+        if length:
+            positions = torch.arange(length, device=q.device)
+            keys = k_cache[page_table[b, positions // page_size].long(), positions % page_size]  # [L, D]
+            scores[b, :length] = indexer_scores_ref(q[b : b + 1], w[b : b + 1], keys, length - 1)[0]
+    return scores
+
+
+def indexer_decode_topk_ref(
+    q: torch.Tensor,
+    w: torch.Tensor,
+    k_cache: torch.Tensor,
+    page_table: torch.Tensor,
+    lengths: torch.Tensor,
+    topk: int,
+) -> torch.Tensor:
+    """int32 [B, topk]: `indexer_decode_topk`'s selection from the reference scores, padded with -1."""
+    capacity = page_table.shape[1] * k_cache.shape[1]
+    scores = indexer_decode_scores_ref(q, w, k_cache, page_table, lengths)
+    return select_topk_ref(scores, topk, lengths.to(torch.int32).clamp(0, capacity))
+
+
 # ---- FP8 indexer (spec §2.2: e4m3 with power-of-two per-vector scales after a Hadamard transform) ----
 
 E4M3_MAX = 448.0

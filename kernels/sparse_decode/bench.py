@@ -18,9 +18,12 @@ import torch
 import torch.nn.functional as F
 
 from kernels._bench import bench_ms, format_table
+from kernels.indexer import indexer_decode_topk
+from kernels.indexer.decode import launch_indexer_decode_scores
 from kernels.sparse_decode import sparse_decode, sparse_decode_ref
 
 Q_HEADS, KV_HEADS, HEAD_DIM, TOPK, PAGE = 32, 4, 128, 2048, 64
+INDEX_HEADS, INDEX_DIM = 16, 64
 CONFIGS = [  # (block_n, n_splits or None for the default, num_warps, num_stages); the first is the default
     (64, None, 4, 3),
     (32, None, 4, 4),
@@ -123,6 +126,46 @@ def sweep(length: int, batches: list[int], device: str) -> list[dict[str, object
     return results
 
 
+def decode_step_sweep(length: int, batches: list[int], device: str) -> list[dict[str, object]]:
+    """A whole DSA decode step per batch: the batched indexer scan over the paged index keys, its top-k,
+    and the sparse gather of the selected K/V rows (index keys share the KV page table). Effective
+    bandwidth counts the index keys scanned plus the K/V rows gathered, over the scan + gather time (the
+    memory-bound parts) and over the whole step (top-k included)."""
+    scale = HEAD_DIM**-0.5
+    results = []
+    for batch in batches:
+        q, k_cache, v_cache, table, _ = make_case(length, batch, device)
+        index_keys = torch.randn(k_cache.shape[0], PAGE, INDEX_DIM, device=device, dtype=k_cache.dtype)
+        index_q = torch.randn(batch, INDEX_HEADS, INDEX_DIM, device=device, dtype=k_cache.dtype)
+        index_w = torch.randn(batch, INDEX_HEADS, device=device) * INDEX_DIM**-0.5
+        lengths = torch.full((batch,), length, dtype=torch.int32, device=device)
+        scores = torch.empty(batch, table.shape[1] * PAGE, device=device)
+        scan = bench_ms(
+            lambda: launch_indexer_decode_scores(index_q, index_w, index_keys, table, lengths, scores),
+            graph=True,
+        )
+        select = bench_ms(
+            lambda: indexer_decode_topk(index_q, index_w, index_keys, table, lengths, TOPK), graph=True
+        )
+        idx = indexer_decode_topk(index_q, index_w, index_keys, table, lengths, TOPK)
+        gather = bench_ms(lambda: sparse_decode(q, k_cache, v_cache, table, idx, scale), graph=True)
+        moved = batch * length * INDEX_DIM * index_keys.element_size() + moved_bytes(idx, k_cache)
+        results.append(
+            {
+                "B": batch,
+                "L": length,
+                "scan_us": scan * 1e3,
+                "topk_us": (select - scan) * 1e3,
+                "gather_us": gather * 1e3,
+                "step_us": (select + gather) * 1e3,
+                "scan+gather_GB/s": moved / (scan + gather) / 1e6,
+                "step_GB/s": moved / (select + gather) / 1e6,
+            }
+        )
+        k_cache = v_cache = index_keys = scores = None  # free before the next batch
+    return results
+
+
 def main(argv: list[str] | None = None) -> dict[str, list[dict[str, object]]]:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--lengths", type=int, nargs="+", default=[131072])
@@ -130,12 +173,17 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict[str, object]]]:
     parser.add_argument(
         "--config-batch", type=int, default=64, help="batch of the launch-config sweep (0: skip)"
     )
+    parser.add_argument("--step-batches", type=int, nargs="*", default=[1, 16, 64], help="whole decode steps")
     args = parser.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     results = []
     for length in args.lengths:
         results += sweep(length, args.batches, device)
     tables = {"sparse decode, paged KV": results}
+    if args.step_batches:
+        tables["decode step: indexer scan + top-k + sparse gather"] = decode_step_sweep(
+            args.lengths[0], args.step_batches, device
+        )
     if args.config_batch:
         tables["split-kernel launch configs"] = config_sweep(args.lengths[0], args.config_batch, device)
     for title, rows in tables.items():

@@ -13,9 +13,9 @@ and within one group's spread of the threshold on smooth ones. Then only the gro
 reaches the bound are read (a list of them, then a gather of their keys), the keys at or above
 the bound are compacted in column order, and the radix passes finish over those few.
 
-Rows with fewer than K / GROUP full groups go through "compact"'s path, and so do rows whose listed
-groups hold over half the row (unordered rows shorter than GROUP * K: their bound rests on minima,
-which are low there).
+Rows with fewer than K / GROUP full groups go through "compact"'s path, and so do rows of fewer than
+K groups whose listed groups hold over half the row (unordered short rows: their bound rests on
+minima, which are low there).
 """
 
 from __future__ import annotations
@@ -159,9 +159,10 @@ def _minmax_select(
     GROUP: tl.constexpr,
 ):
     """Exact top-K of one row with L > K from its group extremes; the minima row is reused for the
-    list of groups to read once the bound is known. When the listed groups hold over half the row (an
-    unordered row shorter than GROUP * K, whose bound then rests on low minima), radix passes over them
-    would cost more than "compact"'s one histogram pass, so that path finishes the row."""
+    list of groups to read once the bound is known. A row of fewer than K groups has a bound that rests
+    on minima; when those are low (an unordered row) the listed groups hold most of the row and radix
+    passes over its keys would cost more than "compact"'s one histogram pass, so that path finishes it.
+    (With K groups or more the maxima alone bound it: listing half the groups still leaves few keys.)"""
     n_full = length // GROUP
     if n_full * GROUP < K:
         _compact_select(row_scores, row_out, row_key, row_col, length, K, BLOCK)
@@ -180,7 +181,7 @@ def _minmax_select(
             tl.store(row_gmin + rank, slot, mask=listed)
             n_listed += tl.sum(listed.to(tl.int32), 0)
         tl.debug_barrier()  # list entries stored by some threads are read by others
-        if n_listed * GROUP > length // 2:
+        if (n_groups < K) & (n_listed * GROUP > length // 2):
             _compact_select(row_scores, row_out, row_key, row_col, length, K, BLOCK)
         else:
             _gather_candidates(
