@@ -94,7 +94,7 @@ CASES = [
         },
         {"w_ptr": "*fp32", "out_ptr": "*fp32", "q_scale_ptr": "*fp32", "k_scale_ptr": "*fp32"},
         4,
-        2,
+        3,
     ),  # fmt: skip
     (
         indexer_decode._indexer_decode_kernel,

@@ -22,7 +22,7 @@ from kernels._validate import (
     require_rank,
     require_same_device,
 )
-from kernels.indexer.kernel import SMALL_BATCH_ROWS, _contiguous_last, _torch_topk_rows
+from kernels.indexer.rows import auto_topk_method, contiguous_last, torch_topk_rows
 from kernels.topk.kernel import TOPK_METHODS, launch_select_topk
 
 
@@ -59,8 +59,11 @@ def _indexer_decode_kernel(
         visible = offs_s < length
         offs_d = tl.arange(0, BLOCK_D)
         offs_h = tl.arange(0, BLOCK_H)
-        page = tl.load(table_ptr + seq * stride_tb + offs_s // PAGE, mask=visible, other=0).to(tl.int64)
-        rows = k_ptr + page[:, None] * stride_kp + (offs_s % PAGE)[:, None] * stride_ks + offs_d[None, :]
+        if PAGE == 0:  # one contiguous [S, D] key buffer (`indexer_topk`'s single query)
+            rows = k_ptr + offs_s[:, None].to(tl.int64) * stride_ks + offs_d[None, :]
+        else:
+            page = tl.load(table_ptr + seq * stride_tb + offs_s // PAGE, mask=visible, other=0).to(tl.int64)
+            rows = k_ptr + page[:, None] * stride_kp + (offs_s % PAGE)[:, None] * stride_ks + offs_d[None, :]
         keys = tl.load(rows, mask=visible[:, None] & (offs_d < D)[None, :], other=0.0)  # [BLOCK_S, BLOCK_D]
         q_t = tl.load(
             q_ptr + seq * stride_qb + offs_h[None, :] * stride_qh + offs_d[:, None],
@@ -108,17 +111,20 @@ def launch_indexer_decode_scores(
     num_warps: int = 4,
     num_stages: int = 2,
 ) -> None:
-    """Scores into out [B, S] (S <= page_table columns x page size); no checks."""
+    """Scores into out [B, S] (S <= page_table columns x page size); no checks. A 2-D k_cache [S, D] is one
+    contiguous key buffer for a single sequence (page_table unused)."""
     batch, heads, dim = q.shape
     columns = out.shape[1]
     if batch == 0 or columns == 0:
         return
     grid = (batch, triton.cdiv(columns, block_s))
+    paged = k_cache.dim() == 3
+    stride_page, stride_key = (k_cache.stride(0), k_cache.stride(1)) if paged else (0, k_cache.stride(0))
     _indexer_decode_kernel[grid](
         q, w, k_cache, page_table, lengths, out, columns,
-        q.stride(0), q.stride(1), w.stride(0), k_cache.stride(0), k_cache.stride(1), page_table.stride(0),
+        q.stride(0), q.stride(1), w.stride(0), stride_page, stride_key, page_table.stride(0),
         out.stride(0), H=heads, D=dim, BLOCK_H=max(16, triton.next_power_of_2(heads)),
-        BLOCK_D=max(16, triton.next_power_of_2(dim)), BLOCK_S=block_s, PAGE=k_cache.shape[1],
+        BLOCK_D=max(16, triton.next_power_of_2(dim)), BLOCK_S=block_s, PAGE=k_cache.shape[1] if paged else 0,
         PRECISION="tf32x3" if q.dtype == torch.float32 else "tf32", num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip
 
@@ -130,7 +136,7 @@ def _prepare(
     check_indexer_decode_args(q, w, k_cache, page_table, lengths)
     capacity = page_table.shape[1] * k_cache.shape[1]
     lengths = lengths.to(torch.int32).clamp(0, capacity).contiguous()
-    q, w, k_cache = _contiguous_last(q), _contiguous_last(w), _contiguous_last(k_cache)
+    q, w, k_cache = contiguous_last(q), contiguous_last(w), contiguous_last(k_cache)
     return q, w, k_cache, page_table.contiguous(), lengths
 
 
@@ -186,14 +192,14 @@ def indexer_decode_topk(
         return out
     method = topk_method
     if method == "auto":
-        method = "cooperative" if batch == 1 else "torch" if batch <= SMALL_BATCH_ROWS else "minmax"
+        method = auto_topk_method(batch)
     scores = torch.empty(batch, columns, dtype=torch.float32, device=q.device)
     if columns <= topk:  # every sequence selects all its keys: the scores are never read
         launch_select_topk(scores, topk, lengths, out, method="radix")
         return out
     launch_indexer_decode_scores(q, w, k_cache, page_table, lengths, scores)
     if method == "torch":
-        _torch_topk_rows(scores, topk, lengths, out)
+        torch_topk_rows(scores, topk, lengths, out)
     else:
         launch_select_topk(scores, topk, lengths, out, method=method)
     return out

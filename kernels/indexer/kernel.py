@@ -14,7 +14,9 @@ import triton
 import triton.language as tl
 
 from kernels._validate import require
+from kernels.indexer.decode import launch_indexer_decode_scores
 from kernels.indexer.reference import causal_lengths, check_indexer_args, check_indexer_fp8_args
+from kernels.indexer.rows import auto_topk_method, contiguous_last, torch_topk_rows
 from kernels.topk.kernel import TOPK_METHODS, launch_select_topk
 from kernels.topk.minmax import GROUP, _group_extremes, group_stats_buffers
 
@@ -106,11 +108,13 @@ def launch_indexer_scores(
     block_t: int = 64,
     block_s: int = 128,
     num_warps: int = 4,
-    num_stages: int = 2,
+    num_stages: int = 3,
 ) -> None:
     """Score q [T, H, D] against k [S, D] into out [T, >= S] (row stride out.stride(0)); no checks.
     `scales` = (q_scale [T, H], k_scale [S]) for e4m3 q and k; `stats` = int32 (max, min) [T, >= ceil(S /
-    GROUP)] buffers that also receive each key group's extreme ordered keys (`kernels.topk.minmax`)."""
+    GROUP)] buffers that also receive each key group's extreme ordered keys (`kernels.topk.minmax`). The
+    default tiles are the H200 sweep's best (`kernels.indexer.bench`, session 13: 3 stages 381 TFLOP/s, 2
+    stages 345)."""
     tokens, heads, dim = q.shape
     keys = k.shape[0]
     if tokens == 0 or keys == 0:
@@ -129,10 +133,6 @@ def launch_indexer_scores(
     )  # fmt: skip
 
 
-def _contiguous_last(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor if tensor.stride(-1) == 1 else tensor.contiguous()
-
-
 def indexer_scores(q: torch.Tensor, w: torch.Tensor, k: torch.Tensor, start: int) -> torch.Tensor:
     """Lightning-indexer scores, materialised (for tests and short sequences).
 
@@ -146,7 +146,7 @@ def indexer_scores(q: torch.Tensor, w: torch.Tensor, k: torch.Tensor, start: int
         fp32 [T, S]: I[t, s] = sum_j w[t, j] * ReLU(q[t, j] . k[s]); -inf where s > start + t.
     """
     check_indexer_args(q, w, k, start)
-    q, w, k = _contiguous_last(q), _contiguous_last(w), _contiguous_last(k)
+    q, w, k = contiguous_last(q), contiguous_last(w), contiguous_last(k)
     out = torch.empty(q.shape[0], k.shape[0], dtype=torch.float32, device=q.device)
     launch_indexer_scores(q, w, k, start, out, fill_future=True)
     return out
@@ -164,20 +164,11 @@ def indexer_scores_fp8(
     per-vector scales): one FP8 tensor-core product per head and tile, scaled after the sum. The oracle is
     `indexer_scores_fp8_ref`; fp32 [T, S] with -inf above the causal diagonal."""
     check_indexer_fp8_args(q8, q_scale, w, k8, k_scale, start)
-    q8, w, k8 = _contiguous_last(q8), _contiguous_last(w), _contiguous_last(k8)
+    q8, w, k8 = contiguous_last(q8), contiguous_last(w), contiguous_last(k8)
     scales = (q_scale.float().contiguous(), k_scale.float().contiguous())
     out = torch.empty(q8.shape[0], k8.shape[0], dtype=torch.float32, device=q8.device)
     launch_indexer_scores(q8, w, k8, start, out, fill_future=True, scales=scales)
     return out
-
-
-SMALL_BATCH_ROWS = 64  # at or below this many rows per chunk, "auto" uses torch.topk
-
-
-def _torch_topk_rows(scores: torch.Tensor, topk: int, lengths: torch.Tensor, out: torch.Tensor) -> None:
-    """torch.topk over rows whose future columns hold -inf; short rows padded with -1."""
-    picked = scores.topk(topk, dim=1).indices  # [R, K]; short rows also pick -inf columns >= L
-    out.copy_(torch.where(picked < lengths[:, None], picked, -1).to(torch.int32))
 
 
 def indexer_topk(
@@ -219,7 +210,7 @@ def indexer_topk(
         check_indexer_fp8_args(q, scales[0], w, k, scales[1], start)
         scales = (scales[0].float().contiguous(), scales[1].float().contiguous())
     require(topk >= 1, f"topk must be >= 1, got {topk}")
-    q, w, k = _contiguous_last(q), _contiguous_last(w), _contiguous_last(k)
+    q, w, k = contiguous_last(q), contiguous_last(w), contiguous_last(k)
     tokens, keys = q.shape[0], k.shape[0]
     out = torch.empty(tokens, topk, dtype=torch.int32, device=q.device)
     lengths = causal_lengths(tokens, start, q.device)  # [T]
@@ -236,12 +227,7 @@ def indexer_topk(
         visible = start + last  # keys the last query of this chunk sees
         method = topk_method
         if method == "auto":
-            # Measured on the H200 (kernels/NOTES.md): for one decode row "cooperative" (many programs
-            # per row, one launch) beats "split" and torch.topk; torch.topk beats our kernels on a few
-            # rows; "minmax" (one program per row, group extremes from the score kernel) wins on long
-            # prefill chunks.
-            rows = last - first
-            method = "cooperative" if rows == 1 else "torch" if rows <= SMALL_BATCH_ROWS else "minmax"
+            method = auto_topk_method(last - first)
         if visible <= topk:  # every row selects everything: the scores are never read
             scores = buffer if buffer is not None else torch.empty(last - first, 1, device=q.device)
             launch_select_topk(
@@ -255,15 +241,21 @@ def indexer_topk(
             scratch = tuple(torch.empty(buffer.shape, dtype=torch.int32, device=q.device) for _ in range(2))
         if stats is None and method == "minmax":
             stats = group_stats_buffers(*buffer.shape, q.device)
-        # A decode step (a handful of queries) wants the smallest tile the tensor cores take.
-        chunk_scales = None if scales is None else (scales[0][first:last], scales[1][:visible])
-        launch_indexer_scores(
-            q[first:last], w[first:last], k[:visible], start + first, buffer, fill_future=method == "torch",
-            scales=chunk_scales, stats=stats if method == "minmax" else None,
-            block_t=16 if last - first <= 16 else 64,
-        )  # fmt: skip
+        single = last - first == 1 and scales is None
+        chunk_stats = stats if method == "minmax" and not single else None  # else launch_minmax makes them
+        if single:  # one query (decode): the decode kernel's [keys, heads] products, no padded query rows
+            launch_indexer_decode_scores(
+                q[first:last], w[first:last], k[:visible], lengths[first:last], lengths[first:last],
+                buffer[:1, :visible],
+            )  # fmt: skip
+        else:  # a few queries want the smallest tile the tensor cores take
+            chunk_scales = None if scales is None else (scales[0][first:last], scales[1][:visible])
+            launch_indexer_scores(
+                q[first:last], w[first:last], k[:visible], start + first, buffer, fill_future=method == "torch",
+                scales=chunk_scales, stats=chunk_stats, block_t=16 if last - first <= 16 else 64,
+            )  # fmt: skip
         if method == "torch":
-            _torch_topk_rows(buffer[: last - first, :visible], topk, lengths[first:last], out[first:last])
+            torch_topk_rows(buffer[: last - first, :visible], topk, lengths[first:last], out[first:last])
         else:
             launch_select_topk(
                 buffer[: last - first],
@@ -272,6 +264,6 @@ def indexer_topk(
                 out[first:last],
                 method=method,
                 scratch=scratch,
-                stats=stats if method == "minmax" else None,
+                stats=chunk_stats,
             )
     return out
