@@ -91,6 +91,7 @@ CASES = [
             "PRECISION": "tf32",
             "FP8": False,
             "GROUP": minmax.GROUP,
+            "HEAD_STEP": 1,
         },
         {"w_ptr": "*fp32", "out_ptr": "*fp32", "q_scale_ptr": "*fp32", "k_scale_ptr": "*fp32"},
         4,

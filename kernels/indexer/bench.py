@@ -16,21 +16,23 @@ import argparse
 import torch
 
 from kernels._bench import bench_ms, format_table
-from kernels.indexer import indexer_decode_topk, indexer_topk, indexer_topk_ref
+from kernels.indexer import indexer_decode_topk, indexer_topk, indexer_topk_ref, quantize_indexer_fp8
 from kernels.indexer.decode import launch_indexer_decode_scores
 from kernels.indexer.kernel import launch_indexer_scores
 from kernels.topk.minmax import group_stats_buffers
 
 HEADS, DIM, TOPK = 16, 64, 2048
-SCORE_CONFIGS = [  # (block_t, block_s, num_warps, num_stages)
-    (64, 128, 4, 2),
-    (64, 128, 4, 3),
-    (64, 128, 4, 4),
-    (64, 64, 4, 3),
-    (64, 128, 8, 3),
-    (128, 128, 8, 2),
-    (64, 256, 8, 2),
-    (128, 64, 4, 3),
+SCORE_CONFIGS = [  # (block_t, block_s, num_warps, num_stages, heads per loop step, e4m3 inputs)
+    (64, 128, 4, 3, 1, False),
+    (64, 128, 4, 3, 2, False),
+    (64, 128, 4, 3, 1, True),
+    (64, 128, 4, 3, 2, True),
+    (64, 128, 4, 2, 1, False),
+    (64, 128, 4, 4, 1, False),
+    (64, 64, 4, 3, 1, False),
+    (64, 128, 8, 3, 1, False),
+    (128, 128, 8, 2, 1, False),
+    (128, 64, 4, 3, 1, False),
 ]
 
 
@@ -72,30 +74,38 @@ def torch_indexer_topk(q, w, k, topk: int, start: int, chunk: int = 1024) -> tor
 
 
 def score_config_sweep(keys: int, chunk: int, device: str) -> list[dict[str, object]]:
-    """Score the last `chunk` queries of a `keys`-long sequence with each tile config."""
+    """Score the last `chunk` queries of a `keys`-long sequence with each tile config (bf16, or e4m3
+    quantised once outside the timing)."""
     q, w, k = make_inputs(keys, device)
+    (q8, q_scale), (k8, k_scale) = quantize_indexer_fp8(q), quantize_indexer_fp8(k)
     start = keys - chunk
     out = torch.empty(chunk, keys, device=device)
     pairs = sum(start + t + 1 for t in range(chunk))
     results = []
-    for block_t, block_s, warps, stages in SCORE_CONFIGS:
+    for block_t, block_s, warps, stages, head_step, fp8 in SCORE_CONFIGS:
+        qq, kk = (q8, k8) if fp8 else (q, k)
+        scales = (q_scale[start:], k_scale) if fp8 else None
         ms = bench_ms(
             lambda: launch_indexer_scores(
-                q[start:],
+                qq[start:],
                 w[start:],
-                k,
+                kk,
                 start,
                 out,
                 fill_future=False,
+                scales=scales,
                 block_t=block_t,
                 block_s=block_s,
                 num_warps=warps,
                 num_stages=stages,
+                head_step=head_step,
             )  # fmt: skip
         )
         results.append(
             {
                 "config(t,s,warps,stages)": f"{block_t},{block_s},{warps},{stages}",
+                "heads_per_step": head_step,
+                "inputs": "e4m3" if fp8 else "bf16",
                 "queries": chunk,
                 "keys": keys,
                 "ms": ms,

@@ -22,6 +22,36 @@ from kernels.topk.minmax import GROUP, _group_extremes, group_stats_buffers
 
 
 @triton.jit
+def _add_head(
+    scores,
+    q_rows,
+    q_mask,
+    w_ptr,
+    q_scale_ptr,
+    k_tile,
+    offs_t,
+    t_ok,
+    h,
+    H,
+    stride_qh,
+    stride_wt,
+    stride_qst,
+    PRECISION: tl.constexpr,
+    FP8: tl.constexpr,
+):
+    """scores + w[:, h] * ReLU(q_h . k^T) for one head (a head index >= H adds zeros)."""
+    ok = t_ok & (h < H)
+    q_h = tl.load(q_rows + h * stride_qh, mask=q_mask & ok[:, None], other=0.0)  # [BLOCK_T, BLOCK_D]
+    w_h = tl.load(w_ptr + offs_t * stride_wt + h, mask=ok, other=0.0).to(tl.float32)
+    if FP8:  # e4m3 products are exact in fp32; the query's positive power-of-two scale joins its weight
+        w_h = w_h * tl.load(q_scale_ptr + offs_t * stride_qst + h, mask=ok, other=0.0)
+        logits = tl.dot(q_h, k_tile)
+    else:
+        logits = tl.dot(q_h, k_tile, input_precision=PRECISION)  # [BLOCK_T, BLOCK_S]
+    return scores + tl.maximum(logits, 0.0) * w_h[:, None]
+
+
+@triton.jit
 def _indexer_scores_kernel(
     q_ptr,
     w_ptr,
@@ -50,6 +80,7 @@ def _indexer_scores_kernel(
     PRECISION: tl.constexpr,
     FP8: tl.constexpr,  # q and k are e4m3 with per-(t, h) and per-s scales (`quantize_indexer_fp8`)
     GROUP: tl.constexpr,  # > 0: also write each GROUP-key group's max and min ordered key ("minmax" top-k)
+    HEAD_STEP: tl.constexpr,  # heads per loop step (1 or 2)
 ):
     pid_t = tl.program_id(0)
     pid_s = tl.program_id(1)
@@ -69,17 +100,44 @@ def _indexer_scores_kernel(
         scores = tl.zeros((BLOCK_T, BLOCK_S), dtype=tl.float32)
         q_rows = q_ptr + offs_t[:, None].to(tl.int64) * stride_qt + offs_d[None, :]
         q_mask = t_ok[:, None] & (offs_d[None, :] < D)
-        if FP8:
-            k_scale = tl.load(k_scale_ptr + offs_s, mask=s_ok, other=0.0)
-        for h in range(H):  # a runtime loop: unrolling 16+ heads only bloats the compile
-            q_h = tl.load(q_rows + h * stride_qh, mask=q_mask, other=0.0)  # [BLOCK_T, BLOCK_D]
-            w_h = tl.load(w_ptr + offs_t * stride_wt + h, mask=t_ok, other=0.0).to(tl.float32)
-            if FP8:  # e4m3 products are exact in fp32; the scales come out of the sum
-                q_scale = tl.load(q_scale_ptr + offs_t * stride_qst + h, mask=t_ok, other=0.0)
-                logits = tl.dot(q_h, k_tile) * q_scale[:, None] * k_scale[None, :]
-            else:
-                logits = tl.dot(q_h, k_tile, input_precision=PRECISION)  # [BLOCK_T, BLOCK_S]
-            scores += tl.maximum(logits, 0.0) * w_h[:, None]
+        for h in range(0, H, HEAD_STEP):  # a runtime loop: unrolling 16+ heads only bloats the compile
+            scores = _add_head(
+                scores,
+                q_rows,
+                q_mask,
+                w_ptr,
+                q_scale_ptr,
+                k_tile,
+                offs_t,
+                t_ok,
+                h,
+                H,
+                stride_qh,
+                stride_wt,
+                stride_qst,
+                PRECISION,
+                FP8,
+            )
+            if HEAD_STEP == 2:  # the next head's product issued before this one's epilogue runs
+                scores = _add_head(
+                    scores,
+                    q_rows,
+                    q_mask,
+                    w_ptr,
+                    q_scale_ptr,
+                    k_tile,
+                    offs_t,
+                    t_ok,
+                    h + 1,
+                    H,
+                    stride_qh,
+                    stride_wt,
+                    stride_qst,
+                    PRECISION,
+                    FP8,
+                )
+        if FP8:  # each key's positive power-of-two scale commutes with ReLU: applied once, after the sum
+            scores = scores * tl.load(k_scale_ptr + offs_s, mask=s_ok, other=0.0)[None, :]
         visible = offs_s[None, :] <= (start + offs_t)[:, None]
         tl.store(out_ptrs, tl.where(visible, scores, float("-inf")), mask=t_ok[:, None] & s_ok[None, :])
         if GROUP > 0:
@@ -109,6 +167,7 @@ def launch_indexer_scores(
     block_s: int = 128,
     num_warps: int = 4,
     num_stages: int = 3,
+    head_step: int = 1,
 ) -> None:
     """Score q [T, H, D] against k [S, D] into out [T, >= S] (row stride out.stride(0)); no checks.
     `scales` = (q_scale [T, H], k_scale [S]) for e4m3 q and k; `stats` = int32 (max, min) [T, >= ceil(S /
@@ -129,7 +188,7 @@ def launch_indexer_scores(
         q.stride(0), q.stride(1), w.stride(0), k.stride(0), out.stride(0), q_scale.stride(0), gmax.stride(0),
         H=heads, D=dim, BLOCK_D=block_d, BLOCK_T=block_t, BLOCK_S=block_s,
         FILL_FUTURE=fill_future, PRECISION=precision, FP8=scales is not None,
-        GROUP=GROUP if stats is not None else 0, num_warps=num_warps, num_stages=num_stages,
+        GROUP=GROUP if stats is not None else 0, HEAD_STEP=head_step, num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip
 
 

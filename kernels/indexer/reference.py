@@ -131,6 +131,8 @@ def check_indexer_fp8_args(
     require(k8.shape[0] == start + q8.shape[0], f"k must hold start + T = {start + q8.shape[0]} keys")
     require(k8.shape[1] == q8.shape[2], "k head dim must match q head dim")
     require_same_device(q8=q8, q_scale=q_scale, w=w, k8=k8, k_scale=k_scale)
+    # The kernel takes the scales out of the ReLU, which only a positive scale commutes with.
+    require(bool((q_scale > 0).all()) and bool((k_scale > 0).all()), "q_scale and k_scale must be positive")
 
 
 def indexer_scores_fp8_ref(

@@ -106,3 +106,5 @@ def test_fp8_scores_reject_unquantised_inputs(device) -> None:
         indexer_scores_fp8(q, q_scale, w, k8, k_scale, 0)
     with pytest.raises(KernelInputError, match="k_scale must be"):
         indexer_scores_fp8(q8, q_scale, w, k8, k_scale[:2], 0)
+    with pytest.raises(KernelInputError, match="must be positive"):
+        indexer_scores_fp8(q8, q_scale, w, k8, -k_scale, 0)
