@@ -38,6 +38,7 @@ FP32 = {
     name: "*fp32" for name in ("scores_ptr", "part_acc_ptr", "part_max_ptr", "part_sum_ptr", "weights_ptr")
 }
 MOE = {"ws_ptr": "*fp32"}
+INDEXER_POINTERS = {"w_ptr": "*fp32", "out_ptr": "*fp32", "q_scale_ptr": "*fp32", "k_scale_ptr": "*fp32"}
 FLOATS = ("qk_scale",)
 
 # (kernel, constexprs, pointer dtypes beyond the defaults, num_warps, num_stages)
@@ -93,7 +94,25 @@ CASES = [
             "GROUP": minmax.GROUP,
             "HEAD_STEP": 1,
         },
-        {"w_ptr": "*fp32", "out_ptr": "*fp32", "q_scale_ptr": "*fp32", "k_scale_ptr": "*fp32"},
+        INDEXER_POINTERS,
+        4,
+        3,
+    ),  # fmt: skip
+    (
+        indexer._indexer_scores_kernel,
+        {
+            "H": 16,
+            "D": 64,
+            "BLOCK_D": 64,
+            "BLOCK_T": 64,
+            "BLOCK_S": 128,
+            "FILL_FUTURE": False,
+            "PRECISION": "tf32",
+            "FP8": True,
+            "GROUP": minmax.GROUP,
+            "HEAD_STEP": 2,
+        },
+        {**INDEXER_POINTERS, "q_ptr": "*fp8e4nv", "k_ptr": "*fp8e4nv"},
         4,
         3,
     ),  # fmt: skip

@@ -167,13 +167,14 @@ def launch_indexer_scores(
     block_s: int = 128,
     num_warps: int = 4,
     num_stages: int = 3,
-    head_step: int = 1,
+    head_step: int | None = None,
 ) -> None:
     """Score q [T, H, D] against k [S, D] into out [T, >= S] (row stride out.stride(0)); no checks.
     `scales` = (q_scale [T, H], k_scale [S]) for e4m3 q and k; `stats` = int32 (max, min) [T, >= ceil(S /
     GROUP)] buffers that also receive each key group's extreme ordered keys (`kernels.topk.minmax`). The
-    default tiles are the H200 sweep's best (`kernels.indexer.bench`, session 13: 3 stages 381 TFLOP/s, 2
-    stages 345)."""
+    default tiles are the H200 sweep's best (`kernels.indexer.bench`, session 13: 3 stages 381–394 TFLOP/s
+    against 333–345 for 2 in two runs, level in a third); `head_step` (heads per loop step) defaults to 2 for
+    e4m3 inputs (435 against 383 TFLOP/s) and 1 for 16-bit ones (359 against 348)."""
     tokens, heads, dim = q.shape
     keys = k.shape[0]
     if tokens == 0 or keys == 0:
@@ -188,7 +189,7 @@ def launch_indexer_scores(
         q.stride(0), q.stride(1), w.stride(0), k.stride(0), out.stride(0), q_scale.stride(0), gmax.stride(0),
         H=heads, D=dim, BLOCK_D=block_d, BLOCK_T=block_t, BLOCK_S=block_s,
         FILL_FUTURE=fill_future, PRECISION=precision, FP8=scales is not None,
-        GROUP=GROUP if stats is not None else 0, HEAD_STEP=head_step, num_warps=num_warps, num_stages=num_stages,
+        GROUP=GROUP if stats is not None else 0, HEAD_STEP=head_step or (2 if scales is not None else 1), num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip
 
 
