@@ -22,23 +22,8 @@ from kernels.topk.minmax import GROUP, _group_extremes, group_stats_buffers
 
 
 @triton.jit
-def _add_head(
-    scores,
-    q_rows,
-    q_mask,
-    w_ptr,
-    q_scale_ptr,
-    k_tile,
-    offs_t,
-    t_ok,
-    h,
-    H,
-    stride_qh,
-    stride_wt,
-    stride_qst,
-    PRECISION: tl.constexpr,
-    FP8: tl.constexpr,
-):
+def _add_head(scores, q_rows, q_mask, w_ptr, q_scale_ptr, k_tile, offs_t, t_ok, h, H, stride_qh, stride_wt,
+              stride_qst, PRECISION: tl.constexpr, FP8: tl.constexpr):  # fmt: skip
     """scores + w[:, h] * ReLU(q_h . k^T) for one head (a head index >= H adds zeros)."""
     ok = t_ok & (h < H)
     q_h = tl.load(q_rows + h * stride_qh, mask=q_mask & ok[:, None], other=0.0)  # [BLOCK_T, BLOCK_D]
@@ -101,41 +86,10 @@ def _indexer_scores_kernel(
         q_rows = q_ptr + offs_t[:, None].to(tl.int64) * stride_qt + offs_d[None, :]
         q_mask = t_ok[:, None] & (offs_d[None, :] < D)
         for h in range(0, H, HEAD_STEP):  # a runtime loop: unrolling 16+ heads only bloats the compile
-            scores = _add_head(
-                scores,
-                q_rows,
-                q_mask,
-                w_ptr,
-                q_scale_ptr,
-                k_tile,
-                offs_t,
-                t_ok,
-                h,
-                H,
-                stride_qh,
-                stride_wt,
-                stride_qst,
-                PRECISION,
-                FP8,
-            )
-            if HEAD_STEP == 2:  # the next head's product issued before this one's epilogue runs
-                scores = _add_head(
-                    scores,
-                    q_rows,
-                    q_mask,
-                    w_ptr,
-                    q_scale_ptr,
-                    k_tile,
-                    offs_t,
-                    t_ok,
-                    h + 1,
-                    H,
-                    stride_qh,
-                    stride_wt,
-                    stride_qst,
-                    PRECISION,
-                    FP8,
-                )
+            # With 2 heads per step the next head's product is issued before this head's epilogue runs.
+            for j in tl.static_range(HEAD_STEP):
+                scores = _add_head(scores, q_rows, q_mask, w_ptr, q_scale_ptr, k_tile, offs_t, t_ok, h + j, H,
+                                   stride_qh, stride_wt, stride_qst, PRECISION, FP8)  # fmt: skip
         if FP8:  # each key's positive power-of-two scale commutes with ReLU: applied once, after the sum
             scores = scores * tl.load(k_scale_ptr + offs_s, mask=s_ok, other=0.0)[None, :]
         visible = offs_s[None, :] <= (start + offs_t)[:, None]
