@@ -243,6 +243,11 @@ class ExampleFeed:
 
     def close(self) -> None:
         if self.pool is not None:
+            # Let the requests in flight finish first: a worker killed while it writes its answer holds the
+            # result pipe's lock, and terminate() then waits on that lock forever (seen once in CI).
+            for request in self.pending:
+                request.wait(timeout=60)
+            self.pending.clear()
             self.pool.terminate()
         self.metas_file.unlink(missing_ok=True)
 
