@@ -39,6 +39,18 @@ FP32 = {
 }
 MOE = {"ws_ptr": "*fp32"}
 INDEXER_POINTERS = {"w_ptr": "*fp32", "out_ptr": "*fp32", "q_scale_ptr": "*fp32", "k_scale_ptr": "*fp32"}
+INDEXER_SCORES = {  # the score kernel's bf16 launch at Keye's shapes, with the group extremes of "minmax"
+    "H": 16,
+    "D": 64,
+    "BLOCK_D": 64,
+    "BLOCK_T": 64,
+    "BLOCK_S": 128,
+    "FILL_FUTURE": False,
+    "PRECISION": "tf32",
+    "FP8": False,
+    "GROUP": minmax.GROUP,
+    "HEAD_STEP": 1,
+}
 FLOATS = ("qk_scale",)
 
 # (kernel, constexprs, pointer dtypes beyond the defaults, num_warps, num_stages)
@@ -80,42 +92,14 @@ CASES = [
         3,
     ),
     (decode._sparse_decode_merge_kernel, {"HQ": 32, "D": 128, "BLOCK_D": 128, "BLOCK_SPLIT": 4}, {}, 4, 3),
+    (indexer._indexer_scores_kernel, INDEXER_SCORES, INDEXER_POINTERS, 4, 3),
     (
         indexer._indexer_scores_kernel,
-        {
-            "H": 16,
-            "D": 64,
-            "BLOCK_D": 64,
-            "BLOCK_T": 64,
-            "BLOCK_S": 128,
-            "FILL_FUTURE": False,
-            "PRECISION": "tf32",
-            "FP8": False,
-            "GROUP": minmax.GROUP,
-            "HEAD_STEP": 1,
-        },
-        INDEXER_POINTERS,
-        4,
-        3,
-    ),  # fmt: skip
-    (
-        indexer._indexer_scores_kernel,
-        {
-            "H": 16,
-            "D": 64,
-            "BLOCK_D": 64,
-            "BLOCK_T": 64,
-            "BLOCK_S": 128,
-            "FILL_FUTURE": False,
-            "PRECISION": "tf32",
-            "FP8": True,
-            "GROUP": minmax.GROUP,
-            "HEAD_STEP": 2,
-        },
+        {**INDEXER_SCORES, "FP8": True, "HEAD_STEP": 2},  # the e4m3 path's defaults
         {**INDEXER_POINTERS, "q_ptr": "*fp8e4nv", "k_ptr": "*fp8e4nv"},
         4,
         3,
-    ),  # fmt: skip
+    ),
     (
         indexer_decode._indexer_decode_kernel,
         {"H": 16, "D": 64, "BLOCK_H": 16, "BLOCK_D": 64, "BLOCK_S": 128, "PAGE": 64, "PRECISION": "tf32"},
