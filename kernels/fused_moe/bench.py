@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from kernels._bench import bench_ms, format_table
 from kernels.fused_moe import fused_moe, fused_moe_ref
 from kernels.fused_moe.kernel import DOWN_TILE_KEYS, TILE_KEYS, default_tiles
+from kernels.fused_moe.slots import combine_slots, sort_slots_by_expert, sort_slots_by_expert_torch
 
 HIDDEN, WIDTH, EXPERTS, TOP = 2048, 768, 128, 8
 CONFIGS = [  # (block_m, block_n, block_k, num_warps, num_stages) of both GEMMs
@@ -109,6 +110,7 @@ def sweep(tokens: int, device: str) -> list[dict[str, object]]:
             results.append({"impl": label, "error": str(exc)[:80]})
             continue
         results.append({"impl": label, "ms": ms, "TFLOP/s": flop / ms / 1e9, "rel_err": err})
+    results += bookkeeping(x, ids, default["block_m"])
     for name, fn in (
         ("torch bf16 loop", torch_loop),
         ("torch._grouped_mm", torch_grouped),
@@ -120,6 +122,21 @@ def sweep(tokens: int, device: str) -> list[dict[str, object]]:
         except Exception as exc:  # _grouped_mm is private and not in every build
             results.append({"impl": name, "error": str(exc)[:80]})
     return results
+
+
+def bookkeeping(x: torch.Tensor, ids: torch.Tensor, block_m: int) -> list[dict[str, object]]:
+    """The steps around the GEMMs, Triton against the PyTorch ops they replaced (session 14)."""
+    tokens, top = ids.shape
+    per_slot = torch.randn(tokens * top, x.shape[1], device=x.device, dtype=x.dtype)
+    steps = {
+        "slot sort (triton)": lambda: sort_slots_by_expert(ids, EXPERTS, block_m),
+        "slot sort (torch ops)": lambda: sort_slots_by_expert_torch(ids, EXPERTS, block_m),
+        "combine k rows (triton)": lambda: combine_slots(per_slot, tokens, top, x.dtype),
+        "combine k rows (torch)": lambda: (
+            per_slot.view(tokens, top, -1).sum(dim=1, dtype=torch.float32).to(x.dtype)
+        ),
+    }
+    return [{"impl": name, "ms": bench_ms(fn, budget_ms=100)} for name, fn in steps.items()]
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, object]]:

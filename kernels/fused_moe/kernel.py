@@ -4,7 +4,8 @@ Every (token, k) routing slot is placed in its expert's segment of a sorted list
 padded to BLOCK_M so each row block belongs to one expert. Kernel 1 multiplies a block's
 gathered token rows by that expert's gate and up columns at once and writes SiLU(gate) * up
 (the [slots, F] activation, in x's dtype). Kernel 2 multiplies it by the expert's down matrix,
-scales by the routing weight and writes each slot's row; the k rows of a token are then summed.
+scales by the routing weight and writes each slot's row; the k rows of a token are then summed
+(`kernels.fused_moe.slots` sorts the slots and sums the rows, one Triton launch each).
 Blocks past the padded end of the list (the grid is sized without a host sync) exit at once.
 
 With FP8 experts (`model_runtime.fp8`: e4m3 weights, fp32 scales per 128x128 block) the same kernels
@@ -21,6 +22,7 @@ import triton.language as tl
 
 from kernels._validate import require
 from kernels.fused_moe.reference import check_fused_moe_args, check_fused_moe_fp8_args
+from kernels.fused_moe.slots import combine_slots, sort_slots_by_expert
 
 
 @triton.jit
@@ -171,32 +173,6 @@ def _down_kernel(
     )
 
 
-def sort_slots_by_expert(
-    topk_ids: torch.Tensor, experts: int, block_m: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Slots (token * k + j) grouped by expert, each expert's segment padded to block_m.
-
-    Returns (sorted_slots int32 [max_rows] with n_slots as padding, block_expert int32
-    [max_blocks], n_blocks int32 [1]); sizes are upper bounds so no host sync is needed.
-    """
-    flat = topk_ids.reshape(-1).to(torch.int64)  # [n_slots]
-    n_slots = flat.shape[0]
-    counts = torch.bincount(flat, minlength=experts)  # [E]
-    padded = (counts + block_m - 1) // block_m * block_m  # [E]
-    padded_end = torch.cumsum(padded, 0)  # [E]
-    padded_start = padded_end - padded
-    order = torch.argsort(flat, stable=True)  # [n_slots] slots sorted by expert
-    expert_sorted = flat[order]
-    rank = torch.arange(n_slots, device=flat.device) - (torch.cumsum(counts, 0) - counts)[expert_sorted]
-    max_blocks = triton.cdiv(n_slots, block_m) + experts
-    sorted_slots = torch.full((max_blocks * block_m,), n_slots, dtype=torch.int32, device=flat.device)
-    sorted_slots[padded_start[expert_sorted] + rank] = order.to(torch.int32)
-    block_start = torch.arange(max_blocks, device=flat.device) * block_m  # [max_blocks]
-    block_expert = torch.searchsorted(padded_end, block_start, right=True).clamp(max=experts - 1)
-    n_blocks = (padded_end[-1:] // block_m).to(torch.int32)  # [1]
-    return sorted_slots, block_expert.to(torch.int32), n_blocks
-
-
 TILE_KEYS = ("block_m", "block_n", "block_k", "num_warps", "num_stages")
 DOWN_TILE_KEYS = TILE_KEYS[1:]  # the down GEMM shares block_m: both kernels walk the same padded rows
 
@@ -328,4 +304,4 @@ def _run(
         per_slot.stride(0), BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, PRECISION=precision, FP8=fp8,
         num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip
-    return per_slot.view(tokens, top, hidden).sum(dim=1, dtype=torch.float32).to(x.dtype)
+    return combine_slots(per_slot, tokens, top, x.dtype)

@@ -12,6 +12,7 @@ import torch
 
 from kernels import KernelInputError, fused_moe, fused_moe_ref
 from kernels.fused_moe import sort_slots_by_expert
+from kernels.fused_moe.slots import combine_slots, sort_slots_by_expert_torch
 from kernels.testing import assert_close
 
 GPU = pytest.mark.gpu
@@ -73,14 +74,48 @@ def test_fused_moe_down_tiles_differ_from_gate_up(device: str) -> None:
         )
 
 
-def test_sort_slots_groups_by_expert_in_padded_blocks() -> None:
-    ids = torch.tensor([[2, 0], [2, 1], [0, 2]])  # slots 0..5 -> experts 2,0,2,1,0,2
+def test_sort_slots_groups_by_expert_in_padded_blocks(device) -> None:
+    ids = torch.tensor([[2, 0], [2, 1], [0, 2]], device=device)  # slots 0..5 -> experts 2,0,2,1,0,2
     sorted_slots, block_expert, n_blocks = sort_slots_by_expert(ids, experts=4, block_m=2)
     n_slots = 6
     # expert 0: slots 1,4 | expert 1: slot 3 + pad | expert 2: slots 0,2 | 5 + pad; expert 3 empty
     assert int(n_blocks) == 4
     assert sorted_slots[:8].tolist() == [1, 4, 3, n_slots, 0, 2, 5, n_slots]
     assert block_expert[:4].tolist() == [0, 1, 2, 2]
+
+
+@pytest.mark.parametrize(
+    ("tokens", "experts", "top", "block_m", "chunk", "case"),
+    [
+        (1, 3, 1, 16, 1024, "one-slot"),
+        (37, 5, 2, 16, 1024, "uneven"),
+        (150, 7, 3, 64, 64, "ragged-last-chunk"),  # 450 slots in 8 chunks of 64, the last one part-full
+        (300, 6, 2, 16, 16, "many-chunks"),  # 38 chunks: the counts are summed over two row steps of 32
+        (50, 9, 2, 4, 32, "one-hot-expert"),  # every slot on expert 4: one long segment, others empty
+    ],
+)
+def test_triton_slot_sort_equals_the_torch_sort(tokens, experts, top, block_m, chunk, case, device) -> None:
+    generator = torch.Generator().manual_seed(tokens)
+    ids = torch.randint(0, experts, (tokens, top), generator=generator)
+    if case == "one-hot-expert":
+        ids[:] = 4
+    for dtype in (torch.int64, torch.int32) if tokens < 50 else (torch.int64,):
+        got = sort_slots_by_expert(ids.to(device, dtype), experts, block_m, chunk_size=chunk)
+        want = sort_slots_by_expert_torch(ids.to(device), experts, block_m)
+        for name, a, b in zip(("sorted_slots", "block_expert", "n_blocks"), got, want, strict=True):
+            assert a.dtype == torch.int32, name
+            assert torch.equal(a.cpu(), b.cpu()), (name, dtype)
+
+
+def test_combine_sums_each_tokens_rows_in_fp32(device) -> None:
+    generator = torch.Generator().manual_seed(3)
+    rows = torch.randn(7 * 3, 1500, generator=generator).to(device, torch.bfloat16)  # 1500: two column blocks
+    exact = rows.view(7, 3, 1500).float().sum(dim=1)  # three bf16 terms of similar size: exact in fp32
+    assert torch.equal(combine_slots(rows, 7, 3, torch.float32).cpu(), exact.cpu())
+    out = combine_slots(rows, 7, 3, torch.bfloat16)
+    assert out.dtype == torch.bfloat16
+    # One bf16 rounding of the exact sum (the CPU interpreter truncates where the GPU rounds to nearest).
+    assert ((out.float() - exact).abs() <= exact.abs() * 2**-7).all()
 
 
 def test_fused_moe_rejects_bad_input(device: str) -> None:
