@@ -23,6 +23,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from kernels.fused_moe import kernel as moe
+from kernels.fused_moe import slots as moe_slots
 from kernels.indexer import decode as indexer_decode
 from kernels.indexer import kernel as indexer
 from kernels.sparse_attention import kernel as attention
@@ -114,6 +115,15 @@ CASES = [
         8,
         3,
     ),
+    (moe_slots._chunk_counts_kernel, {"BINS": 256, "CHUNK": 1024}, {"ids_ptr": "*i64"}, 4, 3),
+    (
+        moe_slots._place_slots_kernel,
+        {"E": 128, "BINS": 256, "BLOCK_M": 128, "CHUNK": 1024, "ROWS": 32},
+        {"ids_ptr": "*i64"},
+        8,
+        3,
+    ),
+    (moe_slots._combine_slots_kernel, {"TOPK": 8, "BLOCK": 1024}, {"out_ptr": "*bf16"}, 4, 3),
     (
         moe._down_kernel,
         {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "PRECISION": "tf32", "FP8": False},

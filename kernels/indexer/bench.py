@@ -22,17 +22,21 @@ from kernels.indexer.kernel import launch_indexer_scores
 from kernels.topk.minmax import group_stats_buffers
 
 HEADS, DIM, TOPK = 16, 64, 2048
-SCORE_CONFIGS = [  # (block_t, block_s, num_warps, num_stages, heads per loop step, e4m3 inputs)
-    (64, 128, 4, 3, 1, False),
-    (64, 128, 4, 3, 2, False),
-    (64, 128, 4, 3, 1, True),
-    (64, 128, 4, 3, 2, True),
-    (64, 128, 4, 2, 1, False),
-    (64, 128, 4, 4, 1, False),
-    (64, 64, 4, 3, 1, False),
-    (64, 128, 8, 3, 1, False),
-    (128, 128, 8, 2, 1, False),
-    (128, 64, 4, 3, 1, False),
+SCORE_CONFIGS = [  # (block_t, block_s, num_warps, num_stages, heads per loop step, e4m3 inputs, register cap: 0 none)
+    (64, 128, 4, 3, 1, False, 0),
+    (64, 128, 4, 3, 1, False, 168),
+    (64, 128, 4, 4, 1, False, 168),
+    (64, 128, 4, 3, 2, False, 0),
+    (64, 128, 4, 3, 1, True, 0),
+    (64, 128, 4, 3, 1, True, 168),
+    (64, 128, 4, 3, 2, True, 0),
+    (64, 128, 4, 3, 2, True, 168),
+    (64, 128, 4, 4, 2, True, 0),
+    (64, 128, 4, 2, 1, False, 0),
+    (64, 128, 4, 4, 1, False, 0),
+    (64, 64, 4, 3, 1, False, 0),
+    (64, 128, 8, 3, 1, False, 0),
+    (128, 128, 8, 2, 1, False, 0),
 ]
 
 
@@ -82,7 +86,7 @@ def score_config_sweep(keys: int, chunk: int, device: str) -> list[dict[str, obj
     out = torch.empty(chunk, keys, device=device)
     pairs = sum(start + t + 1 for t in range(chunk))
     results = []
-    for block_t, block_s, warps, stages, head_step, fp8 in SCORE_CONFIGS:
+    for block_t, block_s, warps, stages, head_step, fp8, max_registers in SCORE_CONFIGS:
         qq, kk = (q8, k8) if fp8 else (q, k)
         scales = (q_scale[start:], k_scale) if fp8 else None
         ms = bench_ms(
@@ -99,12 +103,14 @@ def score_config_sweep(keys: int, chunk: int, device: str) -> list[dict[str, obj
                 num_warps=warps,
                 num_stages=stages,
                 head_step=head_step,
+                max_registers=max_registers,
             )  # fmt: skip
         )
         results.append(
             {
                 "config(t,s,warps,stages)": f"{block_t},{block_s},{warps},{stages}",
                 "heads_per_step": head_step,
+                "max_registers": max_registers,
                 "inputs": "e4m3" if fp8 else "bf16",
                 "queries": chunk,
                 "keys": keys,

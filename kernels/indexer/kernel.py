@@ -74,7 +74,6 @@ def _indexer_scores_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     t_ok = offs_t < T
     s_ok = offs_s < S
-    out_ptrs = out_ptr + offs_t[:, None].to(tl.int64) * stride_ot + offs_s[None, :]
     last_position = start + tl.minimum(pid_t * BLOCK_T + BLOCK_T, T) - 1
     if pid_s * BLOCK_S <= last_position:
         k_tile = tl.load(
@@ -93,6 +92,9 @@ def _indexer_scores_kernel(
         if FP8:  # each key's positive power-of-two scale commutes with ReLU: applied once, after the sum
             scores = scores * tl.load(k_scale_ptr + offs_s, mask=s_ok, other=0.0)[None, :]
         visible = offs_s[None, :] <= (start + offs_t)[:, None]
+        # Built here, not before the head loop: 64-bit pointers of the whole tile held through the loop cost
+        # ~30 registers per thread (236 → 204 under ptxas for sm_90a).
+        out_ptrs = out_ptr + offs_t[:, None].to(tl.int64) * stride_ot + offs_s[None, :]
         tl.store(out_ptrs, tl.where(visible, scores, float("-inf")), mask=t_ok[:, None] & s_ok[None, :])
         if GROUP > 0:
             GROUPS: tl.constexpr = BLOCK_S // GROUP
@@ -104,6 +106,7 @@ def _indexer_scores_kernel(
             tl.store(gmin_ptr + stat, group_min, mask=stat_ok)
     elif FILL_FUTURE:
         tile = tl.full((BLOCK_T, BLOCK_S), float("-inf"), dtype=tl.float32)
+        out_ptrs = out_ptr + offs_t[:, None].to(tl.int64) * stride_ot + offs_s[None, :]
         tl.store(out_ptrs, tile, mask=t_ok[:, None] & s_ok[None, :])
 
 
@@ -122,13 +125,17 @@ def launch_indexer_scores(
     num_warps: int = 4,
     num_stages: int = 3,
     head_step: int | None = None,
+    max_registers: int | None = None,
 ) -> None:
     """Score q [T, H, D] against k [S, D] into out [T, >= S] (row stride out.stride(0)); no checks.
     `scales` = (q_scale [T, H], k_scale [S]) for e4m3 q and k; `stats` = int32 (max, min) [T, >= ceil(S /
     GROUP)] buffers that also receive each key group's extreme ordered keys (`kernels.topk.minmax`). The
     default tiles are the H200 sweep's best (`kernels.indexer.bench`, session 13: 3 stages 381–394 TFLOP/s
     against 333–345 for 2 in two runs, level in a third); `head_step` (heads per loop step) defaults to 2 for
-    e4m3 inputs (435 against 383 TFLOP/s) and 1 for 16-bit ones (359 against 348)."""
+    e4m3 inputs (435 against 383 TFLOP/s) and 1 for 16-bit ones (359 against 348). `max_registers` caps ptxas'
+    registers per thread (0: no cap); by default 16-bit inputs on 4 warps take 168, so three programs share an SM
+    instead of two (215 registers uncapped, a few bytes spilled capped; session 14: 387 against 361 TFLOP/s),
+    while e4m3's two-heads-per-step tile is faster uncapped (476 against 446)."""
     tokens, heads, dim = q.shape
     keys = k.shape[0]
     if tokens == 0 or keys == 0:
@@ -136,6 +143,8 @@ def launch_indexer_scores(
     block_d = max(32 if scales is not None else 16, triton.next_power_of_2(dim))  # FP8 dots take K >= 32
     precision = "tf32x3" if q.dtype == torch.float32 else "tf32"
     grid = (triton.cdiv(tokens, block_t), triton.cdiv(keys, block_s))
+    sixteen_bit = q.dtype in (torch.bfloat16, torch.float16)
+    cap = (168 if sixteen_bit and num_warps == 4 else 0) if max_registers is None else max_registers
     q_scale, k_scale = scales if scales is not None else (w, w)  # unused placeholders when not FP8
     gmax, gmin = stats if stats is not None else (out, out)  # unused placeholders without stats
     _indexer_scores_kernel[grid](
@@ -144,6 +153,7 @@ def launch_indexer_scores(
         H=heads, D=dim, BLOCK_D=block_d, BLOCK_T=block_t, BLOCK_S=block_s,
         FILL_FUTURE=fill_future, PRECISION=precision, FP8=scales is not None,
         GROUP=GROUP if stats is not None else 0, HEAD_STEP=head_step or (2 if scales is not None else 1), num_warps=num_warps, num_stages=num_stages,
+        **({"maxnreg": cap} if cap else {}),
     )  # fmt: skip
 
 

@@ -33,6 +33,9 @@ from kernels.topk.radix import (
 )
 
 GROUP = 16  # keys per group
+# ptxas' cap for the select kernel: 128 registers (its natural count) allow two 8-warp programs per SM, 80 three,
+# for ~100 bytes of spills (H200, session 14: 0.61 against 0.64 µs per 128K row, the same selections).
+MAX_REGISTERS = 80
 BOUND_STEPS = tl.constexpr(3)  # radix steps of the bound: its top 24 bits (the rest zero)
 _ALL_ONES = tl.constexpr(0xFFFFFFFF)  # the largest ordered key: a minimum's neutral element
 
@@ -248,5 +251,5 @@ def launch_minmax(
     gmax, gmin = stats
     _select_topk_minmax_kernel[(rows,)](
         scores, lengths, out, cand_key, cand_col, gmax, gmin, scores.stride(0), out.stride(0),
-        cand_key.stride(0), gmax.stride(0), K=topk, BLOCK=block, GROUP=GROUP, num_warps=8,
+        cand_key.stride(0), gmax.stride(0), K=topk, BLOCK=block, GROUP=GROUP, num_warps=8, maxnreg=MAX_REGISTERS,
     )  # fmt: skip
