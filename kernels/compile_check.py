@@ -126,7 +126,7 @@ CASES = [
     (moe_slots._combine_slots_kernel, {"TOPK": 8, "BLOCK": 1024}, {"out_ptr": "*bf16"}, 4, 3),
     (
         moe._down_kernel,
-        {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "PRECISION": "tf32", "FP8": False},
+        {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "PRECISION": "tf32", "FP8": False},
         MOE,
         8,
         3,

@@ -87,7 +87,8 @@ def sweep(tokens: int, device: str) -> list[dict[str, object]]:
     ref = fused_moe_ref(x, gate_up, down, ids, weights)
     results = []
     default = default_tiles(dtype)
-    runs = [(f"ours {bm},{bn},{bk},{nw},{ns}", (bm, bn, bk, nw, ns), None) for bm, bn, bk, nw, ns in CONFIGS]
+    runs = [("ours defaults (down: default_down_tiles)", (None,) * 5, None)]
+    runs += [(f"ours {bm},{bn},{bk},{nw},{ns}", (bm, bn, bk, nw, ns), None) for bm, bn, bk, nw, ns in CONFIGS]
     runs += [
         (
             f"ours default, down {','.join(map(str, c))}",

@@ -70,7 +70,12 @@ def _place_slots_kernel(
     expert = key // CHUNK
     place = tl.load(base_ptr + chunk * BINS + expert) + local
     tl.store(sorted_slots_ptr + place, chunk * CHUNK + key % CHUNK, mask=expert < E)
-    if chunk == 0:
+    if chunk == 0:  # the padding of each segment (slot n_slots), the block count, the block -> expert map
+        fill = padded - tl.where(bins < E, total, 0)
+        for first in range(0, BLOCK_M, ROWS):
+            pad = first + tl.arange(0, ROWS)
+            where = (padded_start + padded - fill)[:, None] + pad[None, :]
+            tl.store(sorted_slots_ptr + where, n_slots, mask=pad[None, :] < fill[:, None])
         tl.store(n_blocks_ptr, tl.sum(padded) // BLOCK_M)
         padded_end = tl.where(bins < E, padded_start + padded, 2**30)
         for first in range(0, max_blocks, ROWS):
@@ -97,17 +102,20 @@ def sort_slots_by_expert(
     """Slots (token * k + j) grouped by expert in slot order, each expert's segment padded to block_m
     (`chunk_size`, a power of two: slots per program; tests make it small to run many chunks).
 
-    Returns (sorted_slots int32 [max_rows] with n_slots as padding, block_expert int32 [max_blocks] (experts - 1
-    past the used blocks), n_blocks int32 [1]); sizes are upper bounds so no host sync is needed.
+    Returns (sorted_slots int32 [max_rows] with n_slots as padding up to n_blocks * block_m (unset after), block_expert
+    int32 [max_blocks] (experts - 1 past the used blocks), n_blocks int32 [1]); sizes are upper bounds so no host
+    sync is needed.
     """
     flat = topk_ids.reshape(-1).contiguous()
     n_slots, device = flat.shape[0], flat.device
     max_blocks = triton.cdiv(n_slots, block_m) + experts
-    sorted_slots = torch.full((max_blocks * block_m,), n_slots, dtype=torch.int32, device=device)
-    block_expert = torch.full((max_blocks,), experts - 1, dtype=torch.int32, device=device)
-    n_blocks = torch.zeros(1, dtype=torch.int32, device=device)
     if n_slots == 0:
-        return sorted_slots, block_expert, n_blocks
+        none = torch.zeros(1, dtype=torch.int32, device=device)
+        return none.new_full((max_blocks * block_m,), 0), none.new_full((max_blocks,), experts - 1), none
+    # No fills: the kernels write every entry the GEMMs read (rows past n_blocks * block_m are never read).
+    sorted_slots = torch.empty(max_blocks * block_m, dtype=torch.int32, device=device)
+    block_expert = torch.empty(max_blocks, dtype=torch.int32, device=device)
+    n_blocks = torch.empty(1, dtype=torch.int32, device=device)
     chunk = min(chunk_size, max(16, triton.next_power_of_2(n_slots)))  # small batches sort a small chunk
     bins, n_chunks = triton.next_power_of_2(experts + 1), triton.cdiv(n_slots, chunk)
     counts = torch.empty(n_chunks, bins, dtype=torch.int32, device=device)

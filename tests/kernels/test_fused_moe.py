@@ -102,7 +102,9 @@ def test_triton_slot_sort_equals_the_torch_sort(tokens, experts, top, block_m, c
     for dtype in (torch.int64, torch.int32) if tokens < 50 else (torch.int64,):
         got = sort_slots_by_expert(ids.to(device, dtype), experts, block_m, chunk_size=chunk)
         want = sort_slots_by_expert_torch(ids.to(device), experts, block_m)
-        for name, a, b in zip(("sorted_slots", "block_expert", "n_blocks"), got, want, strict=True):
+        used = int(want[2]) * block_m  # rows the GEMMs read; the Triton sort leaves the rest unset
+        assert torch.equal(got[0][:used].cpu(), want[0][:used].cpu()), dtype
+        for name, a, b in zip(("block_expert", "n_blocks"), got[1:], want[1:], strict=True):
             assert a.dtype == torch.int32, name
             assert torch.equal(a.cpu(), b.cpu()), (name, dtype)
 
