@@ -110,8 +110,8 @@ def sort_slots_by_expert(
     n_slots, device = flat.shape[0], flat.device
     max_blocks = triton.cdiv(n_slots, block_m) + experts
     if n_slots == 0:
-        none = torch.zeros(1, dtype=torch.int32, device=device)
-        return none.new_full((max_blocks * block_m,), 0), none.new_full((max_blocks,), experts - 1), none
+        zero = torch.zeros(1, dtype=torch.int32, device=device)
+        return zero.new_zeros(max_blocks * block_m), zero.new_full((max_blocks,), experts - 1), zero
     # No fills: the kernels write every entry the GEMMs read (rows past n_blocks * block_m are never read).
     sorted_slots = torch.empty(max_blocks * block_m, dtype=torch.int32, device=device)
     block_expert = torch.empty(max_blocks, dtype=torch.int32, device=device)
