@@ -30,6 +30,7 @@ from torch.nn.attention.bias import causal_lower_right
 
 from model_runtime.config import TextConfig
 from model_runtime.fp8 import Fp8Experts, moe_fp8_reference, quantize_blocks
+from model_runtime.index_fp8 import round_fp8, split_fp8
 
 ATTN_IMPLS = ("dense", "reference", "triton")
 MOE_IMPLS = ("reference", "triton", "all_experts")  # all_experts: sync-free, for training small models
@@ -152,6 +153,7 @@ class ForwardContext:
     moe_impl: str
     kernels: KernelLoader
     score_tile_elements: int = SCORE_TILE_ELEMENTS
+    index_fp8: bool = False  # the indexer's q and k through the served model's FP8 rounding (index_fp8.py)
 
 
 # Fresh sequences up to this long run the reference sparse attention packed, with [B, T, T] index scores
@@ -174,9 +176,13 @@ class KeyeTextModel(nn.Module):
         self.kernels = KernelLoader()
         # Bound on one attention-score tile (queries × heads × keys); larger is faster, needs more memory.
         self.score_tile_elements = SCORE_TILE_ELEMENTS
+        self.index_fp8 = False
         self.set_impl(attn_impl=attn_impl, moe_impl=moe_impl)
 
-    def set_impl(self, *, attn_impl: str | None = None, moe_impl: str | None = None) -> None:
+    def set_impl(
+        self, *, attn_impl: str | None = None, moe_impl: str | None = None, index_fp8: bool | None = None
+    ) -> None:
+        """Backends (`index_fp8`: score keys as the served model does, Hadamard + e4m3; see index_fp8.py)."""
         if attn_impl is not None:
             if attn_impl not in ATTN_IMPLS:
                 raise ValueError(f"attn_impl must be one of {ATTN_IMPLS}, got {attn_impl!r}")
@@ -185,6 +191,8 @@ class KeyeTextModel(nn.Module):
             if moe_impl not in MOE_IMPLS:
                 raise ValueError(f"moe_impl must be one of {MOE_IMPLS}, got {moe_impl!r}")
             self.moe_impl = moe_impl
+        if index_fp8 is not None:
+            self.index_fp8 = bool(index_fp8)
 
     def forward(self, embeds: Tensor, positions: Tensor, segments: Sequence[Segment] | None = None) -> Tensor:
         """embeds [N, D], positions [3, N] (t/h/w mRoPE channels) → normed hidden states [N, D].
@@ -215,6 +223,7 @@ class KeyeTextModel(nn.Module):
             moe_impl=self.moe_impl,
             kernels=self.kernels,
             score_tile_elements=self.score_tile_elements,
+            index_fp8=self.index_fp8,
         )
         h = embeds  # [N, D]
         for layer in self.layers:
@@ -277,7 +286,7 @@ class Attention(nn.Module):
         q, k, v = self.project(x, ctx)  # [N, H, Dh], [N, K, Dh], [N, K, Dh]
         iq = iw = ik = None
         if self.sa_indexer is not None:
-            iq, iw, ik = self.sa_indexer(x, ctx.index_rope)  # [N, I, Di], [N, I], [N, Di]
+            iq, iw, ik = self.sa_indexer(x, ctx.index_rope, fp8=ctx.index_fp8)  # [N, I, Di], [N, I], [N, Di]
         lengths = [seg.length for seg in ctx.segments]
         fresh = len(lengths) > 1 and all(seg.cache is None for seg in ctx.segments)
         dense = ctx.attn_impl == "dense" or self.sa_indexer is None or max(lengths) <= self.topk
@@ -332,7 +341,9 @@ class Attention(nn.Module):
         if impl == "triton":
             kern = ctx.kernels.get(q.device)
             if kern is not None:
-                idx = shared_topk(kern, iq, iw, ik, self.topk, start, self.tp_group)  # [T, topk] int32
+                idx = shared_topk(
+                    kern, iq, iw, ik, self.topk, start, self.tp_group, ctx.index_fp8
+                )  # [T, topk]
                 return kern.sparse_attention(q, k, v, idx, scale)
         return topk_masked_attention(
             q, k, v, iq, iw, ik, start, self.topk, scale, self.q_chunk, ctx.score_tile_elements
@@ -537,8 +548,9 @@ class Indexer(nn.Module):
     """`sa_indexer`: MQA scorer with I heads of width Di and one shared key per token (spec §2.2).
 
     q_proj holds the I×Di query rows and then the I head weights (DeepSeek's `weights_proj`, fused).
-    The Hadamard rotation and FP8 quantisation of the fork are left out: in exact arithmetic the
-    rotation changes no score, and FP8 only matters for ties near the top-k boundary.
+    The served model's Hadamard rotation and FP8 rounding apply with `fp8` (`index_fp8.round_fp8`); by
+    default they are left out: in exact arithmetic the rotation changes no score, and FP8 only moves
+    selections near the top-k boundary.
     """
 
     def __init__(self, config: TextConfig):
@@ -552,7 +564,9 @@ class Indexer(nn.Module):
         self.q_norm = RMSNorm(self.head_dim, 1e-6)
         self.k_norm = nn.LayerNorm(self.head_dim, eps=1e-6)
 
-    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(
+        self, x: Tensor, rope: tuple[Tensor, Tensor], *, fp8: bool = False
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """x [N, D] (the normed layer input) → q [N, I, Di], w [N, I] fp32, k [N, Di]."""
         n = x.shape[0]
         qw = self.q_proj(x)  # [N, I·Di + I]
@@ -566,7 +580,10 @@ class Indexer(nn.Module):
             1e-6,
         ).to(x.dtype)  # [N, Di]
         cos, sin = rope
-        return apply_rotary(q, cos, sin), w, apply_rotary(k[:, None], cos, sin)[:, 0]
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k[:, None], cos, sin)[:, 0]
+        if fp8:
+            q, k = round_fp8(q), round_fp8(k)
+        return q, w, k
 
 
 # ---- mixture of experts -----------------------------------------------------------------------------
@@ -677,24 +694,34 @@ def all_reduce(x: Tensor, group: Any) -> Tensor:
     return x
 
 
-def shared_topk(kern: Any, iq: Tensor, iw: Tensor, ik: Tensor, topk: int, start: int, group: Any) -> Tensor:
-    """The indexer's top-k keys per query [T, topk] (`kern.indexer_topk`).
+def shared_topk(
+    kern: Any, iq: Tensor, iw: Tensor, ik: Tensor, topk: int, start: int, group: Any, fp8: bool = False
+) -> Tensor:
+    """The indexer's top-k keys per query [T, topk] (`kern.indexer_topk`; with `fp8`, q and k hold
+    `round_fp8` values and the e4m3 score kernel takes them, split exactly into e4m3 and scale).
 
     Under tensor parallelism every rank needs the same selection (one set for all heads, spec §2.1), and
     at long contexts scoring every causal key is most of a layer's time, so each rank scores an equal
     share of the query rows and the shares are all-gathered: the same rows and the same ties as one
     rank scoring them all. Short chunks (decode) are scored whole on every rank.
     """
+
+    def select(q: Tensor, w: Tensor, k: Tensor, first: int) -> Tensor:
+        if not fp8:
+            return kern.indexer_topk(q, w, k, topk, first)
+        (q8, q_scale), (k8, k_scale) = split_fp8(q), split_fp8(k)
+        return kern.indexer_topk(q8, w, k8, topk, first, scales=(q_scale, k_scale))
+
     world = torch.distributed.get_world_size(group) if group is not None else 1
     rows = iq.shape[0]
     if world == 1 or rows < world * 64:
-        return kern.indexer_topk(iq, iw, ik, topk, start)
+        return select(iq, iw, ik, start)
     share = -(-rows // world)
     lo = min(rows, torch.distributed.get_rank(group) * share)
     hi = min(rows, lo + share)
     mine = torch.full((share, topk), -1, dtype=torch.int32, device=iq.device)
     if hi > lo:
-        mine[: hi - lo] = kern.indexer_topk(iq[lo:hi], iw[lo:hi], ik[: start + hi], topk, start + lo)
+        mine[: hi - lo] = select(iq[lo:hi], iw[lo:hi], ik[: start + hi], start + lo)
     shares = [torch.empty_like(mine) for _ in range(world)]
     torch.distributed.all_gather(shares, mine, group=group)
     return torch.cat(shares)[:rows]

@@ -148,6 +148,7 @@ class TensorParallelEngine:
         attn_impl: str = "reference",
         moe_impl: str = "reference",
         quantize: str | None = None,
+        index_fp8: bool = False,
         max_batch: int = 8,
         port: int | None = None,
     ):
@@ -157,7 +158,7 @@ class TensorParallelEngine:
         if on_gpu and torch.cuda.device_count() < tp:
             raise ValueError(f"--tp {tp} needs {tp} GPUs; this machine has {torch.cuda.device_count()}")
         options = {"checkpoint": str(checkpoint), "tp": tp, "on_gpu": on_gpu, "dtype": dtype, "attn_impl": attn_impl,
-                   "moe_impl": moe_impl, "quantize": quantize, "max_batch": max_batch,
+                   "moe_impl": moe_impl, "quantize": quantize, "index_fp8": index_fp8, "max_batch": max_batch,
                    "port": port or _free_port()}  # fmt: skip
         context = mp.get_context("spawn")
         self._followers = [
@@ -210,6 +211,7 @@ def _rank_engine(rank: int, options: dict[str, Any]) -> NativeEngine:
         options["checkpoint"], rank, options["tp"], dist.group.WORLD, device=device, dtype=options["dtype"],
         attn_impl=options["attn_impl"], moe_impl=options["moe_impl"], quantize=options["quantize"],
     )  # fmt: skip
+    model.model.set_impl(index_fp8=options["index_fp8"])
     processor = KeyeProcessor.from_pretrained(options["checkpoint"])
     return NativeEngine.from_model(model, processor, max_batch=options["max_batch"])
 

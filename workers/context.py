@@ -47,6 +47,7 @@ def engine_options(settings: Settings) -> tuple[str, dict[str, Any]]:
             "attn_impl": settings.engine_attn_impl,
             "moe_impl": settings.engine_moe_impl,
             "quantize": None if settings.engine_quantize == "none" else settings.engine_quantize,
+            "index_fp8": settings.engine_index_fp8,
             "tp": settings.engine_tp,
             "max_batch": settings.engine_max_batch,
         }

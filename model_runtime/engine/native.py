@@ -62,6 +62,7 @@ class NativeEngine:
         attn_impl: str = "reference",
         moe_impl: str = "reference",
         quantize: str | None = None,
+        index_fp8: bool = False,
         max_batch: int = 8,
         prefill_chunk: int = 4096,
         vision_chunk_frames: int = 32,
@@ -71,6 +72,7 @@ class NativeEngine:
             checkpoint, device=torch.device(device), dtype=dtype, attn_impl=attn_impl, moe_impl=moe_impl,
             quantize=quantize,
         )  # fmt: skip
+        model.model.set_impl(index_fp8=index_fp8)  # the served model's FP8 indexer rounding (index_fp8.py)
         self._adopt(model, KeyeProcessor.from_pretrained(checkpoint), max_batch, prefill_chunk,
                     vision_chunk_frames, score_tile_elements)  # fmt: skip
 

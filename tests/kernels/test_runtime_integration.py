@@ -42,14 +42,14 @@ def prompt(device: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def logits_both_ways(
-    device: str, dtype: torch.dtype, loader, *, fp8: bool = False
+    device: str, dtype: torch.dtype, loader, *, fp8: bool = False, index_fp8: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     model = tiny_model(device, dtype)
     if fp8:
         model_module.quantize_experts(model)
     ids, positions = prompt(device)
     with torch.no_grad():
-        model.model.set_impl(attn_impl="reference", moe_impl="reference")
+        model.model.set_impl(attn_impl="reference", moe_impl="reference", index_fp8=index_fp8)
         reference = model(ids, positions)
         model.model.kernels = loader
         model.model.set_impl(attn_impl="triton", moe_impl="triton")
@@ -58,18 +58,31 @@ def logits_both_ways(
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU variants below cover CUDA")
-@pytest.mark.parametrize("fp8", [False, True], ids=["full-precision-experts", "fp8-experts"])
-def test_tiny_model_triton_kernels_match_reference_on_cpu_interpreter(fp8: bool) -> None:
+@pytest.mark.parametrize(
+    ("fp8", "index_fp8"),
+    [(False, False), (True, False), (False, True)],
+    ids=["full-precision-experts", "fp8-experts", "fp8-indexer"],
+)
+def test_tiny_model_triton_kernels_match_reference_on_cpu_interpreter(fp8: bool, index_fp8: bool) -> None:
+    scaled_calls = []
+
+    def indexer_topk(*args, **kwargs):  # the real kernel; notes whether it got the e4m3 path
+        scaled_calls.append(kwargs.get("scales") is not None)
+        return kernels.indexer_topk(*args, **kwargs)
+
     triton_functions = SimpleNamespace(
-        indexer_topk=kernels.indexer_topk,
+        indexer_topk=indexer_topk,
         sparse_attention=kernels.sparse_attention,
         fused_moe=kernels.fused_moe,
         fused_moe_fp8=kernels.fused_moe_fp8,
     )
     loader = model_module.KernelLoader(triton_functions)
-    fast, reference = logits_both_ways("cpu", torch.float32, loader, fp8=fp8)
+    fast, reference = logits_both_ways("cpu", torch.float32, loader, fp8=fp8, index_fp8=index_fp8)
     assert not fast.isnan().any()
+    # With the FP8 indexer the reference scores the rounded values in fp32 and the kernel multiplies their
+    # exact e4m3 split: the same scores up to summation order, so the same selections.
     torch.testing.assert_close(fast, reference, atol=1e-4, rtol=1e-4)
+    assert scaled_calls and all(called == index_fp8 for called in scaled_calls)
 
 
 @pytest.mark.gpu
@@ -81,6 +94,15 @@ def test_tiny_model_triton_kernels_match_reference_on_gpu(dtype: torch.dtype, to
     with no_fallback_warning():
         fast, reference = logits_both_ways("cuda", dtype, model_module.KernelLoader())
     torch.testing.assert_close(fast, reference, atol=tol, rtol=tol)
+
+
+@pytest.mark.gpu
+def test_tiny_model_fp8_indexer_kernel_matches_reference_on_gpu() -> None:
+    with no_fallback_warning():
+        fast, reference = logits_both_ways(
+            "cuda", torch.bfloat16, model_module.KernelLoader(), index_fp8=True
+        )
+    torch.testing.assert_close(fast, reference, atol=0.15, rtol=0.15)
 
 
 @pytest.mark.gpu

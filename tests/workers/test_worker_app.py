@@ -47,6 +47,12 @@ def test_engine_settings_are_checked() -> None:
         )
     )
     assert kind == "openai" and options["model"] == "keye" and options["api_key"] is None
+    kind, options = engine_options(
+        Settings(
+            secret_key="x" * 32, engine_checkpoint="/ckpt", engine_index_fp8=True, engine_attn_impl="triton"
+        )
+    )
+    assert kind == "native" and options["index_fp8"] is True and options["attn_impl"] == "triton"
 
 
 def test_engine_is_loaded_once_per_process(worker_settings: Any) -> None:

@@ -130,6 +130,14 @@ def test_dense_engine_runs_and_zero_tokens_is_allowed(tiny_ckpt, video) -> None:
     dense.close()
 
 
+def test_fp8_indexer_engine_answers_deterministically(tiny_ckpt, video) -> None:
+    fp8 = NativeEngine(tiny_ckpt, index_fp8=True)
+    assert fp8.model.model.index_fp8
+    first, second = (fp8.generate(_requests(video, n_new=4))[0] for _ in range(2))
+    assert len(first.token_ids) == 4 and first.token_ids == second.token_ids
+    fp8.close()
+
+
 def test_generated_placeholder_tokens_are_plain_text(tiny_ckpt, video) -> None:
     """A model that writes <|video_pad|> (random weights do) must not trip the visual scatter."""
     engine = NativeEngine(tiny_ckpt)
