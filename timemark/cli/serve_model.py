@@ -22,6 +22,9 @@ def serve_model(
     quantize: str = typer.Option(
         "none", "--quantize", help="none, or fp8: expert weights in FP8 at load time."
     ),
+    index_fp8: bool = typer.Option(
+        False, "--index-fp8", help="Score keys as the official server does (Hadamard + e4m3 indexer)."
+    ),
     tp: int = typer.Option(1, "--tp", min=1, help="Tensor parallelism: one process per GPU (cuda:0…)."),
     model_name: str | None = typer.Option(
         None, "--model-name", help="Served model id (default: folder name)."
@@ -74,6 +77,7 @@ def serve_model(
         attn_impl=attn_impl,
         moe_impl=moe_impl,
         quantize="fp8" if fp8 else None,
+        index_fp8=index_fp8,
         tp=tp,
         allow_local_files=not no_local_files,
         max_batch=max_batch,
