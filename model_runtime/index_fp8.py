@@ -6,9 +6,9 @@ rotation changes no score; the rounding changes scores a little, which moves sel
 boundary. `round_fp8` returns the values that indexer sees (rotated, rounded, dequantised): exact in bf16
 and fp32, so every attention path and the KV cache take them unchanged. `split_fp8` splits such values back
 into e4m3 and scale for the FP8 Triton score kernel, exactly (a value on the e4m3 grid times a power of two
-keeps its mantissa under any power-of-two rescaling that keeps it in range). The price of keeping the cache as
-it is: no memory saved (the official server caches 68 bytes per token and layer, e4m3 + scale), and the Triton
-path re-splits the whole key history at each forward, O(S) more work per layer in decode.
+keeps its mantissa under any power-of-two rescaling that keeps it in range); the KV cache stores keys that
+way too (`KVCache(index_fp8=True)`: 68 bytes per token and layer, as the official server's). Reads dequantise,
+so the Triton path re-splits the key history at each forward: O(S) more work per layer in decode.
 """
 
 from __future__ import annotations

@@ -227,8 +227,9 @@ def plan_memory(
         * dims.head_dim
         * kv_bytes
     )
-    # The indexer has one key head, so every GPU keeps the whole indexer cache: the plain bf16 key
-    # (what the native engine stores), or the fork's FP8 key + fp32 scale (68 B/token/layer).
+    # The indexer has one key head, so every GPU keeps the whole indexer cache: the plain bf16 key (the
+    # native engine's default), or the FP8 key + fp32 scale (68 B/token/layer: the fork, and the native
+    # engine with index_fp8).
     per_token_layer = (
         dims.indexer_head_dim + 4 if indexer_cache_format == "fp8" else 2 * dims.indexer_head_dim
     )

@@ -48,7 +48,10 @@ class KVCache:
     [length, length + T) in every layer (`write`), reads [0, end) back (`read`), and then advances
     `length`. Several queries continue one encoded video prefix either by `fork()` (a full copy) or by
     `branch()`: the branch keeps only its own tokens and reads the prefix from its parent, which must
-    not grow afterwards; one copy of the prefix then serves every query.
+    not grow afterwards; one copy of the prefix then serves every query. With `index_fp8` (for a model
+    whose indexer rounds its keys through e4m3: `index_fp8.round_fp8`) the indexer keys are stored as the
+    official server stores them, e4m3 + one fp32 scale (68 bytes per token and layer instead of 128 in bf16),
+    split and read back exactly.
     """
 
     def __init__(
@@ -59,6 +62,7 @@ class KVCache:
         device: Any = "cpu",
         dtype: Any = None,
         parent: KVCache | None = None,
+        index_fp8: bool = False,
     ):
         self.config = config
         self.parent = parent
@@ -69,7 +73,10 @@ class KVCache:
         di = config.sa.indexer_head_dim if config.sa else 0
         self.k = torch.zeros(n_layers, capacity, kv, dh, device=device, dtype=dtype)  # [L, C, K, Dh]
         self.v = torch.zeros_like(self.k)  # [L, C, K, Dh]
-        self.index_k = torch.zeros(n_layers, capacity, di, device=device, dtype=dtype)  # [L, C, Di]
+        index_dtype = torch.float8_e4m3fn if index_fp8 else dtype
+        self.index_k = torch.zeros(n_layers, capacity, di, device=device, dtype=index_dtype)  # [L, C, Di]
+        # e4m3 keys: each key's power-of-two scale [L, C]
+        self.index_scale = torch.ones(n_layers, capacity, device=device) if index_fp8 else None
 
     @property
     def capacity(self) -> int:
@@ -82,8 +89,10 @@ class KVCache:
         if need <= self.k.shape[1]:
             return
         new_cap = max(need, 2 * self.k.shape[1])
-        for name in ("k", "v", "index_k"):
+        for name in ("k", "v", "index_k", "index_scale"):
             old = getattr(self, name)
+            if old is None:
+                continue
             grown = old.new_zeros((old.shape[0], new_cap, *old.shape[2:]))
             grown[:, :own] = old[:, :own]
             setattr(self, name, grown)
@@ -94,13 +103,20 @@ class KVCache:
         if lo < 0:
             raise ValueError("cannot overwrite tokens that live in the parent cache")
         self.k[layer, lo:hi], self.v[layer, lo:hi] = k, v
-        if index_k is not None:
+        if index_k is None:
+            return
+        if self.index_scale is None:
             self.index_k[layer, lo:hi] = index_k
+        else:
+            self.index_k[layer, lo:hi], self.index_scale[layer, lo:hi] = split_fp8(index_k)
 
     def read(self, layer: int, end: int) -> tuple[Tensor, Tensor, Tensor]:
         """Keys, values [end, K, Dh] and indexer keys [end, Di] of positions 0…end−1."""
         own = end - self.base
-        mine = self.k[layer, :own], self.v[layer, :own], self.index_k[layer, :own]
+        index_k = self.index_k[layer, :own]
+        if self.index_scale is not None:
+            index_k = (index_k.float() * self.index_scale[layer, :own, None]).to(self.k.dtype)
+        mine = self.k[layer, :own], self.v[layer, :own], index_k
         if self.parent is None:
             return mine
         if self.parent.length != self.base:
@@ -116,6 +132,7 @@ class KVCache:
             device=self.k.device,
             dtype=self.k.dtype,
             parent=self,
+            index_fp8=self.index_scale is not None,
         )
 
     def fork(self, extra_capacity: int = 0) -> KVCache:
@@ -125,6 +142,7 @@ class KVCache:
             capacity=self.length + max(extra_capacity, 1),
             device=self.k.device,
             dtype=self.k.dtype,
+            index_fp8=self.index_scale is not None,
         )
         for layer in range(self.k.shape[0]):
             k, v, index_k = self.read(layer, self.length)

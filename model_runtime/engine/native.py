@@ -193,9 +193,7 @@ class NativeEngine:
         key = _prefix_key(request, inputs)
         if key is not None and key in uses:
             if key not in prefixes:
-                prefix_cache = KVCache(
-                    self.model.config.text, capacity=inputs.prefix_len, device=self.device, dtype=self.dtype
-                )
+                prefix_cache = self._cache(inputs.prefix_len)
                 self._prefill([self._prepare(inputs, 0, inputs.prefix_len, prefix_cache)])
                 prefixes[key] = prefix_cache
             start = inputs.prefix_len
@@ -204,12 +202,19 @@ class NativeEngine:
             if uses[key] == 0:
                 del prefixes[key]
         else:
-            cache = KVCache(self.model.config.text, capacity=room, device=self.device, dtype=self.dtype)
+            cache = self._cache(room)
         generator = torch.Generator(device="cpu")
         generator.manual_seed(
             request.seed if request.seed is not None else int(torch.randint(0, 2**62, ()).item())
         )
         return _Sequence(index, request, inputs, cache, generator), self._prepare(inputs, start, n, cache)
+
+    def _cache(self, capacity: int) -> KVCache:
+        """An empty cache; e4m3 indexer keys when the model rounds them so (index_fp8)."""
+        return KVCache(
+            self.model.config.text, capacity=capacity, device=self.device, dtype=self.dtype,
+            index_fp8=self.model.model.index_fp8,
+        )  # fmt: skip
 
     def _prepare(self, inputs: ModelInputs, lo: int, hi: int, cache: KVCache) -> _Prefill:
         """Embeddings of prompt tokens [lo, hi), encoding the visual tokens that fall inside."""

@@ -69,7 +69,7 @@ def serve_model(
         raise typer.Exit(2)
     fp8 = quantize == "fp8"
     if gpu_memory_gib is not None or device.startswith("cuda"):
-        _check_memory(checkpoint, device, context_tokens, gpu_memory_gib, fp8, tp)
+        _check_memory(checkpoint, device, context_tokens, gpu_memory_gib, fp8, tp, index_fp8)
     server_app = create_app(
         checkpoint,
         model_name=model_name,
@@ -87,7 +87,13 @@ def serve_model(
 
 
 def _check_memory(
-    checkpoint: Path, device: str, context_tokens: int, gpu_memory_gib: float | None, fp8: bool, tp: int
+    checkpoint: Path,
+    device: str,
+    context_tokens: int,
+    gpu_memory_gib: float | None,
+    fp8: bool,
+    tp: int,
+    index_fp8: bool,
 ) -> None:
     """Refuse (exit 1, the planner's message naming the knobs) a configuration that cannot fit."""
     from model_runtime.config import KeyeConfig
@@ -103,7 +109,7 @@ def _check_memory(
     try:
         plan = check_fits(
             dims_from_checkpoint(checkpoint), context_tokens=context_tokens, gpu_memory_bytes=available,
-            weight_format="fp8" if fp8 else "bf16", tp=tp,
+            weight_format="fp8" if fp8 else "bf16", tp=tp, indexer_cache_format="fp8" if index_fp8 else "bf16",
         )  # fmt: skip
     except MemoryPlanError as err:
         typer.echo(f"serve-model: {err}", err=True)

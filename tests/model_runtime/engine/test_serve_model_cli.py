@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -82,6 +83,23 @@ def test_serve_model_plans_memory_with_fp8_experts_when_asked(tiny_checkpoint: P
     )
     assert result.returncode == 1, result.stdout + result.stderr
     assert "fp8 weights" in result.stderr  # the refused plan is the FP8 one
+
+
+def test_serve_model_plans_an_e4m3_indexer_cache_with_the_fp8_indexer(tiny_checkpoint: Path) -> None:
+    indexer_gib = {}
+    for extra in ((), ("--index-fp8",)):
+        result = _serve_model(
+            "--checkpoint",
+            str(tiny_checkpoint),
+            "--gpu-memory-gib",
+            "0.5",
+            "--context-tokens",
+            "8000000",
+            *extra,
+        )
+        assert result.returncode == 1, result.stdout + result.stderr
+        indexer_gib[bool(extra)] = float(re.search(r"indexer ([0-9.]+)", result.stderr).group(1))
+    assert indexer_gib[True] < indexer_gib[False]  # 68 against 128 bytes per token and layer
 
 
 @pytest.mark.parametrize(

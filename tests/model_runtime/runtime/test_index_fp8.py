@@ -76,3 +76,29 @@ def test_the_model_flag_rounds_the_indexer_outputs_and_the_cache_keeps_them() ->
     for flag, stored in keys.items():  # only FP8-rounded keys lie on the e4m3 grid times their scales
         q, scale = split_fp8(stored)
         assert torch.equal(q.float() * scale[:, None], stored) == flag
+
+
+def test_an_e4m3_index_cache_gives_the_same_logits_as_a_full_precision_one() -> None:
+    """Prefill past the top-k, then decode: the e4m3 + scale cache (grown, branched and forked on the way)
+    holds the rounded keys exactly, so every step's logits are those of a cache in the model's dtype."""
+    model = init_weights(KeyeVL(KeyeConfig.tiny()), seed=0).eval()
+    model.model.set_impl(index_fp8=True)
+    text = model.config.text
+    n = text.sa.topk + 30
+    ids = torch.randint(0, 400, (n,), generator=torch.Generator().manual_seed(2))
+    positions = torch.arange(n).expand(3, n)
+    logits = {}
+    with torch.no_grad():
+        for fp8_cache in (False, True):
+            prefix = KVCache(text, capacity=4, index_fp8=fp8_cache)  # small: it must grow
+            steps = [model(ids[:40], positions[:, :40], [Segment(40, prefix)])]
+            branch = prefix.branch(extra_capacity=2)
+            for i in range(40, n - 10):
+                steps.append(model(ids[i : i + 1], positions[:, i : i + 1], [Segment(1, branch)]))
+            twin = branch.fork(extra_capacity=10)
+            steps.append(model(ids[n - 10 :], positions[:, n - 10 :], [Segment(10, twin)]))
+            logits[fp8_cache] = torch.cat(steps)
+            if fp8_cache:
+                assert twin.index_k.dtype == torch.float8_e4m3fn and twin.index_k.element_size() == 1
+                assert twin.index_scale is not None and twin.index_scale.dtype == torch.float32
+    assert torch.equal(logits[True], logits[False])
