@@ -58,7 +58,7 @@ class Settings(BaseSettings):
     engine_attn_impl: Literal["dense", "reference", "triton"] = "reference"
     engine_moe_impl: Literal["reference", "triton"] = "reference"
     engine_quantize: Literal["none", "fp8"] = "none"  # fp8: expert weights in FP8 (half their memory)
-    # the indexer's Hadamard + e4m3 rounding: keys scored (and selected) as the official server does
+    # the indexer's Hadamard + e4m3 rounding: keys scored, selected and cached (e4m3 + scale) as the official server does
     engine_index_fp8: bool = False
     engine_tp: int = Field(default=1, ge=1, le=8)  # tensor parallelism: processes (GPUs) per engine
     engine_max_batch: int = Field(default=8, ge=1)
