@@ -1,6 +1,6 @@
 """The "bound" top-k: prune a row with a lower bound on its threshold before any full-row histogram.
 
-"compact" pays a 512-bin `tl.histogram` for every key of the row (the unit cost of these kernels),
+"compact" pays a `tl.histogram` for every key of the row (the unit cost of these kernels),
 and when the scores are narrow (indexer scores lie within an octave or two) its threshold bin holds
 most of the row, so the candidate passes cost as much again. Here the first pass only takes maxima:
 cut the row into groups of GROUP adjacent keys; the K largest group maxima are K distinct keys, so

@@ -32,9 +32,16 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.topk.radix import _crossing_bin, _finish_candidates, _ordered_key, _select_everything, _total_at
+from kernels.topk.radix import (
+    _crossing_bin,
+    _digit_histogram,
+    _finish_candidates,
+    _ordered_key,
+    _select_everything,
+    _total_at,
+)
 
-# Per-row sync words: two 512-bin histograms and four barrier counters (zeroed before a launch),
+# Per-row sync words: two 256-bin histograms (512 words apart) and four barrier counters (zeroed before a launch),
 # then three per-slice count arrays: above bin 1, above the 16-bit prefix, equal to it.
 HIST2_AT, BARRIERS_AT, COUNTS_AT = 512, 1024, 1028
 _HIST2, _BARRIERS, _COUNTS = (tl.constexpr(at) for at in (HIST2_AT, BARRIERS_AT, COUNTS_AT))
@@ -84,7 +91,7 @@ def _cooperative_topk_kernel(
     row_out = out_ptr + row * stride_out
     sync = sync_ptr + row * stride_sync
     counts = sync + _COUNTS
-    bins = tl.arange(0, 512)
+    bins = tl.arange(0, 256)
     if length <= K:  # the same for every program of the row: none of them waits at a barrier
         if (part == 0) & ((PHASE == 0) | (PHASE == 5)):
             _select_everything(row_out, length, K, BLOCK)
@@ -95,16 +102,16 @@ def _cooperative_topk_kernel(
         digit1 = (key >> 24).to(tl.int32)
         digit2 = ((key >> 16) & 255).to(tl.int32)
         if (PHASE == 0) | (PHASE == 1):
-            hist = tl.histogram(tl.where(valid, digit1, 256), 512)
-            tl.atomic_add(sync + bins, hist, mask=(bins < 256) & (hist > 0), sem="relaxed")
+            hist = _digit_histogram(digit1, valid)
+            tl.atomic_add(sync + bins, hist, mask=hist > 0, sem="relaxed")
         if PHASE == 0:
             _grid_barrier(sync + _BARRIERS, parts)
         bin1, n_above1 = _crossing_bin(tl.load(sync + bins, cache_modifier=".cg"), K)
         above1 = valid & (digit1 > bin1)
         inside1 = valid & (digit1 == bin1)
         if (PHASE == 0) | (PHASE == 2):
-            hist = tl.histogram(tl.where(inside1, digit2, 256), 512)
-            tl.atomic_add(sync + _HIST2 + bins, hist, mask=(bins < 256) & (hist > 0), sem="relaxed")
+            hist = _digit_histogram(digit2, inside1)
+            tl.atomic_add(sync + _HIST2 + bins, hist, mask=hist > 0, sem="relaxed")
             tl.store(counts + part, tl.sum(above1.to(tl.int32), 0))
         if PHASE == 0:
             _grid_barrier(sync + _BARRIERS + 1, parts)

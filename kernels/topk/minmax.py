@@ -27,6 +27,7 @@ import triton.language as tl
 from kernels.topk.radix import (
     _compact_select,
     _crossing_bin,
+    _digit_histogram,
     _finish_candidates,
     _ordered_key,
     _select_everything,
@@ -97,7 +98,7 @@ def _weighted_bound(
     remaining = tl.full((), K, tl.int32)
     for step in tl.static_range(BOUND_STEPS):
         shift = 24 - 8 * step  # constexpr: the loop is unrolled
-        hist = tl.zeros((512,), dtype=tl.int32)
+        hist = tl.zeros((256,), dtype=tl.int32)
         for first in range(0, n_groups, BLOCK):
             slot = first + lanes
             high = tl.load(row_gmax + slot, mask=slot < n_groups, other=0, cache_modifier=".cg")
@@ -105,10 +106,8 @@ def _weighted_bound(
             high, low = high.to(tl.uint32, bitcast=True), low.to(tl.uint32, bitcast=True)
             high_match = (slot < n_groups) & (((high >> shift) >> 8) == ((prefix >> shift) >> 8))
             low_match = (slot < n_full) & (((low >> shift) >> 8) == ((prefix >> shift) >> 8))
-            hist += tl.histogram(tl.where(high_match, ((high >> shift) & 255).to(tl.int32), 256), 512)
-            hist += (GROUP - 1) * tl.histogram(
-                tl.where(low_match, ((low >> shift) & 255).to(tl.int32), 256), 512
-            )
+            hist += _digit_histogram(((high >> shift) & 255).to(tl.int32), high_match)
+            hist += (GROUP - 1) * _digit_histogram(((low >> shift) & 255).to(tl.int32), low_match)
         chosen, n_above_bin = _crossing_bin(hist, remaining)
         remaining -= n_above_bin
         prefix = prefix | (chosen.to(tl.uint32) << shift)
