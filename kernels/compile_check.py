@@ -26,7 +26,6 @@ from kernels.fused_moe import kernel as moe
 from kernels.fused_moe import slots as moe_slots
 from kernels.indexer import decode as indexer_decode
 from kernels.indexer import kernel as indexer
-from kernels.indexer import linear as indexer_linear
 from kernels.sparse_attention import kernel as attention
 from kernels.sparse_attention import union
 from kernels.sparse_decode import kernel as decode
@@ -40,14 +39,7 @@ FP32 = {
     name: "*fp32" for name in ("scores_ptr", "part_acc_ptr", "part_max_ptr", "part_sum_ptr", "weights_ptr")
 }
 MOE = {"ws_ptr": "*fp32"}
-INDEXER_POINTERS = {
-    "w_ptr": "*fp32",
-    "out_ptr": "*fp32",
-    "q_scale_ptr": "*fp32",
-    "k_scale_ptr": "*fp32",
-    "lin_ptr": "*bf16",
-    "row_scale_ptr": "*fp32",
-}
+INDEXER_POINTERS = {"w_ptr": "*fp32", "out_ptr": "*fp32", "q_scale_ptr": "*fp32", "k_scale_ptr": "*fp32"}
 INDEXER_SCORES = {  # the score kernel's bf16 launch at Keye's shapes, with the group extremes of "minmax"
     "H": 16,
     "D": 64,
@@ -59,9 +51,6 @@ INDEXER_SCORES = {  # the score kernel's bf16 launch at Keye's shapes, with the 
     "FP8": False,
     "GROUP": minmax.GROUP,
     "HEAD_STEP": 1,
-    "LINEAR": True,
-    "ROW_SCALED": False,
-    "PTX_ABS": True,
 }
 FLOATS = ("qk_scale",)
 
@@ -107,21 +96,8 @@ CASES = [
     (indexer._indexer_scores_kernel, INDEXER_SCORES, INDEXER_POINTERS, 4, 3),
     (
         indexer._indexer_scores_kernel,
-        {**INDEXER_SCORES, "FP8": True, "HEAD_STEP": 2, "ROW_SCALED": True},  # the e4m3 path's defaults
-        {**INDEXER_POINTERS, "q_ptr": "*fp8e4nv", "k_ptr": "*fp8e4nv", "lin_ptr": "*fp16"},
-        4,
-        3,
-    ),
-    (
-        indexer_linear._linear_queries_kernel,
-        {"H": 16, "D": 64, "BLOCK_D": 64, "BLOCK_T": 64, "Q_SCALED": True, "ROW_SCALED": True, "LARGEST": 14},
-        {
-            "q_ptr": "*fp8e4nv",
-            "w_ptr": "*fp32",
-            "q_scale_ptr": "*fp32",
-            "out_ptr": "*fp16",
-            "row_scale_ptr": "*fp32",
-        },
+        {**INDEXER_SCORES, "FP8": True, "HEAD_STEP": 2},  # the e4m3 path's defaults
+        {**INDEXER_POINTERS, "q_ptr": "*fp8e4nv", "k_ptr": "*fp8e4nv"},
         4,
         3,
     ),

@@ -19,23 +19,24 @@ from kernels._bench import bench_ms, format_table
 from kernels.indexer import indexer_decode_topk, indexer_topk, indexer_topk_ref, quantize_indexer_fp8
 from kernels.indexer.decode import launch_indexer_decode_scores
 from kernels.indexer.kernel import launch_indexer_scores
-from kernels.indexer.linear import linear_queries, splits_linear
 from kernels.topk.minmax import group_stats_buffers
 
 HEADS, DIM, TOPK = 16, 64, 2048
-SCORE_CONFIGS = [  # (block_t, block_s, warps, stages, heads per step, e4m3 inputs, register cap (0 none), linear split)
-    (64, 128, 4, 3, 1, False, 168, False),
-    (64, 128, 4, 3, 1, False, 168, True),
-    (64, 128, 4, 3, 1, False, 0, True),
-    (64, 128, 4, 4, 1, False, 168, True),
-    (64, 128, 4, 3, 2, False, 0, True),
-    (64, 128, 4, 3, 2, False, 168, True),
-    (64, 128, 8, 3, 1, False, 0, True),
-    (64, 128, 4, 3, 2, True, 0, False),
-    (64, 128, 4, 3, 2, True, 0, True),
-    (64, 128, 4, 3, 1, True, 0, True),
-    (64, 128, 4, 3, 1, True, 168, True),
-    (64, 128, 4, 4, 2, True, 0, True),
+SCORE_CONFIGS = [  # (block_t, block_s, num_warps, num_stages, heads per loop step, e4m3 inputs, register cap: 0 none)
+    (64, 128, 4, 3, 1, False, 0),
+    (64, 128, 4, 3, 1, False, 168),
+    (64, 128, 4, 4, 1, False, 168),
+    (64, 128, 4, 3, 2, False, 0),
+    (64, 128, 4, 3, 1, True, 0),
+    (64, 128, 4, 3, 1, True, 168),
+    (64, 128, 4, 3, 2, True, 0),
+    (64, 128, 4, 3, 2, True, 168),
+    (64, 128, 4, 4, 2, True, 0),
+    (64, 128, 4, 2, 1, False, 0),
+    (64, 128, 4, 4, 1, False, 0),
+    (64, 64, 4, 3, 1, False, 0),
+    (64, 128, 8, 3, 1, False, 0),
+    (128, 128, 8, 2, 1, False, 0),
 ]
 
 
@@ -78,14 +79,14 @@ def torch_indexer_topk(q, w, k, topk: int, start: int, chunk: int = 1024) -> tor
 
 def score_config_sweep(keys: int, chunk: int, device: str) -> list[dict[str, object]]:
     """Score the last `chunk` queries of a `keys`-long sequence with each tile config (bf16, or e4m3
-    quantised once outside the timing; the linear split's queries are made inside it)."""
+    quantised once outside the timing)."""
     q, w, k = make_inputs(keys, device)
     (q8, q_scale), (k8, k_scale) = quantize_indexer_fp8(q), quantize_indexer_fp8(k)
     start = keys - chunk
     out = torch.empty(chunk, keys, device=device)
     pairs = sum(start + t + 1 for t in range(chunk))
     results = []
-    for block_t, block_s, warps, stages, head_step, fp8, max_registers, split in SCORE_CONFIGS:
+    for block_t, block_s, warps, stages, head_step, fp8, max_registers in SCORE_CONFIGS:
         qq, kk = (q8, k8) if fp8 else (q, k)
         scales = (q_scale[start:], k_scale) if fp8 else None
         ms = bench_ms(
@@ -103,7 +104,6 @@ def score_config_sweep(keys: int, chunk: int, device: str) -> list[dict[str, obj
                 num_stages=stages,
                 head_step=head_step,
                 max_registers=max_registers,
-                linear=linear_queries(qq[start:], w[start:], scales[0] if fp8 else None) if split else None,
             )  # fmt: skip
         )
         results.append(
@@ -111,7 +111,6 @@ def score_config_sweep(keys: int, chunk: int, device: str) -> list[dict[str, obj
                 "config(t,s,warps,stages)": f"{block_t},{block_s},{warps},{stages}",
                 "heads_per_step": head_step,
                 "max_registers": max_registers,
-                "epilogue": "linear split" if split else "relu",
                 "inputs": "e4m3" if fp8 else "bf16",
                 "queries": chunk,
                 "keys": keys,
@@ -124,19 +123,17 @@ def score_config_sweep(keys: int, chunk: int, device: str) -> list[dict[str, obj
 
 
 def scores_pass(q, w, k, max_buffer_bytes: int, stats: bool = False) -> None:
-    """The score half of indexer_topk alone (same chunking and epilogue, no top-k), to split the time; `stats`
-    adds the group extremes that "minmax" reads."""
+    """The score half of indexer_topk alone (same chunking, no top-k), to split the time; `stats` adds the
+    group extremes that "minmax" reads."""
     tokens, keys = q.shape[0], k.shape[0]
-    linear = linear_queries(q, w) if splits_linear(q.dtype, fp8=False) else None
     chunk = max(64, (max_buffer_bytes // (4 * keys)) // 64 * 64)
     buffer = torch.empty(min(chunk, tokens), keys, device=q.device)
     extremes = group_stats_buffers(*buffer.shape, q.device) if stats else None
     for first in range(0, tokens, chunk):
         last = min(first + chunk, tokens)
         launch_indexer_scores(
-            q[first:last], w[first:last], k[:last], first, buffer, fill_future=False, stats=extremes,
-            linear=None if linear is None else (linear[0][first:last], None),
-        )  # fmt: skip
+            q[first:last], w[first:last], k[:last], first, buffer, fill_future=False, stats=extremes
+        )
 
 
 def prefill_sweep(sizes: list[int], device: str, reference_max: int) -> list[dict[str, object]]:
@@ -155,12 +152,6 @@ def prefill_sweep(sizes: list[int], device: str, reference_max: int) -> list[dic
             )
             for method in ("compact", "bound", "minmax")
         }
-        relu = bench_ms(  # minmax with the ReLU epilogue: what the linear split replaced
-            lambda: indexer_topk(
-                q, w, k, TOPK, 0, max_buffer_bytes=3 << 32, topk_method="minmax", linear_split=False
-            ),
-            budget_ms=1000,
-        )
         best = min(timed.values())  # of our top-k methods
         scores_only = bench_ms(lambda: scores_pass(q, w, k, 1 << 32), budget_ms=1000)
         scores_stats = bench_ms(lambda: scores_pass(q, w, k, 1 << 32, stats=True), budget_ms=1000)
@@ -173,7 +164,6 @@ def prefill_sweep(sizes: list[int], device: str, reference_max: int) -> list[dic
                 "N": tokens,
                 "inputs": kind,
                 **{f"ours_{method}_ms": ms for method, ms in timed.items()},
-                "ours_minmax_relu_ms": relu,
                 "scores_only_ms": scores_only,
                 "scores+group_stats_ms": scores_stats,
                 "torch_bf16_ms": baseline,

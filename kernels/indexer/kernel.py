@@ -15,7 +15,6 @@ import triton.language as tl
 
 from kernels._validate import require
 from kernels.indexer.decode import launch_indexer_decode_scores
-from kernels.indexer.linear import can_split_linear, linear_queries, splits_linear
 from kernels.indexer.reference import causal_lengths, check_indexer_args, check_indexer_fp8_args
 from kernels.indexer.rows import auto_topk_method, contiguous_last, torch_topk_rows
 from kernels.topk.kernel import TOPK_METHODS, launch_select_topk
@@ -23,23 +22,9 @@ from kernels.topk.minmax import GROUP, _group_extremes, group_stats_buffers
 
 
 @triton.jit
-def _fabs(x, PTX_ABS: tl.constexpr):
-    """|x| as PTX's abs.f32, which ptxas folds into the FFMA that reads it as an operand modifier; Triton 3.6
-    lowers tl.abs to an AND of the sign bit that ptxas 12.8 keeps as a separate LOP3 (the interpreter, which
-    runs no PTX, takes tl.abs)."""
-    if PTX_ABS:
-        return tl.inline_asm_elementwise(
-            "abs.f32 $0, $1;", "=r,r", [x], dtype=tl.float32, is_pure=True, pack=1
-        )
-    return tl.abs(x)
-
-
-@triton.jit
 def _add_head(scores, q_rows, q_mask, w_ptr, q_scale_ptr, k_tile, offs_t, t_ok, h, H, stride_qh, stride_wt,
-              stride_qst, half, PRECISION: tl.constexpr, FP8: tl.constexpr, LINEAR: tl.constexpr,
-              PTX_ABS: tl.constexpr):  # fmt: skip
-    """scores + w[:, h] * ReLU(q_h . k^T) for one head (a head index >= H adds zeros); with the linear part
-    already in `scores` (LINEAR, `kernels.indexer.linear`) the rest of ReLU is w[:, h] * half * |q_h . k^T|."""
+              stride_qst, PRECISION: tl.constexpr, FP8: tl.constexpr):  # fmt: skip
+    """scores + w[:, h] * ReLU(q_h . k^T) for one head (a head index >= H adds zeros)."""
     ok = t_ok & (h < H)
     q_h = tl.load(q_rows + h * stride_qh, mask=q_mask & ok[:, None], other=0.0)  # [BLOCK_T, BLOCK_D]
     w_h = tl.load(w_ptr + offs_t * stride_wt + h, mask=ok, other=0.0).to(tl.float32)
@@ -48,8 +33,6 @@ def _add_head(scores, q_rows, q_mask, w_ptr, q_scale_ptr, k_tile, offs_t, t_ok, 
         logits = tl.dot(q_h, k_tile)
     else:
         logits = tl.dot(q_h, k_tile, input_precision=PRECISION)  # [BLOCK_T, BLOCK_S]
-    if LINEAR:  # one FFMA per element with |.| as its operand modifier
-        return scores + _fabs(logits, PTX_ABS) * (w_h * half)[:, None]
     return scores + tl.maximum(logits, 0.0) * w_h[:, None]
 
 
@@ -63,8 +46,6 @@ def _indexer_scores_kernel(
     k_scale_ptr,
     gmax_ptr,
     gmin_ptr,
-    lin_ptr,
-    row_scale_ptr,
     T,
     S,
     start,
@@ -85,9 +66,6 @@ def _indexer_scores_kernel(
     FP8: tl.constexpr,  # q and k are e4m3 with per-(t, h) and per-s scales (`quantize_indexer_fp8`)
     GROUP: tl.constexpr,  # > 0: also write each GROUP-key group's max and min ordered key ("minmax" top-k)
     HEAD_STEP: tl.constexpr,  # heads per loop step (1 or 2)
-    LINEAR: tl.constexpr,  # lin_ptr holds 16-bit (hi, lo) linear queries [T, 2, D] (`kernels.indexer.linear`)
-    ROW_SCALED: tl.constexpr,  # ... divided by row_scale [T] (powers of two)
-    PTX_ABS: tl.constexpr,  # compiled (not interpreted): |x| as PTX abs.f32
 ):
     pid_t = tl.program_id(0)
     pid_s = tl.program_id(1)
@@ -106,28 +84,13 @@ def _indexer_scores_kernel(
         scores = tl.zeros((BLOCK_T, BLOCK_S), dtype=tl.float32)
         q_rows = q_ptr + offs_t[:, None].to(tl.int64) * stride_qt + offs_d[None, :]
         q_mask = t_ok[:, None] & (offs_d[None, :] < D)
-        half = tl.full((BLOCK_T,), 0.5, tl.float32)  # the linear split's factor on each head's weight
-        if LINEAR:  # sum_h w_h q_h / 2 . k as two 16-bit products (e4m3 keys convert to fp16 exactly)
-            lin_rows = lin_ptr + offs_t[:, None].to(tl.int64) * (2 * D) + offs_d[None, :]
-            k_lin = k_tile.to(lin_ptr.dtype.element_ty)
-            scores = tl.dot(tl.load(lin_rows, mask=q_mask, other=0.0), k_lin, scores)
-            scores = tl.dot(tl.load(lin_rows + D, mask=q_mask, other=0.0), k_lin, scores)
-            if (
-                ROW_SCALED
-            ):  # the heads' terms are divided by the row's power of two too: 0.5 / 2^e, from its bits
-                scale_bits = tl.load(row_scale_ptr + offs_t, mask=t_ok, other=1.0).to(tl.int32, bitcast=True)
-                half = ((253 << 23) - scale_bits).to(tl.float32, bitcast=True)
         for h in range(0, H, HEAD_STEP):  # a runtime loop: unrolling 16+ heads only bloats the compile
             # With 2 heads per step the next head's product is issued before this head's epilogue runs.
             for j in tl.static_range(HEAD_STEP):
                 scores = _add_head(scores, q_rows, q_mask, w_ptr, q_scale_ptr, k_tile, offs_t, t_ok, h + j, H,
-                                   stride_qh, stride_wt, stride_qst, half, PRECISION, FP8, LINEAR, PTX_ABS)  # fmt: skip
-        if ROW_SCALED:
-            scores = scores * tl.load(row_scale_ptr + offs_t, mask=t_ok, other=1.0)[:, None]
+                                   stride_qh, stride_wt, stride_qst, PRECISION, FP8)  # fmt: skip
         if FP8:  # each key's positive power-of-two scale commutes with ReLU: applied once, after the sum
             scores = scores * tl.load(k_scale_ptr + offs_s, mask=s_ok, other=0.0)[None, :]
-        if LINEAR:  # a sum that ends at -0.0 (all of it zeros) becomes +0.0, which the group extremes rely on
-            scores = scores + 0.0
         visible = offs_s[None, :] <= (start + offs_t)[:, None]
         # Built here, not before the head loop: 64-bit pointers of the whole tile held through the loop cost
         # 20-30 registers per thread (ptxas for sm_90a: 235 → 215 with Triton 3.6, 236 → 204 with 3.9).
@@ -163,7 +126,6 @@ def launch_indexer_scores(
     num_stages: int = 3,
     head_step: int | None = None,
     max_registers: int | None = None,
-    linear: tuple[torch.Tensor, torch.Tensor | None] | None = None,
 ) -> None:
     """Score q [T, H, D] against k [S, D] into out [T, >= S] (row stride out.stride(0)); no checks.
     `scales` = (q_scale [T, H], k_scale [S]) for e4m3 q and k; `stats` = int32 (max, min) [T, >= ceil(S /
@@ -173,9 +135,7 @@ def launch_indexer_scores(
     e4m3 inputs (435 against 383 TFLOP/s) and 1 for 16-bit ones (359 against 348). `max_registers` caps ptxas'
     registers per thread (0: no cap); by default 16-bit inputs on 4 warps take 168, so three programs share an SM
     instead of two (215 registers uncapped, a few bytes spilled capped; session 14: 387 against 361 TFLOP/s),
-    while e4m3's two-heads-per-step tile is faster uncapped (476 against 446). `linear` = the queries'
-    `linear_queries` (terms, row scale) switches the epilogue from ReLU to the linear split
-    (`kernels.indexer.linear`)."""
+    while e4m3's two-heads-per-step tile is faster uncapped (476 against 446)."""
     tokens, heads, dim = q.shape
     keys = k.shape[0]
     if tokens == 0 or keys == 0:
@@ -187,37 +147,17 @@ def launch_indexer_scores(
     cap = (168 if sixteen_bit and num_warps == 4 else 0) if max_registers is None else max_registers
     q_scale, k_scale = scales if scales is not None else (w, w)  # unused placeholders when not FP8
     gmax, gmin = stats if stats is not None else (out, out)  # unused placeholders without stats
-    terms, row_scale = linear if linear is not None else (q, None)
     _indexer_scores_kernel[grid](
-        q, w, k, out, q_scale, k_scale, gmax, gmin, terms, row_scale if row_scale is not None else w,
-        tokens, keys, start,
+        q, w, k, out, q_scale, k_scale, gmax, gmin, tokens, keys, start,
         q.stride(0), q.stride(1), w.stride(0), k.stride(0), out.stride(0), q_scale.stride(0), gmax.stride(0),
         H=heads, D=dim, BLOCK_D=block_d, BLOCK_T=block_t, BLOCK_S=block_s,
         FILL_FUTURE=fill_future, PRECISION=precision, FP8=scales is not None,
-        GROUP=GROUP if stats is not None else 0, HEAD_STEP=head_step or (2 if scales is not None else 1),
-        LINEAR=linear is not None, ROW_SCALED=row_scale is not None,
-        PTX_ABS=isinstance(_indexer_scores_kernel, triton.JITFunction), num_warps=num_warps, num_stages=num_stages,
+        GROUP=GROUP if stats is not None else 0, HEAD_STEP=head_step or (2 if scales is not None else 1), num_warps=num_warps, num_stages=num_stages,
         **({"maxnreg": cap} if cap else {}),
     )  # fmt: skip
 
 
-def _linear_split(
-    q: torch.Tensor, w: torch.Tensor, q_scale: torch.Tensor | None, wanted: bool | None
-) -> tuple[torch.Tensor, torch.Tensor | None] | None:
-    """The linear queries when the linear split is `wanted` (None: by default for these inputs), else None."""
-    fp8 = q_scale is not None
-    if wanted is None:
-        wanted = splits_linear(q.dtype, fp8)
-    require(
-        not wanted or can_split_linear(q.dtype, fp8),
-        f"the linear split needs bf16, fp16 or e4m3 q, got {q.dtype}",
-    )
-    return linear_queries(q, w, q_scale) if wanted else None
-
-
-def indexer_scores(
-    q: torch.Tensor, w: torch.Tensor, k: torch.Tensor, start: int, *, linear_split: bool | None = None
-) -> torch.Tensor:
+def indexer_scores(q: torch.Tensor, w: torch.Tensor, k: torch.Tensor, start: int) -> torch.Tensor:
     """Lightning-indexer scores, materialised (for tests and short sequences).
 
     Args:
@@ -225,7 +165,6 @@ def indexer_scores(
         w: [T, H_I] per-head weights (any positive scale already folded in).
         k: [S, D_I] indexer keys, S = start + T, same dtype as q.
         start: absolute position of the first query.
-        linear_split: score with the linear split (`kernels.indexer.linear`); None: for bf16 inputs.
 
     Returns:
         fp32 [T, S]: I[t, s] = sum_j w[t, j] * ReLU(q[t, j] . k[s]); -inf where s > start + t.
@@ -233,9 +172,7 @@ def indexer_scores(
     check_indexer_args(q, w, k, start)
     q, w, k = contiguous_last(q), contiguous_last(w), contiguous_last(k)
     out = torch.empty(q.shape[0], k.shape[0], dtype=torch.float32, device=q.device)
-    launch_indexer_scores(
-        q, w, k, start, out, fill_future=True, linear=_linear_split(q, w, None, linear_split)
-    )
+    launch_indexer_scores(q, w, k, start, out, fill_future=True)
     return out
 
 
@@ -254,8 +191,7 @@ def indexer_scores_fp8(
     q8, w, k8 = contiguous_last(q8), contiguous_last(w), contiguous_last(k8)
     scales = (q_scale.float().contiguous(), k_scale.float().contiguous())
     out = torch.empty(q8.shape[0], k8.shape[0], dtype=torch.float32, device=q8.device)
-    linear = _linear_split(q8, w, scales[0], None)
-    launch_indexer_scores(q8, w, k8, start, out, fill_future=True, scales=scales, linear=linear)
+    launch_indexer_scores(q8, w, k8, start, out, fill_future=True, scales=scales)
     return out
 
 
@@ -269,7 +205,6 @@ def indexer_topk(
     max_buffer_bytes: int = 1 << 30,
     topk_method: str = "auto",
     scales: tuple[torch.Tensor, torch.Tensor] | None = None,
-    linear_split: bool | None = None,
 ) -> torch.Tensor:
     """Per query, the `topk` causal keys with the largest indexer scores.
 
@@ -286,7 +221,6 @@ def indexer_topk(
             also writes the group extremes it bounds with).
         scales: (q_scale [T, H_I], k_scale [S]) when q and k are e4m3 (`quantize_indexer_fp8`): the
             scores are `indexer_scores_fp8`'s, computed chunk by chunk like the bf16 ones.
-        linear_split: score with the linear split (`kernels.indexer.linear`); None: for bf16 and e4m3 inputs.
 
     Returns:
         int32 [T, topk] key positions in no particular order. A query that sees L <= topk keys
@@ -312,7 +246,6 @@ def indexer_topk(
     bytes_per_entry = {"radix": 4, "torch": 4, "bound": 12, "compact": 12, "sample": 12}.get(topk_method, 14)
     chunk = max(64, (max_buffer_bytes // (bytes_per_entry * max(keys, 1))) // 64 * 64)
     buffer = scratch = stats = None
-    linear = _linear_split(q, w, None if scales is None else scales[0], linear_split)
     for first in range(0, tokens, chunk):
         last = min(first + chunk, tokens)
         visible = start + last  # keys the last query of this chunk sees
@@ -344,7 +277,6 @@ def indexer_topk(
             launch_indexer_scores(
                 q[first:last], w[first:last], k[:visible], start + first, buffer, fill_future=method == "torch",
                 scales=chunk_scales, stats=chunk_stats, block_t=16 if last - first <= 16 else 64,
-                linear=None if linear is None else tuple(t if t is None else t[first:last] for t in linear),
             )  # fmt: skip
         if method == "torch":
             torch_topk_rows(buffer[: last - first, :visible], topk, lengths[first:last], out[first:last])
