@@ -99,7 +99,7 @@ CASES = [
         {**INDEXER_SCORES, "FP8": True, "HEAD_STEP": 2},  # the e4m3 path's defaults
         {**INDEXER_POINTERS, "q_ptr": "*fp8e4nv", "k_ptr": "*fp8e4nv"},
         4,
-        3,
+        4,
     ),
     (
         indexer_decode._indexer_decode_kernel,

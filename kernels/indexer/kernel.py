@@ -123,7 +123,7 @@ def launch_indexer_scores(
     block_t: int = 64,
     block_s: int = 128,
     num_warps: int = 4,
-    num_stages: int = 3,
+    num_stages: int | None = None,
     head_step: int | None = None,
     max_registers: int | None = None,
 ) -> None:
@@ -132,7 +132,9 @@ def launch_indexer_scores(
     GROUP)] buffers that also receive each key group's extreme ordered keys (`kernels.topk.minmax`). The
     default tiles are the H200 sweep's best (`kernels.indexer.bench`, session 13: 3 stages 381–394 TFLOP/s
     against 333–345 for 2 in two runs, level in a third); `head_step` (heads per loop step) defaults to 2 for
-    e4m3 inputs (435 against 383 TFLOP/s) and 1 for 16-bit ones (359 against 348). `max_registers` caps ptxas'
+    e4m3 inputs (435 against 383 TFLOP/s) and 1 for 16-bit ones (359 against 348); `num_stages` to 4 for e4m3
+    (session 15, two rounds: 489 and 471 against 463 and 454 TFLOP/s for 3; session 14: 454 against 421) and 3
+    for 16-bit inputs (4: level, 355 and 371 against 351 and 376). `max_registers` caps ptxas'
     registers per thread (0: no cap); by default 16-bit inputs on 4 warps take 168, so three programs share an SM
     instead of two (215 registers uncapped, a few bytes spilled capped; session 14: 387 against 361 TFLOP/s),
     while e4m3's two-heads-per-step tile is faster uncapped (476 against 446)."""
@@ -142,6 +144,7 @@ def launch_indexer_scores(
         return
     block_d = max(32 if scales is not None else 16, triton.next_power_of_2(dim))  # FP8 dots take K >= 32
     precision = "tf32x3" if q.dtype == torch.float32 else "tf32"
+    num_stages = num_stages or (4 if scales is not None else 3)
     grid = (triton.cdiv(tokens, block_t), triton.cdiv(keys, block_s))
     sixteen_bit = q.dtype in (torch.bfloat16, torch.float16)
     cap = (168 if sixteen_bit and num_warps == 4 else 0) if max_registers is None else max_registers
