@@ -26,6 +26,9 @@ CASES = [
     ),  # "bound": over 16 * K keys, a bound exists
     pytest.param(2, 1400, 24, "ties", id="R2-S1400-K24-ties"),
     pytest.param(3, 1200, 64, "smooth", id="R3-S1200-K64-smooth"),  # "minmax": the bound from group minima
+    # "minmax": the bound's first byte lies below the row maximum's (K = 100) or further down (K = 700)
+    pytest.param(3, 1200, 100, "spread", id="R3-S1200-K100-spread"),
+    pytest.param(3, 1200, 700, "spread", id="R3-S1200-K700-spread"),
     pytest.param(64, 5000, 2048, "normal", id="R64-S5000-K2048", marks=GPU),
     pytest.param(8, 131072, 2048, "ties", id="R8-S128K-K2048-ties", marks=GPU),
 ]
@@ -43,6 +46,8 @@ def make_scores(rows: int, cols: int, kind: str, generator: torch.Generator) -> 
         kind == "smooth"
     ):  # rising towards the row's end, like positional indexer scores, with a little noise
         scores = 1.0 + torch.arange(cols) / cols + 1e-4 * scores
+    elif kind == "spread":  # uniform over [1, 16): maxima in [8, 32), most weighted minima a byte below
+        scores = 1.0 + 15.0 * torch.rand(rows, cols, generator=generator)
     elif kind == "constant":
         scores = torch.full((rows, cols), 0.5)
     elif kind == "signed":
