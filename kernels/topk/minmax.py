@@ -114,8 +114,9 @@ def _top_byte(row_gmax, row_gmin, n_groups, n_full, K: tl.constexpr, BLOCK: tl.c
         in_next += (high_ok & (high_byte == top - 1)).to(tl.int32)
         in_next += (GROUP - 1) * (low_ok & (low_byte == top - 1)).to(tl.int32)
     count_top, count_next = tl.sum(in_top, 0), tl.sum(in_next, 0)
-    chosen = tl.where(count_top >= K, top, tl.where(count_top + count_next >= K, top - 1, -1))
-    return chosen, tl.where(count_top >= K, 0, count_top)
+    in_next_byte = (count_top < K) & (count_top + count_next >= K)
+    chosen = tl.where(count_top >= K, top, tl.where(in_next_byte, top - 1, -1))
+    return chosen, tl.where(in_next_byte, count_top, 0)  # entries above the chosen byte (none for -1)
 
 
 @triton.jit

@@ -29,6 +29,8 @@ CASES = [
     # "minmax": the bound's first byte lies below the row maximum's (K = 100) or further down (K = 700)
     pytest.param(3, 1200, 100, "spread", id="R3-S1200-K100-spread"),
     pytest.param(3, 1200, 700, "spread", id="R3-S1200-K700-spread"),
+    # ... a few outliers in the top byte, none in the next, the K-th far below: the histograms decide
+    pytest.param(3, 1200, 64, "outliers", id="R3-S1200-K64-outliers"),
     pytest.param(64, 5000, 2048, "normal", id="R64-S5000-K2048", marks=GPU),
     pytest.param(8, 131072, 2048, "ties", id="R8-S128K-K2048-ties", marks=GPU),
 ]
@@ -48,6 +50,9 @@ def make_scores(rows: int, cols: int, kind: str, generator: torch.Generator) -> 
         scores = 1.0 + torch.arange(cols) / cols + 1e-4 * scores
     elif kind == "spread":  # uniform over [1, 16): maxima in [8, 32), most weighted minima a byte below
         scores = 1.0 + 15.0 * torch.rand(rows, cols, generator=generator)
+    elif kind == "outliers":  # smooth rows (a tight bound: nothing to spare) with every 100th score 1000 times larger
+        scores = 1.0 + torch.arange(cols) / cols + 1e-4 * scores
+        scores[:, ::100] = 1000.0
     elif kind == "constant":
         scores = torch.full((rows, cols), 0.5)
     elif kind == "signed":
