@@ -87,12 +87,14 @@ def _minmax_stats_kernel(
 
 
 @triton.jit
-def _top_byte(row_gmax, row_gmin, n_groups, n_full, K: tl.constexpr, BLOCK: tl.constexpr, GROUP: tl.constexpr):
+def _top_byte(
+    row_gmax, row_gmin, n_groups, n_full, K: tl.constexpr, BLOCK: tl.constexpr, GROUP: tl.constexpr
+):
     """The bound's first radix digit without its histograms, when it is the top byte of the row's largest maximum
     or the byte below: (that byte, weighted entries above it), else (-1, 0). One pass takes the largest maximum,
     one counts the weighted entries in its byte and the next; indexer scores rarely reach below (their top
     2048 lie within a factor 4 to 16 of the row's largest), and these passes cost a few instructions per
-    entry where a histogram costs ~60 under Triton 3.6."""
+    entry where a histogram costs ~60 under Triton 3.6 (H200, session 15: 0.78 against 0.84 µs per 128K row)."""
     lanes = tl.arange(0, BLOCK)
     largest = tl.zeros((BLOCK,), dtype=tl.int32)
     for first in range(0, n_groups, BLOCK):

@@ -26,7 +26,8 @@ CASES = [
     ),  # "bound": over 16 * K keys, a bound exists
     pytest.param(2, 1400, 24, "ties", id="R2-S1400-K24-ties"),
     pytest.param(3, 1200, 64, "smooth", id="R3-S1200-K64-smooth"),  # "minmax": the bound from group minima
-    # "minmax": the bound's first byte lies below the row maximum's (K = 100) or further down (K = 700)
+    # "minmax": the bound's first byte lies one below the row maximum's (K = 100) or further down (K = 700;
+    # those rows then take compact's path, having fewer than K groups)
     pytest.param(3, 1200, 100, "spread", id="R3-S1200-K100-spread"),
     pytest.param(3, 1200, 700, "spread", id="R3-S1200-K700-spread"),
     # ... a few outliers in the top byte, none in the next, the K-th far below: the histograms decide
@@ -50,7 +51,9 @@ def make_scores(rows: int, cols: int, kind: str, generator: torch.Generator) -> 
         scores = 1.0 + torch.arange(cols) / cols + 1e-4 * scores
     elif kind == "spread":  # uniform over [1, 16): maxima in [8, 32), most weighted minima a byte below
         scores = 1.0 + 15.0 * torch.rand(rows, cols, generator=generator)
-    elif kind == "outliers":  # smooth rows (a tight bound: nothing to spare) with every 100th score 1000 times larger
+    elif (
+        kind == "outliers"
+    ):  # smooth rows (a tight bound: nothing to spare) with every 100th score 1000 times larger
         scores = 1.0 + torch.arange(cols) / cols + 1e-4 * scores
         scores[:, ::100] = 1000.0
     elif kind == "constant":
