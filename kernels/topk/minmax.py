@@ -87,6 +87,16 @@ def _minmax_stats_kernel(
 
 
 @triton.jit
+def _extremes_at(row_gmax, row_gmin, slot, n_groups, n_full):
+    """(maxima, minima) as uint32 ordered keys at `slot`, with which of them count: every group's maximum,
+    only a full group's minimum. Read past L1 (".cg")."""
+    high_ok, low_ok = slot < n_groups, slot < n_full
+    high = tl.load(row_gmax + slot, mask=high_ok, other=0, cache_modifier=".cg").to(tl.uint32, bitcast=True)
+    low = tl.load(row_gmin + slot, mask=low_ok, other=0, cache_modifier=".cg").to(tl.uint32, bitcast=True)
+    return high, low, high_ok, low_ok
+
+
+@triton.jit
 def _top_byte(
     row_gmax, row_gmin, n_groups, n_full, K: tl.constexpr, BLOCK: tl.constexpr, GROUP: tl.constexpr
 ):
@@ -105,12 +115,8 @@ def _top_byte(
     in_top = tl.zeros((BLOCK,), dtype=tl.int32)
     in_next = tl.zeros((BLOCK,), dtype=tl.int32)
     for first in range(0, n_groups, BLOCK):
-        slot = first + lanes
-        high = tl.load(row_gmax + slot, mask=slot < n_groups, other=0, cache_modifier=".cg")
-        low = tl.load(row_gmin + slot, mask=slot < n_full, other=0, cache_modifier=".cg")
-        high_byte = (high.to(tl.uint32, bitcast=True) >> 24).to(tl.int32)
-        low_byte = (low.to(tl.uint32, bitcast=True) >> 24).to(tl.int32)
-        high_ok, low_ok = slot < n_groups, slot < n_full
+        high, low, high_ok, low_ok = _extremes_at(row_gmax, row_gmin, first + lanes, n_groups, n_full)
+        high_byte, low_byte = (high >> 24).to(tl.int32), (low >> 24).to(tl.int32)
         in_top += (high_ok & (high_byte == top)).to(tl.int32)
         in_top += (GROUP - 1) * (low_ok & (low_byte == top)).to(tl.int32)
         in_next += (high_ok & (high_byte == top - 1)).to(tl.int32)
@@ -137,12 +143,9 @@ def _weighted_bound(
         if (step > 0) | (first_byte < 0):
             hist = tl.zeros((256,), dtype=tl.int32)
             for first in range(0, n_groups, BLOCK):
-                slot = first + lanes
-                high = tl.load(row_gmax + slot, mask=slot < n_groups, other=0, cache_modifier=".cg")
-                low = tl.load(row_gmin + slot, mask=slot < n_full, other=0, cache_modifier=".cg")
-                high, low = high.to(tl.uint32, bitcast=True), low.to(tl.uint32, bitcast=True)
-                high_match = (slot < n_groups) & (((high >> shift) >> 8) == ((prefix >> shift) >> 8))
-                low_match = (slot < n_full) & (((low >> shift) >> 8) == ((prefix >> shift) >> 8))
+                high, low, high_ok, low_ok = _extremes_at(row_gmax, row_gmin, first + lanes, n_groups, n_full)
+                high_match = high_ok & (((high >> shift) >> 8) == ((prefix >> shift) >> 8))
+                low_match = low_ok & (((low >> shift) >> 8) == ((prefix >> shift) >> 8))
                 hist += _digit_histogram(((high >> shift) & 255).to(tl.int32), high_match)
                 hist += (GROUP - 1) * _digit_histogram(((low >> shift) & 255).to(tl.int32), low_match)
             chosen, n_above_bin = _crossing_bin(hist, remaining)
