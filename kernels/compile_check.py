@@ -80,7 +80,16 @@ CASES = [
     (union._block_union_kernel, {"BLOCK_Q": 8, "BLOCK_QP": 8, "BLOCK_K": 256, "Q_BITS": 3}, {}, 8, 3),
     (
         attention._sparse_attention_kernel,
-        {"G": 8, "D": 128, "BLOCK_D": 128, "BLOCK_Q": 8, "BLOCK_M": 64, "BLOCK_N": 32, "PRECISION": "tf32"},
+        {
+            "G": 8,
+            "D": 128,
+            "BLOCK_D": 128,
+            "BLOCK_Q": 8,
+            "BLOCK_M": 64,
+            "BLOCK_N": 32,
+            "PRECISION": "tf32",
+            "OFFSETS_32": True,
+        },
         {},
         4,
         3,

@@ -50,6 +50,8 @@ def _sparse_attention_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     PRECISION: tl.constexpr,
+    OFFSETS_32: tl.constexpr,
+    LAZY: tl.constexpr,  # > 0: keep a row's stale max until a tile's exceeds it by LAZY (log2 units; 0: exact)  # every gathered K/V element offset fits int32 (cheaper address arithmetic)
 ):
     block = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -68,35 +70,52 @@ def _sparse_attention_kernel(
     row_max = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
     row_sum = tl.zeros((BLOCK_M,), dtype=tl.float32)
     acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
-    # [BLOCK_M]: the row's query within the block (BLOCK_Q <= 32; the clamp only keeps padding rows' shifts legal)
-    owner_bit = tl.minimum(rows // G, 31)
+    # [BLOCK_M]: the row's bit in an owner word (its query within the block), 0 for rows that hold no query
+    # (owner words only carry bits of real queries, so this one mask also keeps padding rows empty).
+    row_bit = tl.where(row_ok, 1 << tl.minimum(rows // G, 31), 0)
+    union_row = block.to(tl.int64) * stride_union
+    owners_row = block.to(tl.int64) * stride_owners
     for first in range(0, n_keys, BLOCK_N):
+        # Unmasked: the union rows are a whole number of tiles wide (`launch_sparse_attention` pads them), and
+        # slots past n_keys hold owner word 0, so their keys are never picked; their positions (padding) are
+        # replaced by key 0 so the gathers stay in bounds.
         slot = first + tl.arange(0, BLOCK_N)
-        slot_ok = slot < n_keys
-        key_pos = tl.load(union_ptr + block.to(tl.int64) * stride_union + slot, mask=slot_ok, other=0)
-        key_pos = key_pos.to(tl.int64)
-        owners = tl.load(owners_ptr + block.to(tl.int64) * stride_owners + slot, mask=slot_ok, other=0)
-        k_tile = tl.load(
-            k_ptr + key_pos[None, :] * stride_ks + kv_head * stride_kh + offs_d[:, None],
-            mask=slot_ok[None, :] & d_ok[:, None],
-            other=0.0,
-        )  # [BLOCK_D, BLOCK_N]
-        v_tile = tl.load(
-            v_ptr + key_pos[:, None] * stride_vs + kv_head * stride_vh + offs_d[None, :],
-            mask=slot_ok[:, None] & d_ok[None, :],
-            other=0.0,
-        )  # [BLOCK_N, BLOCK_D]
-        picked = row_ok[:, None] & (((owners[None, :] >> owner_bit[:, None]) & 1) != 0)  # [BLOCK_M, BLOCK_N]
-        logits = tl.dot(q, k_tile, input_precision=PRECISION) * qk_scale  # log2 domain
-        logits = tl.where(picked, logits, float("-inf"))
-        new_max = tl.maximum(row_max, tl.max(logits, 1))
-        # A row with nothing picked yet keeps max -inf; shift by 0 there so exp2 gives 0, not NaN.
-        shift = tl.where(new_max == float("-inf"), 0.0, new_max)
-        probs = tl.exp2(logits - shift[:, None])
-        rescale = tl.exp2(row_max - shift)
-        row_sum = row_sum * rescale + tl.sum(probs, 1)
-        acc = acc * rescale[:, None] + tl.dot(probs.to(v_tile.dtype), v_tile, input_precision=PRECISION)
-        row_max = new_max
+        key_pos = tl.where(slot < n_keys, tl.load(union_ptr + union_row + slot), 0)
+        if not OFFSETS_32:
+            key_pos = key_pos.to(tl.int64)
+        owners = tl.load(owners_ptr + owners_row + slot)
+        k_ptrs = k_ptr + key_pos[None, :] * stride_ks + kv_head * stride_kh + offs_d[:, None]
+        v_ptrs = v_ptr + key_pos[:, None] * stride_vs + kv_head * stride_vh + offs_d[None, :]
+        if D == BLOCK_D:  # no predicates on the gathers: each costs a few integer instructions per load
+            k_tile = tl.load(k_ptrs)  # [BLOCK_D, BLOCK_N]
+            v_tile = tl.load(v_ptrs)  # [BLOCK_N, BLOCK_D]
+        else:
+            k_tile = tl.load(k_ptrs, mask=d_ok[:, None], other=0.0)
+            v_tile = tl.load(v_ptrs, mask=d_ok[None, :], other=0.0)
+        picked = (owners[None, :] & row_bit[:, None]) != 0  # [BLOCK_M, BLOCK_N]
+        logits = tl.where(picked, tl.dot(q, k_tile, input_precision=PRECISION), float("-inf"))
+        tile_max = tl.max(logits, 1) * qk_scale  # log2 domain
+        if LAZY > 0:
+            grow = tl.where(tile_max > row_max, tile_max - row_max, 0.0)
+            if tl.max(grow, 0) > LAZY:
+                new_max = tl.maximum(row_max, tile_max)
+                rescale = tl.exp2(row_max - tl.where(new_max == float("-inf"), 0.0, new_max))
+                row_sum = row_sum * rescale
+                acc = acc * rescale[:, None]
+                row_max = new_max
+            shift = tl.where(row_max == float("-inf"), 0.0, row_max)
+            probs = tl.exp2(logits * qk_scale - shift[:, None])
+            row_sum = row_sum + tl.sum(probs, 1)
+            acc = tl.dot(probs.to(v_tile.dtype), v_tile, acc, input_precision=PRECISION)
+        else:
+            new_max = tl.maximum(row_max, tile_max)
+            # A row with nothing picked yet keeps max -inf; shift by 0 there so exp2 gives 0, not NaN.
+            shift = tl.where(new_max == float("-inf"), 0.0, new_max)
+            probs = tl.exp2(logits * qk_scale - shift[:, None])  # one FFMA per entry
+            rescale = tl.exp2(row_max - shift)
+            row_sum = row_sum * rescale + tl.sum(probs, 1)
+            acc = acc * rescale[:, None] + tl.dot(probs.to(v_tile.dtype), v_tile, input_precision=PRECISION)
+            row_max = new_max
     out = acc / tl.where(row_sum == 0.0, 1.0, row_sum)[:, None]
     tl.store(
         o_ptr + token[:, None].to(tl.int64) * stride_ot + head[:, None] * stride_oh + offs_d[None, :],
@@ -123,6 +142,8 @@ def launch_sparse_attention(
     block_n: int = 32,
     num_warps: int = 4,
     num_stages: int = 3,
+    rescale_slack: float = 8.0,
+    max_registers: int | None = None,
 ) -> None:
     """Run the prefill kernel over a prepared block union; no checks.
 
@@ -133,17 +154,39 @@ def launch_sparse_attention(
     group = q_heads // kv_heads
     if tokens == 0:
         return
+    union = _tile_aligned(union, block_n)
     block_m = max(16, triton.next_power_of_2(block_q * group))
     block_d = max(16, triton.next_power_of_2(dim))
     precision = "tf32x3" if q.dtype == torch.float32 else "tf32"
+    sixteen_bit = q.dtype in (torch.bfloat16, torch.float16)
+    cap = (128 if sixteen_bit and num_warps == 4 else 0) if max_registers is None else max_registers
     grid = (union.keys.shape[0], kv_heads)
     _sparse_attention_kernel[grid](
         q, k, v, out, union.keys, union.counts, union.owners, tokens, scale * _LOG2E,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         out.stride(0), out.stride(1), union.keys.stride(0), union.owners.stride(0),
         G=group, D=dim, BLOCK_D=block_d, BLOCK_Q=block_q, BLOCK_M=block_m, BLOCK_N=block_n,
-        PRECISION=precision, num_warps=num_warps, num_stages=num_stages,
+        PRECISION=precision, OFFSETS_32=max(_largest_offset(k), _largest_offset(v)) < 2**31,
+        LAZY=float(rescale_slack), num_warps=num_warps, num_stages=num_stages, **({"maxnreg": cap} if cap else {}),
     )  # fmt: skip
+
+
+def _largest_offset(t: torch.Tensor) -> int:
+    """The largest element offset a gather from t can form (its last element's, for any strides >= 0)."""
+    return sum((size - 1) * stride for size, stride in zip(t.shape, t.stride(), strict=True))
+
+
+def _tile_aligned(union: BlockUnion, block_n: int) -> BlockUnion:
+    """The union with rows a whole number of key tiles wide, so the kernel reads its last tile unmasked.
+    The Triton builders' rows (block_q * k wide) usually are already; PyTorch's (exactly U wide) get padded
+    with positions the kernel never gathers and owner words 0."""
+    width = union.keys.shape[1]
+    if width % block_n == 0 and union.owners.shape[1] == width:
+        return union
+    pad = -width % block_n
+    keys = torch.nn.functional.pad(union.keys, (0, pad), value=torch.iinfo(torch.int32).max)
+    owners = torch.nn.functional.pad(union.owners[:, :width], (0, pad), value=0)
+    return BlockUnion(keys=keys, counts=union.counts, owners=owners)
 
 
 def sparse_attention(

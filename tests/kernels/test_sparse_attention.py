@@ -80,6 +80,33 @@ def test_sparse_attention_matches_reference(tokens, keys, q_heads, kv_heads, dim
     assert (out[empty_rows] == 0).all(), "queries with no selected key must be zero"
 
 
+@pytest.mark.parametrize(
+    "builder", [build_block_union, build_block_union_torch], ids=["triton-union", "torch-union"]
+)
+@pytest.mark.parametrize("slack", [0.0, 8.0], ids=["exact-rescale", "lazy-rescale"])
+def test_sparse_attention_softmax_survives_growing_logits(builder, slack: float, device: str) -> None:
+    """Keys whose logits grow along the union walk move each row's running max by far more than the lazy
+    rescale's slack several times, and some rows see their first key late; the PyTorch union (exactly U wide,
+    not a whole number of key tiles) makes the launcher pad it."""
+    generator = torch.Generator().manual_seed(11)
+    tokens, keys, q_heads, kv_heads, dim, topk = 20, 150, 8, 2, 16, 40
+    q = torch.randn(tokens, q_heads, dim, generator=generator)
+    growth = (1.0 + torch.arange(keys) / 4.0)[:, None, None]  # logits up to ~38x larger at the last keys
+    k = torch.randn(keys, kv_heads, dim, generator=generator) * growth
+    v = torch.randn(keys, kv_heads, dim, generator=generator)
+    idx = random_selection(tokens, keys, topk, generator)
+    idx[5, 1:] = -1  # one pick only
+    q, k, v, idx = q.to(device), k.to(device), v.to(device), idx.to(device)
+    block_q = default_block_q(q_heads // kv_heads)
+    union = builder(idx, block_q)
+    out = torch.full_like(q, float("nan"))
+    launch_sparse_attention(q, k, v, union, block_q, dim**-0.5, out, rescale_slack=slack)
+    assert not out.isnan().any(), "unwritten or NaN output"
+    assert_close(
+        out, sparse_attention_ref(q, k, v, idx, dim**-0.5), rel_tol=REL_TOL[torch.float32], what="growing"
+    )
+
+
 def test_block_union_lists_each_key_once_and_marks_owners(device: str) -> None:
     idx = torch.tensor([[3, 1, -1], [1, 7, 7], [-1, -1, -1], [2, 2, 9]], dtype=torch.int32, device=device)
     union = build_block_union(idx, block_q=2)
