@@ -50,8 +50,7 @@ def _sparse_attention_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     PRECISION: tl.constexpr,
-    OFFSETS_32: tl.constexpr,
-    LAZY: tl.constexpr,  # > 0: keep a row's stale max until a tile's exceeds it by LAZY (log2 units; 0: exact)  # every gathered K/V element offset fits int32 (cheaper address arithmetic)
+    OFFSETS_32: tl.constexpr,  # every gathered K/V element offset fits int32 (cheaper address arithmetic)
 ):
     block = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -94,28 +93,14 @@ def _sparse_attention_kernel(
             v_tile = tl.load(v_ptrs, mask=d_ok[None, :], other=0.0)
         picked = (owners[None, :] & row_bit[:, None]) != 0  # [BLOCK_M, BLOCK_N]
         logits = tl.where(picked, tl.dot(q, k_tile, input_precision=PRECISION), float("-inf"))
-        tile_max = tl.max(logits, 1) * qk_scale  # log2 domain
-        if LAZY > 0:
-            grow = tl.where(tile_max > row_max, tile_max - row_max, 0.0)
-            if tl.max(grow, 0) > LAZY:
-                new_max = tl.maximum(row_max, tile_max)
-                rescale = tl.exp2(row_max - tl.where(new_max == float("-inf"), 0.0, new_max))
-                row_sum = row_sum * rescale
-                acc = acc * rescale[:, None]
-                row_max = new_max
-            shift = tl.where(row_max == float("-inf"), 0.0, row_max)
-            probs = tl.exp2(logits * qk_scale - shift[:, None])
-            row_sum = row_sum + tl.sum(probs, 1)
-            acc = tl.dot(probs.to(v_tile.dtype), v_tile, acc, input_precision=PRECISION)
-        else:
-            new_max = tl.maximum(row_max, tile_max)
-            # A row with nothing picked yet keeps max -inf; shift by 0 there so exp2 gives 0, not NaN.
-            shift = tl.where(new_max == float("-inf"), 0.0, new_max)
-            probs = tl.exp2(logits * qk_scale - shift[:, None])  # one FFMA per entry
-            rescale = tl.exp2(row_max - shift)
-            row_sum = row_sum * rescale + tl.sum(probs, 1)
-            acc = acc * rescale[:, None] + tl.dot(probs.to(v_tile.dtype), v_tile, input_precision=PRECISION)
-            row_max = new_max
+        new_max = tl.maximum(row_max, tl.max(logits, 1) * qk_scale)  # log2 domain
+        # A row with nothing picked yet keeps max -inf; shift by 0 there so exp2 gives 0, not NaN.
+        shift = tl.where(new_max == float("-inf"), 0.0, new_max)
+        probs = tl.exp2(logits * qk_scale - shift[:, None])  # one FFMA per entry
+        rescale = tl.exp2(row_max - shift)
+        row_sum = row_sum * rescale + tl.sum(probs, 1)
+        acc = acc * rescale[:, None] + tl.dot(probs.to(v_tile.dtype), v_tile, input_precision=PRECISION)
+        row_max = new_max
     out = acc / tl.where(row_sum == 0.0, 1.0, row_sum)[:, None]
     tl.store(
         o_ptr + token[:, None].to(tl.int64) * stride_ot + head[:, None] * stride_oh + offs_d[None, :],
@@ -142,13 +127,15 @@ def launch_sparse_attention(
     block_n: int = 32,
     num_warps: int = 4,
     num_stages: int = 3,
-    rescale_slack: float = 8.0,
     max_registers: int | None = None,
 ) -> None:
     """Run the prefill kernel over a prepared block union; no checks.
 
     Default tiles: the fastest of the sweep on the H200 (session 11, `bench.py`: 32-key tiles,
-    3 stages; 275 TFLOP/s useful on sink + local selections at 32K against 264 for 64-key tiles)."""
+    3 stages; 275 TFLOP/s useful on sink + local selections at 32K against 264 for 64-key tiles).
+    `max_registers` (ptxas' cap per thread, 0: none) defaults to 128 for 16-bit inputs on 4 warps, so four
+    programs share an SM (133 uncapped; session 16 on the H200: 310 against 290 TFLOP/s useful on sink + local
+    at 32K)."""
     tokens, q_heads, dim = q.shape
     kv_heads = k.shape[1]
     group = q_heads // kv_heads
@@ -167,7 +154,7 @@ def launch_sparse_attention(
         out.stride(0), out.stride(1), union.keys.stride(0), union.owners.stride(0),
         G=group, D=dim, BLOCK_D=block_d, BLOCK_Q=block_q, BLOCK_M=block_m, BLOCK_N=block_n,
         PRECISION=precision, OFFSETS_32=max(_largest_offset(k), _largest_offset(v)) < 2**31,
-        LAZY=float(rescale_slack), num_warps=num_warps, num_stages=num_stages, **({"maxnreg": cap} if cap else {}),
+        num_warps=num_warps, num_stages=num_stages, **({"maxnreg": cap} if cap else {}),
     )  # fmt: skip
 
 
