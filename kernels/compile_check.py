@@ -42,15 +42,17 @@ MOE = {"ws_ptr": "*fp32"}
 INDEXER_POINTERS = {"w_ptr": "*fp32", "out_ptr": "*fp32", "q_scale_ptr": "*fp32", "k_scale_ptr": "*fp32"}
 INDEXER_SCORES = {  # the score kernel's bf16 launch at Keye's shapes, with the group extremes of "minmax"
     "H": 16,
+    "HP": 16,
     "D": 64,
     "BLOCK_D": 64,
-    "BLOCK_T": 64,
-    "BLOCK_S": 128,
+    "BLOCK_T": 8,
+    "BLOCK_S": 64,
+    "KEY_TILES": 32,
     "FILL_FUTURE": False,
     "PRECISION": "tf32",
     "FP8": False,
     "GROUP": minmax.GROUP,
-    "HEAD_STEP": 1,
+    "OFFSETS_32": True,
 }
 FLOATS = ("qk_scale",)
 
@@ -105,10 +107,10 @@ CASES = [
     (indexer._indexer_scores_kernel, INDEXER_SCORES, INDEXER_POINTERS, 4, 3),
     (
         indexer._indexer_scores_kernel,
-        {**INDEXER_SCORES, "FP8": True, "HEAD_STEP": 2},  # the e4m3 path's defaults
+        {**INDEXER_SCORES, "FP8": True},  # the e4m3 path
         {**INDEXER_POINTERS, "q_ptr": "*fp8e4nv", "k_ptr": "*fp8e4nv"},
         4,
-        4,
+        3,
     ),
     (
         indexer_decode._indexer_decode_kernel,

@@ -22,21 +22,15 @@ from kernels.indexer.kernel import launch_indexer_scores
 from kernels.topk.minmax import group_stats_buffers
 
 HEADS, DIM, TOPK = 16, 64, 2048
-SCORE_CONFIGS = [  # (block_t, block_s, num_warps, num_stages, heads per loop step, e4m3 inputs, register cap: 0 none)
-    (64, 128, 4, 3, 1, False, 0),
-    (64, 128, 4, 3, 1, False, 168),
-    (64, 128, 4, 4, 1, False, 168),
-    (64, 128, 4, 3, 2, False, 0),
-    (64, 128, 4, 3, 1, True, 0),
-    (64, 128, 4, 3, 1, True, 168),
-    (64, 128, 4, 3, 2, True, 0),
-    (64, 128, 4, 3, 2, True, 168),
-    (64, 128, 4, 4, 2, True, 0),
-    (64, 128, 4, 2, 1, False, 0),
-    (64, 128, 4, 4, 1, False, 0),
-    (64, 64, 4, 3, 1, False, 0),
-    (64, 128, 8, 3, 1, False, 0),
-    (128, 128, 8, 2, 1, False, 0),
+SCORE_CONFIGS = [  # (block_t queries, block_s keys, num_warps, num_stages, e4m3 inputs, register cap: 0 none)
+    (8, 64, 4, 3, False, 0),
+    (8, 64, 4, 4, False, 0),
+    (16, 64, 4, 3, False, 0),
+    (8, 128, 4, 3, False, 0),
+    (8, 64, 4, 3, True, 0),
+    (8, 64, 4, 4, True, 0),
+    (16, 64, 4, 3, True, 0),
+    (8, 128, 4, 3, True, 0),
 ]
 
 
@@ -86,7 +80,7 @@ def score_config_sweep(keys: int, chunk: int, device: str) -> list[dict[str, obj
     out = torch.empty(chunk, keys, device=device)
     pairs = sum(start + t + 1 for t in range(chunk))
     results = []
-    for block_t, block_s, warps, stages, head_step, fp8, max_registers in SCORE_CONFIGS:
+    for block_t, block_s, warps, stages, fp8, max_registers in SCORE_CONFIGS:
         qq, kk = (q8, k8) if fp8 else (q, k)
         scales = (q_scale[start:], k_scale) if fp8 else None
         ms = bench_ms(
@@ -102,14 +96,12 @@ def score_config_sweep(keys: int, chunk: int, device: str) -> list[dict[str, obj
                 block_s=block_s,
                 num_warps=warps,
                 num_stages=stages,
-                head_step=head_step,
                 max_registers=max_registers,
             )  # fmt: skip
         )
         results.append(
             {
                 "config(t,s,warps,stages)": f"{block_t},{block_s},{warps},{stages}",
-                "heads_per_step": head_step,
                 "max_registers": max_registers,
                 "inputs": "e4m3" if fp8 else "bf16",
                 "queries": chunk,

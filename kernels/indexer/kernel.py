@@ -1,8 +1,9 @@
 """Triton lightning-indexer scores and the fused indexer -> top-k entry point.
 
-Each program scores a [BLOCK_T queries x BLOCK_S keys] tile: per indexer head one tensor-core
-product q_h . k^T, ReLU, weighted by w[:, h], summed over heads in fp32 registers. Tiles wholly
-above the causal diagonal are skipped. `indexer_topk` streams the queries in chunks: each chunk's
+Each program holds a few queries' q for every indexer head in shared memory and walks a range of key
+tiles: one tensor-core product k_tile . [q of every (head, query)]^T per tile, ReLU, weighted by w, summed
+over heads in fp32 registers (a thread holds every head of its queries). Tiles wholly above the causal
+diagonal are skipped. `indexer_topk` streams the queries in chunks: each chunk's
 scores go to one reusable fp32 buffer [chunk, S] (bounded by `max_buffer_bytes`, so the full
 [T, S] matrix never exists) and the top-k kernel (`kernels.topk`) reads them straight back.
 """
@@ -18,22 +19,55 @@ from kernels.indexer.decode import launch_indexer_decode_scores
 from kernels.indexer.reference import causal_lengths, check_indexer_args, check_indexer_fp8_args
 from kernels.indexer.rows import auto_topk_method, contiguous_last, torch_topk_rows
 from kernels.topk.kernel import TOPK_METHODS, launch_select_topk
-from kernels.topk.minmax import GROUP, _group_extremes, group_stats_buffers
+from kernels.topk.minmax import GROUP, _group_extremes, _ordered_key, group_stats_buffers
 
 
 @triton.jit
-def _add_head(scores, q_rows, q_mask, w_ptr, q_scale_ptr, k_tile, offs_t, t_ok, h, H, stride_qh, stride_wt,
-              stride_qst, PRECISION: tl.constexpr, FP8: tl.constexpr):  # fmt: skip
-    """scores + w[:, h] * ReLU(q_h . k^T) for one head (a head index >= H adds zeros)."""
-    ok = t_ok & (h < H)
-    q_h = tl.load(q_rows + h * stride_qh, mask=q_mask & ok[:, None], other=0.0)  # [BLOCK_T, BLOCK_D]
-    w_h = tl.load(w_ptr + offs_t * stride_wt + h, mask=ok, other=0.0).to(tl.float32)
-    if FP8:  # e4m3 products are exact in fp32; the query's positive power-of-two scale joins its weight
-        w_h = w_h * tl.load(q_scale_ptr + offs_t * stride_qst + h, mask=ok, other=0.0)
-        logits = tl.dot(q_h, k_tile)
+def _score_tile(k_ptr, k_scale_ptr, out_rows, gmax_rows, gmin_rows, q_all, w_col, s0, S, start, offs_t, t_ok, stride_ks,
+                HP: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr,
+                BLOCK_S: tl.constexpr, PRECISION: tl.constexpr, FP8: tl.constexpr, GROUP: tl.constexpr,
+                OFFSETS_32: tl.constexpr, MASKED: tl.constexpr):  # fmt: skip
+    """Score keys s0 .. s0 + BLOCK_S against the program's queries and store them (and their group extremes).
+    MASKED = False: every query sees every key of the tile, so no mask is built (most tiles)."""
+    offs_s = s0 + tl.arange(0, BLOCK_S)
+    offs_d = tl.arange(0, BLOCK_D)
+    key_rows = offs_s if OFFSETS_32 else offs_s.to(tl.int64)
+    k_ptrs = k_ptr + key_rows[:, None] * stride_ks + offs_d[None, :]
+    if MASKED or D != BLOCK_D:
+        k_tile = tl.load(k_ptrs, mask=(offs_s < S)[:, None] & (offs_d < D)[None, :], other=0.0)
     else:
-        logits = tl.dot(q_h, k_tile, input_precision=PRECISION)  # [BLOCK_T, BLOCK_S]
-    return scores + tl.maximum(logits, 0.0) * w_h[:, None]
+        k_tile = tl.load(k_ptrs)  # [BLOCK_S, BLOCK_D]
+    # [BLOCK_S, HP * BLOCK_T]; e4m3 products are exact in fp32 and take no precision argument
+    logits = tl.dot(k_tile, q_all) if FP8 else tl.dot(k_tile, q_all, input_precision=PRECISION)
+    # Column h * BLOCK_T + t: each thread holds every head of its queries, so this sum stays in its registers.
+    scores = tl.sum(tl.reshape(tl.maximum(logits, 0.0) * w_col[None, :], (BLOCK_S, HP, BLOCK_T)), 1)
+    if FP8:  # each key's positive power-of-two scale commutes with ReLU: applied once, after the sum
+        scale = (
+            tl.load(k_scale_ptr + offs_s, mask=offs_s < S, other=0.0)
+            if MASKED
+            else tl.load(k_scale_ptr + offs_s)
+        )
+        scores = scores * scale[:, None]
+    scores = tl.trans(scores)  # [BLOCK_T, BLOCK_S]
+    GROUPS: tl.constexpr = BLOCK_S // GROUP if GROUP > 0 else 1
+    slot = s0 // GROUP + tl.arange(0, GROUPS) if GROUP > 0 else tl.arange(0, 1)
+    if MASKED:
+        visible = offs_s[None, :] <= (start + offs_t)[:, None]
+        tl.store(out_rows[:, None] + offs_s[None, :], tl.where(visible, scores, float("-inf")),
+                 mask=t_ok[:, None] & (offs_s < S)[None, :])  # fmt: skip
+        if GROUP > 0:
+            group_max, group_min = _group_extremes(scores, visible, BLOCK_T, GROUPS, GROUP)
+            stat_ok = t_ok[:, None] & (slot < tl.cdiv(S, GROUP))[None, :]
+            tl.store(gmax_rows[:, None] + slot[None, :], group_max, mask=stat_ok)
+            tl.store(gmin_rows[:, None] + slot[None, :], group_min, mask=stat_ok)
+    else:
+        tl.store(out_rows[:, None] + offs_s[None, :], scores, mask=t_ok[:, None])
+        if GROUP > 0:  # the sums start at +0.0, never -0.0, so fp32 max/min order them as their keys do
+            grouped = tl.reshape(scores, (BLOCK_T, GROUPS, GROUP))
+            group_max = _ordered_key(tl.max(grouped, 2)).to(tl.int32, bitcast=True)
+            group_min = _ordered_key(tl.min(grouped, 2)).to(tl.int32, bitcast=True)
+            tl.store(gmax_rows[:, None] + slot[None, :], group_max, mask=t_ok[:, None])
+            tl.store(gmin_rows[:, None] + slot[None, :], group_min, mask=t_ok[:, None])
 
 
 @triton.jit
@@ -57,57 +91,58 @@ def _indexer_scores_kernel(
     stride_qst,
     stride_stat,
     H: tl.constexpr,
+    HP: tl.constexpr,  # H rounded up to a power of two (padding heads have weight 0)
     D: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_T: tl.constexpr,
     BLOCK_S: tl.constexpr,
+    KEY_TILES: tl.constexpr,  # key tiles per program: its q is loaded once for all of them
     FILL_FUTURE: tl.constexpr,
     PRECISION: tl.constexpr,
     FP8: tl.constexpr,  # q and k are e4m3 with per-(t, h) and per-s scales (`quantize_indexer_fp8`)
     GROUP: tl.constexpr,  # > 0: also write each GROUP-key group's max and min ordered key ("minmax" top-k)
-    HEAD_STEP: tl.constexpr,  # heads per loop step (1 or 2)
+    OFFSETS_32: tl.constexpr,  # every key's element offset fits int32
 ):
     pid_t = tl.program_id(0)
-    pid_s = tl.program_id(1)
-    offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
-    offs_s = pid_s * BLOCK_S + tl.arange(0, BLOCK_S)
-    offs_d = tl.arange(0, BLOCK_D)
+    pid_c = tl.program_id(1)
+    t0 = pid_t * BLOCK_T
+    last_position = start + tl.minimum(t0 + BLOCK_T, T) - 1
+    s_begin = pid_c * (KEY_TILES * BLOCK_S)
+    s_stop = tl.minimum(s_begin + KEY_TILES * BLOCK_S, S)  # this program's key range
+    s_end = tl.minimum(s_stop, last_position + 1)  # ... of which its queries see some
+    offs_t = t0 + tl.arange(0, BLOCK_T)
     t_ok = offs_t < T
-    s_ok = offs_s < S
-    last_position = start + tl.minimum(pid_t * BLOCK_T + BLOCK_T, T) - 1
-    if pid_s * BLOCK_S <= last_position:
-        k_tile = tl.load(
-            k_ptr + offs_s[None, :].to(tl.int64) * stride_ks + offs_d[:, None],
-            mask=s_ok[None, :] & (offs_d[:, None] < D),
+    out_rows = out_ptr + offs_t.to(tl.int64) * stride_ot
+    if s_begin < s_end:
+        # Tiles before s_full hold only keys that every query of the block sees.
+        s_full = tl.maximum(tl.minimum(s_end, (start + t0 + 1) // BLOCK_S * BLOCK_S), s_begin)
+        cols = tl.arange(0, HP * BLOCK_T)
+        col_t = t0 + cols % BLOCK_T
+        col_h = cols // BLOCK_T
+        col_ok = (col_t < T) & (col_h < H)
+        offs_d = tl.arange(0, BLOCK_D)
+        q_all = tl.load(
+            q_ptr + col_t[None, :].to(tl.int64) * stride_qt + col_h[None, :] * stride_qh + offs_d[:, None],
+            mask=col_ok[None, :] & (offs_d[:, None] < D),
             other=0.0,
-        )  # [BLOCK_D, BLOCK_S]
-        scores = tl.zeros((BLOCK_T, BLOCK_S), dtype=tl.float32)
-        q_rows = q_ptr + offs_t[:, None].to(tl.int64) * stride_qt + offs_d[None, :]
-        q_mask = t_ok[:, None] & (offs_d[None, :] < D)
-        for h in range(0, H, HEAD_STEP):  # a runtime loop: unrolling 16+ heads only bloats the compile
-            # With 2 heads per step the next head's product is issued before this head's epilogue runs.
-            for j in tl.static_range(HEAD_STEP):
-                scores = _add_head(scores, q_rows, q_mask, w_ptr, q_scale_ptr, k_tile, offs_t, t_ok, h + j, H,
-                                   stride_qh, stride_wt, stride_qst, PRECISION, FP8)  # fmt: skip
-        if FP8:  # each key's positive power-of-two scale commutes with ReLU: applied once, after the sum
-            scores = scores * tl.load(k_scale_ptr + offs_s, mask=s_ok, other=0.0)[None, :]
-        visible = offs_s[None, :] <= (start + offs_t)[:, None]
-        # Built here, not before the head loop: 64-bit pointers of the whole tile held through the loop cost
-        # 20-30 registers per thread (ptxas for sm_90a: 235 → 215 with Triton 3.6, 236 → 204 with 3.9).
-        out_ptrs = out_ptr + offs_t[:, None].to(tl.int64) * stride_ot + offs_s[None, :]
-        tl.store(out_ptrs, tl.where(visible, scores, float("-inf")), mask=t_ok[:, None] & s_ok[None, :])
-        if GROUP > 0:
-            GROUPS: tl.constexpr = BLOCK_S // GROUP
-            group_max, group_min = _group_extremes(scores, visible, BLOCK_T, GROUPS, GROUP)
-            slot = pid_s * GROUPS + tl.arange(0, GROUPS)
-            stat = offs_t[:, None].to(tl.int64) * stride_stat + slot[None, :]
-            stat_ok = t_ok[:, None] & (slot < tl.cdiv(S, GROUP))[None, :]
-            tl.store(gmax_ptr + stat, group_max, mask=stat_ok)
-            tl.store(gmin_ptr + stat, group_min, mask=stat_ok)
-    elif FILL_FUTURE:
-        tile = tl.full((BLOCK_T, BLOCK_S), float("-inf"), dtype=tl.float32)
-        out_ptrs = out_ptr + offs_t[:, None].to(tl.int64) * stride_ot + offs_s[None, :]
-        tl.store(out_ptrs, tile, mask=t_ok[:, None] & s_ok[None, :])
+        )  # [BLOCK_D, HP * BLOCK_T]: q^T, the products' B operand, loaded once
+        w_col = tl.load(w_ptr + col_t * stride_wt + col_h, mask=col_ok, other=0.0).to(tl.float32)
+        if FP8:  # the query's positive power-of-two scale joins its weight
+            w_col = w_col * tl.load(q_scale_ptr + col_t * stride_qst + col_h, mask=col_ok, other=0.0)
+        gmax_rows = gmax_ptr + offs_t.to(tl.int64) * stride_stat
+        gmin_rows = gmin_ptr + offs_t.to(tl.int64) * stride_stat
+        for s0 in range(s_begin, s_full, BLOCK_S):
+            _score_tile(k_ptr, k_scale_ptr, out_rows, gmax_rows, gmin_rows, q_all, w_col, s0, S, start, offs_t, t_ok,
+                        stride_ks, HP, D, BLOCK_D, BLOCK_T, BLOCK_S, PRECISION, FP8, GROUP, OFFSETS_32, False)  # fmt: skip
+        for s0 in range(s_full, s_end, BLOCK_S):
+            _score_tile(k_ptr, k_scale_ptr, out_rows, gmax_rows, gmin_rows, q_all, w_col, s0, S, start, offs_t, t_ok,
+                        stride_ks, HP, D, BLOCK_D, BLOCK_T, BLOCK_S, PRECISION, FP8, GROUP, OFFSETS_32, True)  # fmt: skip
+    if FILL_FUTURE:  # the tiles past the last one scored hold no visible key: -inf
+        fill_from = s_begin + tl.cdiv(tl.maximum(s_end - s_begin, 0), BLOCK_S) * BLOCK_S
+        for s0 in range(fill_from, s_stop, BLOCK_S):
+            offs_s = s0 + tl.arange(0, BLOCK_S)
+            tile = tl.full((BLOCK_T, BLOCK_S), float("-inf"), dtype=tl.float32)
+            tl.store(out_rows[:, None] + offs_s[None, :], tile, mask=t_ok[:, None] & (offs_s < S)[None, :])
 
 
 def launch_indexer_scores(
@@ -120,43 +155,42 @@ def launch_indexer_scores(
     fill_future: bool,
     scales: tuple[torch.Tensor, torch.Tensor] | None = None,
     stats: tuple[torch.Tensor, torch.Tensor] | None = None,
-    block_t: int = 64,
-    block_s: int = 128,
+    block_t: int = 8,
+    block_s: int = 64,
+    key_tiles: int = 32,
     num_warps: int = 4,
-    num_stages: int | None = None,
-    head_step: int | None = None,
-    max_registers: int | None = None,
+    num_stages: int = 3,
+    max_registers: int = 0,
 ) -> None:
     """Score q [T, H, D] against k [S, D] into out [T, >= S] (row stride out.stride(0)); no checks.
     `scales` = (q_scale [T, H], k_scale [S]) for e4m3 q and k; `stats` = int32 (max, min) [T, >= ceil(S /
-    GROUP)] buffers that also receive each key group's extreme ordered keys (`kernels.topk.minmax`). The
-    default tiles are the H200 sweep's best (`kernels.indexer.bench`, session 13: 3 stages 381–394 TFLOP/s
-    against 333–345 for 2 in two runs, level in a third); `head_step` (heads per loop step) defaults to 2 for
-    e4m3 inputs (435 against 383 TFLOP/s) and 1 for 16-bit ones (359 against 348); `num_stages` to 4 for e4m3
-    (session 15, two rounds: 489 and 471 against 463 and 454 TFLOP/s for 3; session 14: 454 against 421) and 3
-    for 16-bit inputs (4: level, 355 and 371 against 351 and 376). `max_registers` caps ptxas'
-    registers per thread (0: no cap); by default 16-bit inputs on 4 warps take 168, so three programs share an SM
-    instead of two (215 registers uncapped, a few bytes spilled capped; session 14: 387 against 361 TFLOP/s),
-    while e4m3's two-heads-per-step tile is faster uncapped (476 against 446)."""
+    GROUP)] buffers that also receive each key group's extreme ordered keys (`kernels.topk.minmax`).
+
+    A program holds `block_t` queries' q for every head in shared memory, as one [D, H * block_t] operand, and
+    walks `key_tiles` tiles of `block_s` keys with one tensor-core product each (keys are the product's rows).
+    Session 16 on the H200 (4096 queries x 32K keys, with group extremes): 8 queries x 64 keys, 4 warps, 3 stages
+    363-379 TFLOP/s bf16 and 443-445 e4m3 against 329-349 and 407-416 for session 15's kernel (64 queries x 128
+    keys, each head's q tile re-read from L2 per key tile); 16 queries hold 255 registers and were no faster.
+    `max_registers` caps ptxas' registers per thread (0: no cap)."""
     tokens, heads, dim = q.shape
     keys = k.shape[0]
     if tokens == 0 or keys == 0:
         return
     block_d = max(32 if scales is not None else 16, triton.next_power_of_2(dim))  # FP8 dots take K >= 32
+    padded_heads = triton.next_power_of_2(heads)
+    # The product's N = padded heads x queries: at least 16 (the tensor cores' smallest), at most 256 where it can.
+    block_t = max(min(block_t, max(1, 256 // padded_heads)), triton.cdiv(16, padded_heads))
     precision = "tf32x3" if q.dtype == torch.float32 else "tf32"
-    num_stages = num_stages or (4 if scales is not None else 3)
-    grid = (triton.cdiv(tokens, block_t), triton.cdiv(keys, block_s))
-    sixteen_bit = q.dtype in (torch.bfloat16, torch.float16)
-    cap = (168 if sixteen_bit and num_warps == 4 else 0) if max_registers is None else max_registers
+    grid = (triton.cdiv(tokens, block_t), triton.cdiv(keys, block_s * key_tiles))
     q_scale, k_scale = scales if scales is not None else (w, w)  # unused placeholders when not FP8
     gmax, gmin = stats if stats is not None else (out, out)  # unused placeholders without stats
     _indexer_scores_kernel[grid](
         q, w, k, out, q_scale, k_scale, gmax, gmin, tokens, keys, start,
         q.stride(0), q.stride(1), w.stride(0), k.stride(0), out.stride(0), q_scale.stride(0), gmax.stride(0),
-        H=heads, D=dim, BLOCK_D=block_d, BLOCK_T=block_t, BLOCK_S=block_s,
+        H=heads, HP=padded_heads, D=dim, BLOCK_D=block_d, BLOCK_T=block_t, BLOCK_S=block_s, KEY_TILES=key_tiles,
         FILL_FUTURE=fill_future, PRECISION=precision, FP8=scales is not None,
-        GROUP=GROUP if stats is not None else 0, HEAD_STEP=head_step or (2 if scales is not None else 1), num_warps=num_warps, num_stages=num_stages,
-        **({"maxnreg": cap} if cap else {}),
+        GROUP=GROUP if stats is not None else 0, OFFSETS_32=(keys - 1) * k.stride(0) + dim < 2**31,
+        num_warps=num_warps, num_stages=num_stages, **({"maxnreg": max_registers} if max_registers else {}),
     )  # fmt: skip
 
 
@@ -275,11 +309,11 @@ def indexer_topk(
                 q[first:last], w[first:last], k[:visible], lengths[first:last], lengths[first:last],
                 buffer[:1, :visible],
             )  # fmt: skip
-        else:  # a few queries want the smallest tile the tensor cores take
+        else:
             chunk_scales = None if scales is None else (scales[0][first:last], scales[1][:visible])
             launch_indexer_scores(
                 q[first:last], w[first:last], k[:visible], start + first, buffer, fill_future=method == "torch",
-                scales=chunk_scales, stats=chunk_stats, block_t=16 if last - first <= 16 else 64,
+                scales=chunk_scales, stats=chunk_stats,
             )  # fmt: skip
         if method == "torch":
             torch_topk_rows(buffer[: last - first, :visible], topk, lengths[first:last], out[first:last])
