@@ -48,6 +48,7 @@ def _score_tile(k_ptr, k_scale_ptr, out_rows, gmax_rows, gmin_rows, q_all, w_col
             else tl.load(k_scale_ptr + offs_s)
         )
         scores = scores * scale[:, None]
+    by_key = scores
     scores = tl.trans(scores)  # [BLOCK_T, BLOCK_S]
     GROUPS: tl.constexpr = BLOCK_S // GROUP if GROUP > 0 else 1
     slot = s0 // GROUP + tl.arange(0, GROUPS) if GROUP > 0 else tl.arange(0, 1)
@@ -63,11 +64,12 @@ def _score_tile(k_ptr, k_scale_ptr, out_rows, gmax_rows, gmin_rows, q_all, w_col
     else:
         tl.store(out_rows[:, None] + offs_s[None, :], scores, mask=t_ok[:, None])
         if GROUP > 0:  # the sums start at +0.0, never -0.0, so fp32 max/min order them as their keys do
-            grouped = tl.reshape(scores, (BLOCK_T, GROUPS, GROUP))
-            group_max = _ordered_key(tl.max(grouped, 2)).to(tl.int32, bitcast=True)
-            group_min = _ordered_key(tl.min(grouped, 2)).to(tl.int32, bitcast=True)
-            tl.store(gmax_rows[:, None] + slot[None, :], group_max, mask=t_ok[:, None])
-            tl.store(gmin_rows[:, None] + slot[None, :], group_min, mask=t_ok[:, None])
+            grouped = tl.reshape(by_key, (GROUPS, GROUP, BLOCK_T))  # before the transpose: keys along rows
+            extremes = tl.join(tl.max(grouped, 1), tl.min(grouped, 1))  # [GROUPS, BLOCK_T, 2]
+            which = tl.arange(0, 2)[None, None, :]
+            rows = tl.where(which == 0, gmax_rows[None, :, None], gmin_rows[None, :, None])
+            tl.store(rows + slot[:, None, None], _ordered_key(extremes).to(tl.int32, bitcast=True),
+                     mask=t_ok[None, :, None])  # fmt: skip
 
 
 @triton.jit

@@ -101,7 +101,11 @@ def test_indexer_topk_matches_reference(
     assert_same_selection(picked, expected, scores, lengths, score_tol=SELECT_TOL[dtype], what="indexer_topk")
 
 
-@pytest.mark.parametrize(("tokens", "start"), [(70, 130), (5, 0)], ids=["T70-S200", "T5-S5"])
+@pytest.mark.parametrize(
+    ("tokens", "start"),
+    [(70, 130), (5, 0), (11, 2290)],
+    ids=["T70-S200", "T5-S5", "T11-S2301-two-key-ranges"],
+)
 def test_score_kernel_group_extremes_match_the_stats_pass(tokens: int, start: int, device: str) -> None:
     """The score kernel's per-group (max, min) for "minmax" equal the standalone pass over its own scores,
     on every group a row can read (those holding at least one visible key)."""
