@@ -170,9 +170,11 @@ def launch_indexer_scores(
 
     A program holds `block_t` queries' q for every head in shared memory, as one [D, H * block_t] operand, and
     walks `key_tiles` tiles of `block_s` keys with one tensor-core product each (keys are the product's rows).
-    Session 16 on the H200 (4096 queries x 32K keys, with group extremes): 8 queries x 64 keys, 4 warps, 3 stages
-    363-379 TFLOP/s bf16 and 443-445 e4m3 against 329-349 and 407-416 for session 15's kernel (64 queries x 128
-    keys, each head's q tile re-read from L2 per key tile); 16 queries hold 255 registers and were no faster.
+    Session 16 on the H200 (4096 queries x 32K keys, with group extremes, each against the previous kernel in the
+    same process): 8 queries x 64 keys, 4 warps, 3 stages 363-379 TFLOP/s bf16 and 443-445 e4m3 against 329-349
+    and 407-416 for session 15's kernel (64 queries x 128 keys, each head's q tile re-read from L2 per key tile);
+    then e4m3 441-467 against 414-426 with both extremes in one store. 16 queries hold 255 registers and were no
+    faster; 16 or 64 key tiles per program were level with 32.
     `max_registers` caps ptxas' registers per thread (0: no cap)."""
     tokens, heads, dim = q.shape
     keys = k.shape[0]
