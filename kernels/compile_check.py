@@ -94,7 +94,7 @@ CASES = [
         },
         {},
         4,
-        3,
+        2,
     ),
     (
         decode._sparse_decode_split_kernel,

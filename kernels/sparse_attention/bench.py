@@ -159,7 +159,7 @@ def layer_sweep(
     device: str,
     reference: bool,
     *,
-    attn_config: tuple[int, int, int, int] = (8, 32, 4, 3),
+    attn_config: tuple[int, int, int, int] = (8, 32, 4, 2),
     topk_method: str = "minmax",
     indexer_fp8: bool = False,
 ) -> list[dict[str, object]]:
@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None, deadline_s: float = math.inf) -> dict[st
     args = parser.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     tables: dict[str, list[dict[str, object]]] = {}
-    attn_config = (default_block_q(Q_HEADS // KV_HEADS), 32, 4, 3)
+    attn_config = (default_block_q(Q_HEADS // KV_HEADS), 32, 4, 2)
     if args.config_sweep_size:
         sweep = attention_config_sweep(args.config_sweep_size, device)
         tables["sparse-attention tile configs"] = sweep

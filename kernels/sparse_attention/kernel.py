@@ -126,13 +126,14 @@ def launch_sparse_attention(
     *,
     block_n: int = 32,
     num_warps: int = 4,
-    num_stages: int = 3,
+    num_stages: int = 2,
     max_registers: int | None = None,
 ) -> None:
     """Run the prefill kernel over a prepared block union; no checks.
 
-    Default tiles: the fastest of the sweep on the H200 (session 11, `bench.py`: 32-key tiles,
-    3 stages; 275 TFLOP/s useful on sink + local selections at 32K against 264 for 64-key tiles).
+    Default tiles: the fastest of the sweep on the H200 (`bench.py`): 8 queries x 32 keys, 4 warps since session
+    11; 2 stages since session 16's leaner loop (332.6 against 318.0 TFLOP/s useful for 3 stages on sink + local
+    selections at 32K, 352 against 336 computed on uniform ones, in one sweep; session 11's loop preferred 3).
     `max_registers` (ptxas' cap per thread, 0: none) defaults to 128 for 16-bit inputs on 4 warps, so four
     programs share an SM (133 uncapped; session 16 on the H200: 310 against 290 TFLOP/s useful on sink + local
     at 32K)."""
