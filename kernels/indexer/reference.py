@@ -12,6 +12,7 @@ import torch
 
 from kernels._validate import FLOAT_DTYPES, require, require_dtype, require_rank, require_same_device
 from kernels.topk.reference import select_topk_ref
+from model_runtime.index_fp8 import hadamard as runtime_hadamard
 
 
 def check_indexer_args(q: torch.Tensor, w: torch.Tensor, k: torch.Tensor, start: int) -> None:
@@ -101,10 +102,8 @@ def hadamard(dim: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """The orthonormal Sylvester-Hadamard matrix [dim, dim] (dim a power of two): x @ H keeps dot products
     and spreads an outlier channel over all of them, so one per-vector scale fits the vector."""
     require(dim >= 1 and dim & (dim - 1) == 0, f"the Hadamard transform needs a power-of-two dim, got {dim}")
-    h = torch.ones(1, 1, device=device)
-    while h.shape[0] < dim:
-        h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)], 0)
-    return h / dim**0.5
+    # The served model's matrix (`model_runtime.index_fp8`, cached there; a copy, so callers may write to it).
+    return runtime_hadamard(dim, torch.device(device)).clone()
 
 
 def quantize_indexer_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
