@@ -4,7 +4,7 @@ The runtime calls these for attn_impl="triton" / moe_impl="triton" (CONTRACTS.md
 `indexer_topk` (lightning-indexer scores streamed, per query chunk, into a top-k), `sparse_attention`
 (prefill over per-block unions of the selected keys), `fused_moe` (expert sort + grouped GEMMs);
 `sparse_decode` serves one-token decode against a paged KV cache, `indexer_decode_topk` its selection
-for a batch of sequences. Every op has a `*_ref` twin with the same signature in plain PyTorch. Importing this package needs triton; it never touches
+for a batch of sequences; `rms_norm` fuses the layers' RMSNorms with their rotary. Every op has a `*_ref` twin with the same signature in plain PyTorch. Importing this package needs triton; it never touches
 the GPU until a function is called.
 """
 
@@ -22,6 +22,7 @@ from kernels.indexer import (
     indexer_topk_ref,
     quantize_indexer_fp8,
 )
+from kernels.rms_norm import rms_norm, rms_norm_ref
 from kernels.sparse_attention import sparse_attention, sparse_attention_ref
 from kernels.sparse_decode import sparse_decode, sparse_decode_ref
 from kernels.topk import select_topk, select_topk_ref
@@ -42,6 +43,8 @@ __all__ = [
     "indexer_topk",
     "indexer_topk_ref",
     "quantize_indexer_fp8",
+    "rms_norm",
+    "rms_norm_ref",
     "select_topk",
     "select_topk_ref",
     "sparse_attention",

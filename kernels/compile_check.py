@@ -26,6 +26,7 @@ from kernels.fused_moe import kernel as moe
 from kernels.fused_moe import slots as moe_slots
 from kernels.indexer import decode as indexer_decode
 from kernels.indexer import kernel as indexer
+from kernels.rms_norm import kernel as norm
 from kernels.sparse_attention import kernel as attention
 from kernels.sparse_attention import union
 from kernels.sparse_decode import kernel as decode
@@ -54,7 +55,7 @@ INDEXER_SCORES = {  # the score kernel's bf16 launch at Keye's shapes, with the 
     "GROUP": minmax.GROUP,
     "OFFSETS_32": True,
 }
-FLOATS = ("qk_scale",)
+FLOATS = ("qk_scale", "eps")
 
 # (kernel, constexprs, pointer dtypes beyond the defaults, num_warps, num_stages)
 CASES = [
@@ -124,6 +125,13 @@ CASES = [
         {"TOPK": 8, "BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "PRECISION": "tf32", "FP8": False},
         MOE,
         8,
+        3,
+    ),
+    (
+        norm._rms_norm_kernel,
+        {"HALF": 64, "BLOCK_R": 32, "BLOCK_H": 64, "ROTARY": True},
+        {"cos_ptr": "*fp32", "sin_ptr": "*fp32", "out_ptr": "*bf16"},
+        4,
         3,
     ),
     (moe_slots._chunk_counts_kernel, {"BINS": 256, "CHUNK": 1024}, {"ids_ptr": "*i64"}, 4, 3),

@@ -1,7 +1,7 @@
 """One device-machine call: GPU kernel tests, the ceilings, and every kernel sweep, with logs.
 
 `python3 -m kernels.run_gpu --out DIR [--skip-tests] [--layer-sizes ...]`: measures the copy
-bandwidth and the bf16 matmul rate of the card, runs the MoE, top-k, decode, indexer and DSA-layer
+bandwidth and the bf16 matmul rate of the card, runs the MoE, top-k, decode, norm, indexer and DSA-layer
 sweeps, then `pytest -m gpu tests/kernels` on CUDA (the large cases; the small ones run under the
 CPU interpreter everywhere), and writes run.log, pytest.log, results.json and summary.md to
 DIR. The last thing printed is the summary, so a truncated console still shows the numbers.
@@ -96,6 +96,7 @@ def main(argv: list[str] | None = None) -> None:
         summary.append(format_table(ceiling_rows, "ceilings"))
         from kernels.fused_moe import bench as moe_bench
         from kernels.indexer import bench as indexer_bench
+        from kernels.rms_norm import bench as norm_bench
         from kernels.sparse_attention import bench as layer_bench
         from kernels.sparse_decode import bench as decode_bench
         from kernels.topk import bench as topk_bench
@@ -116,6 +117,7 @@ def main(argv: list[str] | None = None) -> None:
             ("topk", lambda: topk_bench.main([])),
             ("moe", lambda: moe_bench.main([])),
             ("decode", lambda: decode_bench.main([])),
+            ("rms_norm", lambda: norm_bench.main([])),
             ("indexer", lambda: indexer_bench.main([])),
             (
                 "layer",

@@ -17,7 +17,7 @@ from __future__ import annotations
 import itertools
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -173,10 +173,24 @@ class ForwardContext:
     score_tile_elements: int = SCORE_TILE_ELEMENTS
     index_fp8: bool = False  # the indexer's q and k through the served model's FP8 rounding (index_fp8.py)
 
+    def norm(self, norm: RMSNorm, x: Tensor, rope: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """`norm(x)`, rotated by `rope` if given. Under attn_impl="triton" (and without autograd) one fused
+        kernel does it: in eager PyTorch these element-wise chains were a third of a prefill's GPU time and
+        most of a decode step's kernel launches (H200 profile, kernels/NOTES.md, session 17)."""
+        if self.attn_impl == "triton" and not (torch.is_grad_enabled() and x.requires_grad):
+            fused = getattr(self.kernels.get(x.device), "rms_norm", None)
+            if fused is not None and x.shape[-1] % 2 == 0:
+                return fused(x, norm.weight, norm.eps, rope)
+        return norm_rotary(norm.weight, norm.eps, x, rope)
+
 
 # Fresh sequences up to this long run the reference sparse attention packed, with [B, T, T] index scores
 # (training batches); longer ones go one by one through the tiled path, whose memory stays bounded.
 PACKED_SPARSE_MAX_TOKENS = 4096
+
+
+# (norm module, x, rope or None) → normed (and rotated) x: `ForwardContext.norm`'s signature.
+NormRotary = Callable[["RMSNorm", Tensor, tuple[Tensor, Tensor] | None], Tensor]
 
 
 # ---- the decoder ------------------------------------------------------------------------------------
@@ -249,7 +263,7 @@ class KeyeTextModel(nn.Module):
         for seg in segments:
             if seg.cache is not None:
                 seg.cache.length += seg.length
-        return self.norm(h)
+        return ctx.norm(self.norm, h)
 
 
 class DecoderLayer(nn.Module):
@@ -263,8 +277,8 @@ class DecoderLayer(nn.Module):
         self.mlp = SparseMoe(config)
 
     def forward(self, h: Tensor, ctx: ForwardContext) -> Tensor:
-        h = h + self.self_attn(self.input_layernorm(h), ctx)
-        return h + self.mlp(self.post_attention_layernorm(h), ctx)
+        h = h + self.self_attn(ctx.norm(self.input_layernorm, h), ctx)
+        return h + self.mlp(ctx.norm(self.post_attention_layernorm, h), ctx)
 
 
 class Attention(nn.Module):
@@ -294,17 +308,17 @@ class Attention(nn.Module):
     def project(self, x: Tensor, ctx: ForwardContext) -> tuple[Tensor, Tensor, Tensor]:
         """x [N, D] → q [N, H, Dh], k [N, K, Dh], v [N, K, Dh] after QK-norm and mRoPE."""
         n = x.shape[0]
-        q = self.q_norm(self.q_proj(x).view(n, self.n_heads, self.head_dim))
-        k = self.k_norm(self.k_proj(x).view(n, self.n_kv, self.head_dim))
-        v = self.v_proj(x).view(n, self.n_kv, self.head_dim)
-        cos, sin = ctx.rope
-        return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
+        q = ctx.norm(self.q_norm, self.q_proj(x).view(n, self.n_heads, self.head_dim), ctx.rope)
+        k = ctx.norm(self.k_norm, self.k_proj(x).view(n, self.n_kv, self.head_dim), ctx.rope)
+        return q, k, self.v_proj(x).view(n, self.n_kv, self.head_dim)
 
     def forward(self, x: Tensor, ctx: ForwardContext) -> Tensor:
         q, k, v = self.project(x, ctx)  # [N, H, Dh], [N, K, Dh], [N, K, Dh]
         iq = iw = ik = None
         if self.sa_indexer is not None:
-            iq, iw, ik = self.sa_indexer(x, ctx.index_rope, fp8=ctx.index_fp8)  # [N, I, Di], [N, I], [N, Di]
+            iq, iw, ik = self.sa_indexer(
+                x, ctx.index_rope, fp8=ctx.index_fp8, norm=ctx.norm
+            )  # [N, I, Di], [N, I], [N, Di]
         lengths = [seg.length for seg in ctx.segments]
         fresh = len(lengths) > 1 and all(seg.cache is None for seg in ctx.segments)
         dense = ctx.attn_impl == "dense" or self.sa_indexer is None or max(lengths) <= self.topk
@@ -583,12 +597,17 @@ class Indexer(nn.Module):
         self.k_norm = nn.LayerNorm(self.head_dim, eps=1e-6)
 
     def forward(
-        self, x: Tensor, rope: tuple[Tensor, Tensor], *, fp8: bool = False
+        self, x: Tensor, rope: tuple[Tensor, Tensor], *, fp8: bool = False, norm: NormRotary | None = None
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """x [N, D] (the normed layer input) → q [N, I, Di], w [N, I] fp32, k [N, Di]."""
+        """x [N, D] (the normed layer input) → q [N, I, Di], w [N, I] fp32, k [N, Di]. `norm` is the
+        forward's `ForwardContext.norm` (q's RMSNorm and rotary in one kernel where it can)."""
         n = x.shape[0]
         qw = self.q_proj(x)  # [N, I·Di + I]
-        q = self.q_norm(qw[:, : self.n_heads * self.head_dim].view(n, self.n_heads, self.head_dim))
+        q_raw = qw[:, : self.n_heads * self.head_dim].view(n, self.n_heads, self.head_dim)
+        if norm is not None:
+            q = norm(self.q_norm, q_raw, rope)
+        else:
+            q = norm_rotary(self.q_norm.weight, self.q_norm.eps, q_raw, rope)
         w = qw[:, self.n_heads * self.head_dim :].float() * self.head_dim**-0.5  # [N, I]
         k = F.layer_norm(
             self.k_proj(x).float(),
@@ -597,8 +616,7 @@ class Indexer(nn.Module):
             self.k_norm.bias.float(),
             1e-6,
         ).to(x.dtype)  # [N, Di]
-        cos, sin = rope
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k[:, None], cos, sin)[:, 0]
+        k = apply_rotary(k[:, None], *rope)[:, 0]
         if fp8:
             q, k = round_fp8(q), round_fp8(k)
         return q, w, k
@@ -767,9 +785,20 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        xf = x.float()
-        normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * normed.to(x.dtype)
+        return rms_norm(x, self.weight, self.eps)
+
+
+def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    """Normalised in fp32, rounded back to x's dtype, then scaled (the checkpoint's Qwen3 order)."""
+    xf = x.float()
+    normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * normed.to(x.dtype)
+
+
+def norm_rotary(weight: Tensor, eps: float, x: Tensor, rope: tuple[Tensor, Tensor] | None) -> Tensor:
+    """`rms_norm`, then `apply_rotary` with rope = (cos, sin) if given: the oracle of `kernels.rms_norm`."""
+    out = rms_norm(x, weight, eps)
+    return apply_rotary(out, *rope) if rope is not None else out
 
 
 def mrope_cos_sin(

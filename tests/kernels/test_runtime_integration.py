@@ -75,6 +75,10 @@ def test_tiny_model_triton_kernels_match_reference_on_cpu_interpreter(fp8: bool,
         sparse_attention=kernels.sparse_attention,
         fused_moe=kernels.fused_moe,
         fused_moe_fp8=kernels.fused_moe_fp8,
+        # The fused norm differs from the eager one by float32 ulps; the FP8 indexer's e4m3 rounding of q right
+        # after it can turn such an ulp into a whole e4m3 step near a selection boundary, so with index_fp8 the
+        # comparison keeps the eager norms and isolates the scoring kernels (the other two cases fuse them).
+        **({} if index_fp8 else {"rms_norm": kernels.rms_norm}),
     )
     loader = model_module.KernelLoader(triton_functions)
     fast, reference = logits_both_ways("cpu", torch.float32, loader, fp8=fp8, index_fp8=index_fp8)
@@ -98,9 +102,12 @@ def test_tiny_model_triton_kernels_match_reference_on_gpu(dtype: torch.dtype, to
 
 @pytest.mark.gpu
 def test_tiny_model_fp8_indexer_kernel_matches_reference_on_gpu() -> None:
+    without_fused_norm = SimpleNamespace(  # see the CPU test: e4m3 rounding right after the norm
+        **{name: getattr(kernels, name) for name in kernels.__all__ if name != "rms_norm"}
+    )
     with no_fallback_warning():
         fast, reference = logits_both_ways(
-            "cuda", torch.bfloat16, model_module.KernelLoader(), index_fp8=True
+            "cuda", torch.bfloat16, model_module.KernelLoader(without_fused_norm), index_fp8=True
         )
     torch.testing.assert_close(fast, reference, atol=0.15, rtol=0.15)
 

@@ -386,6 +386,7 @@ def test_triton_path_follows_the_kernel_contract() -> None:
         indexer_topk=kernels.indexer_topk_ref,
         sparse_attention=kernels.sparse_attention_ref,
         fused_moe=kernels.fused_moe_ref,
+        rms_norm=kernels.rms_norm_ref,
     )
     ids, pos = _prompt()
     with torch.no_grad():
