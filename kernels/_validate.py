@@ -24,14 +24,22 @@ def require(condition: bool, message: str) -> None:
         raise KernelInputError(message)
 
 
+# The helpers below build their messages only on failure: they run on every kernel call, and a decode step
+# calls kernels hundreds of times from Python (formatting shapes and dtype tuples cost microseconds each).
+
+
 def require_rank(name: str, tensor: torch.Tensor, rank: int) -> None:
-    require(tensor.dim() == rank, f"{name} must have {rank} dims, got shape {tuple(tensor.shape)}")
+    if tensor.dim() != rank:
+        raise KernelInputError(f"{name} must have {rank} dims, got shape {tuple(tensor.shape)}")
 
 
 def require_dtype(name: str, tensor: torch.Tensor, dtypes: tuple[torch.dtype, ...]) -> None:
-    require(tensor.dtype in dtypes, f"{name} has dtype {tensor.dtype}; expected one of {dtypes}")
+    if tensor.dtype not in dtypes:
+        raise KernelInputError(f"{name} has dtype {tensor.dtype}; expected one of {dtypes}")
 
 
 def require_same_device(**tensors: torch.Tensor) -> None:
-    devices = {str(t.device) for t in tensors.values()}
-    require(len(devices) == 1, f"tensors {sorted(tensors)} are on different devices: {sorted(devices)}")
+    first, *others = tensors.values()
+    if any(t.device != first.device for t in others):
+        devices = sorted({str(t.device) for t in tensors.values()})
+        raise KernelInputError(f"tensors {sorted(tensors)} are on different devices: {devices}")

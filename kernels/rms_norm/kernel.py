@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._validate import require
+from kernels._validate import KernelInputError
 from kernels.rms_norm.reference import check_rms_norm_args
 
 ELEMENTS_PER_PROGRAM = 4096  # rows per program = this / the padded row width
@@ -67,7 +67,8 @@ def rms_norm(
     """`rms_norm_ref` in one kernel: x [N, ..., D] (D even) → weight * RMSNorm(x) in the dtype weight and x
     promote to, rotated (NeoX rotate-half) by rope = (cos, sin) fp32 [N, D] per token when given."""
     check_rms_norm_args(x, weight, rope)
-    require(x.shape[-1] % 2 == 0, f"x's last dim must be even, got {x.shape[-1]}")
+    if x.shape[-1] % 2:
+        raise KernelInputError(f"x's last dim must be even, got {x.shape[-1]}")
     x = x.contiguous()
     out = torch.empty(x.shape, dtype=torch.promote_types(weight.dtype, x.dtype), device=x.device)
     if x.numel() == 0:
@@ -76,7 +77,9 @@ def rms_norm(
     rows = x.numel() // (2 * half)
     block_h = triton.next_power_of_2(half)
     block_r = max(1, ELEMENTS_PER_PROGRAM // (2 * block_h))
-    cos, sin = (t.contiguous() for t in rope) if rope is not None else (weight, weight)  # unused without rope
+    cos, sin = (
+        (rope[0].contiguous(), rope[1].contiguous()) if rope is not None else (weight, weight)
+    )  # unused without rope
     _rms_norm_kernel[(triton.cdiv(rows, block_r),)](
         x, weight.contiguous(), cos, sin, out, rows, rows // x.shape[0], float(eps),
         HALF=half, BLOCK_R=block_r, BLOCK_H=block_h, ROTARY=rope is not None, num_warps=4,
