@@ -1,8 +1,8 @@
 """RMSNorm (and rotary) in one read and one write of the tensor.
 
 The runtime's eager version runs about seven element-wise kernels per norm with fp32 intermediates, and
-seven more per rotary; across a layer's five norms and four rotaries that was a third of a 16K-token
-prefill's GPU time on the H200 and over half of a decode step's kernel launches (kernels/NOTES.md,
+seven more per rotary; across a layer's five norms and four rotaries that was a quarter of a 16K-token
+prefill's GPU time on the H200 and three quarters of a decode step's kernel launches (kernels/NOTES.md,
 session 17). A program here takes a few rows whole, as two halves (the rotate-half partners), and
 keeps the reference's roundings: normalised in fp32, rounded to x's dtype, scaled by the weight in the
 result dtype (weight and x promoted), then rotated in fp32 and rounded again.

@@ -12,7 +12,7 @@ from model_runtime.model import norm_rotary
 def check_rms_norm_args(
     x: torch.Tensor, weight: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None
 ) -> None:
-    """Messages are built only on failure: the runtime calls this four to five times per layer and token."""
+    """Messages are built only on failure: the runtime calls this five times per layer and token."""
     require_dtype("x", x, FLOAT_DTYPES)
     require_dtype("weight", weight, FLOAT_DTYPES)
     if x.dim() < 2:
