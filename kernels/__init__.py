@@ -1,11 +1,12 @@
 """Triton kernels for the Keye runtime's sparse attention (DSA) and MoE, each beside a PyTorch oracle.
 
-The runtime calls these for attn_impl="triton" / moe_impl="triton" (CONTRACTS.md, "kernels"):
+The runtime calls these for attn_impl="triton" / moe_impl="triton" (`model_runtime.model.KernelLoader`):
 `indexer_topk` (lightning-indexer scores streamed, per query chunk, into a top-k), `sparse_attention`
-(prefill over per-block unions of the selected keys), `fused_moe` (expert sort + grouped GEMMs);
-`sparse_decode` serves one-token decode against a paged KV cache, `indexer_decode_topk` its selection
-for a batch of sequences; `rms_norm` fuses the layers' RMSNorms with their rotary. Every op has a `*_ref` twin with the same signature in plain PyTorch. Importing this package needs triton; it never touches
-the GPU until a function is called.
+(prefill over per-block unions of the selected keys), `fused_moe` (expert sort + grouped GEMMs) and
+`rms_norm` (each layer's RMSNorms, with their rotary); `sparse_decode` serves one-token decode against a
+paged KV cache, `indexer_decode_topk` its selection for a batch of sequences. Every op has a `*_ref` twin
+with the same signature in plain PyTorch. Importing this package needs triton; it never touches the GPU
+until a function is called.
 """
 
 from kernels._validate import KernelInputError
