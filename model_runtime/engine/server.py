@@ -4,8 +4,7 @@ It lets the `openai` engine, the official `openai` client and the Keye SGLang fo
 our native runtime, so the `openai` engine is tested against a real server. Requests take the fork's
 shape: `video_url` parts with `preprocess_kwargs` (fps, max_frames, min_frames, min_pixels,
 max_pixels, video_total_pixels; our extension `start_s`/`end_s` picks a window). The server decodes the
-video itself with `model_runtime.video` and writes chunk-local timestamps (CONTRACTS "Timestamps in
-prompts"). Concurrent requests are gathered into one `generate` call, and requests for the same video
+video itself with `model_runtime.video` and writes chunk-local timestamps (DESIGN §5, "Video input"). Concurrent requests are gathered into one `generate` call, and requests for the same video
 and kwargs share one decoded `VideoInput`, so the engine encodes a chunk once for all its queries.
 Bad input gets an OpenAI-style JSON error with a 4xx status.
 """
@@ -147,7 +146,7 @@ class VideoDecoder:
             sampled = video.sample_chunk(source, chunk, backend=self.backend)
         except video.VideoError as err:
             raise ApiError(400, f"video {url!r}: {err}", code=getattr(err, "code", "bad-video")) from err
-        # Chunk-local seconds: every window looks like a clip starting at 0 (CONTRACTS); a kept frame
+        # Chunk-local seconds: every window looks like a clip starting at 0 (DESIGN §5); a kept frame
         # may sit a hair before the window's start, which still reads 0.0 (as grounding writes it).
         local_times = [max(0.0, round(t - chunk.start_s, 1)) for t in sampled.timestamps]
         return VideoInput(

@@ -1,7 +1,7 @@
 """Ground natural-language queries in a video: the library path the CLI and the workers share.
 
 `ground_chunk` asks one chunk every query: ONE `VideoInput` for the chunk (frames labelled with
-chunk-local seconds, CONTRACTS "Timestamps in prompts") and one `GenerationRequest` per query, so the
+chunk-local seconds, DESIGN §5 "Video input") and one `GenerationRequest` per query, so the
 native engine encodes the video prefix once; answers are parsed in chunk-local seconds, bounded by the
 chunk, and shifted back to video time. `ground_video` runs a whole video with one of two strategies
 (DESIGN §2, spec video-and-eval §3.2):
