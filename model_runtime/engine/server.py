@@ -4,8 +4,9 @@ It lets the `openai` engine, the official `openai` client and the Keye SGLang fo
 our native runtime, so the `openai` engine is tested against a real server. Requests take the fork's
 shape: `video_url` parts with `preprocess_kwargs` (fps, max_frames, min_frames, min_pixels,
 max_pixels, video_total_pixels; our extension `start_s`/`end_s` picks a window). The server decodes the
-video itself with `model_runtime.video` and writes chunk-local timestamps (DESIGN §5, "Video input"). Concurrent requests are gathered into one `generate` call, and requests for the same video
-and kwargs share one decoded `VideoInput`, so the engine encodes a chunk once for all its queries.
+video itself with `model_runtime.video` and writes chunk-local timestamps (DESIGN §5, "Video input").
+Concurrent requests are gathered into one `generate` call, and requests for the same video and kwargs
+share one decoded `VideoInput`, so the engine encodes a chunk once for all its queries.
 Bad input gets an OpenAI-style JSON error with a 4xx status.
 """
 
