@@ -419,3 +419,34 @@ def test_gradients_flow_through_the_sparse_path() -> None:
     ):
         assert param.grad is not None and torch.isfinite(param.grad).all() and param.grad.abs().sum() > 0
     assert layer.self_attn.sa_indexer.k_proj.weight.grad is None
+
+
+def test_fused_norms_are_skipped_where_autograd_needs_the_eager_ones() -> None:
+    """attn_impl="triton" runs the norms as one kernel only without autograd (the kernel has no backward) and
+    only on even dims; with gradients on, the same model takes the eager norms and its loss still trains them."""
+    kernels = pytest.importorskip("kernels")
+    calls: list[tuple[int, ...]] = []
+
+    def counting_norm(x, weight, eps, rope=None):  # the real oracle, counted
+        calls.append(tuple(x.shape))
+        return kernels.rms_norm_ref(x, weight, eps, rope)
+
+    twins = SimpleNamespace(
+        indexer_topk=kernels.indexer_topk_ref,
+        sparse_attention=kernels.sparse_attention_ref,
+        fused_moe=kernels.fused_moe_ref,
+        rms_norm=counting_norm,
+    )
+    model = init_weights(KeyeVL(KeyeConfig.tiny()), seed=0)
+    model.model.kernels = KernelLoader(twins)
+    model.model.set_impl(attn_impl="triton", moe_impl="triton")
+    ids, pos = _prompt()
+    with torch.no_grad():
+        model(ids, pos)
+    layers = len(model.model.layers)
+    assert len(calls) == 5 * layers + 1  # per layer: two layer norms, q, k and the indexer's q; then the final norm
+    calls.clear()
+    logits = model(ids, pos)
+    assert calls == []
+    torch.nn.functional.cross_entropy(logits[:-1], ids[1:]).backward()
+    assert model.model.layers[0].self_attn.q_norm.weight.grad is not None
