@@ -444,9 +444,8 @@ def test_fused_norms_are_skipped_where_autograd_needs_the_eager_ones() -> None:
     with torch.no_grad():
         model(ids, pos)
     layers = len(model.model.layers)
-    assert (
-        len(calls) == 5 * layers + 1
-    )  # per layer: two layer norms, q, k and the indexer's q; then the final norm
+    # per layer: two layer norms, q, k and the indexer's q; then the final norm
+    assert len(calls) == 5 * layers + 1
     calls.clear()
     logits = model(ids, pos)
     assert calls == []
