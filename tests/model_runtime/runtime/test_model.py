@@ -382,12 +382,7 @@ def test_triton_path_follows_the_kernel_contract() -> None:
     config = KeyeConfig.tiny()
     config.text.sa.indexer_num_heads = 32
     tiny = init_weights(KeyeVL(config), seed=0).eval()
-    twins = SimpleNamespace(
-        indexer_topk=kernels.indexer_topk_ref,
-        sparse_attention=kernels.sparse_attention_ref,
-        fused_moe=kernels.fused_moe_ref,
-        rms_norm=kernels.rms_norm_ref,
-    )
+    twins = _reference_twins(kernels)
     ids, pos = _prompt()
     with torch.no_grad():
         tiny.model.set_impl(attn_impl="reference", moe_impl="reference")
@@ -400,6 +395,17 @@ def test_triton_path_follows_the_kernel_contract() -> None:
             tiny.model.kernels = saved
             tiny.model.set_impl(attn_impl="reference", moe_impl="reference")
     torch.testing.assert_close(contract, reference, atol=1e-4, rtol=1e-4)
+
+
+def _reference_twins(kernels, **replaced) -> SimpleNamespace:
+    """What the runtime's `KernelLoader` hands out, as the kernels' plain-PyTorch twins (some replaced)."""
+    twins = {
+        "indexer_topk": kernels.indexer_topk_ref,
+        "sparse_attention": kernels.sparse_attention_ref,
+        "fused_moe": kernels.fused_moe_ref,
+        "rms_norm": kernels.rms_norm_ref,
+    }
+    return SimpleNamespace(**{**twins, **replaced})
 
 
 def test_gradients_flow_through_the_sparse_path() -> None:
@@ -431,12 +437,7 @@ def test_fused_norms_are_skipped_where_autograd_needs_the_eager_ones() -> None:
         calls.append(tuple(x.shape))
         return kernels.rms_norm_ref(x, weight, eps, rope)
 
-    twins = SimpleNamespace(
-        indexer_topk=kernels.indexer_topk_ref,
-        sparse_attention=kernels.sparse_attention_ref,
-        fused_moe=kernels.fused_moe_ref,
-        rms_norm=counting_norm,
-    )
+    twins = _reference_twins(kernels, rms_norm=counting_norm)
     model = init_weights(KeyeVL(KeyeConfig.tiny()), seed=0)
     model.model.kernels = KernelLoader(twins)
     model.model.set_impl(attn_impl="triton", moe_impl="triton")
