@@ -47,6 +47,9 @@ class Result:
     note: str = ""
 
 
+BRANCHES = 8  # questions about one video decoding together in the graphed decode measurement
+
+
 def video_positions(n_tokens: int, device: torch.device) -> torch.Tensor:
     """[3, n] mRoPE positions of a prompt made of text runs and 16x16-token frames (spec §4.6)."""
     t, h, w = [], [], []
@@ -183,6 +186,30 @@ def decode(model: Any, cache: Any, steps: int, device: torch.device) -> float:
     return (time.perf_counter() - t0) / steps
 
 
+@torch.no_grad()
+def decode_graphed(model: Any, caches: list[Any], steps: int, device: torch.device) -> float:
+    """Greedy decode steps of a batch through one captured CUDA graph (model_runtime/decode.py, as the engine
+    runs them); the first step (eager, then the capture) is not timed. Returns seconds per step."""
+    from model_runtime.decode import DecodeGraph, decode_state
+
+    state = decode_state(caches, steps + 1)
+    assert state is not None
+    graph = DecodeGraph(model, caches, state)
+    tokens = torch.ones(len(caches), dtype=torch.long, device=device)
+
+    def step(tokens: torch.Tensor) -> torch.Tensor:
+        positions = torch.tensor([c.length for c in caches], device=device).expand(3, -1)
+        return model.logits(graph.step(tokens, positions)).argmax(-1)
+
+    tokens = step(tokens)
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        tokens = step(tokens)
+    sync(device)
+    return (time.perf_counter() - t0) / steps
+
+
 def parse_config(text: str, default_chunk: int) -> tuple[str, str, int, bool]:
     """ "attn[/moe][+fp8][@chunk]" -> (attn_impl, moe_impl, prefill chunk (0 = the whole prompt in one
     forward), FP8 experts). FP8 quantises the experts in place, so list FP8 configs last."""
@@ -275,7 +302,11 @@ def run(args: argparse.Namespace) -> list[Result]:
                 continue
             reset_peak()
             try:
-                cache = KVCache(cfg, capacity=n + args.decode_steps + 1, device=device, dtype=torch.bfloat16)
+                # Room for the eager decode steps and, after them, the graphed ones; spare rows for branches.
+                tail = args.decode_steps + 2
+                cache = KVCache(
+                    cfg, capacity=n + 2 * tail, device=device, dtype=torch.bfloat16, spare=BRANCHES * tail
+                )
                 seconds = prefill(model, n, chunk or n, cache, device)
             except Exception as exc:  # OOM or a failing kernel: report it and move on to the next config
                 note = f"failed: {type(exc).__name__}: {exc}"[:160]
@@ -307,6 +338,19 @@ def run(args: argparse.Namespace) -> list[Result]:
                     )
                 )
                 say(f"{label} decode at {n}: {1 / per_token:.1f} tok/s", flush=True)
+                if (attn, moe) == ("triton", "triton") and device.type == "cuda" and args.tp == 1:
+                    # The same step captured as a CUDA graph: this sequence, then BRANCHES questions about it
+                    # decoding together (branches of its cache, one storage: one launch per layer for all).
+                    for batch in (1, BRANCHES):
+                        caches = [cache] if batch == 1 else [cache.branch(tail) for _ in range(batch)]
+                        per_step = decode_graphed(model, caches, args.decode_steps, device)
+                        record(
+                            Result(
+                                label, f"decode @ {n} context", batch, per_step, batch / per_step, None,
+                                peak_gib(device), f"batch {batch}, CUDA graph",
+                            )
+                        )  # fmt: skip
+                        say(f"{label} graphed decode at {n}, batch {batch}: {batch / per_step:.1f} tok/s")
             del cache
             # Attention (and the reference path's per-query scoring and sort) grows with n^2: project
             # the next size's time from this one, conservatively, to skip what would not finish.

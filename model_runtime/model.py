@@ -19,7 +19,7 @@ import math
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -31,6 +31,9 @@ from torch.nn.attention.bias import causal_lower_right
 from model_runtime.config import TextConfig
 from model_runtime.fp8 import Fp8Experts, moe_fp8_reference, quantize_blocks
 from model_runtime.index_fp8 import round_fp8, split_fp8
+
+if TYPE_CHECKING:
+    from model_runtime.decode import DecodeState
 
 ATTN_IMPLS = ("dense", "reference", "triton")
 MOE_IMPLS = ("reference", "triton", "all_experts")  # all_experts: sync-free, for training small models
@@ -51,7 +54,8 @@ class KVCache:
     not grow afterwards; one copy of the prefix then serves every query. With `index_fp8` (for a model
     whose indexer rounds its keys through e4m3: `index_fp8.round_fp8`) the indexer keys are stored as the
     official server stores them, e4m3 + one fp32 scale (68 bytes per token and layer instead of 128 in bf16),
-    split and read back exactly.
+    split and read back exactly. A prefix made with `spare` rows gives its branches rows of its own storage,
+    so a decode batch over them reads one storage through page tables (`model_runtime.decode`).
     """
 
     def __init__(
@@ -63,20 +67,38 @@ class KVCache:
         dtype: Any = None,
         parent: KVCache | None = None,
         index_fp8: bool = False,
+        spare: int = 0,
     ):
         self.config = config
         self.parent = parent
         self.base = parent.length if parent is not None else 0  # tokens that live in the parent
         self.length = self.base
-        dtype = dtype or torch.get_default_dtype()
-        n_layers, kv, dh = config.num_hidden_layers, config.num_key_value_heads, config.head_dim
-        di = config.sa.indexer_head_dim if config.sa else 0
-        self.k = torch.zeros(n_layers, capacity, kv, dh, device=device, dtype=dtype)  # [L, C, K, Dh]
-        self.v = torch.zeros_like(self.k)  # [L, C, K, Dh]
-        index_dtype = torch.float8_e4m3fn if index_fp8 else dtype
-        self.index_k = torch.zeros(n_layers, capacity, di, device=device, dtype=index_dtype)  # [L, C, Di]
-        # e4m3 keys: each key's power-of-two scale [L, C]
-        self.index_scale = torch.ones(n_layers, capacity, device=device) if index_fp8 else None
+        self.index_fp8 = index_fp8
+        self._allocate(capacity, spare, device, dtype or torch.get_default_dtype())
+
+    def _allocate(self, capacity: int, spare: int, device: Any, dtype: Any) -> None:
+        """Fresh storage for `capacity` own rows plus `spare` rows that branches may take (`branch`)."""
+        cfg = self.config
+        n_layers, kv, dh = cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim
+        di = cfg.sa.indexer_head_dim if cfg.sa else 0
+        rows = capacity + spare
+        k = torch.zeros(n_layers, rows, kv, dh, device=device, dtype=dtype)  # [L, R, K, Dh]
+        index_dtype = torch.float8_e4m3fn if self.index_fp8 else dtype
+        index_k = torch.zeros(n_layers, rows, di, device=device, dtype=index_dtype)  # [L, R, Di]
+        # e4m3 keys: each key's power-of-two scale [L, R]
+        index_scale = torch.ones(n_layers, rows, device=device) if self.index_fp8 else None
+        self._take((k, torch.zeros_like(k), index_k, index_scale), 0, capacity, spare_to=rows)
+
+    def _take(
+        self, storage: tuple[Tensor, Tensor, Tensor, Tensor | None], lo: int, hi: int, spare_to: int
+    ) -> None:
+        """Own rows [lo, hi) of `storage`, spare rows [hi, spare_to)."""
+        # `storage`: the tensors whose rows hold this cache's tokens (shared with its branches when they were
+        # carved from its spare rows); `offset`: the row there of position `base`.
+        self.storage, self.offset, self._spare = storage, lo, [hi, spare_to]
+        self.k, self.v, self.index_k, self.index_scale = (
+            t[:, lo:hi] if t is not None else None for t in storage
+        )
 
     @property
     def capacity(self) -> int:
@@ -88,14 +110,11 @@ class KVCache:
         own = self.length - self.base
         if need <= self.k.shape[1]:
             return
-        new_cap = max(need, 2 * self.k.shape[1])
-        for name in ("k", "v", "index_k", "index_scale"):
-            old = getattr(self, name)
-            if old is None:
-                continue
-            grown = old.new_zeros((old.shape[0], new_cap, *old.shape[2:]))
-            grown[:, :own] = old[:, :own]
-            setattr(self, name, grown)
+        old = self.k, self.v, self.index_k, self.index_scale
+        self._allocate(max(need, 2 * self.k.shape[1]), 0, self.k.device, self.k.dtype)
+        for grown, kept in zip((self.k, self.v, self.index_k, self.index_scale), old, strict=True):
+            if grown is not None:
+                grown[:, :own] = kept[:, :own]
 
     def write(self, layer: int, start: int, k: Tensor, v: Tensor, index_k: Tensor | None) -> None:
         """Store T new tokens' k/v [T, K, Dh] and indexer keys [T, Di] at positions start…start+T−1."""
@@ -125,15 +144,34 @@ class KVCache:
         return tuple(torch.cat([p, m]) for p, m in zip(theirs, mine, strict=True))  # type: ignore[return-value]
 
     def branch(self, extra_capacity: int = 0) -> KVCache:
-        """A cache that continues this one without copying it (this one must stay as it is)."""
-        return KVCache(
+        """A cache that continues this one without copying it (this one must stay as it is). Its rows come
+        from this cache's spare rows while they last (`spare=`), so a batch of branches and their prefix live
+        in one storage, which one decode launch reads for all of them (`decode.py`); else it gets its own."""
+        size = max(extra_capacity, 1)
+        branch = KVCache(
             self.config,
-            capacity=max(extra_capacity, 1),
+            capacity=0 if self._spare[1] - self._spare[0] >= size else size,
             device=self.k.device,
             dtype=self.k.dtype,
             parent=self,
-            index_fp8=self.index_scale is not None,
+            index_fp8=self.index_fp8,
         )
+        if branch.k.shape[1] == 0:
+            lo = self._spare[0]
+            branch._take(self.storage, lo, lo + size, spare_to=lo + size)
+            self._spare[0] = lo + size
+        return branch
+
+    def storage_rows(self) -> np.ndarray | None:
+        """The row in `storage` of each position 0 … capacity−1, or None when they are not all in one
+        storage (a branch with rows of its own while its parent's live elsewhere)."""
+        own = self.offset + np.arange(self.k.shape[1])
+        if self.parent is None:
+            return own
+        theirs = self.parent.storage_rows()
+        if theirs is None or self.parent.storage[0] is not self.storage[0]:
+            return None
+        return np.concatenate([theirs[: self.base], own])
 
     def fork(self, extra_capacity: int = 0) -> KVCache:
         """An independent flat copy of everything so far, with room for `extra_capacity` more tokens."""
@@ -142,7 +180,7 @@ class KVCache:
             capacity=self.length + max(extra_capacity, 1),
             device=self.k.device,
             dtype=self.k.dtype,
-            index_fp8=self.index_scale is not None,
+            index_fp8=self.index_fp8,
         )
         for layer in range(self.k.shape[0]):
             k, v, index_k = self.read(layer, self.length)
@@ -172,6 +210,7 @@ class ForwardContext:
     kernels: KernelLoader
     score_tile_elements: int = SCORE_TILE_ELEMENTS
     index_fp8: bool = False  # the indexer's q and k through the served model's FP8 rounding (index_fp8.py)
+    decode: DecodeState | None = None  # one new token per sequence, read through page tables (decode.py)
 
     def norm(self, norm: RMSNorm, x: Tensor, rope: tuple[Tensor, Tensor] | None = None) -> Tensor:
         """`norm(x)`, rotated by `rope` if given. Under attn_impl="triton" (and without autograd) one fused
@@ -240,22 +279,8 @@ class KeyeTextModel(nn.Module):
         for seg in segments:
             if seg.cache is not None:
                 seg.cache.reserve(seg.length)
-        cfg = self.config
-        index_rope = None
-        if cfg.sa is not None:
-            index_rope = mrope_cos_sin(
-                positions, cfg.sa.indexer_head_dim, cfg.indexer_mrope_section, cfg.rope_theta
-            )
-        ctx = ForwardContext(
-            segments=segments,
-            starts=[s.cache.length if s.cache is not None else 0 for s in segments],
-            rope=mrope_cos_sin(positions, cfg.head_dim, cfg.mrope_section, cfg.rope_theta),
-            index_rope=index_rope,
-            attn_impl=self.attn_impl,
-            moe_impl=self.moe_impl,
-            kernels=self.kernels,
-            score_tile_elements=self.score_tile_elements,
-            index_fp8=self.index_fp8,
+        ctx = self._context(
+            positions, segments, [s.cache.length if s.cache is not None else 0 for s in segments]
         )
         h = embeds  # [N, D]
         for layer in self.layers:
@@ -264,6 +289,40 @@ class KeyeTextModel(nn.Module):
             if seg.cache is not None:
                 seg.cache.length += seg.length
         return ctx.norm(self.norm, h)
+
+    def decode_step(self, embeds: Tensor, positions: Tensor, state: DecodeState) -> Tensor:
+        """embeds [B, D], positions [3, B]: the next token of each sequence of `state`, whose keys go where
+        its device-side rows say; the lengths and rows then advance on the device. No host-side cache state is
+        read or changed (the caller advances `length`), so the step can be captured as a CUDA graph.
+        → normed hidden states [B, D]."""
+        ctx = self._context(positions, [], [], decode=state)
+        h = embeds
+        for layer in self.layers:
+            h = layer(h, ctx)
+        state.advance()
+        return ctx.norm(self.norm, h)
+
+    def _context(
+        self, positions: Tensor, segments: list[Segment], starts: list[int], decode: DecodeState | None = None
+    ) -> ForwardContext:
+        cfg = self.config
+        index_rope = None
+        if cfg.sa is not None:
+            index_rope = mrope_cos_sin(
+                positions, cfg.sa.indexer_head_dim, cfg.indexer_mrope_section, cfg.rope_theta
+            )
+        return ForwardContext(
+            segments=segments,
+            starts=starts,
+            rope=mrope_cos_sin(positions, cfg.head_dim, cfg.mrope_section, cfg.rope_theta),
+            index_rope=index_rope,
+            attn_impl=self.attn_impl,
+            moe_impl=self.moe_impl,
+            kernels=self.kernels,
+            score_tile_elements=self.score_tile_elements,
+            index_fp8=self.index_fp8,
+            decode=decode,
+        )
 
 
 class DecoderLayer(nn.Module):
@@ -319,6 +378,10 @@ class Attention(nn.Module):
             iq, iw, ik = self.sa_indexer(
                 x, ctx.index_rope, fp8=ctx.index_fp8, norm=ctx.norm
             )  # [N, I, Di], [N, I], [N, Di]
+        if ctx.decode is not None:
+            assert iq is not None and iw is not None and ik is not None  # decode_state requires the indexer
+            out = self.decode_attend(q, k, v, (iq, iw, ik), ctx.decode, ctx.kernels)
+            return all_reduce(self.o_proj(out.flatten(1)), self.tp_group)
         lengths = [seg.length for seg in ctx.segments]
         fresh = len(lengths) > 1 and all(seg.cache is None for seg in ctx.segments)
         dense = ctx.attn_impl == "dense" or self.sa_indexer is None or max(lengths) <= self.topk
@@ -352,6 +415,31 @@ class Attention(nn.Module):
             out[a:b] = self.attend(q[a:b], keys, values, index, start, ctx)
             a = b
         return all_reduce(self.o_proj(out.flatten(1)), self.tp_group)
+
+    def decode_attend(
+        self, q: Tensor, k: Tensor, v: Tensor, index: tuple[Tensor, Tensor, Tensor], state: DecodeState,
+        kernels: KernelLoader,
+    ) -> Tensor:  # fmt: skip
+        """q [B, H, Dh], k/v [B, K, Dh]: one new token per sequence. Its keys are written to the storage rows
+        `state` holds on the device, and it attends through page tables of page size 1 (the storage row of each
+        position) with the decode kernels: one indexer and one attention launch per storage. [B, H, Dh] out."""
+        iq, iw, ik = index
+        kern = kernels.get(q.device)
+        out = torch.empty_like(q)
+        for g in state.groups:
+            keys, values, index_keys = (
+                t[self.layer_idx] for t in g.storage
+            )  # [R, K, Dh], [R, K, Dh], [R, Di]
+            keys.index_copy_(0, g.rows, k[g.lo : g.hi])
+            values.index_copy_(0, g.rows, v[g.lo : g.hi])
+            index_keys.index_copy_(0, g.rows, ik[g.lo : g.hi])
+            selected = kern.indexer_decode_topk(
+                iq[g.lo : g.hi], iw[g.lo : g.hi], index_keys[:, None], g.pages, g.lengths, self.topk
+            )  # [n, topk]
+            out[g.lo : g.hi] = kern.sparse_decode(
+                q[g.lo : g.hi], keys[:, None], values[:, None], g.pages, selected, self.head_dim**-0.5
+            )
+        return out
 
     def attend(
         self,
@@ -811,7 +899,9 @@ def mrope_cos_sin(
     """
     device = positions.device
     inv_freq = 1.0 / theta ** (torch.arange(0, dim, 2, device=device, dtype=torch.float64) / dim)  # [dim/2]
-    channel = host_index(np.repeat(np.arange(3), sections), device)
+    # Channel of each frequency, made on the device (no host copy: a decode step is captured as a CUDA graph).
+    freq = torch.arange(dim // 2, device=device)
+    channel = (freq >= sections[0]).long() + (freq >= sections[0] + sections[1]).long()
     pos = positions.to(torch.float64)[channel]  # [dim/2, N]
     angles = (pos.T * inv_freq).float()  # [N, dim/2]
     emb = torch.cat([angles, angles], dim=-1)  # [N, dim]

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from model_runtime.checkpoint import load_model
+from model_runtime.decode import DecodeGraph, decode_state
 from model_runtime.engine.base import Completion, GenerationRequest
 from model_runtime.model import KVCache, Segment
 from model_runtime.processor import KeyeProcessor, ModelInputs
@@ -67,6 +68,7 @@ class NativeEngine:
         prefill_chunk: int = 4096,
         vision_chunk_frames: int = 32,
         score_tile_elements: int | None = None,
+        cuda_graphs: bool = True,
     ):
         model = load_model(
             checkpoint, device=torch.device(device), dtype=dtype, attn_impl=attn_impl, moe_impl=moe_impl,
@@ -74,7 +76,7 @@ class NativeEngine:
         )  # fmt: skip
         model.model.set_impl(index_fp8=index_fp8)  # the served model's FP8 indexer rounding (index_fp8.py)
         self._adopt(model, KeyeProcessor.from_pretrained(checkpoint), max_batch, prefill_chunk,
-                    vision_chunk_frames, score_tile_elements)  # fmt: skip
+                    vision_chunk_frames, score_tile_elements, cuda_graphs)  # fmt: skip
 
     @classmethod
     def from_model(
@@ -86,11 +88,14 @@ class NativeEngine:
         prefill_chunk: int = 4096,
         vision_chunk_frames: int = 32,
         score_tile_elements: int | None = None,
+        cuda_graphs: bool = True,
     ) -> NativeEngine:
         """An engine around a model already in memory (benchmarks build the full-size model with random
         weights on the GPU instead of writing 62 GB of checkpoint files)."""
         engine = cls.__new__(cls)
-        engine._adopt(model, processor, max_batch, prefill_chunk, vision_chunk_frames, score_tile_elements)
+        engine._adopt(
+            model, processor, max_batch, prefill_chunk, vision_chunk_frames, score_tile_elements, cuda_graphs
+        )
         return engine
 
     def _adopt(
@@ -101,8 +106,10 @@ class NativeEngine:
         prefill_chunk: int,
         vision_chunk_frames: int,
         score_tile_elements: int | None,
+        cuda_graphs: bool,
     ) -> None:
         self.model = model
+        self.cuda_graphs = cuda_graphs
         self.device = model.lm_head.weight.device
         if score_tile_elements is not None:
             self.model.model.score_tile_elements = score_tile_elements
@@ -139,16 +146,20 @@ class NativeEngine:
         for request, encoded in items:
             self._check(request, encoded)
         # Shared prefixes live until the last request that uses them has started.
+        # Shared prefixes live until the last request that uses them has started; their storage has room for
+        # every branch's own tokens, so one decode launch reads a prefix and all its branches.
         uses: dict[tuple, int] = {}
+        rooms: dict[tuple, int] = {}
         for r, i in items:
             key = _prefix_key(r, i)
             if key is not None:
                 uses[key] = uses.get(key, 0) + 1
+                rooms[key] = rooms.get(key, 0) + _room(r, i) - i.prefix_len
         prefixes: dict[tuple, KVCache] = {}
         results: list[Completion] = []
         for lo in range(0, len(requests), self.max_batch):
             started = [
-                self._start(i, requests[i], inputs[i], prefixes, uses)
+                self._start(i, requests[i], inputs[i], prefixes, uses, rooms)
                 for i in range(lo, min(len(requests), lo + self.max_batch))
             ]
             wave = [seq for seq, _ in started]
@@ -185,15 +196,16 @@ class NativeEngine:
         inputs: ModelInputs,
         prefixes: dict[tuple, KVCache],
         uses: dict[tuple, int],
+        rooms: dict[tuple, int],
     ) -> tuple[_Sequence, _Prefill]:
         """Set up one request: its cache holds the shared video prefix (encoded now if this is its first
         user); the returned job prefills the rest of the prompt."""
         n, start = inputs.input_ids.shape[0], 0
-        room = n + request.max_new_tokens + 1
+        room = _room(request, inputs)
         key = _prefix_key(request, inputs)
         if key is not None and key in uses:
             if key not in prefixes:
-                prefix_cache = self._cache(inputs.prefix_len)
+                prefix_cache = self._cache(inputs.prefix_len, spare=rooms[key])
                 self._prefill([self._prepare(inputs, 0, inputs.prefix_len, prefix_cache)])
                 prefixes[key] = prefix_cache
             start = inputs.prefix_len
@@ -209,11 +221,11 @@ class NativeEngine:
         )
         return _Sequence(index, request, inputs, cache, generator), self._prepare(inputs, start, n, cache)
 
-    def _cache(self, capacity: int) -> KVCache:
-        """An empty cache; e4m3 indexer keys when the model rounds them so (index_fp8)."""
+    def _cache(self, capacity: int, spare: int = 0) -> KVCache:
+        """An empty cache (with `spare` rows for branches); e4m3 indexer keys when the model rounds them so."""
         return KVCache(
             self.model.config.text, capacity=capacity, device=self.device, dtype=self.dtype,
-            index_fp8=self.model.model.index_fp8,
+            index_fp8=self.model.model.index_fp8, spare=spare,
         )  # fmt: skip
 
     def _prepare(self, inputs: ModelInputs, lo: int, hi: int, cache: KVCache) -> _Prefill:
@@ -273,6 +285,7 @@ class NativeEngine:
     def _decode(self, seqs: list[_Sequence]) -> None:
         """Sample and append one token per unfinished sequence per step, all in one forward."""
         active = [s for s in seqs if s.request.max_new_tokens > 0]
+        graph: DecodeGraph | None = None
         for s in seqs:
             if s.request.max_new_tokens <= 0:
                 s.finish_reason = "length"
@@ -291,12 +304,35 @@ class NativeEngine:
             positions = torch.tensor(
                 [s.cache.length + s.inputs.rope_delta for s in active], device=self.device
             ).expand(3, -1)  # [3, B]
-            # Generated tokens are text even when they happen to be a placeholder id (a random model
-            # may write <|video_pad|>): plain embedding lookup, no visual scatter.
-            embeds = self.model.model.embed_tokens(tokens)  # [B, D]
-            hidden = self.model.model(embeds, positions, [Segment(1, s.cache) for s in active])  # [B, D]
+            caches = [s.cache for s in active]
+            if graph is None or graph.caches != caches:  # a new batch: capture its step again
+                graph = self._decode_graph(
+                    caches, max(s.request.max_new_tokens - len(s.token_ids) for s in active)
+                )
+            if graph is not None:
+                hidden = graph.step(tokens, positions)
+            else:
+                # Generated tokens are text even when they happen to be a placeholder id (a random model
+                # may write <|video_pad|>): plain embedding lookup, no visual scatter.
+                embeds = self.model.model.embed_tokens(tokens)  # [B, D]
+                hidden = self.model.model(embeds, positions, [Segment(1, c) for c in caches])  # [B, D]
             for s, h in zip(active, hidden, strict=True):
                 s.last_hidden = h
+
+    def _decode_graph(self, caches: list[KVCache], steps: int) -> DecodeGraph | None:
+        """A captured decode step for this batch where one can run (CUDA, the Triton kernels for attention and
+        the MoE, no tensor parallelism, caches `decode_state` can read); None means the eager forward."""
+        text = self.model.model
+        if (
+            not self.cuda_graphs
+            or self.device.type != "cuda"
+            or (text.attn_impl, text.moe_impl) != ("triton",) * 2
+        ):
+            return None
+        if text.kernels.get(self.device) is None or any(getattr(m, "tp_group", None) for m in text.modules()):
+            return None
+        state = decode_state(caches, steps)
+        return DecodeGraph(self.model, caches, state) if state is not None else None
 
     def _pick(self, seq: _Sequence, logits: Tensor) -> int:
         """Greedy at temperature 0, else temperature + top-k + top-p sampling with the request's seed."""
@@ -341,6 +377,11 @@ class NativeEngine:
             prompt_tokens=int(seq.inputs.input_ids.shape[0]),
             finish_reason=seq.finish_reason or "length",  # type: ignore[arg-type]
         )
+
+
+def _room(request: GenerationRequest, inputs: ModelInputs) -> int:
+    """Cache positions a request can fill: its prompt, every token it may generate, and one spare."""
+    return int(inputs.input_ids.shape[0]) + request.max_new_tokens + 1
 
 
 def _prefix_key(request: GenerationRequest, inputs: ModelInputs) -> tuple | None:

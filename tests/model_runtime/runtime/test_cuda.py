@@ -98,3 +98,81 @@ def _separate_experts(model: KeyeVL) -> None:
     with torch.no_grad():
         for layer in model.model.layers:
             layer.mlp.gate.weight.mul_(50.0)
+
+
+def _decode_model(dtype: torch.dtype) -> KeyeVL:
+    """The tiny model on the GPU with the Triton kernels, no exact indexer ties, no near-tied experts."""
+    pytest.importorskip("kernels")
+    config = KeyeConfig.tiny()
+    config.text.sa.indexer_num_heads = 32
+    model = init_weights(KeyeVL(config), seed=0).to("cuda", dtype).eval()
+    _separate_experts(model)
+    model.model.set_impl(attn_impl="triton", moe_impl="triton")
+    return model
+
+
+def _decode_caches(model: KeyeVL, dtype: torch.dtype) -> list[KVCache]:
+    """Two branches carved from one prefix (one storage, past the top-k), then a short sequence of its own."""
+    text = model.config.text
+
+    def prefill(cache: KVCache, n: int, seed: int) -> None:
+        ids = torch.randint(0, 400, (n,), generator=torch.Generator().manual_seed(seed)).cuda()
+        pos = torch.arange(cache.length, cache.length + n, device="cuda").expand(3, -1)
+        model.model(model.model.embed_tokens(ids), pos, [Segment(n, cache)])
+
+    prefix = KVCache(text, capacity=90, device="cuda", dtype=dtype, spare=2 * 24)
+    prefill(prefix, 90, 1)
+    branches = [prefix.branch(extra_capacity=24) for _ in range(2)]
+    for i, branch in enumerate(branches):
+        prefill(branch, 4 + i, 2 + i)
+    alone = KVCache(text, capacity=40, device="cuda", dtype=dtype)
+    prefill(alone, 30, 9)
+    return [*branches, alone]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@torch.no_grad()
+def test_captured_decode_replays_the_eager_step_and_matches_the_forward(dtype: torch.dtype) -> None:
+    """Three decode paths over equal caches: the eager forward (prefill kernels), the paged step run eagerly
+    (decode kernels), and that step captured once and replayed (model_runtime/decode.py)."""
+    from model_runtime.decode import DecodeGraph, decode_state
+
+    model = _decode_model(dtype)
+    forward, eager, graphed = (_decode_caches(model, dtype) for _ in range(3))
+    eager_state, graph_state = decode_state(eager, 8), decode_state(graphed, 8)
+    assert eager_state is not None and graph_state is not None and len(graph_state.groups) == 2
+    graph = DecodeGraph(model, graphed, graph_state)
+    tokens = torch.tensor([5, 6, 7], device="cuda")
+    tol = 1e-4 if dtype == torch.float32 else 3e-2
+    for _ in range(8):
+        positions = torch.tensor([c.length for c in forward], device="cuda").expand(3, -1)
+        embeds = model.model.embed_tokens(tokens)
+        want = model.model(embeds, positions, [Segment(1, c) for c in forward])
+        stepped = model.model.decode_step(embeds, positions, eager_state)
+        for cache in eager:
+            cache.length += 1
+        replayed = graph.step(tokens, positions).clone()
+        torch.testing.assert_close(replayed, stepped, atol=0, rtol=0)  # same kernels, same order
+        torch.testing.assert_close(stepped.float(), want.float(), atol=tol, rtol=tol)
+        tokens = model.logits(want).argmax(-1)
+    assert graph.graph is not None and [c.length for c in graphed] == [c.length for c in forward]
+
+
+def test_engine_decodes_through_captured_graphs(tiny_ckpt, video) -> None:
+    """Greedy answers with graphs equal those without, shared video prefix included."""
+    from model_runtime.decode import DecodeGraph
+    from model_runtime.processor import KeyeProcessor
+
+    model = _decode_model(torch.float32)
+    processor = KeyeProcessor.from_pretrained(tiny_ckpt)
+    requests = _requests(video)[:2]  # the two questions share the video prefix
+    plain = NativeEngine.from_model(model, processor, cuda_graphs=False).generate(requests)
+    engine = NativeEngine.from_model(model, processor)
+    graphed = engine.generate(requests)
+    for a, b in zip(plain, graphed, strict=True):
+        assert a.token_ids == b.token_ids and len(a.token_ids) == 12
+        torch.testing.assert_close(
+            torch.tensor(a.token_logprobs), torch.tensor(b.token_logprobs), atol=1e-3, rtol=1e-3
+        )
+    cache = KVCache(model.config.text, capacity=8, device="cuda", dtype=torch.float32)
+    assert isinstance(engine._decode_graph([cache], 4), DecodeGraph)

@@ -1,0 +1,113 @@
+"""Decode through device-side page tables (model_runtime/decode.py) == the eager cached forward; branches carved
+from a prefix's spare rows share its storage. The CUDA graph around the step is tested in test_cuda.py."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from model_runtime.config import KeyeConfig
+from model_runtime.decode import decode_state
+from model_runtime.model import KernelLoader, KVCache, Segment
+from model_runtime.vlm import KeyeVL, init_weights
+
+kernels = pytest.importorskip("kernels")
+
+
+@pytest.fixture(scope="module")
+def model() -> KeyeVL:
+    config = KeyeConfig.tiny()
+    config.text.sa.indexer_num_heads = 32  # no exact score ties at the top-k boundary (see test_model.py)
+    model = init_weights(KeyeVL(config), seed=0).eval()
+    # The decode kernels' plain-PyTorch twins: the same contract on the CPU.
+    twins = {
+        "indexer_decode_topk": kernels.indexer_decode_topk_ref,
+        "sparse_decode": kernels.sparse_decode_ref,
+        "indexer_topk": kernels.indexer_topk_ref,
+        "sparse_attention": kernels.sparse_attention_ref,
+        "fused_moe": kernels.fused_moe_ref,
+        "rms_norm": kernels.rms_norm_ref,
+    }
+    model.model.kernels = KernelLoader(SimpleNamespace(**twins))
+    return model
+
+
+def _prefill(model: KeyeVL, cache: KVCache, n: int, seed: int) -> None:
+    ids = torch.randint(0, 400, (n,), generator=torch.Generator().manual_seed(seed))
+    positions = torch.arange(cache.length, cache.length + n).expand(3, -1)
+    model.model(model.model.embed_tokens(ids), positions, [Segment(n, cache)])
+
+
+def _caches(model: KeyeVL) -> list[KVCache]:
+    """Two branches carved from one video prefix (one storage), then an unrelated sequence (its own)."""
+    text = model.config.text
+    prefix = KVCache(text, capacity=60, spare=2 * 16)
+    _prefill(model, prefix, 60, seed=1)  # past the tiny top-k (48): the indexer really selects
+    branches = [prefix.branch(extra_capacity=16) for _ in range(2)]
+    for i, branch in enumerate(branches):
+        _prefill(model, branch, 3 + i, seed=2 + i)
+    alone = KVCache(text, capacity=30)
+    _prefill(model, alone, 20, seed=9)  # below the top-k: every key selected
+    return [*branches, alone]
+
+
+@torch.no_grad()
+def test_decode_steps_equal_the_eager_forward(model: KeyeVL) -> None:
+    eager, paged = _caches(model), _caches(model)
+    state = decode_state(paged, steps=5)
+    assert state is not None
+    assert [(g.lo, g.hi) for g in state.groups] == [(0, 2), (2, 3)]  # the branches share one launch
+    tokens = torch.tensor([5, 6, 7])
+    for _ in range(5):
+        positions = torch.tensor([c.length for c in eager]).expand(3, -1)
+        embeds = model.model.embed_tokens(tokens)
+        want = model.model(embeds, positions, [Segment(1, c) for c in eager])
+        got = model.model.decode_step(embeds, positions, state)
+        for cache in paged:
+            cache.length += 1
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+        tokens = model.logits(want).argmax(-1)
+    for a, b in zip(eager, paged, strict=True):  # the keys landed where the eager forward put them
+        for layer in range(model.config.text.num_hidden_layers):
+            for x, y in zip(a.read(layer, a.length), b.read(layer, b.length), strict=True):
+                torch.testing.assert_close(x, y, atol=1e-6, rtol=1e-6)
+
+
+def test_branches_take_the_prefix_spare_rows() -> None:
+    text = KeyeConfig.tiny().text
+    prefix = KVCache(text, capacity=8, spare=10)
+    prefix.length = 8
+    first, second = prefix.branch(extra_capacity=4), prefix.branch(extra_capacity=4)
+    third = prefix.branch(extra_capacity=4)  # 2 spare rows left: its own storage
+    assert first.storage[0] is prefix.storage[0] is second.storage[0]
+    assert third.storage[0] is not prefix.storage[0]
+    np.testing.assert_array_equal(first.storage_rows(), [*range(8), 8, 9, 10, 11])
+    np.testing.assert_array_equal(second.storage_rows(), [*range(8), 12, 13, 14, 15])
+    assert third.storage_rows() is None  # its rows and its parent's live apart: no single page table
+    first.length = 9
+    grandchild = first.branch(
+        extra_capacity=2
+    )  # a carved branch has no spare rows: it never takes a sibling's
+    assert grandchild.storage[0] is not prefix.storage[0]
+    second.k[0, 0] = 1.0  # a branch writes only its own rows
+    assert prefix.storage[0][0, 12].eq(1.0).all() and prefix.k.eq(0).all() and first.k.eq(0).all()
+
+
+def test_a_branch_that_grows_moves_to_storage_of_its_own() -> None:
+    text = KeyeConfig.tiny().text
+    prefix = KVCache(text, capacity=4, spare=2)
+    prefix.length = 4
+    branch = prefix.branch(extra_capacity=2)
+    branch.k[0, :2] = 3.0
+    branch.length = 6
+    branch.reserve(1)
+    assert branch.storage[0] is not prefix.storage[0] and branch.k[0, :2].eq(3.0).all()
+    assert decode_state([branch], steps=1) is None
+
+
+def test_decode_state_refuses_e4m3_indexer_keys() -> None:
+    cache = KVCache(KeyeConfig.tiny().text, capacity=4, index_fp8=True)
+    assert decode_state([cache], steps=1) is None
