@@ -63,7 +63,9 @@ def run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, float
         model = build_model(device, args.size)
         model.model.set_impl(attn_impl=args.attn_impl, moe_impl=args.moe_impl)
         tokenizer = KeyeTokenizer.from_pretrained(init_checkpoint(work / "tiny", size="tiny", seed=0))
-        engine = NativeEngine.from_model(model, KeyeProcessor(tokenizer, model.config, {}))
+        engine = NativeEngine.from_model(
+            model, KeyeProcessor(tokenizer, model.config, {}), cuda_graphs=not args.no_cuda_graphs
+        )
         setup["build model s"] = time.perf_counter() - started
         started = time.perf_counter()
         ground_video(str(warm), QUERIES, engine, params=SamplingParams(), max_new_tokens=args.max_new_tokens)
@@ -106,7 +108,8 @@ def write_report(args: argparse.Namespace, rows: list[dict[str, Any]], setup: di
         "",
         f"- **Device**: `{gpu_line()}`, torch {torch.__version__}; {now}.",
         f"- **Command**: `python -m benchmarks.grounding_gpu --seconds {args.seconds:g} --attn-impl {args.attn_impl} "
-        f"--moe-impl {args.moe_impl} --max-new-tokens {args.max_new_tokens}`.",
+        f"--moe-impl {args.moe_impl} --max-new-tokens {args.max_new_tokens}"
+        f"{' --no-cuda-graphs' if args.no_cuda_graphs else ''}`.",
         "- **Model**: `KeyeConfig.full()` (31.1 B parameters) with random bf16 weights built on the GPU, in",
         "  `NativeEngine.from_model` (prefill in 4,096-token chunks into one KV cache per chunk, shared by the",
         f"  queries). `attn_impl={args.attn_impl}`, `moe_impl={args.moe_impl}`. Random weights: answers are noise,",
@@ -146,6 +149,7 @@ def main() -> None:
     parser.add_argument("--attn-impl", default="triton")
     parser.add_argument("--moe-impl", default="triton")
     parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument("--no-cuda-graphs", action="store_true", help="decode eagerly (for comparison)")
     parser.add_argument("--strategies", nargs="+", default=["chunked", "coarse_to_fine"])
     parser.add_argument("--out", default=None)
     run(parser.parse_args())

@@ -130,14 +130,22 @@ def _decode_caches(model: KeyeVL, dtype: torch.dtype) -> list[KVCache]:
     return [*branches, alone]
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(
+    ("dtype", "fp8_experts"), [(torch.float32, False), (torch.bfloat16, False), (torch.bfloat16, True)]
+)
 @torch.no_grad()
-def test_captured_decode_replays_the_eager_step_and_matches_the_forward(dtype: torch.dtype) -> None:
+def test_captured_decode_replays_the_eager_step_and_matches_the_forward(
+    dtype: torch.dtype, fp8_experts: bool
+) -> None:
     """Three decode paths over equal caches: the eager forward (prefill kernels), the paged step run eagerly
-    (decode kernels), and that step captured once and replayed (model_runtime/decode.py)."""
+    (decode kernels), and that step captured once and replayed (model_runtime/decode.py); with FP8 experts too."""
     from model_runtime.decode import DecodeGraph, decode_state
+    from model_runtime.model import Fp8Experts, quantize_experts
 
     model = _decode_model(dtype)
+    if fp8_experts:
+        quantize_experts(model)
+        assert isinstance(model.model.layers[0].mlp.experts, Fp8Experts)
     forward, eager, graphed = (_decode_caches(model, dtype) for _ in range(3))
     eager_state, graph_state = decode_state(eager, 8), decode_state(graphed, 8)
     assert eager_state is not None and graph_state is not None and len(graph_state.groups) == 2
@@ -153,7 +161,11 @@ def test_captured_decode_replays_the_eager_step_and_matches_the_forward(dtype: t
             cache.length += 1
         replayed = graph.step(tokens, positions).clone()
         torch.testing.assert_close(replayed, stepped, atol=0, rtol=0)  # same kernels, same order
-        torch.testing.assert_close(stepped.float(), want.float(), atol=tol, rtol=tol)
+        if not fp8_experts:
+            # (With FP8 experts, e4m3 rounding of the MoE input turns the two attention kernels' last-bit
+            # differences into whole e4m3 steps, which the next layer's routing and selection amplify: the
+            # paged step's equivalence to the forward is the 16- and 32-bit cases' to show.)
+            torch.testing.assert_close(stepped.float(), want.float(), atol=tol, rtol=tol)
         tokens = model.logits(want).argmax(-1)
     assert graph.graph is not None and [c.length for c in graphed] == [c.length for c in forward]
 
