@@ -177,8 +177,18 @@ TILE_KEYS = ("block_m", "block_n", "block_k", "num_warps", "num_stages")
 DOWN_TILE_KEYS = TILE_KEYS[1:]  # the down GEMM shares block_m: both kernels walk the same padded rows
 
 
-def default_tiles(dtype: torch.dtype) -> dict[str, int]:
-    """Tile configuration per dtype (the gate_up kernel stages A plus two B tiles per K step)."""
+# At or below this many tokens (decode batches) 16-bit inputs take DECODE_TILES for both GEMMs: with a few
+# tokens each expert's weights are streamed by few programs, so narrower tiles give more of them (H200, session 18:
+# 58.7 -> 44.2 us for one token, 160 -> 133 for 8, 238 -> 217 for 16; kernels/NOTES.md).
+DECODE_TOKENS = 16
+DECODE_TILES = {"block_m": 16, "block_n": 64, "block_k": 128, "num_warps": 4, "num_stages": 3}
+
+
+def default_tiles(dtype: torch.dtype, tokens: int | None = None) -> dict[str, int]:
+    """Tile configuration per dtype and, for decode-sized batches, token count (the gate_up kernel stages A plus
+    two B tiles per K step)."""
+    if dtype != torch.float32 and tokens is not None and tokens <= DECODE_TOKENS:
+        return dict(DECODE_TILES)
     if dtype == torch.float32:
         # 128x128x64 with 3 stages needs 256 KiB of shared memory in fp32 (the H200 has 227 KiB).
         return {"block_m": 64, "block_n": 64, "block_k": 32, "num_warps": 4, "num_stages": 3}
@@ -217,13 +227,14 @@ def fused_moe(
         topk_ids: int32/int64 [T, k] expert of each routing slot, in [0, E).
         topk_weights: [T, k] routing weights (any float dtype; used in fp32).
         block_m/n/k, num_warps, num_stages: tile configuration of both GEMMs; each left None
-            takes `default_tiles(x.dtype)` (16-bit: the best of the kernels/fused_moe/bench.py sweep
-            on an H200, 2026-11-29; fp32: smaller tiles that fit shared memory).
+            takes `default_tiles(x.dtype, T)` (16-bit: the best of the kernels/fused_moe/bench.py sweep
+            on an H200, 2026-11-29, and DECODE_TILES up to DECODE_TOKENS tokens; fp32: smaller tiles
+            that fit shared memory).
         down_tiles: block_n/block_k/num_warps/num_stages of the down GEMM where they should differ
             from the gate_up GEMM's (its N is D and its K is F, the other way round); block_m is
             shared, both kernels walk the same expert-padded rows. Left None with no gate_up tile
-            given either, it takes `default_down_tiles(x.dtype)`; with gate_up tiles given, the
-            down GEMM uses those.
+            given either, it takes `default_down_tiles(x.dtype)` (up to DECODE_TOKENS tokens the
+            gate_up tiles); with gate_up tiles given, the down GEMM uses those.
 
     Returns:
         [T, D] in x's dtype: sum_j topk_weights[t, j] * (SiLU(x gate) * (x up)) down for
@@ -231,9 +242,10 @@ def fused_moe(
         two GEMMs (as in the usual fused-MoE kernels); accumulation is fp32.
     """
     check_fused_moe_args(x, gate_up, down, topk_ids, topk_weights)
+    decode = x.shape[0] <= DECODE_TOKENS
     if down_tiles is None and all(v is None for v in (block_m, block_n, block_k, num_warps, num_stages)):
-        down_tiles = default_down_tiles(x.dtype)
-    tiles = default_tiles(x.dtype)
+        down_tiles = {} if decode else default_down_tiles(x.dtype)
+    tiles = default_tiles(x.dtype, x.shape[0])
     tiles = {
         "block_m": block_m or tiles["block_m"], "block_n": block_n or tiles["block_n"],
         "block_k": block_k or tiles["block_k"], "num_warps": num_warps or tiles["num_warps"],

@@ -5,14 +5,19 @@ from __future__ import annotations
 
 import torch
 
-SMALL_BATCH_ROWS = 64  # at or below this many rows, "auto" uses torch.topk
+COOPERATIVE_ROWS = 32  # at or below this many rows, "auto" uses "cooperative"
+SMALL_BATCH_ROWS = 64  # then, at or below this many, torch.topk
 
 
 def auto_topk_method(rows: int) -> str:
-    """Measured on the H200 (kernels/NOTES.md): for one row "cooperative" (many programs per row, one
-    launch) beats "split" and torch.topk; torch.topk beats our kernels on a few rows; "minmax" (one program
-    per row, pruned by group extremes) wins on long prefill chunks."""
-    return "cooperative" if rows == 1 else "torch" if rows <= SMALL_BATCH_ROWS else "minmax"
+    """Measured on the H200 (kernels/NOTES.md, session 18: decode rows of 16K and 128K keys): "cooperative"
+    (many programs per row, one launch) beats torch.topk up to 32 rows (5x at 8 rows of 16K, 1.8x of 128K; level
+    at 32 rows of 128K), and "split" everywhere; torch.topk is kept up to 64 rows, where it beat our kernels on
+    prefill chunks before (session 12); "minmax" (one program per row, pruned by group extremes) wins on long
+    prefill chunks."""
+    if rows <= COOPERATIVE_ROWS:
+        return "cooperative"
+    return "torch" if rows <= SMALL_BATCH_ROWS else "minmax"
 
 
 def torch_topk_rows(scores: torch.Tensor, topk: int, lengths: torch.Tensor, out: torch.Tensor) -> None:

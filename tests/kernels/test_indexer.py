@@ -64,7 +64,8 @@ TOPK_CASES = [
     pytest.param(70, 700, 4, 16, 24, torch.float32, 1, "minmax", id="T70-S770-K24-chunked-minmax"),
     pytest.param(90, 0, 3, 32, 40, torch.float32, BIG, "minmax", id="T90-K40-minmax-short-rows"),
     pytest.param(80, 500, 4, 16, 16, torch.float32, BIG, "auto", id="T80-S580-K16-prefill-auto-bound"),
-    pytest.param(3, 90, 4, 16, 32, torch.float32, BIG, "auto", id="T3-S93-K32-decode-auto-torch"),
+    pytest.param(3, 90, 4, 16, 32, torch.float32, BIG, "auto", id="T3-S93-K32-decode-auto-cooperative"),
+    pytest.param(40, 90, 4, 16, 32, torch.float32, BIG, "auto", id="T40-S130-K32-auto-torch"),
     pytest.param(1, 90, 4, 16, 32, torch.float32, BIG, "auto", id="T1-S91-K32-decode-auto-cooperative"),
     pytest.param(2, 2047, 2, 16, 2048, torch.float32, BIG, "auto", id="T2-S2049-K2048-border"),
     pytest.param(

@@ -30,7 +30,8 @@ def make_case(lengths: list[int], heads: int, dim: int, page: int, dtype: torch.
 CASES = [
     # (lengths, heads, dim, page, topk, dtype, top-k method)
     pytest.param([1], 2, 16, 16, 4, torch.float32, "auto", id="B1-L1-auto-cooperative"),
-    pytest.param([37, 1, 100, 24, 0], 3, 32, 16, 24, torch.float32, "auto", id="B5-K24-auto-torch"),
+    pytest.param([37, 1, 100, 24, 0], 3, 32, 16, 24, torch.float32, "auto", id="B5-K24-auto-cooperative"),
+    pytest.param([37, 1, 100] * 12, 3, 32, 16, 24, torch.float32, "auto", id="B36-K24-auto-torch"),
     pytest.param([300, 129, 70], 5, 32, 8, 40, torch.float16, "minmax", id="B3-K40-fp16-minmax"),
     pytest.param([200, 65], 4, 16, 32, 16, torch.float32, "compact", id="B2-K16-compact"),
     pytest.param(
