@@ -124,6 +124,7 @@ def build_model(device: torch.device, size: str, tp: int = 1) -> Any:
                 param.fill_(1.0)
             else:
                 param.normal_(0.0, 0.02)
+    model.model.fuse_input_projections()  # as the engine serves it
     if tp > 1:
         for module in model.modules():
             if isinstance(module, (Attention, SparseMoe)):

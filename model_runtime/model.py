@@ -290,6 +290,11 @@ class KeyeTextModel(nn.Module):
                 seg.cache.length += seg.length
         return ctx.norm(self.norm, h)
 
+    def fuse_input_projections(self) -> None:
+        """Every layer's `Attention.fuse_input_projections` (inference engines only: see there)."""
+        for layer in self.layers:
+            layer.self_attn.fuse_input_projections()
+
     def decode_step(self, embeds: Tensor, positions: Tensor, state: DecodeState) -> Tensor:
         """embeds [B, D], positions [3, B]: the next token of each sequence of `state`, whose keys go where
         its device-side rows say; the lengths and rows then advance on the device. No host-side cache state is
@@ -363,20 +368,59 @@ class Attention(nn.Module):
         self.topk = config.sa.topk if config.sa else None
         self.q_chunk = config.sa.q_chunk_size if config.sa else 512
         self.sa_indexer = Indexer(config) if config.sa else None
+        self.in_proj: Tensor | None
+        self.register_buffer("in_proj", None, persistent=False)  # set by `fuse_input_projections`
 
-    def project(self, x: Tensor, ctx: ForwardContext) -> tuple[Tensor, Tensor, Tensor]:
-        """x [N, D] → q [N, H, Dh], k [N, K, Dh], v [N, K, Dh] after QK-norm and mRoPE."""
+    def input_linears(self) -> list[nn.Linear]:
+        """The projections of the layer input: q, k, v, then the indexer's q (+ head weights) and k."""
+        linears = [self.q_proj, self.k_proj, self.v_proj]
+        if self.sa_indexer is not None:
+            linears += [self.sa_indexer.q_proj, self.sa_indexer.k_proj]
+        return linears
+
+    @torch.no_grad()
+    def fuse_input_projections(self) -> None:
+        """Serve the five projections of the layer input with one GEMM. At decode each was its own small,
+        latency-bound launch (H200, kernels/NOTES.md, session 18). The five weights become row views of the
+        fused one, so memory does not grow; safetensors will not save a module so fused (shared storage),
+        which is why only inference engines call this. Biased projections are left alone."""
+        linears = self.input_linears()
+        if self.in_proj is not None or any(lin.bias is not None for lin in linears):
+            return
+        fused = torch.cat([lin.weight for lin in linears])  # [ΣN, D]
+        row = 0
+        for lin in linears:
+            rows = lin.weight.shape[0]
+            lin.weight = nn.Parameter(fused[row : row + rows], requires_grad=False)
+            row += rows
+        self.in_proj = fused
+
+    def project_inputs(self, x: Tensor) -> list[Tensor]:
+        """`input_linears` applied to x [N, D]: one GEMM when fused (column slices of its output)."""
+        if self.in_proj is None:
+            return [lin(x) for lin in self.input_linears()]
+        return list(
+            F.linear(x, self.in_proj).split([lin.weight.shape[0] for lin in self.input_linears()], -1)
+        )
+
+    def project(
+        self, x: Tensor, ctx: ForwardContext, raw: Sequence[Tensor] | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """x [N, D] → q [N, H, Dh], k [N, K, Dh], v [N, K, Dh] after QK-norm and mRoPE (`raw`: the q, k, v
+        projections of x when already made)."""
         n = x.shape[0]
-        q = ctx.norm(self.q_norm, self.q_proj(x).view(n, self.n_heads, self.head_dim), ctx.rope)
-        k = ctx.norm(self.k_norm, self.k_proj(x).view(n, self.n_kv, self.head_dim), ctx.rope)
-        return q, k, self.v_proj(x).view(n, self.n_kv, self.head_dim)
+        q_raw, k_raw, v_raw = raw if raw is not None else self.project_inputs(x)[:3]
+        q = ctx.norm(self.q_norm, q_raw.view(n, self.n_heads, self.head_dim), ctx.rope)
+        k = ctx.norm(self.k_norm, k_raw.view(n, self.n_kv, self.head_dim), ctx.rope)
+        return q, k, v_raw.view(n, self.n_kv, self.head_dim)
 
     def forward(self, x: Tensor, ctx: ForwardContext) -> Tensor:
-        q, k, v = self.project(x, ctx)  # [N, H, Dh], [N, K, Dh], [N, K, Dh]
+        raw = self.project_inputs(x)
+        q, k, v = self.project(x, ctx, raw[:3])  # [N, H, Dh], [N, K, Dh], [N, K, Dh]
         iq = iw = ik = None
         if self.sa_indexer is not None:
             iq, iw, ik = self.sa_indexer(
-                x, ctx.index_rope, fp8=ctx.index_fp8, norm=ctx.norm
+                x, ctx.index_rope, fp8=ctx.index_fp8, norm=ctx.norm, projected=(raw[3], raw[4])
             )  # [N, I, Di], [N, I], [N, Di]
         if ctx.decode is not None:
             assert iq is not None and iw is not None and ik is not None  # decode_state requires the indexer
@@ -685,12 +729,21 @@ class Indexer(nn.Module):
         self.k_norm = nn.LayerNorm(self.head_dim, eps=1e-6)
 
     def forward(
-        self, x: Tensor, rope: tuple[Tensor, Tensor], *, fp8: bool = False, norm: NormRotary | None = None
+        self,
+        x: Tensor,
+        rope: tuple[Tensor, Tensor],
+        *,
+        fp8: bool = False,
+        norm: NormRotary | None = None,
+        projected: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """x [N, D] (the normed layer input) → q [N, I, Di], w [N, I] fp32, k [N, Di]. `norm` is the
-        forward's `ForwardContext.norm` (q's RMSNorm and rotary in one kernel where it can)."""
+        forward's `ForwardContext.norm` (q's RMSNorm and rotary in one kernel where it can); `projected` the
+        q_proj and k_proj outputs when the caller made them (`Attention.project_inputs`)."""
         n = x.shape[0]
-        qw = self.q_proj(x)  # [N, I·Di + I]
+        qw, k_lin = (
+            projected if projected is not None else (self.q_proj(x), self.k_proj(x))
+        )  # [N, I·Di + I], [N, Di]
         q_raw = qw[:, : self.n_heads * self.head_dim].view(n, self.n_heads, self.head_dim)
         if norm is not None:
             q = norm(self.q_norm, q_raw, rope)
@@ -698,7 +751,7 @@ class Indexer(nn.Module):
             q = norm_rotary(self.q_norm.weight, self.q_norm.eps, q_raw, rope)
         w = qw[:, self.n_heads * self.head_dim :].float() * self.head_dim**-0.5  # [N, I]
         k = F.layer_norm(
-            self.k_proj(x).float(),
+            k_lin.float(),
             (self.head_dim,),
             self.k_norm.weight.float(),
             self.k_norm.bias.float(),

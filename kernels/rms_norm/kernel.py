@@ -29,6 +29,7 @@ def _rms_norm_kernel(
     out_ptr,
     rows,
     heads,
+    stride_token,
     eps,
     HALF: tl.constexpr,  # half the row: the rotate-half partner of column j is j + HALF
     BLOCK_R: tl.constexpr,
@@ -38,9 +39,13 @@ def _rms_norm_kernel(
     row = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     col = tl.arange(0, BLOCK_H)
     ok = (row < rows)[:, None] & (col < HALF)[None, :]
-    offsets = row.to(tl.int64)[:, None] * (2 * HALF) + col[None, :]
-    first = tl.load(x_ptr + offsets, mask=ok, other=0.0).to(tl.float32)
-    second = tl.load(x_ptr + offsets + HALF, mask=ok, other=0.0).to(tl.float32)
+    offsets = row.to(tl.int64)[:, None] * (2 * HALF) + col[None, :]  # out: contiguous rows
+    # x: each token's [heads, 2 * HALF] block contiguous, tokens `stride_token` apart (a column slice of a
+    # fused projection's output reads in place)
+    token, head = (row // heads).to(tl.int64), (row % heads).to(tl.int64)
+    x_offsets = (token * stride_token + head * (2 * HALF))[:, None] + col[None, :]
+    first = tl.load(x_ptr + x_offsets, mask=ok, other=0.0).to(tl.float32)
+    second = tl.load(x_ptr + x_offsets + HALF, mask=ok, other=0.0).to(tl.float32)
     mean_square = (tl.sum(first * first, 1) + tl.sum(second * second, 1)) / (2 * HALF)
     inverse = tl.math.rsqrt(mean_square + eps)[:, None]
     x_type = x_ptr.dtype.element_ty
@@ -69,10 +74,11 @@ def rms_norm(
     check_rms_norm_args(x, weight, rope)
     if x.shape[-1] % 2:
         raise KernelInputError(f"x's last dim must be even, got {x.shape[-1]}")
-    x = x.contiguous()
     out = torch.empty(x.shape, dtype=torch.promote_types(weight.dtype, x.dtype), device=x.device)
     if x.numel() == 0:
         return out
+    if not x[0].is_contiguous():  # each token's block must be contiguous; tokens may lie apart
+        x = x.contiguous()
     half = x.shape[-1] // 2
     rows = x.numel() // (2 * half)
     block_h = triton.next_power_of_2(half)
@@ -81,7 +87,7 @@ def rms_norm(
         (rope[0].contiguous(), rope[1].contiguous()) if rope is not None else (weight, weight)
     )  # unused without rope
     _rms_norm_kernel[(triton.cdiv(rows, block_r),)](
-        x, weight.contiguous(), cos, sin, out, rows, rows // x.shape[0], float(eps),
+        x, weight.contiguous(), cos, sin, out, rows, rows // x.shape[0], x.stride(0), float(eps),
         HALF=half, BLOCK_R=block_r, BLOCK_H=block_h, ROTARY=rope is not None, num_warps=4,
     )  # fmt: skip
     return out

@@ -109,6 +109,7 @@ class NativeEngine:
         cuda_graphs: bool,
     ) -> None:
         self.model = model
+        model.model.fuse_input_projections()  # one GEMM for each layer input's five projections
         self.cuda_graphs = cuda_graphs
         self.device = model.lm_head.weight.device
         if score_tile_elements is not None:

@@ -70,6 +70,23 @@ def test_rms_norm_reads_strided_inputs_and_leaves_them_unchanged(device) -> None
     assert torch.equal(wide, before)
 
 
+def test_rms_norm_reads_columns_of_a_fused_projection_in_place(device) -> None:
+    """Tokens apart by a stride, each token's heads contiguous: the kernel reads the slice without a copy."""
+    generator = torch.Generator().manual_seed(5)
+    fused = torch.randn(7, 3 * 32 + 20, generator=generator).to(device)  # [tokens, q heads ‖ other columns]
+    weight = torch.rand(32, generator=generator).to(device)
+    rope = rope_tables(7, 32, device)
+    for x, tables in ((fused[:, 8 : 8 + 96].view(7, 3, 32), (rope, None)), (fused[:, 40:72], (None,))):
+        assert x[0].is_contiguous() and not x.is_contiguous()
+        for table in tables:
+            assert_close(
+                rms_norm(x, weight, 1e-5, table),
+                rms_norm_ref(x, weight, 1e-5, table),
+                rel_tol=1e-5,
+                what="slice",
+            )
+
+
 def test_rms_norm_of_nothing_is_empty(device) -> None:
     x = torch.empty(0, 4, 16, device=device)
     assert rms_norm(x, torch.ones(16, device=device), 1e-6).shape == (0, 4, 16)

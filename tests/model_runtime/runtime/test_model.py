@@ -452,3 +452,22 @@ def test_fused_norms_are_skipped_where_autograd_needs_the_eager_ones() -> None:
     assert calls == []
     torch.nn.functional.cross_entropy(logits[:-1], ids[1:]).backward()
     assert model.model.layers[0].self_attn.q_norm.weight.grad is not None
+
+
+@torch.no_grad()
+def test_fused_input_projections_keep_the_forward_and_the_checkpoint_names() -> None:
+    """One GEMM for q, k, v and the indexer's q and k (engines fuse them): the same logits, the five weights
+    become views of the fused one (no second copy), and state_dict still names every checkpoint tensor."""
+    model = init_weights(KeyeVL(KeyeConfig.tiny()), seed=0).eval()
+    ids, positions = _prompt()
+    names = set(model.state_dict())
+    before = model(ids, positions)
+    model.model.fuse_input_projections()
+    attn = model.model.layers[1].self_attn
+    assert attn.in_proj is not None
+    storage = attn.in_proj.untyped_storage().data_ptr()
+    assert all(lin.weight.untyped_storage().data_ptr() == storage for lin in attn.input_linears())
+    torch.testing.assert_close(model(ids, positions), before, atol=1e-5, rtol=1e-5)
+    assert set(model.state_dict()) == names
+    model.model.fuse_input_projections()  # a second call changes nothing
+    assert attn.in_proj.untyped_storage().data_ptr() == storage
