@@ -193,14 +193,14 @@ def decode_graphed(model: Any, caches: list[Any], steps: int, device: torch.devi
     runs them); the first step (eager, then the capture) is not timed. Returns seconds per step."""
     from model_runtime.decode import DecodeGraph, decode_state
 
-    state = decode_state(caches, steps + 1)
+    state = decode_state(caches, [steps + 1] * len(caches))
     assert state is not None
     graph = DecodeGraph(model, caches, state)
     tokens = torch.ones(len(caches), dtype=torch.long, device=device)
 
     def step(tokens: torch.Tensor) -> torch.Tensor:
-        positions = torch.tensor([c.length for c in caches], device=device).expand(3, -1)
-        return model.logits(graph.step(tokens, positions)).argmax(-1)
+        hidden = graph.step(caches, tokens.tolist(), [c.length for c in caches])
+        return model.logits(hidden).argmax(-1)
 
     tokens = step(tokens)
     sync(device)

@@ -33,6 +33,7 @@ class DecodeGroup:
     pages: Tensor  # int32 [n, C]: the storage row of each position
     lengths: Tensor  # int32 [n]: keys the new token sees, its own included
     rows: Tensor  # int64 [n]: the storage row its keys go to
+    active: Tensor  # int32 [n]: 1 while the sequence decodes; a finished one stays in place (0)
 
 
 @dataclass
@@ -40,22 +41,28 @@ class DecodeState:
     groups: list[DecodeGroup]
 
     def advance(self) -> None:
-        """Each sequence's next token sits one position (and, in its own contiguous rows, one row) further."""
+        """Each decoding sequence's next token sits one position (and, in its own contiguous rows, one row)
+        further; a finished one keeps rewriting its next row, which nothing reads."""
         for group in self.groups:
-            group.lengths.add_(1)
-            group.rows.add_(1)
+            group.lengths.add_(group.active)
+            group.rows.add_(group.active)
+
+    def set_active(self, flags: Sequence[bool]) -> None:
+        """Which batch rows still decode (outside a capture: a device write the next replay reads)."""
+        for group in self.groups:
+            group.active.copy_(torch.tensor(flags[group.lo : group.hi], dtype=torch.int32))
 
 
-def decode_state(caches: Sequence[KVCache], steps: int) -> DecodeState | None:
-    """Device-side tables for `steps` decode steps over `caches` (room is reserved first), or None where a
-    cache cannot be read this way: e4m3 indexer keys (the decode kernels read 16-bit keys), no indexer, or a
-    branch whose rows live in another storage than its parent's. Consecutive caches sharing a storage form
-    one group."""
+def decode_state(caches: Sequence[KVCache], steps: Sequence[int]) -> DecodeState | None:
+    """Device-side tables for decoding up to steps[i] tokens into caches[i] (room is reserved first), or None
+    where a cache cannot be read this way: e4m3 indexer keys (the decode kernels read 16-bit keys), no indexer,
+    or a branch whose rows live in another storage than its parent's. Consecutive caches sharing a storage
+    form one group."""
     runs: list[list[tuple[KVCache, np.ndarray]]] = []
-    for cache in caches:
+    for cache, n_steps in zip(caches, steps, strict=True):
         if cache.index_fp8 or cache.config.sa is None:
             return None
-        cache.reserve(steps)  # before reading rows: growing moves a cache to new storage
+        cache.reserve(max(n_steps, 1))  # before reading rows: growing moves a cache to new storage
         rows = cache.storage_rows()
         if rows is None:
             return None
@@ -79,6 +86,7 @@ def decode_state(caches: Sequence[KVCache], steps: int) -> DecodeState | None:
                 pages=torch.from_numpy(pages).to(device),
                 lengths=torch.tensor([c.length + 1 for c, _ in run], dtype=torch.int32, device=device),
                 rows=torch.tensor([int(rows[c.length]) for c, rows in run], dtype=torch.int64, device=device),
+                active=torch.ones(len(run), dtype=torch.int32, device=device),
             )
         )
         lo += len(run)
@@ -88,21 +96,34 @@ def decode_state(caches: Sequence[KVCache], steps: int) -> DecodeState | None:
 class DecodeGraph:
     """The decode step of one fixed batch of caches: the first step runs eagerly (it also compiles and warms
     everything up), is then captured, and every later step is one graph replay plus two small input copies.
-    A batch that changes (a sequence finishes) needs a new DecodeGraph."""
+    Sequences that finish stay in the batch, frozen (`DecodeState.set_active`), so answers of different
+    lengths never force a second capture."""
 
     def __init__(self, model: KeyeVL, caches: Sequence[KVCache], state: DecodeState):
         self.model, self.caches, self.state = model, list(caches), state
+        self.row = {id(cache): i for i, cache in enumerate(self.caches)}
+        self.flags = [True] * len(self.caches)
         device = caches[0].k.device
         self.tokens = torch.zeros(len(caches), dtype=torch.long, device=device)  # [B]
         self.positions = torch.zeros(3, len(caches), dtype=torch.long, device=device)  # [3, B]
         self.graph: torch.cuda.CUDAGraph | None = None
         self.hidden: Tensor | None = None  # [B, D], the graph's output
 
-    def step(self, tokens: Tensor, positions: Tensor) -> Tensor:
-        """tokens [B], positions [3, B] → hidden states [B, D] (valid until the next step); every cache
-        advances by one token."""
-        self.tokens.copy_(tokens)
-        self.positions.copy_(positions)
+    def step(self, caches: Sequence[KVCache], tokens: Sequence[int], positions: Sequence[int]) -> Tensor:
+        """The next token (and its mRoPE position) of each of `caches`, a subset of the batch that still
+        decodes → their hidden states [len(caches), D]; each of them advances by one token."""
+        rows = [self.row[id(cache)] for cache in caches]
+        flags = [False] * len(self.caches)
+        feed = np.zeros((2, len(self.caches)), dtype=np.int64)  # frozen rows: token 0 at position 0
+        for row, token, position in zip(rows, tokens, positions, strict=True):
+            flags[row] = True
+            feed[:, row] = token, position
+        if flags != self.flags:
+            self.state.set_active(flags)
+            self.flags = flags
+        feed_device = torch.from_numpy(feed).to(self.tokens.device)
+        self.tokens.copy_(feed_device[0])
+        self.positions.copy_(feed_device[1].expand(3, -1))
         if self.graph is None:
             # Warm-up on a side stream, as capture needs (torch.cuda.graphs docs); this is a real step.
             side = torch.cuda.Stream()
@@ -116,11 +137,11 @@ class DecodeGraph:
                 self.hidden = self._forward()
         else:
             self.graph.replay()
+            assert self.hidden is not None
             hidden = self.hidden
-        for cache in self.caches:
+        for cache in caches:
             cache.length += 1
-        assert hidden is not None
-        return hidden
+        return hidden[torch.tensor(rows, device=hidden.device)]
 
     def _forward(self) -> Tensor:
         text = self.model.model

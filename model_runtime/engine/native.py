@@ -111,6 +111,7 @@ class NativeEngine:
         self.model = model
         model.model.fuse_input_projections()  # one GEMM for each layer input's five projections
         self.cuda_graphs = cuda_graphs
+        self.decode_graphs = 0  # decode steps captured so far (one per wave of requests on CUDA)
         self.device = model.lm_head.weight.device
         if score_tile_elements is not None:
             self.model.model.score_tile_elements = score_tile_elements
@@ -284,12 +285,14 @@ class NativeEngine:
     # ---- decode ---------------------------------------------------------------------------------------
 
     def _decode(self, seqs: list[_Sequence]) -> None:
-        """Sample and append one token per unfinished sequence per step, all in one forward."""
+        """Sample and append one token per unfinished sequence per step, all in one forward (on CUDA one
+        replay of a step captured once for the wave)."""
         active = [s for s in seqs if s.request.max_new_tokens > 0]
-        graph: DecodeGraph | None = None
         for s in seqs:
             if s.request.max_new_tokens <= 0:
                 s.finish_reason = "length"
+        graph: DecodeGraph | None = None
+        first = True
         while active:
             logits = self.model.logits(torch.stack([s.last_hidden for s in active]))  # [B, V] fp32
             logprobs = torch.log_softmax(logits, dim=-1).cpu()  # [B, V]
@@ -301,26 +304,25 @@ class NativeEngine:
             active = still
             if not active:
                 break
-            tokens = torch.tensor([s.token_ids[-1] for s in active], device=self.device)
-            positions = torch.tensor(
-                [s.cache.length + s.inputs.rope_delta for s in active], device=self.device
-            ).expand(3, -1)  # [3, B]
-            caches = [s.cache for s in active]
-            if graph is None or graph.caches != caches:  # a new batch: capture its step again
+            if first:  # the wave's decode batch: capture its step once (sequences that finish stay frozen)
                 graph = self._decode_graph(
-                    caches, max(s.request.max_new_tokens - len(s.token_ids) for s in active)
+                    [s.cache for s in active], [s.request.max_new_tokens - len(s.token_ids) for s in active]
                 )
+                first = False
+            tokens = [s.token_ids[-1] for s in active]
+            positions = [s.cache.length + s.inputs.rope_delta for s in active]
             if graph is not None:
-                hidden = graph.step(tokens, positions)
+                hidden = graph.step([s.cache for s in active], tokens, positions)  # [B, D]
             else:
                 # Generated tokens are text even when they happen to be a placeholder id (a random model
                 # may write <|video_pad|>): plain embedding lookup, no visual scatter.
-                embeds = self.model.model.embed_tokens(tokens)  # [B, D]
-                hidden = self.model.model(embeds, positions, [Segment(1, c) for c in caches])  # [B, D]
+                embeds = self.model.model.embed_tokens(torch.tensor(tokens, device=self.device))  # [B, D]
+                position_rows = torch.tensor(positions, device=self.device).expand(3, -1)  # [3, B]
+                hidden = self.model.model(embeds, position_rows, [Segment(1, s.cache) for s in active])
             for s, h in zip(active, hidden, strict=True):
                 s.last_hidden = h
 
-    def _decode_graph(self, caches: list[KVCache], steps: int) -> DecodeGraph | None:
+    def _decode_graph(self, caches: list[KVCache], steps: list[int]) -> DecodeGraph | None:
         """A captured decode step for this batch where one can run (CUDA, the Triton kernels for attention and
         the MoE, no tensor parallelism, caches `decode_state` can read); None means the eager forward."""
         text = self.model.model
@@ -333,7 +335,10 @@ class NativeEngine:
         if text.kernels.get(self.device) is None or any(getattr(m, "tp_group", None) for m in text.modules()):
             return None
         state = decode_state(caches, steps)
-        return DecodeGraph(self.model, caches, state) if state is not None else None
+        if state is None:
+            return None
+        self.decode_graphs += 1
+        return DecodeGraph(self.model, caches, state)
 
     def _pick(self, seq: _Sequence, logits: Tensor) -> int:
         """Greedy at temperature 0, else temperature + top-k + top-p sampling with the request's seed."""

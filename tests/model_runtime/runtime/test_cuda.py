@@ -147,7 +147,7 @@ def test_captured_decode_replays_the_eager_step_and_matches_the_forward(
         quantize_experts(model)
         assert isinstance(model.model.layers[0].mlp.experts, Fp8Experts)
     forward, eager, graphed = (_decode_caches(model, dtype) for _ in range(3))
-    eager_state, graph_state = decode_state(eager, 8), decode_state(graphed, 8)
+    eager_state, graph_state = decode_state(eager, [8] * 3), decode_state(graphed, [8] * 3)
     assert eager_state is not None and graph_state is not None and len(graph_state.groups) == 2
     graph = DecodeGraph(model, graphed, graph_state)
     tokens = torch.tensor([5, 6, 7], device="cuda")
@@ -159,7 +159,7 @@ def test_captured_decode_replays_the_eager_step_and_matches_the_forward(
         stepped = model.model.decode_step(embeds, positions, eager_state)
         for cache in eager:
             cache.length += 1
-        replayed = graph.step(tokens, positions).clone()
+        replayed = graph.step(graphed, tokens.tolist(), positions[0].tolist())
         torch.testing.assert_close(replayed, stepped, atol=0, rtol=0)  # same kernels, same order
         if not fp8_experts:
             # (With FP8 experts, e4m3 rounding of the MoE input turns the two attention kernels' last-bit
@@ -171,20 +171,23 @@ def test_captured_decode_replays_the_eager_step_and_matches_the_forward(
 
 
 def test_engine_decodes_through_captured_graphs(tiny_ckpt, video) -> None:
-    """Greedy answers with graphs equal those without, shared video prefix included."""
+    """Greedy answers with graphs equal those without, shared video prefix included; answers of different
+    lengths share one capture (the finished one stays frozen in the batch)."""
     from model_runtime.decode import DecodeGraph
     from model_runtime.processor import KeyeProcessor
 
     model = _decode_model(torch.float32)
     processor = KeyeProcessor.from_pretrained(tiny_ckpt)
     requests = _requests(video)[:2]  # the two questions share the video prefix
+    requests[1].max_new_tokens = 5
     plain = NativeEngine.from_model(model, processor, cuda_graphs=False).generate(requests)
     engine = NativeEngine.from_model(model, processor)
     graphed = engine.generate(requests)
+    assert engine.decode_graphs == 1 and [len(c.token_ids) for c in graphed] == [12, 5]
     for a, b in zip(plain, graphed, strict=True):
-        assert a.token_ids == b.token_ids and len(a.token_ids) == 12
+        assert a.token_ids == b.token_ids
         torch.testing.assert_close(
             torch.tensor(a.token_logprobs), torch.tensor(b.token_logprobs), atol=1e-3, rtol=1e-3
         )
     cache = KVCache(model.config.text, capacity=8, device="cuda", dtype=torch.float32)
-    assert isinstance(engine._decode_graph([cache], 4), DecodeGraph)
+    assert isinstance(engine._decode_graph([cache], [4]), DecodeGraph)

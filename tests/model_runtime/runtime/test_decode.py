@@ -57,7 +57,7 @@ def _caches(model: KeyeVL) -> list[KVCache]:
 @torch.no_grad()
 def test_decode_steps_equal_the_eager_forward(model: KeyeVL) -> None:
     eager, paged = _caches(model), _caches(model)
-    state = decode_state(paged, steps=5)
+    state = decode_state(paged, steps=[5, 5, 5])
     assert state is not None
     assert [(g.lo, g.hi) for g in state.groups] == [(0, 2), (2, 3)]  # the branches share one launch
     tokens = torch.tensor([5, 6, 7])
@@ -71,6 +71,31 @@ def test_decode_steps_equal_the_eager_forward(model: KeyeVL) -> None:
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
         tokens = model.logits(want).argmax(-1)
     for a, b in zip(eager, paged, strict=True):  # the keys landed where the eager forward put them
+        for layer in range(model.config.text.num_hidden_layers):
+            for x, y in zip(a.read(layer, a.length), b.read(layer, b.length), strict=True):
+                torch.testing.assert_close(x, y, atol=1e-6, rtol=1e-6)
+
+
+@torch.no_grad()
+def test_a_finished_sequence_stays_frozen_while_the_others_decode(model: KeyeVL) -> None:
+    """A sequence marked inactive neither advances nor disturbs its keys or its neighbours' (the engine keeps
+    finished answers in the captured batch instead of capturing again)."""
+    eager, paged = _caches(model), _caches(model)
+    state = decode_state(paged, steps=[4, 2, 4])
+    assert state is not None
+    tokens = torch.tensor([5, 6, 7])
+    for step in range(4):
+        live = [0, 1, 2] if step < 2 else [0, 2]
+        state.set_active([i in live for i in range(3)])
+        embeds = model.model.embed_tokens(tokens)
+        positions = torch.tensor([c.length for c in paged]).expand(3, -1)
+        got = model.model.decode_step(embeds, positions, state)
+        want = model.model(embeds[live], positions[:, live], [Segment(1, eager[i]) for i in live])
+        for i in live:
+            paged[i].length += 1
+        torch.testing.assert_close(got[live], want, atol=1e-5, rtol=1e-5)
+    assert [c.length for c in paged] == [c.length for c in eager]
+    for a, b in zip(eager, paged, strict=True):
         for layer in range(model.config.text.num_hidden_layers):
             for x, y in zip(a.read(layer, a.length), b.read(layer, b.length), strict=True):
                 torch.testing.assert_close(x, y, atol=1e-6, rtol=1e-6)
@@ -105,9 +130,9 @@ def test_a_branch_that_grows_moves_to_storage_of_its_own() -> None:
     branch.length = 6
     branch.reserve(1)
     assert branch.storage[0] is not prefix.storage[0] and branch.k[0, :2].eq(3.0).all()
-    assert decode_state([branch], steps=1) is None
+    assert decode_state([branch], steps=[1]) is None
 
 
 def test_decode_state_refuses_e4m3_indexer_keys() -> None:
     cache = KVCache(KeyeConfig.tiny().text, capacity=4, index_fp8=True)
-    assert decode_state([cache], steps=1) is None
+    assert decode_state([cache], steps=[1]) is None
