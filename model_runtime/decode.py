@@ -29,7 +29,10 @@ class DecodeGroup:
 
     lo: int
     hi: int
-    storage: tuple[Tensor, Tensor, Tensor]  # keys, values [L, R, K, Dh], indexer keys [L, R, Di]
+    storage: tuple[
+        Tensor, Tensor, Tensor, Tensor | None
+    ]  # keys, values [L, R, K, Dh], indexer keys [L, R, Di]
+    # (e4m3 with their scales [L, R] under index_fp8, else 16-bit and None)
     pages: Tensor  # int32 [n, C]: the storage row of each position
     lengths: Tensor  # int32 [n]: keys the new token sees, its own included
     rows: Tensor  # int64 [n]: the storage row its keys go to
@@ -55,12 +58,11 @@ class DecodeState:
 
 def decode_state(caches: Sequence[KVCache], steps: Sequence[int]) -> DecodeState | None:
     """Device-side tables for decoding up to steps[i] tokens into caches[i] (room is reserved first), or None
-    where a cache cannot be read this way: e4m3 indexer keys (the decode kernels read 16-bit keys), no indexer,
-    or a branch whose rows live in another storage than its parent's. Consecutive caches sharing a storage
-    form one group."""
+    where a cache cannot be read this way: no indexer, or a branch whose rows live in another storage than its
+    parent's. Consecutive caches sharing a storage form one group."""
     runs: list[list[tuple[KVCache, np.ndarray]]] = []
     for cache, n_steps in zip(caches, steps, strict=True):
-        if cache.index_fp8 or cache.config.sa is None:
+        if cache.config.sa is None:
             return None
         cache.reserve(max(n_steps, 1))  # before reading rows: growing moves a cache to new storage
         rows = cache.storage_rows()
@@ -77,12 +79,11 @@ def decode_state(caches: Sequence[KVCache], steps: Sequence[int]) -> DecodeState
         pages = np.zeros((len(run), width), dtype=np.int32)
         for i, (_, rows) in enumerate(run):
             pages[i, : len(rows)] = rows
-        k, v, index_k, _ = run[0][0].storage
         groups.append(
             DecodeGroup(
                 lo=lo,
                 hi=lo + len(run),
-                storage=(k, v, index_k),
+                storage=run[0][0].storage,
                 pages=torch.from_numpy(pages).to(device),
                 lengths=torch.tensor([c.length + 1 for c, _ in run], dtype=torch.int32, device=device),
                 rows=torch.tensor([int(rows[c.length]) for c, rows in run], dtype=torch.int64, device=device),

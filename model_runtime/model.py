@@ -471,15 +471,22 @@ class Attention(nn.Module):
         kern = kernels.get(q.device)
         out = torch.empty_like(q)
         for g in state.groups:
-            keys, values, index_keys = (
-                t[self.layer_idx] for t in g.storage
-            )  # [R, K, Dh], [R, K, Dh], [R, Di]
-            keys.index_copy_(0, g.rows, k[g.lo : g.hi])
+            layer = self.layer_idx
+            keys, values, index_keys = g.storage[0][layer], g.storage[1][layer], g.storage[2][layer]
+            scales = g.storage[3][layer] if g.storage[3] is not None else None  # [R] with e4m3 indexer keys
+            keys.index_copy_(0, g.rows, k[g.lo : g.hi])  # [R, K, Dh]
             values.index_copy_(0, g.rows, v[g.lo : g.hi])
-            index_keys.index_copy_(0, g.rows, ik[g.lo : g.hi])
+            if scales is None:
+                index_keys.index_copy_(0, g.rows, ik[g.lo : g.hi])  # [R, Di]
+            else:  # as `KVCache.write` stores them: e4m3 + one scale each, exactly
+                index_e4m3, index_scale = split_fp8(ik[g.lo : g.hi])
+                # as bytes: index_copy_ has no e4m3 kernel
+                index_keys.view(torch.uint8).index_copy_(0, g.rows, index_e4m3.view(torch.uint8))
+                scales.index_copy_(0, g.rows, index_scale)
             selected = kern.indexer_decode_topk(
-                iq[g.lo : g.hi], iw[g.lo : g.hi], index_keys[:, None], g.pages, g.lengths, self.topk
-            )  # [n, topk]
+                iq[g.lo : g.hi], iw[g.lo : g.hi], index_keys[:, None], g.pages, g.lengths, self.topk,
+                k_scale=scales[:, None] if scales is not None else None,
+            )  # fmt: skip
             out[g.lo : g.hi] = kern.sparse_decode(
                 q[g.lo : g.hi], keys[:, None], values[:, None], g.pages, selected, self.head_dim**-0.5
             )

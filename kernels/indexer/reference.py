@@ -64,10 +64,21 @@ def indexer_topk_ref(
 
 
 def indexer_decode_scores_ref(
-    q: torch.Tensor, w: torch.Tensor, k_cache: torch.Tensor, page_table: torch.Tensor, lengths: torch.Tensor
+    q: torch.Tensor,
+    w: torch.Tensor,
+    k_cache: torch.Tensor,
+    page_table: torch.Tensor,
+    lengths: torch.Tensor,
+    *,
+    k_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """fp32 [B, capacity] scores of `indexer_decode_scores`, one sequence at a time: gather positions
-    0 .. L-1 through the page table and score the new query at position L - 1; -inf from L on."""
+    0 .. L-1 through the page table and score the new query at position L - 1; -inf from L on. e4m3 keys
+    (with `k_scale`) are read back exactly in fp32 first."""
+    if k_scale is not None:
+        k_cache = (k_cache.float() * k_scale[..., None]).to(
+            q.dtype
+        )  # exact: 4 significant bits, a power of 2
     page_size = k_cache.shape[1]
     capacity = page_table.shape[1] * page_size
     scores = torch.full((q.shape[0], capacity), float("-inf"), dtype=torch.float32, device=q.device)
@@ -86,10 +97,12 @@ def indexer_decode_topk_ref(
     page_table: torch.Tensor,
     lengths: torch.Tensor,
     topk: int,
+    *,
+    k_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """int32 [B, topk]: `indexer_decode_topk`'s selection from the reference scores, padded with -1."""
     capacity = page_table.shape[1] * k_cache.shape[1]
-    scores = indexer_decode_scores_ref(q, w, k_cache, page_table, lengths)
+    scores = indexer_decode_scores_ref(q, w, k_cache, page_table, lengths, k_scale=k_scale)
     return select_topk_ref(scores, topk, lengths.to(torch.int32).clamp(0, capacity))
 
 

@@ -68,6 +68,32 @@ def test_indexer_decode_scores_match_reference(device: str) -> None:
     assert_close(out[~future], ref[~future], rel_tol=TOL[torch.float32], what="indexer_decode_scores")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, pytest.param(torch.bfloat16, marks=GPU)])
+def test_e4m3_keys_score_as_the_values_they_hold(dtype: torch.dtype, device: str) -> None:
+    """Keys cached as e4m3 + a power-of-two scale each (the runtime's `index_fp8` cache) give the scores and
+    the selection of their exact values (key = e4m3 value x scale)."""
+    q, w, k_cache, table, lens = (t.to(device) for t in make_case([90, 3, 200], 3, 32, 16, dtype, seed=6))
+    k8 = k_cache.to(torch.float8_e4m3fn)
+    scale = 2.0 ** torch.randint(-4, 4, k8.shape[:2], generator=torch.Generator().manual_seed(1)).float()
+    scale = scale.to(device)
+    values = (k8.float() * scale[..., None]).to(dtype)
+    out = indexer_decode_scores(q, w, k8, table, lens, k_scale=scale)
+    ref = indexer_decode_scores_ref(q, w, values, table, lens)
+    future = torch.isinf(ref)
+    assert torch.equal(torch.isneginf(out), future)
+    assert_close(out[~future], ref[~future], rel_tol=TOL[dtype], what="e4m3 keys")
+    torch.testing.assert_close(indexer_decode_scores_ref(q, w, k8, table, lens, k_scale=scale), ref)
+    picked = indexer_decode_topk(q, w, k8, table, lens, 24, k_scale=scale)
+    expected = indexer_decode_topk_ref(q, w, values, table, lens, 24)
+    assert_same_selection(picked, expected, ref, lens, score_tol=TOL[dtype], what="e4m3 top-k")
+    with pytest.raises(KernelInputError, match="k_scale must be"):
+        indexer_decode_topk(q, w, k8, table, lens, 24, k_scale=scale[:, :1])
+    with pytest.raises(KernelInputError, match="must match q dtype"):
+        indexer_decode_topk(q, w, k8, table, lens, 24)
+    with pytest.raises(KernelInputError, match="must be e4m3"):
+        indexer_decode_topk(q, w, k_cache, table, lens, 24, k_scale=scale)
+
+
 def test_lengths_past_the_page_table_are_clamped(device: str) -> None:
     """A length beyond the table's capacity reads no page it does not have: it sees the whole table."""
     q, w, k_cache, table, _ = (t.to(device) for t in make_case([40, 40], 2, 16, 16, torch.float32, seed=2))

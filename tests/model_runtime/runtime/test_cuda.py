@@ -120,22 +120,29 @@ def _decode_caches(model: KeyeVL, dtype: torch.dtype) -> list[KVCache]:
         pos = torch.arange(cache.length, cache.length + n, device="cuda").expand(3, -1)
         model.model(model.model.embed_tokens(ids), pos, [Segment(n, cache)])
 
-    prefix = KVCache(text, capacity=90, device="cuda", dtype=dtype, spare=2 * 24)
+    fp8 = model.model.index_fp8
+    prefix = KVCache(text, capacity=90, device="cuda", dtype=dtype, spare=2 * 24, index_fp8=fp8)
     prefill(prefix, 90, 1)
     branches = [prefix.branch(extra_capacity=24) for _ in range(2)]
     for i, branch in enumerate(branches):
         prefill(branch, 4 + i, 2 + i)
-    alone = KVCache(text, capacity=40, device="cuda", dtype=dtype)
+    alone = KVCache(text, capacity=40, device="cuda", dtype=dtype, index_fp8=fp8)
     prefill(alone, 30, 9)
     return [*branches, alone]
 
 
 @pytest.mark.parametrize(
-    ("dtype", "fp8_experts"), [(torch.float32, False), (torch.bfloat16, False), (torch.bfloat16, True)]
+    ("dtype", "fp8_experts", "index_fp8"),
+    [
+        (torch.float32, False, False),
+        (torch.bfloat16, False, False),
+        (torch.bfloat16, True, False),
+        (torch.bfloat16, False, True),
+    ],
 )
 @torch.no_grad()
 def test_captured_decode_replays_the_eager_step_and_matches_the_forward(
-    dtype: torch.dtype, fp8_experts: bool
+    dtype: torch.dtype, fp8_experts: bool, index_fp8: bool
 ) -> None:
     """Three decode paths over equal caches: the eager forward (prefill kernels), the paged step run eagerly
     (decode kernels), and that step captured once and replayed (model_runtime/decode.py); with FP8 experts too."""
@@ -143,6 +150,7 @@ def test_captured_decode_replays_the_eager_step_and_matches_the_forward(
     from model_runtime.model import Fp8Experts, quantize_experts
 
     model = _decode_model(dtype)
+    model.model.set_impl(index_fp8=index_fp8)  # e4m3 indexer keys in the caches too (`_decode_caches`)
     if fp8_experts:
         quantize_experts(model)
         assert isinstance(model.model.layers[0].mlp.experts, Fp8Experts)

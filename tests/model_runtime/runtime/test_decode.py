@@ -41,22 +41,31 @@ def _prefill(model: KeyeVL, cache: KVCache, n: int, seed: int) -> None:
     model.model(model.model.embed_tokens(ids), positions, [Segment(n, cache)])
 
 
-def _caches(model: KeyeVL) -> list[KVCache]:
+def _caches(model: KeyeVL, index_fp8: bool = False) -> list[KVCache]:
     """Two branches carved from one video prefix (one storage), then an unrelated sequence (its own)."""
     text = model.config.text
-    prefix = KVCache(text, capacity=60, spare=2 * 16)
+    prefix = KVCache(text, capacity=60, spare=2 * 16, index_fp8=index_fp8)
     _prefill(model, prefix, 60, seed=1)  # past the tiny top-k (48): the indexer really selects
     branches = [prefix.branch(extra_capacity=16) for _ in range(2)]
     for i, branch in enumerate(branches):
         _prefill(model, branch, 3 + i, seed=2 + i)
-    alone = KVCache(text, capacity=30)
+    alone = KVCache(text, capacity=30, index_fp8=index_fp8)
     _prefill(model, alone, 20, seed=9)  # below the top-k: every key selected
     return [*branches, alone]
 
 
+@pytest.fixture
+def index_fp8(model: KeyeVL, request: pytest.FixtureRequest):
+    """The model's indexer arithmetic for one test (e4m3-rounded q and k, keys cached as e4m3 + scale)."""
+    model.model.set_impl(index_fp8=request.param)
+    yield request.param
+    model.model.set_impl(index_fp8=False)
+
+
+@pytest.mark.parametrize("index_fp8", [False, True], indirect=True, ids=["bf16-keys", "e4m3-keys"])
 @torch.no_grad()
-def test_decode_steps_equal_the_eager_forward(model: KeyeVL) -> None:
-    eager, paged = _caches(model), _caches(model)
+def test_decode_steps_equal_the_eager_forward(model: KeyeVL, index_fp8: bool) -> None:
+    eager, paged = _caches(model, index_fp8), _caches(model, index_fp8)
     state = decode_state(paged, steps=[5, 5, 5])
     assert state is not None
     assert [(g.lo, g.hi) for g in state.groups] == [(0, 2), (2, 3)]  # the branches share one launch
@@ -131,8 +140,3 @@ def test_a_branch_that_grows_moves_to_storage_of_its_own() -> None:
     branch.reserve(1)
     assert branch.storage[0] is not prefix.storage[0] and branch.k[0, :2].eq(3.0).all()
     assert decode_state([branch], steps=[1]) is None
-
-
-def test_decode_state_refuses_e4m3_indexer_keys() -> None:
-    cache = KVCache(KeyeConfig.tiny().text, capacity=4, index_fp8=True)
-    assert decode_state([cache], steps=[1]) is None
