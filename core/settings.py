@@ -62,6 +62,7 @@ class Settings(BaseSettings):
     engine_index_fp8: bool = False
     engine_tp: int = Field(default=1, ge=1, le=8)  # tensor parallelism: processes (GPUs) per engine
     engine_max_batch: int = Field(default=8, ge=1)
+    engine_cuda_graphs: bool = True  # native engine on CUDA: decode steps replayed from a captured graph
     engine_base_url: str | None = None  # openai engine
     engine_model: str | None = None  # openai engine
     engine_api_key: SecretStr | None = None  # openai engine

@@ -150,6 +150,7 @@ class TensorParallelEngine:
         quantize: str | None = None,
         index_fp8: bool = False,
         max_batch: int = 8,
+        cuda_graphs: bool = True,  # accepted for a uniform interface: tensor-parallel ranks decode eagerly
         port: int | None = None,
     ):
         if tp < 2:

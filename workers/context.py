@@ -50,6 +50,7 @@ def engine_options(settings: Settings) -> tuple[str, dict[str, Any]]:
             "index_fp8": settings.engine_index_fp8,
             "tp": settings.engine_tp,
             "max_batch": settings.engine_max_batch,
+            "cuda_graphs": settings.engine_cuda_graphs,
         }
     if kind == "openai":
         if not settings.engine_base_url or not settings.engine_model:

@@ -19,7 +19,8 @@ __all__ = ["ENGINE_KINDS", "Completion", "Engine", "GenerationRequest", "VideoIn
 def load_engine(kind: str, **options: Any) -> Engine:
     """An engine of `kind`, built with the kind's own keyword arguments.
 
-    - native: `checkpoint`, `device`, `dtype`, `attn_impl`, `moe_impl`, `quantize`, `index_fp8`, `max_batch` (NativeEngine),
+    - native: `checkpoint`, `device`, `dtype`, `attn_impl`, `moe_impl`, `quantize`, `index_fp8`, `max_batch`,
+      `cuda_graphs` (NativeEngine),
       and `tp`: above 1, `model_runtime.parallel.TensorParallelEngine` over that many processes/GPUs
     - openai: `base_url`, `model`, `api_key`, `timeout_s`, `max_retries`, `max_concurrency` (OpenAIEngine)
     - sglang: `model_path` plus any `sglang.Engine` option (SGLangEngine; needs the Keye fork)

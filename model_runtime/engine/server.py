@@ -518,6 +518,7 @@ def create_app(
     quantize: str | None = None,
     index_fp8: bool = False,
     tp: int = 1,
+    cuda_graphs: bool = True,
     video_decoder: VideoDecoder | None = None,
     allow_local_files: bool = True,
     max_batch: int = 8,
@@ -527,7 +528,7 @@ def create_app(
     """The FastAPI app serving `/v1/chat/completions`, `/v1/models` and `/healthz`.
 
     Pass an `Engine` (any kind) or a checkpoint folder, which is loaded into a `NativeEngine` on
-    `device` with `attn_impl`, `moe_impl`, `quantize`, `index_fp8` and `tp` (and closed with the app). `model_name` defaults to the checkpoint
+    `device` with `attn_impl`, `moe_impl`, `quantize`, `index_fp8`, `tp` and `cuda_graphs` (and closed with the app). `model_name` defaults to the checkpoint
     folder's name (or the engine's). Requests arriving within `batch_window_s` of each other run as
     one batch of at most `max_batch`; the last `video_cache_entries` decoded videos are kept.
     """
@@ -536,7 +537,7 @@ def create_app(
 
         engine: Engine = load_engine(
             "native", checkpoint=engine_or_checkpoint, device=device, attn_impl=attn_impl, moe_impl=moe_impl,
-            quantize=quantize, index_fp8=index_fp8, tp=tp,
+            quantize=quantize, index_fp8=index_fp8, tp=tp, cuda_graphs=cuda_graphs,
         )  # fmt: skip
         served_name = model_name or Path(engine_or_checkpoint).resolve().name
         owns_engine = True

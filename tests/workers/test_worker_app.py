@@ -53,6 +53,11 @@ def test_engine_settings_are_checked() -> None:
         )
     )
     assert kind == "native" and options["index_fp8"] is True and options["attn_impl"] == "triton"
+    assert options["cuda_graphs"] is True  # the default; TIMEMARK_ENGINE_CUDA_GRAPHS=false turns it off
+    _, options = engine_options(
+        Settings(secret_key="x" * 32, engine_checkpoint="/ckpt", engine_cuda_graphs=False)
+    )
+    assert options["cuda_graphs"] is False
 
 
 def test_engine_is_loaded_once_per_process(worker_settings: Any) -> None:

@@ -26,6 +26,9 @@ def serve_model(
         False, "--index-fp8", help="Score keys as the official server does (Hadamard + e4m3 indexer)."
     ),
     tp: int = typer.Option(1, "--tp", min=1, help="Tensor parallelism: one process per GPU (cuda:0…)."),
+    cuda_graphs: bool = typer.Option(
+        True, "--cuda-graphs/--no-cuda-graphs", help="On CUDA, replay each decode step from a captured graph."
+    ),
     model_name: str | None = typer.Option(
         None, "--model-name", help="Served model id (default: folder name)."
     ),
@@ -79,6 +82,7 @@ def serve_model(
         quantize="fp8" if fp8 else None,
         index_fp8=index_fp8,
         tp=tp,
+        cuda_graphs=cuda_graphs,
         allow_local_files=not no_local_files,
         max_batch=max_batch,
         batch_window_s=batch_window_ms / 1000,

@@ -21,7 +21,7 @@ def _start_server(checkpoint: Path) -> tuple[subprocess.Popen[str], str]:
         command = [
             sys.executable, "-c", "from timemark.cli import main; main()", "serve-model",
             "--checkpoint", str(checkpoint), "--port", str(port), "--model-name", "cli-tiny", "--max-batch", "2",
-            "--index-fp8",
+            "--index-fp8", "--no-cuda-graphs",
         ]  # fmt: skip
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         base = f"http://127.0.0.1:{port}"
