@@ -29,10 +29,9 @@ class DecodeGroup:
 
     lo: int
     hi: int
-    storage: tuple[
-        Tensor, Tensor, Tensor, Tensor | None
-    ]  # keys, values [L, R, K, Dh], indexer keys [L, R, Di]
-    # (e4m3 with their scales [L, R] under index_fp8, else 16-bit and None)
+    # keys, values [L, R, K, Dh], indexer keys [L, R, Di] (e4m3 with their scales [L, R] under index_fp8, else
+    # 16-bit and None): `KVCache.storage`
+    storage: tuple[Tensor, Tensor, Tensor, Tensor | None]
     pages: Tensor  # int32 [n, C]: the storage row of each position
     lengths: Tensor  # int32 [n]: keys the new token sees, its own included
     rows: Tensor  # int64 [n]: the storage row its keys go to
@@ -64,7 +63,9 @@ def decode_state(caches: Sequence[KVCache], steps: Sequence[int]) -> DecodeState
     for cache, n_steps in zip(caches, steps, strict=True):
         if cache.config.sa is None:
             return None
-        cache.reserve(max(n_steps, 1))  # before reading rows: growing moves a cache to new storage
+        # Room for its steps and one row more, which a finished sequence keeps rewriting; reserved before the rows
+        # are read: growing moves a cache to new storage.
+        cache.reserve(max(n_steps, 0) + 1)
         rows = cache.storage_rows()
         if rows is None:
             return None

@@ -147,7 +147,6 @@ class NativeEngine:
         inputs = [i for _, i in items]
         for request, encoded in items:
             self._check(request, encoded)
-        # Shared prefixes live until the last request that uses them has started.
         # Shared prefixes live until the last request that uses them has started; their storage has room for
         # every branch's own tokens, so one decode launch reads a prefix and all its branches.
         uses: dict[tuple, int] = {}
