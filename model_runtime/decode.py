@@ -12,6 +12,7 @@ Legend: B = sequences in the batch, C = positions a page table covers, R = rows 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -99,7 +100,8 @@ class DecodeGraph:
     """The decode step of one fixed batch of caches: the first step runs eagerly (it also compiles and warms
     everything up), is then captured, and every later step is one graph replay plus two small input copies.
     Sequences that finish stay in the batch, frozen (`DecodeState.set_active`), so answers of different
-    lengths never force a second capture."""
+    lengths never force a second capture. A step that cannot be captured (an operation inside it that waits for
+    the host) warns once, and every later step runs eagerly (`failed`)."""
 
     def __init__(self, model: KeyeVL, caches: Sequence[KVCache], state: DecodeState):
         self.model, self.caches, self.state = model, list(caches), state
@@ -110,6 +112,7 @@ class DecodeGraph:
         self.positions = torch.zeros(3, len(caches), dtype=torch.long, device=device)  # [3, B]
         self.graph: torch.cuda.CUDAGraph | None = None
         self.hidden: Tensor | None = None  # [B, D], the graph's output
+        self.failed = False
 
     def step(self, caches: Sequence[KVCache], tokens: Sequence[int], positions: Sequence[int]) -> Tensor:
         """The next token (and its mRoPE position) of each of `caches`, a subset of the batch that still
@@ -126,7 +129,13 @@ class DecodeGraph:
         feed_device = torch.from_numpy(feed).to(self.tokens.device)
         self.tokens.copy_(feed_device[0])
         self.positions.copy_(feed_device[1].expand(3, -1))
-        if self.graph is None:
+        if self.graph is not None:
+            self.graph.replay()
+            assert self.hidden is not None
+            hidden = self.hidden
+        elif self.failed:
+            hidden = self._forward()
+        else:
             # Warm-up on a side stream, as capture needs (torch.cuda.graphs docs); this is a real step.
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
@@ -134,13 +143,14 @@ class DecodeGraph:
                 hidden = self._forward()
             torch.cuda.current_stream().wait_stream(side)
             hidden.record_stream(torch.cuda.current_stream())
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
-                self.hidden = self._forward()
-        else:
-            self.graph.replay()
-            assert self.hidden is not None
-            hidden = self.hidden
+            graph = torch.cuda.CUDAGraph()
+            try:
+                with torch.cuda.graph(graph):
+                    self.hidden = self._forward()
+                self.graph = graph
+            except RuntimeError as exc:  # the warm-up above was a real step: its result stands
+                warnings.warn(f"decode step not captured, decoding eagerly: {exc}", stacklevel=2)
+                self.failed = True
         for cache in caches:
             cache.length += 1
         return hidden[torch.tensor(rows, device=hidden.device)]

@@ -201,3 +201,45 @@ def test_engine_decodes_through_captured_graphs(tiny_ckpt, video) -> None:
         )
     cache = KVCache(model.config.text, capacity=8, device="cuda", dtype=torch.float32)
     assert isinstance(engine._decode_graph([cache], [4]), DecodeGraph)
+
+
+@torch.no_grad()
+def test_a_step_that_cannot_be_captured_decodes_eagerly() -> None:
+    """The reference MoE loops over experts on the host beyond 64 (token, expert) pairs, which a capture
+    refuses: the graph warns once and every step still gives the paged step's answer."""
+    from model_runtime.decode import DecodeGraph, decode_state
+
+    model = _decode_model(torch.float32)
+    model.model.set_impl(moe_impl="reference")
+    text, batch = model.config.text, 33  # 66 pairs with the tiny top-2 routing
+
+    def caches() -> list[KVCache]:
+        out = []
+        for i in range(batch):
+            cache = KVCache(text, capacity=16, device="cuda", dtype=torch.float32)
+            ids = torch.randint(0, 400, (6,), generator=torch.Generator().manual_seed(i)).cuda()
+            model.model(
+                model.model.embed_tokens(ids),
+                torch.arange(6, device="cuda").expand(3, -1),
+                [Segment(6, cache)],
+            )
+            out.append(cache)
+        return out
+
+    graphed, eager = caches(), caches()
+    graph = DecodeGraph(model, graphed, decode_state(graphed, [3] * batch))
+    eager_state = decode_state(eager, [3] * batch)
+    tokens = torch.arange(batch, device="cuda")
+    for step in range(3):
+        positions = torch.tensor([c.length for c in eager], device="cuda").expand(3, -1)
+        if step == 0:
+            with pytest.warns(UserWarning, match="not captured"):
+                got = graph.step(graphed, tokens.tolist(), positions[0].tolist())
+        else:
+            got = graph.step(graphed, tokens.tolist(), positions[0].tolist())
+        want = model.model.decode_step(model.model.embed_tokens(tokens), positions, eager_state)
+        for cache in eager:
+            cache.length += 1
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+        tokens = model.logits(want).argmax(-1)
+    assert graph.failed and graph.graph is None and [c.length for c in graphed] == [c.length for c in eager]
