@@ -74,11 +74,9 @@ def indexer_decode_scores_ref(
 ) -> torch.Tensor:
     """fp32 [B, capacity] scores of `indexer_decode_scores`, one sequence at a time: gather positions
     0 .. L-1 through the page table and score the new query at position L - 1; -inf from L on. e4m3 keys
-    (with `k_scale`) are read back exactly in fp32 first."""
+    (with `k_scale`) are first read back in q's dtype, exactly (4 significant bits times a power of two)."""
     if k_scale is not None:
-        k_cache = (k_cache.float() * k_scale[..., None]).to(
-            q.dtype
-        )  # exact: 4 significant bits, a power of 2
+        k_cache = (k_cache.float() * k_scale[..., None]).to(q.dtype)
     page_size = k_cache.shape[1]
     capacity = page_table.shape[1] * page_size
     scores = torch.full((q.shape[0], capacity), float("-inf"), dtype=torch.float32, device=q.device)
