@@ -111,26 +111,6 @@ def _decode_model(dtype: torch.dtype) -> KeyeVL:
     return model
 
 
-def _decode_caches(model: KeyeVL, dtype: torch.dtype) -> list[KVCache]:
-    """Two branches carved from one prefix (one storage, past the top-k), then a short sequence of its own."""
-    text = model.config.text
-
-    def prefill(cache: KVCache, n: int, seed: int) -> None:
-        ids = torch.randint(0, 400, (n,), generator=torch.Generator().manual_seed(seed)).cuda()
-        pos = torch.arange(cache.length, cache.length + n, device="cuda").expand(3, -1)
-        model.model(model.model.embed_tokens(ids), pos, [Segment(n, cache)])
-
-    fp8 = model.model.index_fp8
-    prefix = KVCache(text, capacity=90, device="cuda", dtype=dtype, spare=2 * 24, index_fp8=fp8)
-    prefill(prefix, 90, 1)
-    branches = [prefix.branch(extra_capacity=24) for _ in range(2)]
-    for i, branch in enumerate(branches):
-        prefill(branch, 4 + i, 2 + i)
-    alone = KVCache(text, capacity=40, device="cuda", dtype=dtype, index_fp8=fp8)
-    prefill(alone, 30, 9)
-    return [*branches, alone]
-
-
 @pytest.mark.parametrize(
     ("dtype", "fp8_experts", "index_fp8"),
     [
@@ -142,7 +122,7 @@ def _decode_caches(model: KeyeVL, dtype: torch.dtype) -> list[KVCache]:
 )
 @torch.no_grad()
 def test_captured_decode_replays_the_eager_step_and_matches_the_forward(
-    dtype: torch.dtype, fp8_experts: bool, index_fp8: bool
+    dtype: torch.dtype, fp8_experts: bool, index_fp8: bool, decode_caches
 ) -> None:
     """Three decode paths over equal caches: the eager forward (prefill kernels), the paged step run eagerly
     (decode kernels), and that step captured once and replayed (model_runtime/decode.py); with FP8 experts too."""
@@ -150,11 +130,11 @@ def test_captured_decode_replays_the_eager_step_and_matches_the_forward(
     from model_runtime.model import Fp8Experts, quantize_experts
 
     model = _decode_model(dtype)
-    model.model.set_impl(index_fp8=index_fp8)  # e4m3 indexer keys in the caches too (`_decode_caches`)
+    model.model.set_impl(index_fp8=index_fp8)  # e4m3 indexer keys in the caches too (`decode_caches`)
     if fp8_experts:
         quantize_experts(model)
         assert isinstance(model.model.layers[0].mlp.experts, Fp8Experts)
-    forward, eager, graphed = (_decode_caches(model, dtype) for _ in range(3))
+    forward, eager, graphed = (decode_caches(model, "cuda", dtype) for _ in range(3))
     eager_state, graph_state = decode_state(eager, [8] * 3), decode_state(graphed, [8] * 3)
     assert eager_state is not None and graph_state is not None and len(graph_state.groups) == 2
     graph = DecodeGraph(model, graphed, graph_state)

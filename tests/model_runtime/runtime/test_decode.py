@@ -35,25 +35,6 @@ def model() -> KeyeVL:
     return model
 
 
-def _prefill(model: KeyeVL, cache: KVCache, n: int, seed: int) -> None:
-    ids = torch.randint(0, 400, (n,), generator=torch.Generator().manual_seed(seed))
-    positions = torch.arange(cache.length, cache.length + n).expand(3, -1)
-    model.model(model.model.embed_tokens(ids), positions, [Segment(n, cache)])
-
-
-def _caches(model: KeyeVL, index_fp8: bool = False) -> list[KVCache]:
-    """Two branches carved from one video prefix (one storage), then an unrelated sequence (its own)."""
-    text = model.config.text
-    prefix = KVCache(text, capacity=60, spare=2 * 16, index_fp8=index_fp8)
-    _prefill(model, prefix, 60, seed=1)  # past the tiny top-k (48): the indexer really selects
-    branches = [prefix.branch(extra_capacity=16) for _ in range(2)]
-    for i, branch in enumerate(branches):
-        _prefill(model, branch, 3 + i, seed=2 + i)
-    alone = KVCache(text, capacity=30, index_fp8=index_fp8)
-    _prefill(model, alone, 20, seed=9)  # below the top-k: every key selected
-    return [*branches, alone]
-
-
 @pytest.fixture
 def index_fp8(model: KeyeVL, request: pytest.FixtureRequest):
     """The model's indexer arithmetic for one test (e4m3-rounded q and k, keys cached as e4m3 + scale)."""
@@ -64,8 +45,8 @@ def index_fp8(model: KeyeVL, request: pytest.FixtureRequest):
 
 @pytest.mark.parametrize("index_fp8", [False, True], indirect=True, ids=["bf16-keys", "e4m3-keys"])
 @torch.no_grad()
-def test_decode_steps_equal_the_eager_forward(model: KeyeVL, index_fp8: bool) -> None:
-    eager, paged = _caches(model, index_fp8), _caches(model, index_fp8)
+def test_decode_steps_equal_the_eager_forward(model: KeyeVL, index_fp8: bool, decode_caches) -> None:
+    eager, paged = decode_caches(model), decode_caches(model)  # e4m3 indexer keys with index_fp8
     state = decode_state(paged, steps=[5, 5, 5])
     assert state is not None
     assert [(g.lo, g.hi) for g in state.groups] == [(0, 2), (2, 3)]  # the branches share one launch
@@ -86,10 +67,10 @@ def test_decode_steps_equal_the_eager_forward(model: KeyeVL, index_fp8: bool) ->
 
 
 @torch.no_grad()
-def test_a_finished_sequence_stays_frozen_while_the_others_decode(model: KeyeVL) -> None:
+def test_a_finished_sequence_stays_frozen_while_the_others_decode(model: KeyeVL, decode_caches) -> None:
     """A sequence marked inactive neither advances nor disturbs its keys or its neighbours' (the engine keeps
     finished answers in the captured batch instead of capturing again)."""
-    eager, paged = _caches(model), _caches(model)
+    eager, paged = decode_caches(model), decode_caches(model)
     state = decode_state(paged, steps=[4, 2, 4])
     assert state is not None
     tokens = torch.tensor([5, 6, 7])
