@@ -54,6 +54,8 @@ INDEXER_SCORES = {  # the score kernel's bf16 launch at Keye's shapes, with the 
     "FP8": False,
     "GROUP": minmax.GROUP,
     "OFFSETS_32": True,
+    "HEAD_MMA": False,
+    "INTERPRETED": False,
 }
 FLOATS = ("qk_scale", "eps")
 
@@ -112,6 +114,13 @@ CASES = [
         {**INDEXER_POINTERS, "q_ptr": "*fp8e4nv", "k_ptr": "*fp8e4nv"},
         4,
         3,
+    ),
+    (
+        indexer._indexer_scores_kernel,
+        {**INDEXER_SCORES, "FP8": True, "HEAD_MMA": True},  # the e4m3 path, heads summed by a product
+        {**INDEXER_POINTERS, "q_ptr": "*fp8e4nv", "k_ptr": "*fp8e4nv"},
+        4,
+        4,
     ),
     (
         indexer_decode._indexer_decode_kernel,

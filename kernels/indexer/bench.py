@@ -22,15 +22,21 @@ from kernels.indexer.kernel import launch_indexer_scores
 from kernels.topk.minmax import group_stats_buffers
 
 HEADS, DIM, TOPK = 16, 64, 2048
-SCORE_CONFIGS = [  # (block_t queries, block_s keys, num_warps, num_stages, e4m3 inputs, register cap: 0 none)
-    (8, 64, 4, 3, False, 0),
-    (8, 64, 4, 4, False, 0),
-    (16, 64, 4, 3, False, 0),
-    (8, 128, 4, 3, False, 0),
-    (8, 64, 4, 3, True, 0),
-    (8, 64, 4, 4, True, 0),
-    (16, 64, 4, 3, True, 0),
-    (8, 128, 4, 3, True, 0),
+SCORE_CONFIGS = [  # (block_t queries, block_s keys, warps, stages, e4m3 inputs, register cap (0: none), head_mma)
+    (8, 64, 4, 3, False, 0, False),
+    (8, 64, 4, 4, False, 0, False),
+    (16, 64, 4, 3, False, 0, False),
+    (8, 64, 4, 3, True, 0, False),
+    (8, 64, 4, 4, True, 0, False),
+    (16, 64, 4, 3, True, 0, False),
+    (8, 64, 4, 3, False, 0, True),
+    (8, 64, 4, 3, False, 128, True),
+    (16, 64, 4, 3, False, 0, True),
+    (8, 64, 4, 3, True, 0, True),
+    (8, 64, 4, 4, True, 0, True),
+    (8, 64, 4, 4, True, 128, True),
+    (16, 64, 4, 4, True, 0, True),
+    (8, 128, 4, 3, True, 0, True),
 ]
 
 
@@ -73,42 +79,50 @@ def torch_indexer_topk(q, w, k, topk: int, start: int, chunk: int = 1024) -> tor
 
 def score_config_sweep(keys: int, chunk: int, device: str) -> list[dict[str, object]]:
     """Score the last `chunk` queries of a `keys`-long sequence with each tile config (bf16, or e4m3
-    quantised once outside the timing)."""
+    quantised once outside the timing), alone and with the group extremes that "minmax" reads."""
     q, w, k = make_inputs(keys, device)
     (q8, q_scale), (k8, k_scale) = quantize_indexer_fp8(q), quantize_indexer_fp8(k)
     start = keys - chunk
     out = torch.empty(chunk, keys, device=device)
-    pairs = sum(start + t + 1 for t in range(chunk))
+    extremes = group_stats_buffers(chunk, keys, q.device)
+    flop = 2 * HEADS * DIM * sum(start + t + 1 for t in range(chunk))
     results = []
-    for block_t, block_s, warps, stages, fp8, max_registers in SCORE_CONFIGS:
+    for block_t, block_s, warps, stages, fp8, max_registers, head_mma in SCORE_CONFIGS:
         qq, kk = (q8, k8) if fp8 else (q, k)
         scales = (q_scale[start:], k_scale) if fp8 else None
-        ms = bench_ms(
-            lambda: launch_indexer_scores(
-                qq[start:],
-                w[start:],
-                kk,
-                start,
-                out,
-                fill_future=False,
-                scales=scales,
-                block_t=block_t,
-                block_s=block_s,
-                num_warps=warps,
-                num_stages=stages,
-                max_registers=max_registers,
-            )  # fmt: skip
-        )
+        ms = {
+            stats: bench_ms(
+                lambda: launch_indexer_scores(
+                    qq[start:],
+                    w[start:],
+                    kk,
+                    start,
+                    out,
+                    fill_future=False,
+                    scales=scales,
+                    stats=extremes if stats else None,
+                    block_t=block_t,
+                    block_s=block_s,
+                    num_warps=warps,
+                    num_stages=stages,
+                    max_registers=max_registers,
+                    head_mma=head_mma,
+                )  # fmt: skip
+            )
+            for stats in (False, True)
+        }
         results.append(
             {
                 "config(t,s,warps,stages)": f"{block_t},{block_s},{warps},{stages}",
                 "max_registers": max_registers,
                 "inputs": "e4m3" if fp8 else "bf16",
+                "head_sum": "mma" if head_mma else "fma",
                 "queries": chunk,
                 "keys": keys,
-                "ms": ms,
-                "TFLOP/s": 2 * HEADS * DIM * pairs / ms / 1e9,
-                "write_GB/s": chunk * keys * 4 / ms / 1e6,
+                "ms": ms[False],
+                "TFLOP/s": flop / ms[False] / 1e9,
+                "TFLOP/s+extremes": flop / ms[True] / 1e9,
+                "write_GB/s": chunk * keys * 4 / ms[False] / 1e6,
             }
         )
     return results

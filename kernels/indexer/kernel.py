@@ -23,10 +23,11 @@ from kernels.topk.minmax import GROUP, _group_extremes, _ordered_key, group_stat
 
 
 @triton.jit
-def _score_tile(k_ptr, k_scale_ptr, out_rows, gmax_rows, gmin_rows, q_all, w_col, s0, S, start, offs_t, t_ok, stride_ks,
-                HP: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr,
+def _score_tile(k_ptr, k_scale_ptr, out_rows, gmax_rows, gmin_rows, q_all, w_col, w_mat, s0, S, start, offs_t, t_ok,
+                stride_ks, HP: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr,
                 BLOCK_S: tl.constexpr, PRECISION: tl.constexpr, FP8: tl.constexpr, GROUP: tl.constexpr,
-                OFFSETS_32: tl.constexpr, MASKED: tl.constexpr):  # fmt: skip
+                OFFSETS_32: tl.constexpr, MASKED: tl.constexpr, HEAD_MMA: tl.constexpr,
+                INTERPRETED: tl.constexpr):  # fmt: skip
     """Score keys s0 .. s0 + BLOCK_S against the program's queries and store them (and their group extremes).
     MASKED = False: every query sees every key of the tile, so no mask is built (most tiles)."""
     offs_s = s0 + tl.arange(0, BLOCK_S)
@@ -39,8 +40,24 @@ def _score_tile(k_ptr, k_scale_ptr, out_rows, gmax_rows, gmin_rows, q_all, w_col
         k_tile = tl.load(k_ptrs)  # [BLOCK_S, BLOCK_D]
     # [BLOCK_S, HP * BLOCK_T]; e4m3 products are exact in fp32 and take no precision argument
     logits = tl.dot(k_tile, q_all) if FP8 else tl.dot(k_tile, q_all, input_precision=PRECISION)
-    # Column h * BLOCK_T + t: each thread holds every head of its queries, so this sum stays in its registers.
-    scores = tl.sum(tl.reshape(tl.maximum(logits, 0.0) * w_col[None, :], (BLOCK_S, HP, BLOCK_T)), 1)
+    if HEAD_MMA:  # the weighted head sum as a second product, ReLU'd logits rounded to w_mat's 16 bits
+        if INTERPRETED:  # no inline assembly there: the same product in fp32, unrounded
+            relu = tl.maximum(logits, 0.0)
+        else:  # ReLU and the bf16 rounding of two logits in one instruction
+            relu = tl.inline_asm_elementwise(
+                "cvt.rn.relu.bf16x2.f32 $0, $2, $1;",
+                "=r,r,r",
+                [logits],
+                dtype=tl.bfloat16,
+                is_pure=True,
+                pack=2,
+            )
+        pairs = tl.dot(relu, w_mat)  # [BLOCK_S, 2 * BLOCK_T]: query t in column 2 t, the odd columns 0
+        scores, _ = tl.split(tl.reshape(pairs, (BLOCK_S, BLOCK_T, 2)))
+        scores = scores + 0.0  # a sum of -0.0 products may come out -0.0; the ordering below needs +0.0
+    else:
+        # Column h * BLOCK_T + t: each thread holds every head of its queries, so this sum stays in its registers.
+        scores = tl.sum(tl.reshape(tl.maximum(logits, 0.0) * w_col[None, :], (BLOCK_S, HP, BLOCK_T)), 1)
     if FP8:  # each key's positive power-of-two scale commutes with ReLU: applied once, after the sum
         scale = (
             tl.load(k_scale_ptr + offs_s, mask=offs_s < S, other=0.0)
@@ -104,6 +121,8 @@ def _indexer_scores_kernel(
     FP8: tl.constexpr,  # q and k are e4m3 with per-(t, h) and per-s scales (`quantize_indexer_fp8`)
     GROUP: tl.constexpr,  # > 0: also write each GROUP-key group's max and min ordered key ("minmax" top-k)
     OFFSETS_32: tl.constexpr,  # every key's element offset fits int32
+    HEAD_MMA: tl.constexpr,  # the weighted head sum on the tensor cores, in bf16 (`launch_indexer_scores`)
+    INTERPRETED: tl.constexpr,  # under TRITON_INTERPRET: no inline assembly, fp32 head products
 ):
     pid_t = tl.program_id(0)
     pid_c = tl.program_id(1)
@@ -131,20 +150,31 @@ def _indexer_scores_kernel(
         w_col = tl.load(w_ptr + col_t * stride_wt + col_h, mask=col_ok, other=0.0).to(tl.float32)
         if FP8:  # the query's positive power-of-two scale joins its weight
             w_col = w_col * tl.load(q_scale_ptr + col_t * stride_qst + col_h, mask=col_ok, other=0.0)
+        # w_mat[h * BLOCK_T + t, 2 * t] = w[t, h]: the head sum as a product (HEAD_MMA); other entries 0
+        w_mat = tl.where(
+            (cols % BLOCK_T)[:, None] * 2 == tl.arange(0, 2 * BLOCK_T)[None, :], w_col[:, None], 0.0
+        )
+        w_mat = w_mat.to(tl.float32 if INTERPRETED else tl.bfloat16)
         gmax_rows = gmax_ptr + offs_t.to(tl.int64) * stride_stat
         gmin_rows = gmin_ptr + offs_t.to(tl.int64) * stride_stat
         for s0 in range(s_begin, s_full, BLOCK_S):
-            _score_tile(k_ptr, k_scale_ptr, out_rows, gmax_rows, gmin_rows, q_all, w_col, s0, S, start, offs_t, t_ok,
-                        stride_ks, HP, D, BLOCK_D, BLOCK_T, BLOCK_S, PRECISION, FP8, GROUP, OFFSETS_32, False)  # fmt: skip
+            _score_tile(k_ptr, k_scale_ptr, out_rows, gmax_rows, gmin_rows, q_all, w_col, w_mat, s0, S, start, offs_t,
+                        t_ok, stride_ks, HP, D, BLOCK_D, BLOCK_T, BLOCK_S, PRECISION, FP8, GROUP, OFFSETS_32, False,
+                        HEAD_MMA, INTERPRETED)  # fmt: skip
         for s0 in range(s_full, s_end, BLOCK_S):
-            _score_tile(k_ptr, k_scale_ptr, out_rows, gmax_rows, gmin_rows, q_all, w_col, s0, S, start, offs_t, t_ok,
-                        stride_ks, HP, D, BLOCK_D, BLOCK_T, BLOCK_S, PRECISION, FP8, GROUP, OFFSETS_32, True)  # fmt: skip
+            _score_tile(k_ptr, k_scale_ptr, out_rows, gmax_rows, gmin_rows, q_all, w_col, w_mat, s0, S, start, offs_t,
+                        t_ok, stride_ks, HP, D, BLOCK_D, BLOCK_T, BLOCK_S, PRECISION, FP8, GROUP, OFFSETS_32, True,
+                        HEAD_MMA, INTERPRETED)  # fmt: skip
     if FILL_FUTURE:  # the tiles past the last one scored hold no visible key: -inf
         fill_from = s_begin + tl.cdiv(tl.maximum(s_end - s_begin, 0), BLOCK_S) * BLOCK_S
         for s0 in range(fill_from, s_stop, BLOCK_S):
             offs_s = s0 + tl.arange(0, BLOCK_S)
             tile = tl.full((BLOCK_T, BLOCK_S), float("-inf"), dtype=tl.float32)
             tl.store(out_rows[:, None] + offs_s[None, :], tile, mask=t_ok[:, None] & (offs_s < S)[None, :])
+
+
+# The interpreter (TRITON_INTERPRET=1) runs no inline assembly, and Triton 3.9's multiplies bf16 dots wrongly.
+INTERPRETED = not isinstance(_indexer_scores_kernel, triton.JITFunction)
 
 
 def launch_indexer_scores(
@@ -163,6 +193,7 @@ def launch_indexer_scores(
     num_warps: int = 4,
     num_stages: int = 3,
     max_registers: int = 0,
+    head_mma: bool = False,
 ) -> None:
     """Score q [T, H, D] against k [S, D] into out [T, >= S] (row stride out.stride(0)); no checks.
     `scales` = (q_scale [T, H], k_scale [S]) for e4m3 q and k; `stats` = int32 (max, min) [T, >= ceil(S /
@@ -175,7 +206,13 @@ def launch_indexer_scores(
     and 407-416 for session 15's kernel (64 queries x 128 keys, each head's q tile re-read from L2 per key tile);
     then e4m3 441-467 against 414-426 with both extremes in one store. 16 queries hold 255 registers and were no
     faster; 16 or 64 key tiles per program were level with 32.
-    `max_registers` caps ptxas' registers per thread (0: no cap)."""
+    `max_registers` caps ptxas' registers per thread (0: no cap).
+
+    `head_mma` sums the heads with a second tensor-core product instead of per-element FMAs: one instruction
+    per two logits takes their ReLU and rounds them to bf16, and [keys, heads x queries] . w_mat [heads x
+    queries, 2 x queries] (w in bf16, fp32 accumulation) gives the scores. Each term then carries up to 2^-8
+    relative error twice (the logit's rounding and w's), so a score is within 2^-7 of sum_h |w_h| ReLU(.)
+    of the fp32 sum: far below e4m3 inputs' own rounding, a visible loosening for bf16 ones."""
     tokens, heads, dim = q.shape
     keys = k.shape[0]
     if tokens == 0 or keys == 0:
@@ -193,12 +230,15 @@ def launch_indexer_scores(
         q.stride(0), q.stride(1), w.stride(0), k.stride(0), out.stride(0), q_scale.stride(0), gmax.stride(0),
         H=heads, HP=padded_heads, D=dim, BLOCK_D=block_d, BLOCK_T=block_t, BLOCK_S=block_s, KEY_TILES=key_tiles,
         FILL_FUTURE=fill_future, PRECISION=precision, FP8=scales is not None,
-        GROUP=GROUP if stats is not None else 0, OFFSETS_32=(keys - 1) * k.stride(0) + dim < 2**31,
+        GROUP=GROUP if stats is not None else 0, OFFSETS_32=(keys - 1) * k.stride(0) + dim < 2**31, HEAD_MMA=head_mma,
+        INTERPRETED=INTERPRETED,
         num_warps=num_warps, num_stages=num_stages, **({"maxnreg": max_registers} if max_registers else {}),
     )  # fmt: skip
 
 
-def indexer_scores(q: torch.Tensor, w: torch.Tensor, k: torch.Tensor, start: int) -> torch.Tensor:
+def indexer_scores(
+    q: torch.Tensor, w: torch.Tensor, k: torch.Tensor, start: int, *, head_mma: bool = False
+) -> torch.Tensor:
     """Lightning-indexer scores, materialised (for tests and short sequences).
 
     Args:
@@ -206,6 +246,7 @@ def indexer_scores(q: torch.Tensor, w: torch.Tensor, k: torch.Tensor, start: int
         w: [T, H_I] per-head weights (any positive scale already folded in).
         k: [S, D_I] indexer keys, S = start + T, same dtype as q.
         start: absolute position of the first query.
+        head_mma: sum the heads on the tensor cores in bf16 (`launch_indexer_scores`).
 
     Returns:
         fp32 [T, S]: I[t, s] = sum_j w[t, j] * ReLU(q[t, j] . k[s]); -inf where s > start + t.
@@ -213,7 +254,7 @@ def indexer_scores(q: torch.Tensor, w: torch.Tensor, k: torch.Tensor, start: int
     check_indexer_args(q, w, k, start)
     q, w, k = contiguous_last(q), contiguous_last(w), contiguous_last(k)
     out = torch.empty(q.shape[0], k.shape[0], dtype=torch.float32, device=q.device)
-    launch_indexer_scores(q, w, k, start, out, fill_future=True)
+    launch_indexer_scores(q, w, k, start, out, fill_future=True, head_mma=head_mma)
     return out
 
 
@@ -224,6 +265,8 @@ def indexer_scores_fp8(
     k8: torch.Tensor,
     k_scale: torch.Tensor,
     start: int,
+    *,
+    head_mma: bool = False,
 ) -> torch.Tensor:
     """`indexer_scores` on FP8 inputs (`quantize_indexer_fp8`: Hadamard-rotated e4m3 with power-of-two
     per-vector scales): one FP8 tensor-core product per head and tile, scaled after the sum. The oracle is
@@ -232,7 +275,7 @@ def indexer_scores_fp8(
     q8, w, k8 = contiguous_last(q8), contiguous_last(w), contiguous_last(k8)
     scales = (q_scale.float().contiguous(), k_scale.float().contiguous())
     out = torch.empty(q8.shape[0], k8.shape[0], dtype=torch.float32, device=q8.device)
-    launch_indexer_scores(q8, w, k8, start, out, fill_future=True, scales=scales)
+    launch_indexer_scores(q8, w, k8, start, out, fill_future=True, scales=scales, head_mma=head_mma)
     return out
 
 
@@ -246,6 +289,7 @@ def indexer_topk(
     max_buffer_bytes: int = 1 << 30,
     topk_method: str = "auto",
     scales: tuple[torch.Tensor, torch.Tensor] | None = None,
+    head_mma: bool = False,
 ) -> torch.Tensor:
     """Per query, the `topk` causal keys with the largest indexer scores.
 
@@ -262,6 +306,7 @@ def indexer_topk(
             also writes the group extremes it bounds with).
         scales: (q_scale [T, H_I], k_scale [S]) when q and k are e4m3 (`quantize_indexer_fp8`): the
             scores are `indexer_scores_fp8`'s, computed chunk by chunk like the bf16 ones.
+        head_mma: the score kernel sums the heads on the tensor cores in bf16 (`launch_indexer_scores`).
 
     Returns:
         int32 [T, topk] key positions in no particular order. A query that sees L <= topk keys
@@ -317,7 +362,7 @@ def indexer_topk(
             chunk_scales = None if scales is None else (scales[0][first:last], scales[1][:visible])
             launch_indexer_scores(
                 q[first:last], w[first:last], k[:visible], start + first, buffer, fill_future=method == "torch",
-                scales=chunk_scales, stats=chunk_stats,
+                scales=chunk_scales, stats=chunk_stats, head_mma=head_mma,
             )  # fmt: skip
         if method == "torch":
             torch_topk_rows(buffer[: last - first, :visible], topk, lengths[first:last], out[first:last])

@@ -35,27 +35,43 @@ def causal_lengths(tokens: int, start: int, device: torch.device) -> torch.Tenso
     return torch.arange(start + 1, start + tokens + 1, dtype=torch.int32, device=device)
 
 
-def indexer_scores_ref(q: torch.Tensor, w: torch.Tensor, k: torch.Tensor, start: int) -> torch.Tensor:
-    """fp32 [T, S] indexer scores; entries above the causal diagonal are -inf."""
+def indexer_scores_ref(
+    q: torch.Tensor, w: torch.Tensor, k: torch.Tensor, start: int, *, head_rounding: torch.dtype | None = None
+) -> torch.Tensor:
+    """fp32 [T, S] indexer scores; entries above the causal diagonal are -inf. `head_rounding` rounds each
+    ReLU'd logit and each weight to that dtype before the head sum, as the kernels' `head_mma` does."""
     check_indexer_args(q, w, k, start)
-    logits = torch.einsum("thd,sd->ths", q.float(), k.float())  # [T, H, S]
-    scores = torch.einsum("th,ths->ts", w.float(), logits.clamp_min(0))  # [T, S]
+    relu = torch.einsum("thd,sd->ths", q.float(), k.float()).clamp_min(0)  # [T, H, S]
+    w = w.float()
+    if head_rounding is not None:
+        relu, w = relu.to(head_rounding).float(), w.to(head_rounding).float()
+    scores = torch.einsum("th,ths->ts", w, relu)  # [T, S]
     lengths = causal_lengths(q.shape[0], start, q.device)  # [T]
     future = torch.arange(k.shape[0], device=q.device)[None, :] >= lengths[:, None]  # [T, S]
     return scores.masked_fill(future, float("-inf"))
 
 
 def indexer_topk_ref(
-    q: torch.Tensor, w: torch.Tensor, k: torch.Tensor, topk: int, start: int, *, query_chunk: int = 256
+    q: torch.Tensor,
+    w: torch.Tensor,
+    k: torch.Tensor,
+    topk: int,
+    start: int,
+    *,
+    query_chunk: int = 256,
+    head_rounding: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """int32 [T, topk]: per query, the `topk` best causal keys by indexer score, padded with -1."""
+    """int32 [T, topk]: per query, the `topk` best causal keys by indexer score (`indexer_scores_ref`, with its
+    `head_rounding`), padded with -1."""
     check_indexer_args(q, w, k, start)
     require(topk >= 1, f"topk must be >= 1, got {topk}")
     pieces = []
     for first in range(0, q.shape[0], query_chunk):
         last = min(first + query_chunk, q.shape[0])
         visible = start + last  # keys any query of this chunk may see
-        scores = indexer_scores_ref(q[first:last], w[first:last], k[:visible], start + first)  # [t, visible]
+        scores = indexer_scores_ref(
+            q[first:last], w[first:last], k[:visible], start + first, head_rounding=head_rounding
+        )  # [t, visible]
         lengths = causal_lengths(last - first, start + first, q.device)
         pieces.append(select_topk_ref(scores, topk, lengths))
     if not pieces:
@@ -152,10 +168,13 @@ def indexer_scores_fp8_ref(
     k8: torch.Tensor,
     k_scale: torch.Tensor,
     start: int,
+    *,
+    head_rounding: torch.dtype | None = None,
 ) -> torch.Tensor:
     """`indexer_scores_ref` on FP8 inputs from `quantize_indexer_fp8` (q8 [T, H, D], q_scale [T, H], k8 [S, D],
-    k_scale [S]): the scores of the dequantised vectors, fp32 [T, S], -inf above the causal diagonal."""
+    k_scale [S]): the scores of the dequantised vectors, fp32 [T, S], -inf above the causal diagonal. The
+    scales are powers of two, so rounding the dequantised terms (`head_rounding`) rounds the kernel's."""
     check_indexer_fp8_args(q8, q_scale, w, k8, k_scale, start)
     q = q8.float() * q_scale[..., None].float()
     k = k8.float() * k_scale[:, None].float()
-    return indexer_scores_ref(q, w, k, start)
+    return indexer_scores_ref(q, w, k, start, head_rounding=head_rounding)

@@ -142,16 +142,15 @@ def best_config(rows: list[dict[str, object]], selection: str) -> tuple[int, int
 
 
 def select_keys(
-    q: torch.Tensor, w: torch.Tensor, k: torch.Tensor, topk_method: str, fp8: bool
+    q: torch.Tensor, w: torch.Tensor, k: torch.Tensor, topk_method: str, fp8: bool, head_mma: bool = False
 ) -> torch.Tensor:
     """The layer's indexer + top-k; with `fp8` the queries and keys are quantised first (inside the timing:
     in the runtime the keys would be quantised once, as they are cached)."""
+    options = {"max_buffer_bytes": 3 << 32, "topk_method": topk_method, "head_mma": head_mma}
     if not fp8:
-        return indexer_topk(q, w, k, TOPK, 0, max_buffer_bytes=3 << 32, topk_method=topk_method)
+        return indexer_topk(q, w, k, TOPK, 0, **options)
     (q8, q_scale), (k8, k_scale) = quantize_indexer_fp8(q), quantize_indexer_fp8(k)
-    return indexer_topk(
-        q8, w, k8, TOPK, 0, max_buffer_bytes=3 << 32, topk_method=topk_method, scales=(q_scale, k_scale)
-    )
+    return indexer_topk(q8, w, k8, TOPK, 0, scales=(q_scale, k_scale), **options)
 
 
 def layer_sweep(
@@ -162,6 +161,7 @@ def layer_sweep(
     attn_config: tuple[int, int, int, int] = (8, 32, 4, 2),
     topk_method: str = "minmax",
     indexer_fp8: bool = False,
+    head_mma: bool = False,
 ) -> list[dict[str, object]]:
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     scale = HEAD_DIM**-0.5
@@ -180,8 +180,10 @@ def layer_sweep(
             qi, wi, ki = positional_indexer_inputs(
                 tokens, device, dtype, structured=kind == "indexer-positional"
             )
-            index_ms = bench_ms(lambda: select_keys(qi, wi, ki, topk_method, indexer_fp8), budget_ms=500)
-            idx = select_keys(qi, wi, ki, topk_method, indexer_fp8)
+            index_ms = bench_ms(
+                lambda: select_keys(qi, wi, ki, topk_method, indexer_fp8, head_mma), budget_ms=500
+            )
+            idx = select_keys(qi, wi, ki, topk_method, indexer_fp8, head_mma)
             qi = wi = ki = None
         union_ms = bench_ms(lambda: build_block_union(idx, block_q), budget_ms=200)
         union_sort_ms = bench_ms(lambda: build_block_union(idx, block_q, method="sort"), budget_ms=200)
@@ -240,6 +242,7 @@ def main(argv: list[str] | None = None, deadline_s: float = math.inf) -> dict[st
     parser.add_argument(
         "--indexer-fp8", action="store_true", help="e4m3 indexer (Hadamard, per-vector scales)"
     )
+    parser.add_argument("--head-mma", action="store_true", help="indexer heads summed on the tensor cores")
     args = parser.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     tables: dict[str, list[dict[str, object]]] = {}
@@ -262,11 +265,14 @@ def main(argv: list[str] | None = None, deadline_s: float = math.inf) -> dict[st
             attn_config=attn_config,
             topk_method=args.topk_method,
             indexer_fp8=args.indexer_fp8,
+            head_mma=args.head_mma,
         )
         for row in rows[-3:]:
             row["tiles"] = ",".join(map(str, attn_config))
             row["topk"] = args.topk_method
-            row["indexer"] = "fp8" if args.indexer_fp8 else "bf16"
+            row["indexer"] = ("fp8" if args.indexer_fp8 else "bf16") + (
+                ", mma head sum" if args.head_mma else ""
+            )
         print(format_table(rows[-3:], f"DSA layer N={tokens} ({device})"), flush=True)
     tables["DSA layer vs dense SDPA"] = rows
     print(format_table(rows, f"DSA layer vs dense SDPA ({device})"))

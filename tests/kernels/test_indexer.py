@@ -12,7 +12,7 @@ import torch
 import triton
 
 from kernels import KernelInputError, indexer_scores, indexer_scores_ref, indexer_topk, indexer_topk_ref
-from kernels.indexer.kernel import launch_indexer_scores
+from kernels.indexer.kernel import INTERPRETED, launch_indexer_scores
 from kernels.indexer.reference import causal_lengths
 from kernels.testing import assert_close, assert_same_selection
 from kernels.topk.minmax import GROUP, _minmax_stats_kernel, group_stats_buffers
@@ -87,6 +87,59 @@ TOPK_CASES = [
         1, 131071, 16, 64, 2048, torch.bfloat16, BIG, "auto", id="T1-S128K-K2048-decode-auto", marks=GPU
     ),
 ]
+
+
+# `head_mma` rounds ReLU'd logits and weights to bf16 before a tensor-core head sum (the interpreter, which runs
+# no inline assembly and multiplies bf16 dots wrongly, sums in fp32 unrounded: there the test checks the layout
+# of the product). Its oracle rounds the same way; its bound against exact scores is two roundings of 2^-8.
+HEAD_ROUNDING = None if INTERPRETED else torch.bfloat16
+HEAD_MMA_BOUND = 2.0**-7
+
+
+@pytest.mark.parametrize(("tokens", "start", "heads", "dim", "dtype"), SCORE_CASES)
+def test_head_mma_scores_match_their_rounded_oracle_and_bound(
+    tokens, start, heads, dim, dtype, device
+) -> None:
+    q, w, k = (t.to(device) for t in make_inputs(tokens, start, heads, dim, dtype, seed=7))
+    out = indexer_scores(q, w, k, start, head_mma=True)
+    rounded = indexer_scores_ref(q, w, k, start, head_rounding=HEAD_ROUNDING)
+    future = torch.isinf(rounded)
+    assert torch.equal(torch.isneginf(out), future), "exactly the future positions must be -inf"
+    assert_close(out[~future], rounded[~future], rel_tol=SCORE_TOL[dtype], what="indexer_scores head_mma")
+    exact = indexer_scores_ref(q, w, k, start)
+    magnitude = indexer_scores_ref(q, w.abs(), k, start)  # sum_h |w_h| ReLU(logit_h)
+    slack = HEAD_MMA_BOUND * magnitude[~future] + SCORE_TOL[dtype] * exact[~future].abs().max()
+    assert ((out[~future] - exact[~future]).abs() <= slack).all(), "head_mma strays past its rounding bound"
+
+
+def test_head_mma_scores_are_never_negative_zero(device) -> None:
+    """Negative weights times zero ReLUs are -0.0 products; a score of zero must still come out +0.0, which
+    the top-k's ordered keys and the group extremes rank as the oracle does."""
+    q, w, k = (t.to(device) for t in make_inputs(40, 30, 1, 32, torch.float32, seed=3))
+    out = indexer_scores(q, -w.abs(), k, 30, head_mma=True)
+    zeros = out == 0
+    assert zeros.sum() > 100, "the case must hold many zero scores"
+    assert not torch.signbit(out[zeros]).any(), "a zero score came out -0.0"
+
+
+@pytest.mark.parametrize(
+    ("tokens", "start", "dim", "dtype", "method"),
+    [
+        pytest.param(70, 700, 16, torch.float32, "minmax", id="T70-S770-minmax"),
+        pytest.param(70, 30, 32, torch.float32, "compact", id="T70-S100-compact"),
+        pytest.param(257, 40000, 64, torch.bfloat16, "minmax", id="T257-S40K-minmax-bf16", marks=GPU),
+    ],
+)
+def test_head_mma_topk_selects_its_oracles_top_k(tokens, start, dim, dtype, method, device) -> None:
+    q, w, k = (t.to(device) for t in make_inputs(tokens, start, 16, dim, dtype, seed=13))
+    topk = 24 if tokens + start < 2048 else 2048
+    picked = indexer_topk(q, w, k, topk, start, max_buffer_bytes=1, topk_method=method, head_mma=True)
+    expected = indexer_topk_ref(q, w, k, topk, start, head_rounding=HEAD_ROUNDING)
+    scores = indexer_scores_ref(q, w, k, start, head_rounding=HEAD_ROUNDING)
+    lengths = causal_lengths(tokens, start, q.device)
+    assert_same_selection(
+        picked, expected, scores, lengths, score_tol=SELECT_TOL[dtype], what="head_mma top-k"
+    )
 
 
 @pytest.mark.parametrize(("tokens", "start", "heads", "dim", "topk", "dtype", "buffer", "method"), TOPK_CASES)

@@ -22,6 +22,7 @@ from kernels import (
     indexer_topk,
     quantize_indexer_fp8,
 )
+from kernels.indexer.kernel import INTERPRETED
 from kernels.indexer.reference import causal_lengths
 from kernels.testing import assert_close, assert_same_selection, error_report
 
@@ -61,6 +62,22 @@ def test_fp8_scores_match_the_oracle_and_stay_close_to_exact(tokens, start, head
     exact = indexer_scores_ref(q, w, k, start)
     _, rel = error_report(ref.cpu()[visible.cpu()], exact[visible.cpu()])
     assert rel < 0.08, f"FP8 scores are {rel:.3f} away from the exact ones"
+
+
+@pytest.mark.parametrize(("tokens", "start", "heads", "dim"), CASES)
+def test_fp8_head_mma_scores_match_their_rounded_oracle(tokens, start, heads, dim, device) -> None:
+    """`head_mma` on e4m3 inputs: the oracle rounds the dequantised terms as the kernel rounds its own (the
+    scales are powers of two); bf16 on the GPU, none under the interpreter (an fp32 product there)."""
+    q, w, k = make_inputs(tokens, start, heads, dim)
+    (q8, q_scale), (k8, k_scale) = quantize_indexer_fp8(q), quantize_indexer_fp8(k)
+    args = [t.to(device) for t in (q8, q_scale, w, k8, k_scale)]
+    out = indexer_scores_fp8(*args, start, head_mma=True)
+    rounding = None if INTERPRETED else torch.bfloat16
+    ref = indexer_scores_fp8_ref(*args, start, head_rounding=rounding)
+    visible = torch.isfinite(ref)
+    assert torch.equal(torch.isfinite(out), visible) and not out.isnan().any()
+    rel_tol = 2e-4 if torch.device(device).type == "cuda" else 1e-5
+    assert_close(out[visible], ref[visible], rel_tol=rel_tol, what="indexer_scores_fp8 head_mma")
 
 
 @pytest.mark.parametrize("method", ["compact", "radix", "torch"])
