@@ -181,6 +181,38 @@ def prefill_sweep(sizes: list[int], device: str, reference_max: int) -> list[dic
     return results
 
 
+def head_sum_rounds(tokens: int, device: str, rounds: int = 3) -> list[dict[str, object]]:
+    """Indexer + "minmax" top-k over one positional sequence, the FMA and the MMA head sum alternating in one
+    process (machines differ by ~8 %, so the two are compared round by round, never across runs)."""
+    q, w, k = positional_indexer_inputs(tokens, device, torch.bfloat16, structured=True)
+    (q8, q_scale), (k8, k_scale) = quantize_indexer_fp8(q), quantize_indexer_fp8(k)
+    flop = 2 * HEADS * DIM * tokens * (tokens + 1) / 2
+    options = {"max_buffer_bytes": 3 << 32, "topk_method": "minmax"}
+    results = []
+    for round_ in range(rounds):
+        for inputs, head_mma in [(i, m) for i in ("bf16", "e4m3") for m in (False, True)]:
+            if inputs == "bf16":
+                ms = bench_ms(
+                    lambda: indexer_topk(q, w, k, TOPK, 0, head_mma=head_mma, **options), budget_ms=1000
+                )
+            else:
+                ms = bench_ms(
+                    lambda: indexer_topk(q8, w, k8, TOPK, 0, scales=(q_scale, k_scale), head_mma=head_mma, **options),
+                    budget_ms=1000,
+                )  # fmt: skip
+            results.append(
+                {
+                    "N": tokens,
+                    "round": round_,
+                    "inputs": inputs,
+                    "head_sum": "mma" if head_mma else "fma",
+                    "indexer+topk_ms": ms,
+                    "TFLOP/s(2*16*64/pair)": flop / ms / 1e9,
+                }
+            )
+    return results
+
+
 def paged_keys(batch: int, keys: int, device: str, page: int = 64):
     """A decode batch: each sequence's index keys on shuffled pages, one new query per sequence."""
     pages = -(-keys // page)
@@ -234,8 +266,15 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict[str, object]]]:
     parser.add_argument("--config-chunk", type=int, default=4096)
     parser.add_argument("--reference-max", type=int, default=8192)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64], help="decode batch sizes")
+    parser.add_argument(
+        "--head-sum-rounds", type=int, default=0, metavar="N", help="only the FMA/MMA A-B at N"
+    )
     args = parser.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.head_sum_rounds:
+        rows = head_sum_rounds(args.head_sum_rounds, device)
+        print(format_table(rows, f"indexer + minmax top-k, FMA vs MMA head sum ({device})"))
+        return {"indexer head sum, FMA vs MMA": rows}
     tables = {
         "indexer score tile configs": score_config_sweep(args.config_keys, args.config_chunk, device),
         "indexer + top-k, prefill (one sequence)": prefill_sweep(args.sizes, device, args.reference_max),

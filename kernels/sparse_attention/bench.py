@@ -142,7 +142,12 @@ def best_config(rows: list[dict[str, object]], selection: str) -> tuple[int, int
 
 
 def select_keys(
-    q: torch.Tensor, w: torch.Tensor, k: torch.Tensor, topk_method: str, fp8: bool, head_mma: bool = False
+    q: torch.Tensor,
+    w: torch.Tensor,
+    k: torch.Tensor,
+    topk_method: str,
+    fp8: bool,
+    head_mma: bool | None = None,
 ) -> torch.Tensor:
     """The layer's indexer + top-k; with `fp8` the queries and keys are quantised first (inside the timing:
     in the runtime the keys would be quantised once, as they are cached)."""
@@ -161,7 +166,7 @@ def layer_sweep(
     attn_config: tuple[int, int, int, int] = (8, 32, 4, 2),
     topk_method: str = "minmax",
     indexer_fp8: bool = False,
-    head_mma: bool = False,
+    head_mma: bool | None = None,
 ) -> list[dict[str, object]]:
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     scale = HEAD_DIM**-0.5
@@ -242,7 +247,12 @@ def main(argv: list[str] | None = None, deadline_s: float = math.inf) -> dict[st
     parser.add_argument(
         "--indexer-fp8", action="store_true", help="e4m3 indexer (Hadamard, per-vector scales)"
     )
-    parser.add_argument("--head-mma", action="store_true", help="indexer heads summed on the tensor cores")
+    parser.add_argument(
+        "--head-mma",
+        choices=["default", "on", "off"],
+        default="default",
+        help="indexer heads summed on the tensor cores (default: for e4m3 indexers)",
+    )
     args = parser.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     tables: dict[str, list[dict[str, object]]] = {}
@@ -265,14 +275,13 @@ def main(argv: list[str] | None = None, deadline_s: float = math.inf) -> dict[st
             attn_config=attn_config,
             topk_method=args.topk_method,
             indexer_fp8=args.indexer_fp8,
-            head_mma=args.head_mma,
+            head_mma={"default": None, "on": True, "off": False}[args.head_mma],
         )
         for row in rows[-3:]:
             row["tiles"] = ",".join(map(str, attn_config))
             row["topk"] = args.topk_method
-            row["indexer"] = ("fp8" if args.indexer_fp8 else "bf16") + (
-                ", mma head sum" if args.head_mma else ""
-            )
+            mma = args.head_mma == "on" or (args.head_mma == "default" and args.indexer_fp8)
+            row["indexer"] = ("fp8" if args.indexer_fp8 else "bf16") + (", mma head sum" if mma else "")
         print(format_table(rows[-3:], f"DSA layer N={tokens} ({device})"), flush=True)
     tables["DSA layer vs dense SDPA"] = rows
     print(format_table(rows, f"DSA layer vs dense SDPA ({device})"))

@@ -94,6 +94,9 @@ TOPK_CASES = [
 # of the product). Its oracle rounds the same way; its bound against exact scores is two roundings of 2^-8.
 HEAD_ROUNDING = None if INTERPRETED else torch.bfloat16
 HEAD_MMA_BOUND = 2.0**-7
+# Against the rounded oracle: a logit whose last-bit difference (fp32 sums, tf32x3 products) crosses a bf16
+# rounding midpoint moves one term by 2^-8 of itself; rare, so 1e-3 relative (the H200 measured 2.7e-5 for fp32).
+HEAD_MMA_TOL = 1e-3
 
 
 @pytest.mark.parametrize(("tokens", "start", "heads", "dim", "dtype"), SCORE_CASES)
@@ -105,7 +108,7 @@ def test_head_mma_scores_match_their_rounded_oracle_and_bound(
     rounded = indexer_scores_ref(q, w, k, start, head_rounding=HEAD_ROUNDING)
     future = torch.isinf(rounded)
     assert torch.equal(torch.isneginf(out), future), "exactly the future positions must be -inf"
-    assert_close(out[~future], rounded[~future], rel_tol=SCORE_TOL[dtype], what="indexer_scores head_mma")
+    assert_close(out[~future], rounded[~future], rel_tol=HEAD_MMA_TOL, what="indexer_scores head_mma")
     exact = indexer_scores_ref(q, w, k, start)
     magnitude = indexer_scores_ref(q, w.abs(), k, start)  # sum_h |w_h| ReLU(logit_h)
     slack = HEAD_MMA_BOUND * magnitude[~future] + SCORE_TOL[dtype] * exact[~future].abs().max()
@@ -137,9 +140,7 @@ def test_head_mma_topk_selects_its_oracles_top_k(tokens, start, dim, dtype, meth
     expected = indexer_topk_ref(q, w, k, topk, start, head_rounding=HEAD_ROUNDING)
     scores = indexer_scores_ref(q, w, k, start, head_rounding=HEAD_ROUNDING)
     lengths = causal_lengths(tokens, start, q.device)
-    assert_same_selection(
-        picked, expected, scores, lengths, score_tol=SELECT_TOL[dtype], what="head_mma top-k"
-    )
+    assert_same_selection(picked, expected, scores, lengths, score_tol=HEAD_MMA_TOL, what="head_mma top-k")
 
 
 @pytest.mark.parametrize(("tokens", "start", "heads", "dim", "topk", "dtype", "buffer", "method"), TOPK_CASES)
