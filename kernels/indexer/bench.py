@@ -37,6 +37,8 @@ SCORE_CONFIGS = [  # (block_t queries, block_s keys, warps, stages, e4m3 inputs,
     (8, 64, 4, 4, True, 128, True),
     (16, 64, 4, 4, True, 0, True),
     (8, 128, 4, 3, True, 0, True),
+    (8, 128, 8, 3, True, 0, True),
+    (8, 128, 8, 4, True, 0, True),
 ]
 
 
