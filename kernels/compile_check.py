@@ -71,7 +71,13 @@ CASES = [
     (topk._split_finish_kernel, {"K": 2048, "BLOCK": 2048}, {}, 8, 3),
     (topk._select_topk_compact_kernel, {"K": 2048, "BLOCK": 2048, "GROUP": bound.GROUP}, {}, 8, 3),  # "bound"
     (minmax._minmax_stats_kernel, {"BLOCK": 2048, "GROUP": minmax.GROUP}, {}, 8, 3),
-    (minmax._select_topk_minmax_kernel, {"K": 2048, "BLOCK": 2048, "GROUP": minmax.GROUP}, {}, 8, 3),
+    (
+        minmax._select_topk_minmax_kernel,
+        {"K": 2048, "BLOCK": 2048, "GROUP": minmax.GROUP, "BOUND_STEPS": minmax.BOUND_STEPS},
+        {},
+        8,
+        3,
+    ),
     (
         cooperative._cooperative_topk_kernel,
         {"K": 2048, "SLICE": 1024, "PART_BLOCK": 128, "BLOCK": 2048, "PHASE": 0},

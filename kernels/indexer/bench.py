@@ -19,9 +19,13 @@ from kernels._bench import bench_ms, format_table
 from kernels.indexer import indexer_decode_topk, indexer_topk, indexer_topk_ref, quantize_indexer_fp8
 from kernels.indexer.decode import launch_indexer_decode_scores
 from kernels.indexer.kernel import launch_indexer_scores
+from kernels.topk import minmax
+from kernels.topk.bench import make_rows
+from kernels.topk.kernel import select_topk
 from kernels.topk.minmax import group_stats_buffers
 
 HEADS, DIM, TOPK = 16, 64, 2048
+TOPK_ROWS = (1024, 131072)  # the top-k alone in `bound_steps_rounds`: rows x columns
 SCORE_CONFIGS = [  # (block_t queries, block_s keys, warps, stages, e4m3 inputs, register cap (0: none), head_mma)
     (8, 64, 4, 3, False, 0, False),
     (8, 64, 4, 4, False, 0, False),
@@ -215,6 +219,40 @@ def head_sum_rounds(tokens: int, device: str, rounds: int = 3) -> list[dict[str,
     return results
 
 
+def bound_steps_rounds(tokens: int, device: str, rounds: int = 3) -> list[dict[str, object]]:
+    """ "minmax" with its bound cut at 24 bits (three radix steps) and at 16 (two), alternating in one process:
+    the indexer + top-k over one positional sequence (e4m3 with the MMA head sum, and bf16), and the top-k alone
+    over TOPK_ROWS (normal and smooth scores, its group-stats pass included)."""
+    q, w, k = positional_indexer_inputs(tokens, device, torch.bfloat16, structured=True)
+    (q8, q_scale), (k8, k_scale) = quantize_indexer_fp8(q), quantize_indexer_fp8(k)
+    options = {"max_buffer_bytes": 3 << 32, "topk_method": "minmax"}
+    cases = {
+        f"indexer+topk N={tokens} e4m3": lambda: indexer_topk(
+            q8, w, k8, TOPK, 0, scales=(q_scale, k_scale), **options
+        ),
+        f"indexer+topk N={tokens} bf16": lambda: indexer_topk(q, w, k, TOPK, 0, **options),
+    }
+    rows, cols = TOPK_ROWS
+    for kind in ("normal", "smooth"):
+        scores = make_rows(rows, cols, kind, device)
+        lengths = torch.full((rows,), cols, dtype=torch.int32, device=device)
+        cases[f"select_topk {rows} x {cols} {kind}"] = lambda s=scores, n=lengths: select_topk(
+            s, TOPK, n, method="minmax"
+        )
+    default = minmax.BOUND_STEPS
+    results = []
+    try:
+        for round_ in range(rounds):
+            for name, run in cases.items():
+                for steps in (3, 2):
+                    minmax.BOUND_STEPS = steps
+                    ms = bench_ms(run, budget_ms=1000)
+                    results.append({"case": name, "round": round_, "bound_bits": 8 * steps, "ms": ms})
+    finally:
+        minmax.BOUND_STEPS = default
+    return results
+
+
 def paged_keys(batch: int, keys: int, device: str, page: int = 64):
     """A decode batch: each sequence's index keys on shuffled pages, one new query per sequence."""
     pages = -(-keys // page)
@@ -271,12 +309,19 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict[str, object]]]:
     parser.add_argument(
         "--head-sum-rounds", type=int, default=0, metavar="N", help="only the FMA/MMA A-B at N"
     )
+    parser.add_argument(
+        "--bound-steps-rounds", type=int, default=0, metavar="N", help="only the minmax bound A-B"
+    )
     args = parser.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.head_sum_rounds:
         rows = head_sum_rounds(args.head_sum_rounds, device)
         print(format_table(rows, f"indexer + minmax top-k, FMA vs MMA head sum ({device})"))
         return {"indexer head sum, FMA vs MMA": rows}
+    if args.bound_steps_rounds:
+        rows = bound_steps_rounds(args.bound_steps_rounds, device)
+        print(format_table(rows, f"minmax bound at 24 and 16 bits ({device})"))
+        return {"minmax bound bits": rows}
     tables = {
         "indexer score tile configs": score_config_sweep(args.config_keys, args.config_chunk, device),
         "indexer + top-k, prefill (one sequence)": prefill_sweep(args.sizes, device, args.reference_max),

@@ -37,7 +37,10 @@ GROUP = 16  # keys per group
 # ptxas' cap for the select kernel: 128 registers (its natural count) allow two 8-warp programs per SM, 80 three,
 # for ~100 bytes of spills (H200, session 14: 0.61 against 0.64 µs per 128K row, the same selections).
 MAX_REGISTERS = 80
-BOUND_STEPS = tl.constexpr(3)  # radix steps of the bound: its top 24 bits (the rest zero)
+# Radix steps of the bound: its top 8 * BOUND_STEPS bits (the rest zero). Two, since session 19: at 16 bits the
+# bound lists < 2 % more groups than at 24 on indexer rows, and the third step was half the histogram work.
+# Read at each launch (the bench's A/B sets it).
+BOUND_STEPS = 2
 _ALL_ONES = tl.constexpr(0xFFFFFFFF)  # the largest ordered key: a minimum's neutral element
 
 
@@ -129,7 +132,14 @@ def _top_byte(
 
 @triton.jit
 def _weighted_bound(
-    row_gmax, row_gmin, n_groups, n_full, K: tl.constexpr, BLOCK: tl.constexpr, GROUP: tl.constexpr
+    row_gmax,
+    row_gmin,
+    n_groups,
+    n_full,
+    K: tl.constexpr,
+    BLOCK: tl.constexpr,
+    GROUP: tl.constexpr,
+    BOUND_STEPS: tl.constexpr,
 ):
     """Top 8 * BOUND_STEPS bits of the K-th largest entry of the list where each group's maximum counts
     once and each full group's minimum GROUP - 1 more times (a full group at or above a value puts all
@@ -199,6 +209,7 @@ def _minmax_select(
     K: tl.constexpr,
     BLOCK: tl.constexpr,
     GROUP: tl.constexpr,
+    BOUND_STEPS: tl.constexpr,
 ):
     """Exact top-K of one row with L > K from its group extremes; the minima row is reused for the
     list of groups to read once the bound is known. A row of fewer than K groups has a bound that rests
@@ -210,7 +221,7 @@ def _minmax_select(
         _compact_select(row_scores, row_out, row_key, row_col, length, K, BLOCK)
     else:
         n_groups = tl.cdiv(length, GROUP)
-        bound = _weighted_bound(row_gmax, row_gmin, n_groups, n_full, K, BLOCK, GROUP)
+        bound = _weighted_bound(row_gmax, row_gmin, n_groups, n_full, K, BLOCK, GROUP, BOUND_STEPS)
         tl.debug_barrier()  # every thread has read the minima before the group list overwrites them
         # The groups whose maximum reaches the bound hold every key that does, in column order.
         lanes = tl.arange(0, BLOCK)
@@ -247,6 +258,7 @@ def _select_topk_minmax_kernel(
     K: tl.constexpr,
     BLOCK: tl.constexpr,
     GROUP: tl.constexpr,
+    BOUND_STEPS: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     length = tl.load(lengths_ptr + row).to(tl.int32)
@@ -257,7 +269,7 @@ def _select_topk_minmax_kernel(
         _minmax_select(
             scores_ptr + row * stride_row, row_out, cand_key_ptr + row * stride_cand,
             cand_col_ptr + row * stride_cand, gmax_ptr + row * stride_stat, gmin_ptr + row * stride_stat,
-            length, K, BLOCK, GROUP,
+            length, K, BLOCK, GROUP, BOUND_STEPS,
         )  # fmt: skip
 
 
@@ -290,5 +302,6 @@ def launch_minmax(
     gmax, gmin = stats
     _select_topk_minmax_kernel[(rows,)](
         scores, lengths, out, cand_key, cand_col, gmax, gmin, scores.stride(0), out.stride(0),
-        cand_key.stride(0), gmax.stride(0), K=topk, BLOCK=block, GROUP=GROUP, num_warps=8, maxnreg=MAX_REGISTERS,
+        cand_key.stride(0), gmax.stride(0), K=topk, BLOCK=block, GROUP=GROUP, BOUND_STEPS=BOUND_STEPS, num_warps=8,
+        maxnreg=MAX_REGISTERS,
     )  # fmt: skip
