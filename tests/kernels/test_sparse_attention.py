@@ -128,6 +128,8 @@ UNION_CASES = [
     pytest.param(63, 80, 16, 8, "random", id="T63-K16-q8"),
     pytest.param(37, 100, 20, 3, "random", id="T37-K20-q3"),
     pytest.param(33, 50, 20, 5, "structured", id="T33-K20-q5-local"),
+    # runs of 32 selections in column order over a few hundred keys: one and two words per run, and longer
+    pytest.param(40, 300, 64, 8, "structured", id="T40-S300-K64-q8-local"),
     pytest.param(2049, 2049, 2048, 8, "structured", id="T2049-K2048-q8-local", marks=GPU),
     pytest.param(70, 90, 24, 32, "random", id="T70-K24-q32"),
     pytest.param(300, 5000, 2048, 8, "random", id="T300-S5000-K2048-q8", marks=GPU),
