@@ -115,8 +115,9 @@ def _query_keys(idx_ptr, T, K, stride_idx, j, BLOCK_Q: tl.constexpr, BLOCK_K: tl
 
 
 @triton.jit
-def _bitwise_or(a, b):
-    return a | b
+def _segmented_or(start_a, bits_a, start_b, bits_b):
+    """Scan operator: OR of the bits since the latest segment start (start = 1 opens a segment)."""
+    return start_a | start_b, tl.where(start_b != 0, bits_b, bits_a | bits_b)
 
 
 @triton.jit
@@ -124,24 +125,24 @@ def _set_bits_kernel(
     idx_ptr, bitmap_ptr, T, K, stride_idx, stride_bitmap, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr
 ):
     """Bit `key` of the block's bitmap for every key one of its queries selected. The top-k lists its keys
-    mostly in column order, so a run of 32 adjacent entries often spans one or two words: such a run ORs its
-    bits per word and sets each word with one atomic (32 atomics on one word queue in L2: 7.3 of the union's
-    22 ms at 256K on the H200); the entries of other runs set their bits one by one."""
-    RUN: tl.constexpr = 32 if BLOCK_K >= 32 else BLOCK_K
+    mostly in column order, so adjacent entries often share a word: each run of entries in one word ORs its
+    bits (a segmented scan) and only the run's last entry sets them, one atomic per run instead of one per key
+    (atomics on one word queue in L2). Any order is correct; column order only makes the runs long."""
     row = bitmap_ptr + tl.program_id(0).to(tl.int64) * stride_bitmap
+    col = tl.arange(0, BLOCK_K)
     for j in range(BLOCK_Q):
         key, valid = _query_keys(idx_ptr, T, K, stride_idx, j, BLOCK_Q, BLOCK_K)
-        key, valid = tl.reshape(key, (BLOCK_K // RUN, RUN)), tl.reshape(valid, (BLOCK_K // RUN, RUN))
-        word = key >> 5
+        token = tl.program_id(0) * BLOCK_Q + j
+        selections = idx_ptr + token.to(tl.int64) * stride_idx
+        n_cols = tl.where(token < T, K, 0)
+        before = tl.load(selections + col - 1, mask=(col >= 1) & (col - 1 < n_cols), other=-1).to(tl.int32)
+        after = tl.load(selections + col + 1, mask=col + 1 < n_cols, other=-1).to(tl.int32)
+        word = tl.where(valid, key >> 5, -1)
+        word_before = tl.where(before >= 0, before >> 5, -1)
+        word_after = tl.where(after >= 0, after >> 5, -1)
         bit = tl.where(valid, 1 << (key & 31), 0)
-        low = tl.min(tl.where(valid, word, 0x7FFFFFFF), 1)  # [runs]
-        high = tl.max(tl.where(valid, word, -1), 1)
-        paired = (high >= 0) & (high - low <= 1)  # the run's keys lie in one word or two adjacent ones
-        low_bits = tl.reduce(tl.where(word == low[:, None], bit, 0), 1, _bitwise_or)
-        high_bits = tl.reduce(tl.where(word == high[:, None], bit, 0), 1, _bitwise_or)
-        tl.atomic_or(row + low, low_bits, mask=paired)
-        tl.atomic_or(row + high, high_bits, mask=paired & (high > low))
-        tl.atomic_or(row + word, bit, mask=valid & ~paired[:, None])
+        _, run_bits = tl.associative_scan(((word != word_before).to(tl.int32), bit), 0, _segmented_or)
+        tl.atomic_or(row + word, run_bits, mask=valid & (word != word_after))
 
 
 @triton.jit
