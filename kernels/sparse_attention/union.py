@@ -142,7 +142,7 @@ def _set_bits_kernel(
         word_after = tl.where(after >= 0, after >> 5, -1)
         bit = tl.where(valid, 1 << (key & 31), 0)
         _, run_bits = tl.associative_scan(((word != word_before).to(tl.int32), bit), 0, _segmented_or)
-        tl.atomic_or(row + word, run_bits, mask=valid & (word != word_after))
+        tl.atomic_or(row + word, run_bits, mask=valid & (word != word_after), sem="relaxed")
 
 
 @triton.jit
@@ -207,7 +207,7 @@ def _mark_owners_kernel(
         below = word & ((1 << (key & 31)) - 1)
         first_slot = tl.load(word_slot_ptr + block * stride_bitmap + word_id, mask=valid, other=0)
         slot = first_slot + _popcount(below)
-        tl.atomic_or(owners_ptr + block * stride_owners + slot, 1 << j, mask=valid)
+        tl.atomic_or(owners_ptr + block * stride_owners + slot, 1 << j, mask=valid, sem="relaxed")
 
 
 @triton.jit
@@ -249,7 +249,7 @@ def _block_union_kernel(
     tl.store(keys_ptr + block.to(tl.int64) * stride_keys + slot, key, mask=first)
     tl.store(counts_ptr + block, tl.sum(first.to(tl.int32), 0))
     owner_bit = 1 << (code & (BLOCK_QP - 1))
-    tl.atomic_or(owners_ptr + block.to(tl.int64) * stride_owners + slot, owner_bit, mask=valid)
+    tl.atomic_or(owners_ptr + block.to(tl.int64) * stride_owners + slot, owner_bit, mask=valid, sem="relaxed")
 
 
 def _first_occurrences(sorted_rows: torch.Tensor) -> torch.Tensor:
