@@ -85,7 +85,7 @@ CASES = [
         8,
         3,
     ),
-    (union._set_bits_kernel, {"BLOCK_Q": 32, "BLOCK_K": 2048}, {}, 8, 3),
+    (union._set_bits_kernel, {"BLOCK_Q": 32, "BLOCK_K": 2048, "RUNS": True}, {}, 8, 3),
     (union._read_bits_kernel, {"WIDE": 1024, "WORDS": 64}, {}, 4, 3),
     (union._mark_owners_kernel, {"BLOCK_Q": 32, "BLOCK_K": 2048}, {}, 8, 3),
     (union._block_union_kernel, {"BLOCK_Q": 8, "BLOCK_QP": 8, "BLOCK_K": 256, "Q_BITS": 3}, {}, 8, 3),

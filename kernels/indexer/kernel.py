@@ -173,7 +173,8 @@ def _indexer_scores_kernel(
             tl.store(out_rows[:, None] + offs_s[None, :], tile, mask=t_ok[:, None] & (offs_s < S)[None, :])
 
 
-# The interpreter (TRITON_INTERPRET=1) runs no inline assembly, and Triton 3.9's multiplies bf16 dots wrongly.
+# The interpreter (TRITON_INTERPRET=1) runs no inline assembly, and Triton 3.9's interpreter multiplies bf16 dots
+# wrongly: there the head_mma product runs in fp32.
 INTERPRETED = not isinstance(_indexer_scores_kernel, triton.JITFunction)
 
 
@@ -212,7 +213,9 @@ def launch_indexer_scores(
     per two logits takes their ReLU and rounds them to bf16, and [keys, heads x queries] . w_mat [heads x
     queries, 2 x queries] (w in bf16, fp32 accumulation) gives the scores. Each term then carries up to 2^-8
     relative error twice (the logit's rounding and w's), so a score is within 2^-7 of sum_h |w_h| ReLU(.)
-    of the fp32 sum: far below e4m3 inputs' own rounding, a visible loosening for bf16 ones."""
+    of the fp32 sum: far below e4m3 inputs' own rounding, a visible loosening for bf16 ones. Session 19 on the
+    H200: the loop step 274 -> 176 instructions, 168 -> 112 registers; e4m3 tiles +5-20 % (32K sweep, two
+    machines), indexer + top-k at 256K 11 % faster; bf16 level to +13 % in the sweep, 3-4 % at 256K."""
     tokens, heads, dim = q.shape
     keys = k.shape[0]
     if tokens == 0 or keys == 0:

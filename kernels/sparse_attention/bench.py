@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from kernels._bench import bench_ms, format_table
 from kernels.indexer import indexer_topk, quantize_indexer_fp8
 from kernels.indexer.bench import positional_indexer_inputs
-from kernels.sparse_attention import build_block_union, sparse_attention_ref
+from kernels.sparse_attention import build_block_union, sparse_attention_ref, union
 from kernels.sparse_attention.kernel import default_block_q, launch_sparse_attention
 from kernels.sparse_attention.union import build_block_union_torch
 from kernels.topk.kernel import TOPK_METHODS
@@ -238,6 +238,30 @@ def layer_sweep(
     return rows
 
 
+def union_runs_rounds(tokens: int, device: str, rounds: int = 3) -> list[dict[str, object]]:
+    """The bitmap union of the e4m3 indexer's positional selections (8-query blocks), its set-bits kernel with
+    one atomic per run of selections in a word and with one per key, alternating in one process."""
+    q, w, k = positional_indexer_inputs(tokens, device, torch.bfloat16, structured=True)
+    (q8, q_scale), (k8, k_scale) = quantize_indexer_fp8(q), quantize_indexer_fp8(k)
+    idx = indexer_topk(
+        q8, w, k8, TOPK, 0, max_buffer_bytes=3 << 32, topk_method="minmax", scales=(q_scale, k_scale)
+    )
+    q = w = k = q8 = k8 = None
+    default = union.SET_BITS_RUNS
+    results = []
+    try:
+        for round_ in range(rounds):
+            for runs in (True, False):
+                union.SET_BITS_RUNS = runs
+                ms = bench_ms(lambda: build_block_union(idx, 8), budget_ms=300)
+                results.append(
+                    {"N": tokens, "round": round_, "set_bits": "runs" if runs else "per key", "ms": ms}
+                )
+    finally:
+        union.SET_BITS_RUNS = default
+    return results
+
+
 def main(argv: list[str] | None = None, deadline_s: float = math.inf) -> dict[str, list[dict[str, object]]]:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", type=int, nargs="+", default=[32768, 131072, 262144])
@@ -253,8 +277,13 @@ def main(argv: list[str] | None = None, deadline_s: float = math.inf) -> dict[st
         default="default",
         help="indexer heads summed on the tensor cores (default: for e4m3 indexers)",
     )
+    parser.add_argument("--union-rounds", type=int, default=0, metavar="N", help="only the set-bits A-B at N")
     args = parser.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.union_rounds:
+        rows = union_runs_rounds(args.union_rounds, device)
+        print(format_table(rows, f"block union, set bits by runs or per key ({device})"))
+        return {"block union set bits": rows}
     tables: dict[str, list[dict[str, object]]] = {}
     attn_config = (default_block_q(Q_HEADS // KV_HEADS), 32, 4, 2)
     if args.config_sweep_size:
