@@ -12,6 +12,7 @@ import torch
 
 from kernels import KernelInputError, sparse_attention, sparse_attention_ref
 from kernels.sparse_attention import build_block_union
+from kernels.sparse_attention import union as union_module
 from kernels.sparse_attention.kernel import default_block_q, launch_sparse_attention
 from kernels.sparse_attention.union import BlockUnion, build_block_union_torch
 from kernels.testing import assert_close
@@ -128,7 +129,7 @@ UNION_CASES = [
     pytest.param(63, 80, 16, 8, "random", id="T63-K16-q8"),
     pytest.param(37, 100, 20, 3, "random", id="T37-K20-q3"),
     pytest.param(33, 50, 20, 5, "structured", id="T33-K20-q5-local"),
-    # runs of 32 selections in column order over a few hundred keys: one and two words per run, and longer
+    # consecutive selections (newest first) across a dozen bitmap words: set bits ORs long runs per word
     pytest.param(40, 300, 64, 8, "structured", id="T40-S300-K64-q8-local"),
     pytest.param(2049, 2049, 2048, 8, "structured", id="T2049-K2048-q8-local", marks=GPU),
     pytest.param(70, 90, 24, 32, "random", id="T70-K24-q32"),
@@ -156,6 +157,20 @@ def test_triton_block_union_equals_torch(tokens, keys, topk, block_q, kind, meth
     assert torch.equal(fast.keys[:, : oracle.width].cpu(), oracle.keys), "union keys differ"
     assert torch.equal(owners(fast), owners(oracle)), "owner bits differ"
     assert (owners(oracle) != 0).sum() == oracle.counts.sum(), "every union slot has an owner"
+
+
+@pytest.mark.parametrize("kind", ["random", "structured"])
+def test_block_union_sets_the_same_bits_per_key_as_by_runs(kind: str, device, monkeypatch) -> None:
+    """`SET_BITS_RUNS` = False (one atomic per key, the benchmark's A-B alternative) builds the same union."""
+    generator = torch.Generator().manual_seed(9)
+    idx = random_selection(50, 400, 40, generator) if kind == "random" else structured_selection(50, 400, 40)
+    by_runs = build_block_union(idx.to(device), 8)
+    monkeypatch.setattr(union_module, "SET_BITS_RUNS", False)
+    per_key = build_block_union(idx.to(device), 8)
+    assert torch.equal(per_key.counts, by_runs.counts) and torch.equal(per_key.keys, by_runs.keys)
+    assert torch.equal(per_key.owners, by_runs.owners)
+    oracle = build_block_union_torch(idx, 8)
+    assert torch.equal(by_runs.keys[:, : oracle.width].cpu(), oracle.keys)
 
 
 def test_block_union_falls_back_to_torch_where_the_kernel_cannot_go() -> None:
