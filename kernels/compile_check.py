@@ -73,7 +73,13 @@ CASES = [
     (minmax._minmax_stats_kernel, {"BLOCK": 2048, "GROUP": minmax.GROUP}, {}, 8, 3),
     (
         minmax._select_topk_minmax_kernel,
-        {"K": 2048, "BLOCK": 2048, "GROUP": minmax.GROUP, "BOUND_STEPS": minmax.BOUND_STEPS},
+        {
+            "K": 2048,
+            "BLOCK": 2048,
+            "GROUP": minmax.GROUP,
+            "BOUND_STEPS": minmax.BOUND_STEPS,
+            "TOP_FROM_BOUND": minmax.TOP_FROM_BOUND,
+        },
         {},
         8,
         3,

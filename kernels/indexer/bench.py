@@ -25,7 +25,7 @@ from kernels.topk.kernel import select_topk
 from kernels.topk.minmax import group_stats_buffers
 
 HEADS, DIM, TOPK = 16, 64, 2048
-TOPK_ROWS = (1024, 131072)  # the top-k alone in `bound_steps_rounds`: rows x columns
+TOPK_ROWS = (1024, 131072)  # the top-k alone in `minmax_switch_rounds`: rows x columns
 SCORE_CONFIGS = [  # (block_t queries, block_s keys, warps, stages, e4m3 inputs, register cap (0: none), head_mma)
     (8, 64, 4, 3, False, 0, False),
     (8, 64, 4, 4, False, 0, False),
@@ -219,10 +219,14 @@ def head_sum_rounds(tokens: int, device: str, rounds: int = 3) -> list[dict[str,
     return results
 
 
-def bound_steps_rounds(tokens: int, device: str, rounds: int = 3) -> list[dict[str, object]]:
-    """ "minmax" with its bound cut at 24 bits (three radix steps) and at 16 (two), alternating in one process:
-    the indexer + top-k over one positional sequence (e4m3 with the MMA head sum, and bf16), and the top-k alone
-    over TOPK_ROWS (normal and smooth scores, its group-stats pass included)."""
+# The "minmax" A-B switches (module globals read at each launch) and the two values each compares.
+MINMAX_SWITCHES = {"BOUND_STEPS": (3, 2), "TOP_FROM_BOUND": (False, True)}
+
+
+def minmax_switch_rounds(tokens: int, device: str, switch: str, rounds: int = 3) -> list[dict[str, object]]:
+    """ "minmax" with one of its switches at each of its two values, alternating in one process: the indexer
+    + top-k over one positional sequence (e4m3 with the MMA head sum, and bf16), and the top-k alone over
+    TOPK_ROWS (normal and smooth scores, its group-stats pass included)."""
     q, w, k = positional_indexer_inputs(tokens, device, torch.bfloat16, structured=True)
     (q8, q_scale), (k8, k_scale) = quantize_indexer_fp8(q), quantize_indexer_fp8(k)
     options = {"max_buffer_bytes": 3 << 32, "topk_method": "minmax"}
@@ -239,17 +243,17 @@ def bound_steps_rounds(tokens: int, device: str, rounds: int = 3) -> list[dict[s
         cases[f"select_topk {rows} x {cols} {kind}"] = lambda s=scores, n=lengths: select_topk(
             s, TOPK, n, method="minmax"
         )
-    default = minmax.BOUND_STEPS
+    default = getattr(minmax, switch)
     results = []
     try:
         for round_ in range(rounds):
             for name, run in cases.items():
-                for steps in (3, 2):
-                    minmax.BOUND_STEPS = steps
+                for value in MINMAX_SWITCHES[switch]:
+                    setattr(minmax, switch, value)
                     ms = bench_ms(run, budget_ms=1000)
-                    results.append({"case": name, "round": round_, "bound_bits": 8 * steps, "ms": ms})
+                    results.append({"case": name, "round": round_, switch: value, "ms": ms})
     finally:
-        minmax.BOUND_STEPS = default
+        setattr(minmax, switch, default)
     return results
 
 
@@ -310,7 +314,10 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict[str, object]]]:
         "--head-sum-rounds", type=int, default=0, metavar="N", help="only the FMA/MMA A-B at N"
     )
     parser.add_argument(
-        "--bound-steps-rounds", type=int, default=0, metavar="N", help="only the minmax bound A-B"
+        "--bound-steps-rounds", type=int, default=0, metavar="N", help="only the minmax bound-bits A-B at N"
+    )
+    parser.add_argument(
+        "--top-from-bound-rounds", type=int, default=0, metavar="N", help="only the minmax finish A-B at N"
     )
     args = parser.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -319,9 +326,13 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict[str, object]]]:
         print(format_table(rows, f"indexer + minmax top-k, FMA vs MMA head sum ({device})"))
         return {"indexer head sum, FMA vs MMA": rows}
     if args.bound_steps_rounds:
-        rows = bound_steps_rounds(args.bound_steps_rounds, device)
+        rows = minmax_switch_rounds(args.bound_steps_rounds, device, "BOUND_STEPS")
         print(format_table(rows, f"minmax bound at 24 and 16 bits ({device})"))
         return {"minmax bound bits": rows}
+    if args.top_from_bound_rounds:
+        rows = minmax_switch_rounds(args.top_from_bound_rounds, device, "TOP_FROM_BOUND")
+        print(format_table(rows, f"minmax finish from the first byte or from the bound's ({device})"))
+        return {"minmax finish": rows}
     tables = {
         "indexer score tile configs": score_config_sweep(args.config_keys, args.config_chunk, device),
         "indexer + top-k, prefill (one sequence)": prefill_sweep(args.sizes, device, args.reference_max),

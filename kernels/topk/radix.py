@@ -87,9 +87,17 @@ def _finish_candidates(
     (".cg"): in cooperative.py other programs wrote them.
     """
     prefix, remaining = _radix_prefix(row_cand_key, n_cand, prefix, needed, BLOCK, FIRST_STEP, 4)
+    _write_selected(row_out, row_cand_key, row_cand_col, n_cand, prefix, needed - remaining, remaining, written, K,
+                    BLOCK)  # fmt: skip
+
+
+@triton.jit
+def _write_selected(
+    row_out, row_cand_key, row_cand_col, n_cand, threshold, n_gt, n_eq, written, K: tl.constexpr, BLOCK: tl.constexpr
+):
+    """Final pass over the candidates: the `n_gt` keys above the `threshold` key, then the first `n_eq` equal
+    to it (lower columns first), after slot `written`."""
     lanes = tl.arange(0, BLOCK)
-    # Final pass over the candidates: those above the threshold key, then enough equal ones.
-    n_gt = needed - remaining
     taken_gt = tl.zeros((), dtype=tl.int32)
     taken_eq = tl.zeros((), dtype=tl.int32)
     for first in range(0, n_cand, BLOCK):
@@ -97,11 +105,11 @@ def _finish_candidates(
         ok = slot < n_cand
         key = tl.load(row_cand_key + slot, mask=ok, other=0, cache_modifier=".cg").to(tl.uint32, bitcast=True)
         col = tl.load(row_cand_col + slot, mask=ok, other=0, cache_modifier=".cg")
-        gt_mask = ok & (key > prefix)
-        eq_mask = ok & (key == prefix)
+        gt_mask = ok & (key > threshold)
+        eq_mask = ok & (key == threshold)
         rank_gt = taken_gt + tl.cumsum(gt_mask.to(tl.int32), 0) - 1
         rank_eq = taken_eq + tl.cumsum(eq_mask.to(tl.int32), 0) - 1
-        keep_eq = eq_mask & (rank_eq < remaining)
+        keep_eq = eq_mask & (rank_eq < n_eq)
         slot_out = written + tl.where(gt_mask, rank_gt, n_gt + rank_eq)
         tl.store(row_out + slot_out, col, mask=(gt_mask | keep_eq) & (slot_out < K))
         taken_gt += tl.sum(gt_mask.to(tl.int32), 0)

@@ -56,6 +56,10 @@ def make_scores(rows: int, cols: int, kind: str, generator: torch.Generator) -> 
     ):  # smooth rows (a tight bound: nothing to spare) with every 100th score 1000 times larger
         scores = 1.0 + torch.arange(cols) / cols + 1e-4 * scores
         scores[:, ::100] = 1000.0
+    elif kind == "hidden":  # pairs of large keys: a group counts one of them, so the bound falls a byte below
+        scores = 1.0 + torch.arange(cols) / cols + 1e-4 * scores
+        scores[:, : 16 * 40 : 16] = 1000.0
+        scores[:, 1 : 16 * 40 : 16] = 1001.0
     elif kind == "constant":
         scores = torch.full((rows, cols), 0.5)
     elif kind == "signed":
@@ -120,6 +124,22 @@ def test_pruning_methods_at_their_border(
     picked = select_topk(scores.to(device), topk, lengths_t.to(device), method=method)
     expected = select_topk_ref(scores, topk, lengths_t)
     assert_same_selection(picked, expected, scores, lengths_t, score_tol=0.0, what=f"{method} border")
+
+
+@pytest.mark.parametrize("top_from_bound", [True, False], ids=["top-from-bound", "four-steps"])
+@pytest.mark.parametrize("kind", ["hidden", "outliers", "narrow"])
+def test_minmax_finish_from_the_bounds_top_byte(
+    kind: str, top_from_bound: bool, device: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The finish starts at the second byte only when fewer than K candidates lie above the bound's top byte:
+    "hidden" rows put 80 of them there (two per group, so the weighted bound counts 40 and falls below),
+    "outliers" 12, "narrow" none; either way, and with the switch off, the selection is exact."""
+    monkeypatch.setattr(minmax, "TOP_FROM_BOUND", top_from_bound)
+    scores = make_scores(3, 1200, kind, torch.Generator().manual_seed(5))
+    lengths = torch.tensor([1200, 1100, 1025])
+    picked = select_topk(scores.to(device), 64, lengths.to(device), method="minmax")
+    expected = select_topk_ref(scores, 64, lengths)
+    assert_same_selection(picked, expected, scores, lengths, score_tol=0.0, what=f"minmax {kind}")
 
 
 def test_select_topk_rejects_bad_input(device: str) -> None:
