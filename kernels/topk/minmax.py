@@ -257,7 +257,7 @@ def _minmax_select(
             _gather_candidates(
                 row_scores, row_out, row_key, row_col, row_gmin, n_listed, bound, length, K, BLOCK, GROUP,
                 TOP_FROM_BOUND,
-            )
+            )  # fmt: skip
 
 
 @triton.jit

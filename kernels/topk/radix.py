@@ -93,7 +93,16 @@ def _finish_candidates(
 
 @triton.jit
 def _write_selected(
-    row_out, row_cand_key, row_cand_col, n_cand, threshold, n_gt, n_eq, written, K: tl.constexpr, BLOCK: tl.constexpr
+    row_out,
+    row_cand_key,
+    row_cand_col,
+    n_cand,
+    threshold,
+    n_gt,
+    n_eq,
+    written,
+    K: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
     """Final pass over the candidates: the `n_gt` keys above the `threshold` key, then the first `n_eq` equal
     to it (lower columns first), after slot `written`."""
