@@ -176,6 +176,11 @@ def _indexer_scores_kernel(
 # The interpreter (TRITON_INTERPRET=1) runs no inline assembly, and Triton 3.9's interpreter multiplies bf16 dots
 # wrongly: there the head_mma product runs in fp32.
 INTERPRETED = not isinstance(_indexer_scores_kernel, triton.JITFunction)
+# ptxas' register cap for e4m3 tiles with the MMA head sum: 112 registers hold four programs per SM, 96 five, with
+# no spill in the unmasked loop (Triton 3.6). The tile is latency-bound, so the fifth program pays: H200, session 20,
+# 32K tiles 524-535 TFLOP/s against 441-512, indexer + top-k at 256K 189.0-189.2 -> 183.5-184.1 ms (same selections).
+# The FMA head sum holds 144-147 registers and spills ~175 instructions at 96: no cap there.
+E4M3_MMA_MAX_REGISTERS = 96
 
 
 def launch_indexer_scores(
@@ -193,7 +198,7 @@ def launch_indexer_scores(
     key_tiles: int = 32,
     num_warps: int = 4,
     num_stages: int = 3,
-    max_registers: int = 0,
+    max_registers: int | None = None,
     head_mma: bool = False,
 ) -> None:
     """Score q [T, H, D] against k [S, D] into out [T, >= S] (row stride out.stride(0)); no checks.
@@ -207,7 +212,8 @@ def launch_indexer_scores(
     and 407-416 for session 15's kernel (64 queries x 128 keys, each head's q tile re-read from L2 per key tile);
     then e4m3 441-467 against 414-426 with both extremes in one store. 16 queries hold 255 registers and were no
     faster; 16 or 64 key tiles per program were level with 32.
-    `max_registers` caps ptxas' registers per thread (0: no cap).
+    `max_registers` caps ptxas' registers per thread (0: no cap; None: `E4M3_MMA_MAX_REGISTERS` for e4m3 inputs
+    with `head_mma`, else no cap).
 
     `head_mma` sums the heads with a second tensor-core product instead of per-element FMAs: one instruction
     per two logits takes their ReLU and rounds them to bf16, and [keys, heads x queries] . w_mat [heads x
@@ -220,6 +226,8 @@ def launch_indexer_scores(
     keys = k.shape[0]
     if tokens == 0 or keys == 0:
         return
+    if max_registers is None:
+        max_registers = E4M3_MMA_MAX_REGISTERS if head_mma and scales is not None else 0
     block_d = max(32 if scales is not None else 16, triton.next_power_of_2(dim))  # FP8 dots take K >= 32
     padded_heads = triton.next_power_of_2(heads)
     # The product's N = padded heads x queries: at least 16 (the tensor cores' smallest), at most 256 where it can.
