@@ -22,6 +22,7 @@ from kernels.indexer import (
     indexer_topk,
     indexer_topk_ref,
     quantize_indexer_fp8,
+    quantize_indexer_fp8_ref,
 )
 from kernels.rms_norm import rms_norm, rms_norm_ref
 from kernels.sparse_attention import sparse_attention, sparse_attention_ref
@@ -44,6 +45,7 @@ __all__ = [
     "indexer_topk",
     "indexer_topk_ref",
     "quantize_indexer_fp8",
+    "quantize_indexer_fp8_ref",
     "rms_norm",
     "rms_norm_ref",
     "select_topk",

@@ -26,6 +26,7 @@ from kernels.fused_moe import kernel as moe
 from kernels.fused_moe import slots as moe_slots
 from kernels.indexer import decode as indexer_decode
 from kernels.indexer import kernel as indexer
+from kernels.indexer import quantize as indexer_quantize
 from kernels.rms_norm import kernel as norm
 from kernels.sparse_attention import kernel as attention
 from kernels.sparse_attention import union
@@ -133,6 +134,13 @@ CASES = [
         {**INDEXER_POINTERS, "q_ptr": "*fp8e4nv", "k_ptr": "*fp8e4nv"},
         4,
         4,
+    ),
+    (
+        indexer_quantize._quantize_kernel,
+        {"D": 64, "BLOCK_R": 64},
+        {"h_ptr": "*fp32", "q_ptr": "*fp8e4nv", "scale_ptr": "*fp32"},
+        4,
+        3,
     ),
     (
         indexer_decode._indexer_decode_kernel,

@@ -16,7 +16,13 @@ import argparse
 import torch
 
 from kernels._bench import bench_ms, format_table
-from kernels.indexer import indexer_decode_topk, indexer_topk, indexer_topk_ref, quantize_indexer_fp8
+from kernels.indexer import (
+    indexer_decode_topk,
+    indexer_topk,
+    indexer_topk_ref,
+    quantize_indexer_fp8,
+    quantize_indexer_fp8_ref,
+)
 from kernels.indexer.decode import launch_indexer_decode_scores
 from kernels.indexer.kernel import launch_indexer_scores
 from kernels.topk import minmax
@@ -259,6 +265,27 @@ def minmax_switch_rounds(tokens: int, device: str, switch: str, rounds: int = 3)
     return results
 
 
+def quantize_sweep(sizes: list[int], device: str) -> list[dict[str, object]]:
+    """The Hadamard + e4m3 quantiser over the indexer queries of N tokens ([N, 16, 64] bf16), the Triton kernel
+    against its five-pass PyTorch oracle (what the layer paid before session 20)."""
+    results = []
+    for tokens in sizes:
+        q = make_inputs(tokens, device)[0]
+        kernel_ms = bench_ms(lambda: quantize_indexer_fp8(q))
+        torch_ms = bench_ms(lambda: quantize_indexer_fp8_ref(q))
+        read_write = q.numel() * (2 + 1) + q.shape[0] * q.shape[1] * 4  # bf16 in, e4m3 + fp32 scales out
+        results.append(
+            {
+                "N": tokens,
+                "ours_ms": kernel_ms,
+                "torch_ms": torch_ms,
+                "speedup": torch_ms / kernel_ms,
+                "ours_GB/s": read_write / kernel_ms / 1e6,
+            }
+        )
+    return results
+
+
 def paged_keys(batch: int, keys: int, device: str, page: int = 64):
     """A decode batch: each sequence's index keys on shuffled pages, one new query per sequence."""
     pages = -(-keys // page)
@@ -321,8 +348,13 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict[str, object]]]:
     parser.add_argument(
         "--top-from-bound-rounds", type=int, default=0, metavar="N", help="only the minmax finish A-B at N"
     )
+    parser.add_argument("--quantize", type=int, default=0, metavar="N", help="only the e4m3 quantiser at N")
     args = parser.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.quantize:
+        rows = quantize_sweep([args.quantize], device)
+        print(format_table(rows, f"indexer e4m3 quantiser ({device})"))
+        return {"indexer e4m3 quantiser (queries)": rows}
     if args.head_sum_rounds:
         rows = head_sum_rounds(args.head_sum_rounds, device)
         print(format_table(rows, f"indexer + minmax top-k, FMA vs MMA head sum ({device})"))
@@ -339,6 +371,7 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict[str, object]]]:
         "indexer score tile configs": score_config_sweep(args.config_keys, args.config_chunk, device),
         "indexer + top-k, prefill (one sequence)": prefill_sweep(args.sizes, device, args.reference_max),
         "indexer + top-k, decode (one query per sequence)": decode_sweep(args.sizes, args.batches, device),
+        "indexer e4m3 quantiser (queries)": quantize_sweep(args.sizes, device),
     }
     for title, rows in tables.items():
         print(format_table(rows, f"{title} ({device})"))

@@ -133,7 +133,7 @@ def hadamard(dim: int, device: torch.device | str = "cpu") -> torch.Tensor:
     return runtime_hadamard(dim, torch.device(device)).clone()
 
 
-def quantize_indexer_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_indexer_fp8_ref(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """x [..., D] → (e4m3 [..., D] of the Hadamard-rotated x, fp32 power-of-two scales [...]) with
     rotated x ≈ q * scale; the scale is the smallest power of two that fits the vector's largest value."""
     rotated = x.float() @ hadamard(x.shape[-1], x.device)
@@ -171,7 +171,7 @@ def indexer_scores_fp8_ref(
     *,
     head_rounding: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """`indexer_scores_ref` on FP8 inputs from `quantize_indexer_fp8` (q8 [T, H, D], q_scale [T, H], k8 [S, D],
+    """`indexer_scores_ref` on FP8 inputs from `quantize_indexer_fp8_ref` (q8 [T, H, D], q_scale [T, H], k8 [S, D],
     k_scale [S]): the scores of the dequantised vectors, fp32 [T, S], -inf above the causal diagonal. The
     scales are powers of two, so rounding the dequantised terms (`head_rounding`) rounds the kernel's."""
     check_indexer_fp8_args(q8, q_scale, w, k8, k_scale, start)

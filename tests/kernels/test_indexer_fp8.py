@@ -20,7 +20,7 @@ from kernels import (
     indexer_scores_fp8_ref,
     indexer_scores_ref,
     indexer_topk,
-    quantize_indexer_fp8,
+    quantize_indexer_fp8_ref,
 )
 from kernels.indexer.kernel import INTERPRETED
 from kernels.indexer.reference import causal_lengths
@@ -50,7 +50,7 @@ def make_inputs(tokens: int, start: int, heads: int, dim: int, seed: int = 0):
 @pytest.mark.parametrize(("tokens", "start", "heads", "dim"), CASES)
 def test_fp8_scores_match_the_oracle_and_stay_close_to_exact(tokens, start, heads, dim, device) -> None:
     q, w, k = make_inputs(tokens, start, heads, dim)
-    (q8, q_scale), (k8, k_scale) = quantize_indexer_fp8(q), quantize_indexer_fp8(k)
+    (q8, q_scale), (k8, k_scale) = quantize_indexer_fp8_ref(q), quantize_indexer_fp8_ref(k)
     args = [t.to(device) for t in (q8, q_scale, w, k8, k_scale)]
     out = torch.full((tokens, start + tokens), float("nan"), device=device)
     out = indexer_scores_fp8(*args, start)
@@ -71,7 +71,7 @@ def test_fp8_head_mma_scores_match_their_rounded_oracle(tokens, start, heads, di
     there). The FP8 tensor cores' accumulation moves a logit by ~1e-4 of itself, which flips the bf16 rounding
     of a few percent of the terms by 2^-8 each: 1e-3 relative (the H200 measured 2.3e-4 to 4.3e-4)."""
     q, w, k = make_inputs(tokens, start, heads, dim)
-    (q8, q_scale), (k8, k_scale) = quantize_indexer_fp8(q), quantize_indexer_fp8(k)
+    (q8, q_scale), (k8, k_scale) = quantize_indexer_fp8_ref(q), quantize_indexer_fp8_ref(k)
     args = [t.to(device) for t in (q8, q_scale, w, k8, k_scale)]
     out = indexer_scores_fp8(*args, start, head_mma=True)
     rounding = None if INTERPRETED else torch.bfloat16
@@ -95,7 +95,7 @@ def test_fp8_indexer_topk_selects_the_top_k_of_its_scores(method: str, head_mma:
     the score kernel's own unchunked scores, which the test above holds to its oracle."""
     tokens, start, topk = 70, 30, 24
     q, w, k = make_inputs(tokens, start, 5, 32, seed=5)
-    (q8, q_scale), (k8, k_scale) = quantize_indexer_fp8(q), quantize_indexer_fp8(k)
+    (q8, q_scale), (k8, k_scale) = quantize_indexer_fp8_ref(q), quantize_indexer_fp8_ref(k)
     q8, q_scale, w, k8, k_scale = (t.to(device) for t in (q8, q_scale, w, k8, k_scale))
     # A 1-byte buffer forces 64-query chunks: the scales must be sliced with the queries and keys.
     picked = indexer_topk(
@@ -121,7 +121,7 @@ def test_fp8_indexer_topk_selects_the_top_k_of_its_scores(method: str, head_mma:
 
 def test_fp8_top_k_keeps_most_of_the_exact_selection() -> None:
     q, w, k = make_inputs(64, 960, 16, 64, seed=3)
-    (q8, q_scale), (k8, k_scale) = quantize_indexer_fp8(q), quantize_indexer_fp8(k)
+    (q8, q_scale), (k8, k_scale) = quantize_indexer_fp8_ref(q), quantize_indexer_fp8_ref(k)
     approx = indexer_scores_fp8_ref(q8, q_scale, w, k8, k_scale, 960).topk(128, dim=1).indices
     exact = indexer_scores_ref(q, w, k, 960).topk(128, dim=1).indices
     kept = [len(set(a.tolist()) & set(e.tolist())) / 128 for a, e in zip(approx, exact, strict=True)]
@@ -132,7 +132,7 @@ def test_hadamard_keeps_dot_products_and_scales_are_powers_of_two() -> None:
     h = hadamard(64)
     assert torch.allclose(h @ h.T, torch.eye(64), atol=1e-6)
     x = torch.randn(10, 64) * 5
-    _, scale = quantize_indexer_fp8(x)
+    _, scale = quantize_indexer_fp8_ref(x)
     assert torch.equal(torch.exp2(torch.log2(scale).round()), scale)
     with pytest.raises(KernelInputError, match="power-of-two"):
         hadamard(48)
@@ -140,7 +140,7 @@ def test_hadamard_keeps_dot_products_and_scales_are_powers_of_two() -> None:
 
 def test_fp8_scores_reject_unquantised_inputs(device) -> None:
     q, w, k = (t.to(device) for t in make_inputs(4, 0, 2, 32))
-    (q8, q_scale), (k8, k_scale) = quantize_indexer_fp8(q), quantize_indexer_fp8(k)
+    (q8, q_scale), (k8, k_scale) = quantize_indexer_fp8_ref(q), quantize_indexer_fp8_ref(k)
     with pytest.raises(KernelInputError, match="must be e4m3"):
         indexer_scores_fp8(q, q_scale, w, k8, k_scale, 0)
     with pytest.raises(KernelInputError, match="k_scale must be"):
