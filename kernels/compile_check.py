@@ -137,8 +137,8 @@ CASES = [
     ),
     (
         indexer_quantize._quantize_kernel,
-        {"D": 64, "BLOCK_R": 64},
-        {"h_ptr": "*fp32", "q_ptr": "*fp8e4nv", "scale_ptr": "*fp32"},
+        {"D": 64, "BLOCK_R": 64, "NORM": 0.125, "INTERPRETED": False},
+        {"h_ptr": "*bf16", "q_ptr": "*fp8e4nv", "scale_ptr": "*fp32"},
         4,
         3,
     ),

@@ -1,10 +1,12 @@
 """Triton Hadamard rotation + e4m3 rounding of indexer vectors, one pass (`quantize_indexer_fp8_ref`'s math).
 
 The PyTorch oracle makes five passes over fp32 copies of q (cast, product, abs-max, divide, cast): ~4.5 ms of the
-DSA layer's 229 at 256K on the H200 (session 20). Here each program loads a tile of rows once, rotates them with
-one product against the Hadamard matrix (fp32, "ieee": the oracle's fp32 matmul up to summation order), takes each
-row's largest magnitude, and stores the e4m3 values and the power-of-two scale. The scale comes from the float's
-bits (exactly the smallest power of two >= amax / 448), not from a log2 that could land an ulp off.
+DSA layer's 229 at 256K on the H200 (session 20). Here each program loads a tile of rows once, rotates it with one
+product, takes each row's largest magnitude, and stores the e4m3 values and the power-of-two scale. bf16 / fp16
+rows are multiplied by the ±1 Hadamard signs on the tensor cores (every product exact, fp32 sums) and the sum by
+1/sqrt(D) after; fp32 rows by the normalised matrix in fp32 ("ieee", which ran at 0.58 TB/s on the H200 for bf16
+input: the fp32 product was the cost). Either way the oracle's fp32 matmul up to summation order. The scale comes
+from the float's bits (exactly the smallest power of two >= amax / 448), not from a log2 that could land an ulp off.
 """
 
 from __future__ import annotations
@@ -34,14 +36,22 @@ def _round_to_e4m3(v):
 
 
 @triton.jit
-def _quantize_kernel(x_ptr, h_ptr, q_ptr, scale_ptr, rows, D: tl.constexpr, BLOCK_R: tl.constexpr):
+def _quantize_kernel(
+    x_ptr, h_ptr, q_ptr, scale_ptr, rows, D: tl.constexpr, BLOCK_R: tl.constexpr, NORM: tl.constexpr,
+    INTERPRETED: tl.constexpr,
+):  # fmt: skip
     offs_r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     offs_d = tl.arange(0, D)
     ok = offs_r < rows
     at = offs_r.to(tl.int64)[:, None] * D + offs_d[None, :]
-    x = tl.load(x_ptr + at, mask=ok[:, None], other=0.0).to(tl.float32)
-    h = tl.load(h_ptr + offs_d[:, None] * D + offs_d[None, :])
-    rotated = tl.dot(x, h, input_precision="ieee")  # [BLOCK_R, D]
+    x = tl.load(x_ptr + at, mask=ok[:, None], other=0.0)
+    h = tl.load(
+        h_ptr + offs_d[:, None] * D + offs_d[None, :]
+    )  # x's dtype: signs (16-bit) or normalised (fp32)
+    if (x.dtype == tl.float32) or INTERPRETED:  # (the interpreter multiplies 16-bit dots wrongly: fp32 there)
+        rotated = tl.dot(x.to(tl.float32), h.to(tl.float32), input_precision="ieee") * NORM  # [BLOCK_R, D]
+    else:
+        rotated = tl.dot(x, h) * NORM
     amax = tl.maximum(tl.max(tl.abs(rotated), 1), _AMAX_FLOOR)
     ratio = tl.div_rn(amax, _E4M3_MAX)  # positive and normal: the floor keeps it above 2^-126
     # 2^ceil(log2(ratio)): round the bits up to the next power of two (an exact power stays as it is)
@@ -50,6 +60,9 @@ def _quantize_kernel(x_ptr, h_ptr, q_ptr, scale_ptr, rows, D: tl.constexpr, BLOC
     q = _round_to_e4m3(rotated * inverse[:, None]).to(tl.float8e4nv)  # exact scaling, one rounding
     tl.store(q_ptr + at, q, mask=ok[:, None])
     tl.store(scale_ptr + offs_r, scale_bits.to(tl.float32, bitcast=True), mask=ok)
+
+
+INTERPRETED = not isinstance(_quantize_kernel, triton.JITFunction)  # under TRITON_INTERPRET=1
 
 
 def quantize_indexer_fp8(x: torch.Tensor, *, block_rows: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,7 +84,19 @@ def quantize_indexer_fp8(x: torch.Tensor, *, block_rows: int = 64) -> tuple[torc
     scale = torch.empty(rows, dtype=torch.float32, device=x.device)
     if rows:
         matrix = hadamard(dim, x.device)
+        norm = 1.0
+        if x.dtype != torch.float32:  # the ±1 signs, exact in 16 bits; the normalisation after the sum
+            matrix, norm = torch.sign(matrix).to(x.dtype), dim**-0.5
         _quantize_kernel[(triton.cdiv(rows, block_rows),)](
-            flat, matrix, q, scale, rows, D=dim, BLOCK_R=block_rows, num_warps=4
+            flat,
+            matrix,
+            q,
+            scale,
+            rows,
+            D=dim,
+            BLOCK_R=block_rows,
+            NORM=norm,
+            INTERPRETED=INTERPRETED,
+            num_warps=4,
         )
     return q.reshape(x.shape), scale.reshape(x.shape[:-1])
