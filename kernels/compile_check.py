@@ -142,6 +142,20 @@ CASES = [
         4,
         3,
     ),
+    (  # the widest rows it takes: bf16 at 256, fp32 at 128 (the [D, D] matrix must fit shared memory)
+        indexer_quantize._quantize_kernel,
+        {"D": 256, "BLOCK_R": 64, "NORM": 0.0625, "INTERPRETED": False},
+        {"h_ptr": "*bf16", "q_ptr": "*fp8e4nv", "scale_ptr": "*fp32"},
+        4,
+        3,
+    ),
+    (
+        indexer_quantize._quantize_kernel,
+        {"D": 128, "BLOCK_R": 64, "NORM": 1.0, "INTERPRETED": False},
+        {"x_ptr": "*fp32", "h_ptr": "*fp32", "q_ptr": "*fp8e4nv", "scale_ptr": "*fp32"},
+        4,
+        3,
+    ),
     (
         indexer_decode._indexer_decode_kernel,
         {"H": 16, "D": 64, "BLOCK_H": 16, "BLOCK_D": 64, "BLOCK_S": 128, "PAGE": 64, "PRECISION": "tf32"},

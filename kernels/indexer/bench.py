@@ -361,7 +361,7 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict[str, object]]]:
         return {"indexer head sum, FMA vs MMA": rows}
     if args.bound_steps_rounds:
         rows = minmax_switch_rounds(args.bound_steps_rounds, device, "BOUND_STEPS")
-        print(format_table(rows, f"minmax bound at 24 and 16 bits ({device})"))
+        print(format_table(rows, f"minmax bound at 3 and 2 radix steps: 24 and 16 bits ({device})"))
         return {"minmax bound bits": rows}
     if args.top_from_bound_rounds:
         rows = minmax_switch_rounds(args.top_from_bound_rounds, device, "TOP_FROM_BOUND")

@@ -213,7 +213,7 @@ def launch_indexer_scores(
     then e4m3 441-467 against 414-426 with both extremes in one store. 16 queries hold 255 registers and were no
     faster; 16 or 64 key tiles per program were level with 32.
     `max_registers` caps ptxas' registers per thread (0: no cap; None: `E4M3_MMA_MAX_REGISTERS` for e4m3 inputs
-    with `head_mma`, else no cap).
+    with `head_mma` at the measured shape, 16 heads x 64 in 8 x 64 tiles on 4 warps; else no cap).
 
     `head_mma` sums the heads with a second tensor-core product instead of per-element FMAs: one instruction
     per two logits takes their ReLU and rounds them to bf16, and [keys, heads x queries] . w_mat [heads x
@@ -226,12 +226,15 @@ def launch_indexer_scores(
     keys = k.shape[0]
     if tokens == 0 or keys == 0:
         return
-    if max_registers is None:
-        max_registers = E4M3_MMA_MAX_REGISTERS if head_mma and scales is not None else 0
     block_d = max(32 if scales is not None else 16, triton.next_power_of_2(dim))  # FP8 dots take K >= 32
     padded_heads = triton.next_power_of_2(heads)
     # The product's N = padded heads x queries: at least 16 (the tensor cores' smallest), at most 256 where it can.
     block_t = max(min(block_t, max(1, 256 // padded_heads)), triton.cdiv(16, padded_heads))
+    if (
+        max_registers is None
+    ):  # the cap where it was measured: e4m3, MMA head sum, Keye's 16 x 64 at the default tile
+        measured = (block_t, block_s, block_d, padded_heads, num_warps) == (8, 64, 64, 16, 4)
+        max_registers = E4M3_MMA_MAX_REGISTERS if head_mma and scales is not None and measured else 0
     precision = "tf32x3" if q.dtype == torch.float32 else "tf32"
     grid = (triton.cdiv(tokens, block_t), triton.cdiv(keys, block_s * key_tiles))
     q_scale, k_scale = scales if scales is not None else (w, w)  # unused placeholders when not FP8

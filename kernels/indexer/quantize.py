@@ -11,6 +11,8 @@ from the float's bits (exactly the smallest power of two >= amax / 448), not fro
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import torch
 import triton
 import triton.language as tl
@@ -21,6 +23,8 @@ from kernels.indexer.reference import E4M3_MAX, hadamard
 # The oracle's floor on a vector's largest magnitude: an all-zero vector gets a tiny scale, not a division by zero.
 _AMAX_FLOOR = tl.constexpr(1e-30)
 _E4M3_MAX = tl.constexpr(E4M3_MAX)
+_FP32_MAX = tl.constexpr(3.4028234663852886e38)
+_NAN_BITS = tl.constexpr(0x7FC00000)
 
 
 @triton.jit
@@ -30,8 +34,10 @@ def _round_to_e4m3(v):
     bits = v.to(tl.int32, bitcast=True)
     # normal e4m3 (|v| >= 2^-6): keep 3 of fp32's 23 mantissa bits, round half to even on the dropped 20
     normal = ((bits + 0x7FFFF + ((bits >> 20) & 1)) & ~0xFFFFF).to(tl.float32, bitcast=True)
-    # subnormal e4m3: multiples of 2^-9; adding 1.5 * 2^14 puts v where fp32's own spacing is 2^-9
-    subnormal = (v + 24576.0) - 24576.0
+    # subnormal e4m3: multiples of 2^-9; adding 1.5 * 2^14 puts |v| where fp32's own spacing is 2^-9 (the sign
+    # goes back on after, so values that round to zero keep it: -0.0, as torch's conversion gives)
+    magnitude = (tl.abs(v) + 24576.0) - 24576.0
+    subnormal = tl.where(bits < 0, -magnitude, magnitude)  # the sign bit: -0.0 too
     return tl.where(tl.abs(v) < 0.015625, subnormal, normal)
 
 
@@ -45,9 +51,7 @@ def _quantize_kernel(
     ok = offs_r < rows
     at = offs_r.to(tl.int64)[:, None] * D + offs_d[None, :]
     x = tl.load(x_ptr + at, mask=ok[:, None], other=0.0)
-    h = tl.load(
-        h_ptr + offs_d[:, None] * D + offs_d[None, :]
-    )  # x's dtype: signs (16-bit) or normalised (fp32)
+    h = tl.load(h_ptr + offs_d[:, None] * D + offs_d[None, :])  # signs (16-bit x) or normalised (fp32 x)
     if (x.dtype == tl.float32) or INTERPRETED:  # (the interpreter multiplies 16-bit dots wrongly: fp32 there)
         rotated = tl.dot(x.to(tl.float32), h.to(tl.float32), input_precision="ieee") * NORM  # [BLOCK_R, D]
     else:
@@ -58,6 +62,9 @@ def _quantize_kernel(
     scale_bits = (ratio.to(tl.int32, bitcast=True) + 0x7FFFFF) & 0x7F800000
     inverse = (0x7F000000 - scale_bits).to(tl.float32, bitcast=True)  # 2^-e for scale 2^e: exact
     q = _round_to_e4m3(rotated * inverse[:, None]).to(tl.float8e4nv)  # exact scaling, one rounding
+    # A row with an inf or a NaN gets a NaN scale, which the FP8 score kernels' argument check rejects.
+    finite = tl.min((tl.abs(rotated) <= _FP32_MAX).to(tl.int32), 1) == 1
+    scale_bits = tl.where(finite, scale_bits, _NAN_BITS)
     tl.store(q_ptr + at, q, mask=ok[:, None])
     tl.store(scale_ptr + offs_r, scale_bits.to(tl.float32, bitcast=True), mask=ok)
 
@@ -65,38 +72,41 @@ def _quantize_kernel(
 INTERPRETED = not isinstance(_quantize_kernel, triton.JITFunction)  # under TRITON_INTERPRET=1
 
 
+@lru_cache(maxsize=16)
+def _rotation(dim: int, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, float]:
+    """(matrix, normalisation) per input dtype, built once: 16-bit rows take the ±1 signs (exact in 16 bits) and
+    1/sqrt(D) after the sum, fp32 rows the normalised matrix."""
+    matrix = hadamard(dim, device)
+    if dtype == torch.float32:
+        return matrix, 1.0
+    return torch.sign(matrix).to(dtype), dim**-0.5
+
+
 def quantize_indexer_fp8(x: torch.Tensor, *, block_rows: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
-    """x [..., D] (fp32/fp16/bf16, D a power of two from 16 to 256) -> (e4m3 [..., D] of the Hadamard-rotated x,
-    fp32 power-of-two scales [...]) with rotated x ~ q * scale: `quantize_indexer_fp8_ref` in one kernel. The
-    rotation's fp32 sums may differ from the oracle's in their last bit, which moves an e4m3 rounding or a scale
-    only where a value sits on a rounding boundary."""
-    dim = x.shape[-1]
+    """x [..., D] (bf16/fp16 with D a power of two from 16 to 256, fp32 up to 128: a program holds the [D, D]
+    matrix) -> (e4m3 [..., D] of the Hadamard-rotated x, fp32 power-of-two scales [...]) with rotated x ~ q * scale:
+    `quantize_indexer_fp8_ref` in one kernel. The rotation's fp32 sums may differ from the oracle's in their last
+    bit, which moves an e4m3 rounding or a scale only where a value sits on a rounding boundary. A vector holding
+    an inf or a NaN gets a NaN scale."""
+    require(x.dim() >= 1, "x must have a last dimension to quantise")
     require(
         x.dtype in (torch.float32, torch.float16, torch.bfloat16), f"x must be fp32/fp16/bf16, got {x.dtype}"
     )
+    dim, widest = x.shape[-1], 128 if x.dtype == torch.float32 else 256
     require(
-        16 <= dim <= 256 and dim & (dim - 1) == 0,
-        f"the last dim must be a power of two in 16..256, got {dim}",
+        16 <= dim <= widest and dim & (dim - 1) == 0,
+        f"the last dim must be a power of two in 16..{widest} for {x.dtype}, got {dim}",
+    )
+    require(
+        block_rows >= 16 and block_rows & (block_rows - 1) == 0, "block_rows must be a power of two >= 16"
     )
     flat = x.reshape(-1, dim).contiguous()
     rows = flat.shape[0]
     q = torch.empty(flat.shape, dtype=torch.float8_e4m3fn, device=x.device)
     scale = torch.empty(rows, dtype=torch.float32, device=x.device)
     if rows:
-        matrix = hadamard(dim, x.device)
-        norm = 1.0
-        if x.dtype != torch.float32:  # the ±1 signs, exact in 16 bits; the normalisation after the sum
-            matrix, norm = torch.sign(matrix).to(x.dtype), dim**-0.5
+        matrix, norm = _rotation(dim, x.dtype, x.device)
         _quantize_kernel[(triton.cdiv(rows, block_rows),)](
-            flat,
-            matrix,
-            q,
-            scale,
-            rows,
-            D=dim,
-            BLOCK_R=block_rows,
-            NORM=norm,
-            INTERPRETED=INTERPRETED,
-            num_warps=4,
-        )
+            flat, matrix, q, scale, rows, D=dim, BLOCK_R=block_rows, NORM=norm, INTERPRETED=INTERPRETED, num_warps=4
+        )  # fmt: skip
     return q.reshape(x.shape), scale.reshape(x.shape[:-1])

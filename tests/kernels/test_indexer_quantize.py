@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels import KernelInputError, quantize_indexer_fp8, quantize_indexer_fp8_ref
+from kernels import KernelInputError, indexer_scores_fp8, quantize_indexer_fp8, quantize_indexer_fp8_ref
 from kernels.indexer.quantize import _round_to_e4m3
 
 GPU = pytest.mark.gpu
@@ -24,6 +24,8 @@ CASES = [  # (shape, dtype)
     pytest.param((33, 3, 32), torch.float16, id="33x3x32-fp16"),
     pytest.param((129, 16), torch.float32, id="129x16-fp32"),
     pytest.param((65, 2, 128), torch.bfloat16, id="65x2x128-bf16"),
+    pytest.param((20, 128), torch.float32, id="20x128-fp32"),
+    pytest.param((18, 256), torch.bfloat16, id="18x256-bf16"),
     pytest.param((5000, 16, 64), torch.bfloat16, id="5000x16x64-bf16", marks=GPU),
 ]
 
@@ -79,15 +81,36 @@ def test_rounding_to_e4m3_is_torchs(device: str) -> None:
     )
     out = torch.empty_like(x, device=device)
     _round_kernel[(triton.cdiv(x.numel(), 1024),)](x.to(device), out, x.numel(), BLOCK=1024)
-    assert torch.equal(out.cpu(), x.to(torch.float8_e4m3fn).float())
+    expected = x.to(torch.float8_e4m3fn).float()
+    assert torch.equal(out.cpu().view(torch.int32), expected.view(torch.int32))  # bits: -0.0 stays -0.0
 
 
 def test_quantiser_rejects_bad_input_and_takes_no_rows(device: str) -> None:
     with pytest.raises(KernelInputError, match="power of two"):
         quantize_indexer_fp8(torch.randn(4, 48, device=device))
     with pytest.raises(KernelInputError, match="power of two"):
-        quantize_indexer_fp8(torch.randn(4, 512, device=device))
+        quantize_indexer_fp8(torch.randn(4, 512, device=device, dtype=torch.bfloat16))
+    with pytest.raises(
+        KernelInputError, match=r"16\.\.128 for torch.float32"
+    ):  # its [D, D] fp32 matrix: 256 KB
+        quantize_indexer_fp8(torch.randn(4, 256, device=device))
     with pytest.raises(KernelInputError, match="fp32/fp16/bf16"):
         quantize_indexer_fp8(torch.ones(4, 64, dtype=torch.int32, device=device))
+    with pytest.raises(KernelInputError, match="last dimension"):
+        quantize_indexer_fp8(torch.tensor(1.0, device=device))
+    with pytest.raises(KernelInputError, match="block_rows"):
+        quantize_indexer_fp8(torch.randn(4, 64, device=device), block_rows=24)
     q8, scale = quantize_indexer_fp8(torch.empty(0, 16, 64, device=device))
     assert q8.shape == (0, 16, 64) and scale.shape == (0, 16)
+
+
+@pytest.mark.filterwarnings("ignore:All-NaN slice:RuntimeWarning")  # the CPU interpreter's max over a NaN row
+def test_non_finite_vectors_get_a_nan_scale_that_the_score_kernel_rejects(device: str) -> None:
+    x = torch.randn(3, 2, 64)
+    x[1, 0, 5], x[2, 1, 9] = float("inf"), float("nan")
+    q8, scale = quantize_indexer_fp8(x.to(device))
+    assert torch.isnan(scale[1, 0]) and torch.isnan(scale[2, 1])
+    assert torch.isfinite(scale[0]).all() and torch.isfinite(scale[1, 1]) and torch.isfinite(scale[2, 0])
+    k8, k_scale = quantize_indexer_fp8(torch.randn(3, 64, device=device))
+    with pytest.raises(KernelInputError, match="must be positive"):
+        indexer_scores_fp8(q8, scale, torch.ones(3, 2, device=device), k8, k_scale, 0)
