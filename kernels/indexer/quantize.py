@@ -37,7 +37,8 @@ def _round_to_e4m3(v):
     # subnormal e4m3: multiples of 2^-9; adding 1.5 * 2^14 puts |v| where fp32's own spacing is 2^-9 (the sign
     # goes back on after, so values that round to zero keep it: -0.0, as torch's conversion gives)
     magnitude = (tl.abs(v) + 24576.0) - 24576.0
-    subnormal = tl.where(bits < 0, -magnitude, magnitude)  # the sign bit: -0.0 too
+    # the sign bit copied back (Triton lowers -x as 0 - x, which turns -0.0 into +0.0)
+    subnormal = (magnitude.to(tl.int32, bitcast=True) | ((bits >> 31) << 31)).to(tl.float32, bitcast=True)
     return tl.where(tl.abs(v) < 0.015625, subnormal, normal)
 
 
