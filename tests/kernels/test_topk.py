@@ -126,16 +126,30 @@ def test_pruning_methods_at_their_border(
     assert_same_selection(picked, expected, scores, lengths_t, score_tol=0.0, what=f"{method} border")
 
 
+def keys_above_the_bounds_top_byte(row: torch.Tensor, k: int) -> int:
+    """Keys of a full row above the top byte of "minmax"'s bound: the k-th largest entry of the list where each
+    GROUP-key group's maximum counts once and a full group's minimum GROUP - 1 more times (ordered keys)."""
+    bits = row.contiguous().view(torch.int32).to(torch.int64) & 0xFFFFFFFF
+    keys = torch.where(bits >= 0x80000000, ~bits & 0xFFFFFFFF, bits | 0x80000000)
+    full = keys[: len(keys) // minmax.GROUP * minmax.GROUP].view(-1, minmax.GROUP)
+    maxima = torch.nn.functional.pad(keys, (0, -len(keys) % minmax.GROUP)).view(-1, minmax.GROUP).amax(1)
+    weighted = torch.cat([maxima, full.amin(1).repeat_interleave(minmax.GROUP - 1)])
+    bound_top_byte = int(weighted.topk(k).values[-1]) >> 24
+    return int(((keys >> 24) > bound_top_byte).sum())
+
+
 @pytest.mark.parametrize("top_from_bound", [True, False], ids=["top-from-bound", "four-steps"])
-@pytest.mark.parametrize("kind", ["hidden", "outliers", "narrow"])
+@pytest.mark.parametrize(("kind", "above"), [("hidden", 80), ("outliers", 12), ("narrow", 0)])
 def test_minmax_finish_from_the_bounds_top_byte(
-    kind: str, top_from_bound: bool, device: str, monkeypatch: pytest.MonkeyPatch
+    kind: str, above: int, top_from_bound: bool, device: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The finish starts at the second byte only when fewer than K candidates lie above the bound's top byte:
-    "hidden" rows put 80 of them there (two per group, so the weighted bound counts 40 and falls below),
-    "outliers" 12, "narrow" none; either way, and with the switch off, the selection is exact."""
+    "hidden" rows put 80 of them there (two per group, so the weighted bound counts 40 and falls below: the
+    four-step branch), "outliers" 12 and "narrow" none (the short branch); either way, and with the switch off,
+    the selection is exact."""
     monkeypatch.setattr(minmax, "TOP_FROM_BOUND", top_from_bound)
     scores = make_scores(3, 1200, kind, torch.Generator().manual_seed(5))
+    assert keys_above_the_bounds_top_byte(scores[0], 64) == above  # the branch this case is meant to take
     lengths = torch.tensor([1200, 1100, 1025])
     picked = select_topk(scores.to(device), 64, lengths.to(device), method="minmax")
     expected = select_topk_ref(scores, 64, lengths)
