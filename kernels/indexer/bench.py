@@ -195,11 +195,17 @@ def prefill_sweep(sizes: list[int], device: str, reference_max: int) -> list[dic
     return results
 
 
+def positional_inputs_and_e4m3(tokens: int, device: str):
+    """Structured bf16 q, w, k (`positional_indexer_inputs`) and q, k quantised to e4m3 once: (q, w, k, (q8,
+    q_scale), (k8, k_scale)), for the A-B rounds that time both input types on one sequence."""
+    q, w, k = positional_indexer_inputs(tokens, device, torch.bfloat16, structured=True)
+    return q, w, k, quantize_indexer_fp8(q), quantize_indexer_fp8(k)
+
+
 def head_sum_rounds(tokens: int, device: str, rounds: int = 3) -> list[dict[str, object]]:
     """Indexer + "minmax" top-k over one positional sequence, the FMA and the MMA head sum alternating in one
     process (machines differ by ~8 %, so the two are compared round by round, never across runs)."""
-    q, w, k = positional_indexer_inputs(tokens, device, torch.bfloat16, structured=True)
-    (q8, q_scale), (k8, k_scale) = quantize_indexer_fp8(q), quantize_indexer_fp8(k)
+    q, w, k, (q8, q_scale), (k8, k_scale) = positional_inputs_and_e4m3(tokens, device)
     flop = 2 * HEADS * DIM * tokens * (tokens + 1) / 2
     options = {"max_buffer_bytes": 3 << 32, "topk_method": "minmax"}
     results = []
@@ -235,8 +241,7 @@ def minmax_switch_rounds(tokens: int, device: str, switch: str, rounds: int = 3)
     """ "minmax" with one of its switches at each of its two values, alternating in one process: the indexer
     + top-k over one positional sequence (e4m3 with the MMA head sum, and bf16), and the top-k alone over
     TOPK_ROWS (normal and smooth scores, its group-stats pass included)."""
-    q, w, k = positional_indexer_inputs(tokens, device, torch.bfloat16, structured=True)
-    (q8, q_scale), (k8, k_scale) = quantize_indexer_fp8(q), quantize_indexer_fp8(k)
+    q, w, k, (q8, q_scale), (k8, k_scale) = positional_inputs_and_e4m3(tokens, device)
     options = {"max_buffer_bytes": 3 << 32, "topk_method": "minmax"}
     cases = {
         f"indexer+topk N={tokens} e4m3": lambda: indexer_topk(

@@ -230,9 +230,8 @@ def launch_indexer_scores(
     padded_heads = triton.next_power_of_2(heads)
     # The product's N = padded heads x queries: at least 16 (the tensor cores' smallest), at most 256 where it can.
     block_t = max(min(block_t, max(1, 256 // padded_heads)), triton.cdiv(16, padded_heads))
-    if (
-        max_registers is None
-    ):  # the cap where it was measured: e4m3, MMA head sum, Keye's 16 x 64 at the default tile
+    # The register cap where it was measured: e4m3, MMA head sum, Keye's 16 x 64 at the default tile.
+    if max_registers is None:
         measured = (block_t, block_s, block_d, padded_heads, num_warps) == (8, 64, 64, 16, 4)
         max_registers = E4M3_MMA_MAX_REGISTERS if head_mma and scales is not None and measured else 0
     precision = "tf32x3" if q.dtype == torch.float32 else "tf32"

@@ -18,6 +18,7 @@ import triton
 import triton.language as tl
 
 from kernels._validate import require
+from kernels.indexer.kernel import INTERPRETED
 from kernels.indexer.reference import E4M3_MAX, hadamard
 
 # The oracle's floor on a vector's largest magnitude: an all-zero vector gets a tiny scale, not a division by zero.
@@ -34,10 +35,9 @@ def _round_to_e4m3(v):
     bits = v.to(tl.int32, bitcast=True)
     # normal e4m3 (|v| >= 2^-6): keep 3 of fp32's 23 mantissa bits, round half to even on the dropped 20
     normal = ((bits + 0x7FFFF + ((bits >> 20) & 1)) & ~0xFFFFF).to(tl.float32, bitcast=True)
-    # subnormal e4m3: multiples of 2^-9; adding 1.5 * 2^14 puts |v| where fp32's own spacing is 2^-9 (the sign
-    # goes back on after, so values that round to zero keep it: -0.0, as torch's conversion gives)
+    # subnormal e4m3: multiples of 2^-9; adding 1.5 * 2^14 puts |v| where fp32's own spacing is 2^-9. The sign bit
+    # goes back on by bits, so values that round to zero stay -0.0 as in torch (Triton lowers -x as 0 - x: +0.0)
     magnitude = (tl.abs(v) + 24576.0) - 24576.0
-    # the sign bit copied back (Triton lowers -x as 0 - x, which turns -0.0 into +0.0)
     subnormal = (magnitude.to(tl.int32, bitcast=True) | ((bits >> 31) << 31)).to(tl.float32, bitcast=True)
     return tl.where(tl.abs(v) < 0.015625, subnormal, normal)
 
@@ -68,9 +68,6 @@ def _quantize_kernel(
     scale_bits = tl.where(finite, scale_bits, _NAN_BITS)
     tl.store(q_ptr + at, q, mask=ok[:, None])
     tl.store(scale_ptr + offs_r, scale_bits.to(tl.float32, bitcast=True), mask=ok)
-
-
-INTERPRETED = not isinstance(_quantize_kernel, triton.JITFunction)  # under TRITON_INTERPRET=1
 
 
 @lru_cache(maxsize=16)
