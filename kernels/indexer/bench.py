@@ -23,7 +23,6 @@ from kernels.indexer import (
     quantize_indexer_fp8,
     quantize_indexer_fp8_ref,
 )
-from kernels.indexer import kernel as indexer_kernel
 from kernels.indexer.decode import launch_indexer_decode_scores
 from kernels.indexer.kernel import launch_indexer_scores
 from kernels.topk import minmax
@@ -235,7 +234,7 @@ def head_sum_rounds(tokens: int, device: str, rounds: int = 3) -> list[dict[str,
 
 
 # The "minmax" A-B switches (module globals read at each launch) and the two values each compares.
-MINMAX_SWITCHES = {"BOUND_STEPS": (3, 2), "TOP_FROM_BOUND": (False, True), "COMPACT_BOUND": (False, True)}
+MINMAX_SWITCHES = {"BOUND_STEPS": (3, 2), "TOP_FROM_BOUND": (False, True)}
 
 
 def minmax_switch_rounds(tokens: int, device: str, switch: str, rounds: int = 3) -> list[dict[str, object]]:
@@ -268,34 +267,6 @@ def minmax_switch_rounds(tokens: int, device: str, switch: str, rounds: int = 3)
                     results.append({"case": name, "round": round_, switch: value, "ms": ms})
     finally:
         setattr(minmax, switch, default)
-    return results
-
-
-def overlap_rounds(tokens: int, device: str, rounds: int = 3) -> list[dict[str, object]]:
-    """Indexer + "minmax" top-k over one positional e4m3 sequence, chunks in sequence and overlapped (each
-    chunk's select on a side stream with 1 or 2 programs per SM), alternating in one process."""
-    _, w, _, (q8, q_scale), (k8, k_scale) = positional_inputs_and_e4m3(tokens, device)
-    options = {"max_buffer_bytes": 3 << 32, "topk_method": "minmax", "scales": (q_scale, k_scale)}
-    default = indexer_kernel.OVERLAP_SELECT_PROGRAMS_PER_SM
-    results = []
-    try:
-        for round_ in range(rounds):
-            for overlap, per_sm in ((False, None), (True, 1), (True, 2)):
-                indexer_kernel.OVERLAP_SELECT_PROGRAMS_PER_SM = per_sm or default
-                ms = bench_ms(
-                    lambda: indexer_topk(q8, w, k8, TOPK, 0, overlap=overlap, **options), budget_ms=1000
-                )
-                results.append(
-                    {
-                        "N": tokens,
-                        "round": round_,
-                        "overlap": overlap,
-                        "select_programs_per_SM": per_sm,
-                        "ms": ms,
-                    }
-                )
-    finally:
-        indexer_kernel.OVERLAP_SELECT_PROGRAMS_PER_SM = default
     return results
 
 
@@ -382,16 +353,6 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict[str, object]]]:
     parser.add_argument(
         "--top-from-bound-rounds", type=int, default=0, metavar="N", help="only the minmax finish A-B at N"
     )
-    parser.add_argument(
-        "--compact-bound-rounds",
-        type=int,
-        default=0,
-        metavar="N",
-        help="only the minmax listed-extremes A-B at N",
-    )
-    parser.add_argument(
-        "--overlap-rounds", type=int, default=0, metavar="N", help="only the overlapped-chunks A-B at N"
-    )
     parser.add_argument("--quantize", type=int, default=0, metavar="N", help="only the e4m3 quantiser at N")
     args = parser.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -407,18 +368,6 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict[str, object]]]:
         rows = minmax_switch_rounds(args.bound_steps_rounds, device, "BOUND_STEPS")
         print(format_table(rows, f"minmax bound at 3 and 2 radix steps: 24 and 16 bits ({device})"))
         return {"minmax bound bits": rows}
-    if args.compact_bound_rounds:
-        rows = minmax_switch_rounds(args.compact_bound_rounds, device, "COMPACT_BOUND")
-        print(
-            format_table(
-                rows, f"minmax bound's second byte from every extreme or from the listed ones ({device})"
-            )
-        )
-        return {"minmax listed extremes": rows}
-    if args.overlap_rounds:
-        rows = overlap_rounds(args.overlap_rounds, device)
-        print(format_table(rows, f"indexer + minmax top-k, chunks in sequence or overlapped ({device})"))
-        return {"indexer overlapped chunks": rows}
     if args.top_from_bound_rounds:
         rows = minmax_switch_rounds(args.top_from_bound_rounds, device, "TOP_FROM_BOUND")
         print(format_table(rows, f"minmax finish from the first byte or from the bound's ({device})"))

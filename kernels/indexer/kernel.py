@@ -10,9 +10,6 @@ scores go to one reusable fp32 buffer [chunk, S] (bounded by `max_buffer_bytes`,
 
 from __future__ import annotations
 
-import contextlib
-import functools
-
 import torch
 import triton
 import triton.language as tl
@@ -295,17 +292,6 @@ def indexer_scores_fp8(
     return out
 
 
-# `indexer_topk(overlap=True)`: "minmax" select programs per SM on the side stream, which loop over the chunk's rows
-# and leave the rest of each SM to the next chunk's score programs (three 8-warp select programs fill an SM).
-OVERLAP_SELECT_PROGRAMS_PER_SM = 1
-
-
-@functools.cache
-def _select_stream(device: torch.device) -> torch.cuda.Stream:
-    """The high-priority side stream `indexer_topk(overlap=True)` selects on (one per device)."""
-    return torch.cuda.Stream(device, priority=-1)
-
-
 def indexer_topk(
     q: torch.Tensor,
     w: torch.Tensor,
@@ -317,7 +303,6 @@ def indexer_topk(
     topk_method: str = "auto",
     scales: tuple[torch.Tensor, torch.Tensor] | None = None,
     head_mma: bool | None = None,
-    overlap: bool = False,
 ) -> torch.Tensor:
     """Per query, the `topk` causal keys with the largest indexer scores.
 
@@ -338,9 +323,6 @@ def indexer_topk(
             None: for e4m3 inputs only, whose own rounding is 16x coarser (session 19 on the H200: the
             indexer + top-k at 256K 11 % faster, bf16 inputs 3-4 %). A chunk of one bf16 query is scored by
             the decode kernel, exactly, either way.
-        overlap: on a GPU, each chunk's top-k runs on a side stream while the next chunk is scored (two buffer
-            sets within `max_buffer_bytes`): the score kernel waits on its products, the select on its
-            instruction issue, so programs of both can share an SM.
 
     Returns:
         int32 [T, topk] key positions in no particular order. A query that sees L <= topk keys
@@ -366,38 +348,27 @@ def indexer_topk(
     # per 2048-column slice (which "cooperative" falls back to when a chunk's slices do not fit on the GPU
     # at once), + "minmax"'s two int32 group extremes per GROUP columns; "auto" may use any of them.
     bytes_per_entry = {"radix": 4, "torch": 4, "bound": 12, "compact": 12, "sample": 12}.get(topk_method, 14)
-    side = _select_stream(q.device) if overlap and q.is_cuda else None
-    select_programs = None
-    if side is not None:
-        sms = torch.cuda.get_device_properties(q.device).multi_processor_count
-        select_programs = sms * OVERLAP_SELECT_PROGRAMS_PER_SM
-    sets = 2 if side is not None else 1  # buffer sets: with a side stream, chunk i + 1 scores into the other
-    chunk = max(64, (max_buffer_bytes // sets // (bytes_per_entry * max(keys, 1))) // 64 * 64)
-    # per set, made when first needed: fp32 scores [chunk, S], the top-k's candidate scratch, "minmax"'s extremes
-    buffers: list[list] = [[None, None, None] for _ in range(sets)]
-    released: list[torch.cuda.Event | None] = [None] * sets  # per set: its last select has finished
-    main = torch.cuda.current_stream(q.device) if side is not None else None
-    for number, first in enumerate(range(0, tokens, chunk)):
+    chunk = max(64, (max_buffer_bytes // (bytes_per_entry * max(keys, 1))) // 64 * 64)
+    buffer = scratch = stats = None
+    for first in range(0, tokens, chunk):
         last = min(first + chunk, tokens)
         visible = start + last  # keys the last query of this chunk sees
         method = topk_method
         if method == "auto":
             method = auto_topk_method(last - first)
         if visible <= topk:  # every row selects everything: the scores are never read
-            scores = torch.empty(last - first, 1, device=q.device)
-            launch_select_topk(scores, topk, lengths[first:last], out[first:last], method="radix")
+            scores = buffer if buffer is not None else torch.empty(last - first, 1, device=q.device)
+            launch_select_topk(
+                scores[: last - first], topk, lengths[first:last], out[first:last], method="radix"
+            )
             continue
-        which = number % sets
-        held, rows = buffers[which], min(chunk, tokens)
-        if held[0] is None:
-            held[0] = torch.empty(rows, keys, dtype=torch.float32, device=q.device)
-        if held[1] is None and method not in ("radix", "torch"):
-            held[1] = tuple(torch.empty(rows, keys, dtype=torch.int32, device=q.device) for _ in range(2))
-        if held[2] is None and method == "minmax":
-            held[2] = group_stats_buffers(rows, keys, q.device)
-        buffer, scratch, stats = held
-        if released[which] is not None:
-            main.wait_event(released[which])  # the select that last read this set is done
+        if buffer is None:
+            rows = min(chunk, tokens)
+            buffer = torch.empty(rows, keys, dtype=torch.float32, device=q.device)
+        if scratch is None and method not in ("radix", "torch"):
+            scratch = tuple(torch.empty(buffer.shape, dtype=torch.int32, device=q.device) for _ in range(2))
+        if stats is None and method == "minmax":
+            stats = group_stats_buffers(*buffer.shape, q.device)
         single = last - first == 1 and scales is None
         chunk_stats = stats if method == "minmax" and not single else None  # else launch_minmax makes them
         if single:  # one query (decode): the decode kernel's [keys, heads] products, no padded query rows
@@ -411,18 +382,16 @@ def indexer_topk(
                 q[first:last], w[first:last], k[:visible], start + first, buffer, fill_future=method == "torch",
                 scales=chunk_scales, stats=chunk_stats, head_mma=head_mma,
             )  # fmt: skip
-        if side is not None:
-            side.wait_stream(main)
-        with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
-            if method == "torch":
-                torch_topk_rows(buffer[: last - first, :visible], topk, lengths[first:last], out[first:last])
-            else:
-                launch_select_topk(
-                    buffer[: last - first], topk, lengths[first:last], out[first:last], method=method,
-                    scratch=scratch, stats=chunk_stats, programs=select_programs,
-                )  # fmt: skip
-        if side is not None:
-            released[which] = side.record_event()
-    if side is not None:
-        main.wait_stream(side)
+        if method == "torch":
+            torch_topk_rows(buffer[: last - first, :visible], topk, lengths[first:last], out[first:last])
+        else:
+            launch_select_topk(
+                buffer[: last - first],
+                topk,
+                lengths[first:last],
+                out[first:last],
+                method=method,
+                scratch=scratch,
+                stats=chunk_stats,
+            )
     return out

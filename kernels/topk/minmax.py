@@ -46,9 +46,6 @@ BOUND_STEPS = 2
 # on indexer rows it is the bound's top byte on > 99 % of rows (CPU count, positional and random rows of 40K), so
 # one of four histogram passes over the candidates goes. Read at each launch (the bench's A/B sets it).
 TOP_FROM_BOUND = True
-# The bound's second byte from histograms of only the extremes in the first byte's range, listed by the pass that
-# counts them (`_top_byte`): a quarter of a 128K indexer row's 16 K extremes. Read at each launch (the bench's A/B).
-COMPACT_BOUND = True
 _ALL_ONES = tl.constexpr(0xFFFFFFFF)  # the largest ordered key: a minimum's neutral element
 
 
@@ -109,25 +106,13 @@ def _extremes_at(row_gmax, row_gmin, slot, n_groups, n_full):
 
 @triton.jit
 def _top_byte(
-    row_gmax,
-    row_gmin,
-    n_groups,
-    n_full,
-    list_high,
-    list_low,
-    K: tl.constexpr,
-    BLOCK: tl.constexpr,
-    GROUP: tl.constexpr,
-    COMPACT: tl.constexpr,
+    row_gmax, row_gmin, n_groups, n_full, K: tl.constexpr, BLOCK: tl.constexpr, GROUP: tl.constexpr
 ):
     """The bound's first radix digit without its histograms, when it is the top byte of the row's largest maximum
-    or the byte below: (that byte, weighted entries above it, maxima listed, minima listed), else (-1, 0, ...).
-    One pass takes the largest maximum, one counts the weighted entries in its byte and the next; indexer scores
-    rarely reach below (their top 2048 lie within a factor 4 to 16 of the row's largest), and these passes cost
-    a few instructions per entry where a histogram costs ~60 under Triton 3.6 (H200, session 15: 0.78 against
-    0.84 µs per 128K row). COMPACT: the counting pass also lists the maxima and the minima in those two bytes
-    (at list_high, list_low), so the next digit's histograms read only them (a quarter of a 128K indexer row's
-    extremes, CPU count)."""
+    or the byte below: (that byte, weighted entries above it), else (-1, 0). One pass takes the largest maximum,
+    one counts the weighted entries in its byte and the next; indexer scores rarely reach below (their top
+    2048 lie within a factor 4 to 16 of the row's largest), and these passes cost a few instructions per
+    entry where a histogram costs ~60 under Triton 3.6 (H200, session 15: 0.78 against 0.84 µs per 128K row)."""
     lanes = tl.arange(0, BLOCK)
     largest = tl.zeros((BLOCK,), dtype=tl.int32)
     for first in range(0, n_groups, BLOCK):
@@ -137,8 +122,6 @@ def _top_byte(
     top = tl.max(largest, 0)
     in_top = tl.zeros((BLOCK,), dtype=tl.int32)
     in_next = tl.zeros((BLOCK,), dtype=tl.int32)
-    n_high = tl.zeros((), dtype=tl.int32)
-    n_low = tl.zeros((), dtype=tl.int32)
     for first in range(0, n_groups, BLOCK):
         high, low, high_ok, low_ok = _extremes_at(row_gmax, row_gmin, first + lanes, n_groups, n_full)
         high_byte, low_byte = (high >> 24).to(tl.int32), (low >> 24).to(tl.int32)
@@ -146,28 +129,10 @@ def _top_byte(
         in_top += (GROUP - 1) * (low_ok & (low_byte == top)).to(tl.int32)
         in_next += (high_ok & (high_byte == top - 1)).to(tl.int32)
         in_next += (GROUP - 1) * (low_ok & (low_byte == top - 1)).to(tl.int32)
-        if COMPACT:
-            n_high = _append(list_high, n_high, high, high_ok & (high_byte >= top - 1))
-            n_low = _append(list_low, n_low, low, low_ok & (low_byte >= top - 1))
     count_top, count_next = tl.sum(in_top, 0), tl.sum(in_next, 0)
     in_next_byte = (count_top < K) & (count_top + count_next >= K)
     chosen = tl.where(count_top >= K, top, tl.where(in_next_byte, top - 1, -1))
-    return chosen, tl.where(in_next_byte, count_top, 0), n_high, n_low  # entries above the byte: none for -1
-
-
-@triton.jit
-def _append(list_ptr, n, values, keep):
-    """Store the kept `values` at list_ptr[n ...] in lane order; the new length."""
-    rank = n + tl.cumsum(keep.to(tl.int32), 0) - 1
-    tl.store(list_ptr + rank, values.to(tl.int32, bitcast=True), mask=keep)
-    return n + tl.sum(keep.to(tl.int32), 0)
-
-
-@triton.jit
-def _prefix_histogram(values, ok, prefix, shift: tl.constexpr):
-    """256-bin histogram of the digit at `shift` of the uint32 `values` that match `prefix` above it."""
-    match = ok & (((values >> shift) >> 8) == ((prefix >> shift) >> 8))
-    return _digit_histogram(((values >> shift) & 255).to(tl.int32), match)
+    return chosen, tl.where(in_next_byte, count_top, 0)  # entries above the chosen byte (none for -1)
 
 
 @triton.jit
@@ -176,48 +141,28 @@ def _weighted_bound(
     row_gmin,
     n_groups,
     n_full,
-    list_high,
-    list_low,
     K: tl.constexpr,
     BLOCK: tl.constexpr,
     GROUP: tl.constexpr,
     BOUND_STEPS: tl.constexpr,
-    COMPACT: tl.constexpr,
 ):
     """Top 8 * BOUND_STEPS bits of the K-th largest entry of the list where each group's maximum counts
     once and each full group's minimum GROUP - 1 more times (a full group at or above a value puts all
-    GROUP keys there); the lower bits zero. Read past L1 (".cg"). COMPACT: after a first byte from
-    `_top_byte`, the histograms read its lists (at list_high, list_low) instead of every extreme."""
+    GROUP keys there); the lower bits zero. Read past L1 (".cg")."""
     lanes = tl.arange(0, BLOCK)
-    first_byte, above_first, n_high, n_low = _top_byte(
-        row_gmax, row_gmin, n_groups, n_full, list_high, list_low, K, BLOCK, GROUP, COMPACT
-    )
-    if COMPACT:
-        tl.debug_barrier()  # list entries stored by some threads are read by others
-    listed = COMPACT & (first_byte >= 0)
+    first_byte, above_first = _top_byte(row_gmax, row_gmin, n_groups, n_full, K, BLOCK, GROUP)
     prefix = tl.where(first_byte >= 0, first_byte, 0).to(tl.uint32) << 24
     remaining = K - above_first
     for step in tl.static_range(BOUND_STEPS):
         shift = 24 - 8 * step  # constexpr: the loop is unrolled
         if (step > 0) | (first_byte < 0):
             hist = tl.zeros((256,), dtype=tl.int32)
-            if listed:
-                for first in range(0, n_high, BLOCK):
-                    slot = first + lanes
-                    high = tl.load(list_high + slot, mask=slot < n_high, other=0, cache_modifier=".cg")
-                    hist += _prefix_histogram(high.to(tl.uint32, bitcast=True), slot < n_high, prefix, shift)
-                for first in range(0, n_low, BLOCK):
-                    slot = first + lanes
-                    low = tl.load(list_low + slot, mask=slot < n_low, other=0, cache_modifier=".cg")
-                    low = low.to(tl.uint32, bitcast=True)
-                    hist += (GROUP - 1) * _prefix_histogram(low, slot < n_low, prefix, shift)
-            else:
-                for first in range(0, n_groups, BLOCK):
-                    high, low, high_ok, low_ok = _extremes_at(
-                        row_gmax, row_gmin, first + lanes, n_groups, n_full
-                    )
-                    hist += _prefix_histogram(high, high_ok, prefix, shift)
-                    hist += (GROUP - 1) * _prefix_histogram(low, low_ok, prefix, shift)
+            for first in range(0, n_groups, BLOCK):
+                high, low, high_ok, low_ok = _extremes_at(row_gmax, row_gmin, first + lanes, n_groups, n_full)
+                high_match = high_ok & (((high >> shift) >> 8) == ((prefix >> shift) >> 8))
+                low_match = low_ok & (((low >> shift) >> 8) == ((prefix >> shift) >> 8))
+                hist += _digit_histogram(((high >> shift) & 255).to(tl.int32), high_match)
+                hist += (GROUP - 1) * _digit_histogram(((low >> shift) & 255).to(tl.int32), low_match)
             chosen, n_above_bin = _crossing_bin(hist, remaining)
             remaining -= n_above_bin
             prefix = prefix | (chosen.to(tl.uint32) << shift)
@@ -282,7 +227,6 @@ def _minmax_select(
     GROUP: tl.constexpr,
     BOUND_STEPS: tl.constexpr,
     TOP_FROM_BOUND: tl.constexpr,
-    COMPACT_BOUND: tl.constexpr,
 ):
     """Exact top-K of one row with L > K from its group extremes; the minima row is reused for the
     list of groups to read once the bound is known. A row of fewer than K groups has a bound that rests
@@ -294,9 +238,7 @@ def _minmax_select(
         _compact_select(row_scores, row_out, row_key, row_col, length, K, BLOCK)
     else:
         n_groups = tl.cdiv(length, GROUP)
-        bound = _weighted_bound(
-            row_gmax, row_gmin, n_groups, n_full, row_key, row_col, K, BLOCK, GROUP, BOUND_STEPS, COMPACT_BOUND
-        )  # fmt: skip
+        bound = _weighted_bound(row_gmax, row_gmin, n_groups, n_full, K, BLOCK, GROUP, BOUND_STEPS)
         tl.debug_barrier()  # every thread has read the minima before the group list overwrites them
         # The groups whose maximum reaches the bound hold every key that does, in column order.
         lanes = tl.arange(0, BLOCK)
@@ -327,7 +269,6 @@ def _select_topk_minmax_kernel(
     cand_col_ptr,
     gmax_ptr,
     gmin_ptr,
-    n_rows,
     stride_row,
     stride_out,
     stride_cand,
@@ -337,20 +278,18 @@ def _select_topk_minmax_kernel(
     GROUP: tl.constexpr,
     BOUND_STEPS: tl.constexpr,
     TOP_FROM_BOUND: tl.constexpr,
-    COMPACT_BOUND: tl.constexpr,
 ):
-    """Rows program_id, program_id + programs, ... (one each when there are as many programs as rows)."""
-    for row in range(tl.program_id(0).to(tl.int64), n_rows, tl.num_programs(0)):
-        length = tl.load(lengths_ptr + row).to(tl.int32)
-        row_out = out_ptr + row * stride_out
-        if length <= K:
-            _select_everything(row_out, length, K, BLOCK)
-        else:
-            _minmax_select(
-                scores_ptr + row * stride_row, row_out, cand_key_ptr + row * stride_cand,
-                cand_col_ptr + row * stride_cand, gmax_ptr + row * stride_stat, gmin_ptr + row * stride_stat,
-                length, K, BLOCK, GROUP, BOUND_STEPS, TOP_FROM_BOUND, COMPACT_BOUND,
-            )  # fmt: skip
+    row = tl.program_id(0).to(tl.int64)
+    length = tl.load(lengths_ptr + row).to(tl.int32)
+    row_out = out_ptr + row * stride_out
+    if length <= K:
+        _select_everything(row_out, length, K, BLOCK)
+    else:
+        _minmax_select(
+            scores_ptr + row * stride_row, row_out, cand_key_ptr + row * stride_cand,
+            cand_col_ptr + row * stride_cand, gmax_ptr + row * stride_stat, gmin_ptr + row * stride_stat,
+            length, K, BLOCK, GROUP, BOUND_STEPS, TOP_FROM_BOUND,
+        )  # fmt: skip
 
 
 def group_stats_buffers(rows: int, cols: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -369,11 +308,9 @@ def launch_minmax(
     cand_col: torch.Tensor,
     block: int,
     stats: tuple[torch.Tensor, torch.Tensor] | None = None,
-    programs: int | None = None,
 ) -> None:
     """Select with group extremes `stats` (the score kernel's), or compute them here first. The minima
-    buffer is overwritten (it holds each row's group list afterwards). `programs`: at most that many
-    programs, each looping over rows (default one per row), to leave an SM room for another kernel's."""
+    buffer is overwritten (it holds each row's group list afterwards)."""
     rows, cols = scores.shape
     if stats is None:
         stats = group_stats_buffers(rows, cols, scores.device)
@@ -382,9 +319,9 @@ def launch_minmax(
             BLOCK=block, GROUP=GROUP, num_warps=8,
         )  # fmt: skip
     gmax, gmin = stats
-    _select_topk_minmax_kernel[(min(rows, programs or rows),)](
-        scores, lengths, out, cand_key, cand_col, gmax, gmin, rows, scores.stride(0), out.stride(0),
+    _select_topk_minmax_kernel[(rows,)](
+        scores, lengths, out, cand_key, cand_col, gmax, gmin, scores.stride(0), out.stride(0),
         cand_key.stride(0), gmax.stride(0), K=topk, BLOCK=block, GROUP=GROUP, BOUND_STEPS=BOUND_STEPS,
-        TOP_FROM_BOUND=TOP_FROM_BOUND, COMPACT_BOUND=COMPACT_BOUND, num_warps=8,
+        TOP_FROM_BOUND=TOP_FROM_BOUND, num_warps=8,
         maxnreg=MAX_REGISTERS,
     )  # fmt: skip

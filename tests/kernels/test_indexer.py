@@ -186,19 +186,6 @@ def test_score_kernel_group_extremes_match_the_stats_pass(tokens: int, start: in
         )
 
 
-@GPU
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_overlapped_chunks_select_what_sequential_ones_do(dtype: torch.dtype, device: str) -> None:
-    """overlap=True (each chunk's top-k on a side stream while the next chunk is scored into the other buffer
-    set) gives the sequential run's selections exactly, over many chunks: a set is reused only after its
-    select has read it. Rows of 5000+ keys are long enough for "minmax" to prune."""
-    q, w, k = (t.to(device) for t in make_inputs(700, 5000, 16, 64, dtype, seed=17))
-    options = {"topk_method": "minmax", "max_buffer_bytes": 128 * 14 * 5700 * 2}  # 128-query chunks
-    sequential = indexer_topk(q, w, k, 2048, 5000, **options)
-    overlapped = indexer_topk(q, w, k, 2048, 5000, overlap=True, **options)
-    assert torch.equal(overlapped.sort(dim=1).values, sequential.sort(dim=1).values)
-
-
 def test_indexer_topk_rejects_bad_input(device: str) -> None:
     q, w, k = (t.to(device) for t in make_inputs(4, 2, 3, 16, torch.float32, seed=0))
     with pytest.raises(KernelInputError, match="start \\+ T"):

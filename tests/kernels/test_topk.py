@@ -8,7 +8,6 @@ import torch
 from kernels import KernelInputError, select_topk, select_topk_ref
 from kernels.testing import assert_same_selection
 from kernels.topk import bound, minmax
-from kernels.topk.kernel import launch_select_topk
 
 GPU = pytest.mark.gpu
 
@@ -155,50 +154,6 @@ def test_minmax_finish_from_the_bounds_top_byte(
     picked = select_topk(scores.to(device), 64, lengths.to(device), method="minmax")
     expected = select_topk_ref(scores, 64, lengths)
     assert_same_selection(picked, expected, scores, lengths, score_tol=0.0, what=f"minmax {kind}")
-
-
-def weighted_bound_path(row: torch.Tensor, k: int) -> str:
-    """Which byte "minmax"'s bound starts from for a full row: "top" (the largest maximum's top byte), "next" (the
-    byte below), or "histograms" (further down: `_top_byte` gives up and the histograms read every extreme)."""
-    bits = row.contiguous().view(torch.int32).to(torch.int64) & 0xFFFFFFFF
-    keys = torch.where(bits >= 0x80000000, ~bits & 0xFFFFFFFF, bits | 0x80000000)
-    full = keys[: len(keys) // minmax.GROUP * minmax.GROUP].view(-1, minmax.GROUP)
-    maxima = torch.nn.functional.pad(keys, (0, -len(keys) % minmax.GROUP)).view(-1, minmax.GROUP).amax(1)
-    weighted = torch.cat([maxima, full.amin(1).repeat_interleave(minmax.GROUP - 1)])
-    below = (int(maxima.max()) >> 24) - (int(weighted.topk(k).values[-1]) >> 24)
-    return {0: "top", 1: "next"}.get(below, "histograms")
-
-
-@pytest.mark.parametrize("compact_bound", [True, False], ids=["listed-extremes", "every-extreme"])
-@pytest.mark.parametrize(
-    ("kind", "topk", "path"),
-    [("narrow", 64, "top"), ("spread", 100, "next"), ("outliers", 64, "histograms"), ("smooth", 64, "top")],
-)
-def test_minmax_bound_from_listed_extremes(
-    kind: str, topk: int, path: str, compact_bound: bool, device: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The bound's second byte from histograms of only the extremes in its first byte's range (COMPACT_BOUND), or
-    of every extreme: exact either way, on rows whose first byte is the top one, the one below, or neither (then
-    the lists are not used). 32-lane blocks make the rows' 75 groups and the lists span several steps."""
-    monkeypatch.setattr(minmax, "COMPACT_BOUND", compact_bound)
-    scores = make_scores(3, 1200, kind, torch.Generator().manual_seed(11))
-    assert weighted_bound_path(scores[0], topk) == path  # the branch this case is meant to take
-    lengths = torch.tensor([1200, 1100, 1025], dtype=torch.int32)
-    picked = torch.empty(3, topk, dtype=torch.int32, device=device)
-    launch_select_topk(scores.to(device), topk, lengths.to(device), picked, method="minmax", block=32)
-    expected = select_topk_ref(scores, topk, lengths)
-    assert_same_selection(picked, expected, scores, lengths, score_tol=0.0, what=f"minmax lists {kind}")
-
-
-def test_minmax_programs_loop_over_rows(device: str) -> None:
-    """A capped "minmax" grid (`programs`, for the indexer's overlapped chunks): two programs take five rows in
-    turns, long and short ones, and select exactly what one program per row does."""
-    scores = make_scores(5, 1200, "smooth", torch.Generator().manual_seed(2))
-    lengths = torch.tensor([1200, 30, 1100, 64, 1025], dtype=torch.int32)
-    picked = torch.full((5, 64), -7, dtype=torch.int32, device=device)
-    launch_select_topk(scores.to(device), 64, lengths.to(device), picked, method="minmax", programs=2)
-    expected = select_topk_ref(scores, 64, lengths)
-    assert_same_selection(picked, expected, scores, lengths, score_tol=0.0, what="minmax, two programs")
 
 
 def test_select_topk_rejects_bad_input(device: str) -> None:
