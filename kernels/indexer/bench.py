@@ -12,6 +12,7 @@ query chunk, ReLU, weighted head sum, torch.topk).
 from __future__ import annotations
 
 import argparse
+import functools
 
 import torch
 
@@ -23,6 +24,7 @@ from kernels.indexer import (
     quantize_indexer_fp8,
     quantize_indexer_fp8_ref,
 )
+from kernels.indexer import kernel as indexer_kernel
 from kernels.indexer.decode import launch_indexer_decode_scores
 from kernels.indexer.kernel import launch_indexer_scores
 from kernels.topk import minmax
@@ -270,6 +272,37 @@ def minmax_switch_rounds(tokens: int, device: str, switch: str, rounds: int = 3)
     return results
 
 
+# "minmax" select configs for `select_config_rounds`: (lanes per step, warps, register cap); the first is the default.
+SELECT_CONFIGS = [(2048, 8, 80), (1024, 8, 80), (1024, 8, 64), (1024, 4, 80), (2048, 4, 128)]
+
+
+def select_config_rounds(tokens: int, device: str, rounds: int = 2) -> list[dict[str, object]]:
+    """Indexer + "minmax" top-k over one positional e4m3 sequence with each select config in turn, in one process."""
+    _, w, _, (q8, q_scale), (k8, k_scale) = positional_inputs_and_e4m3(tokens, device)
+    options = {"max_buffer_bytes": 3 << 32, "topk_method": "minmax", "scales": (q_scale, k_scale)}
+    launch, defaults = indexer_kernel.launch_select_topk, (minmax.WARPS, minmax.MAX_REGISTERS)
+    results = []
+    try:
+        for round_ in range(rounds):
+            for block, warps, registers in SELECT_CONFIGS:
+                indexer_kernel.launch_select_topk = functools.partial(launch, block=block)
+                minmax.WARPS, minmax.MAX_REGISTERS = warps, registers
+                ms = bench_ms(lambda: indexer_topk(q8, w, k8, TOPK, 0, **options), budget_ms=1000)
+                row = {
+                    "N": tokens,
+                    "round": round_,
+                    "lanes": block,
+                    "warps": warps,
+                    "registers": registers,
+                    "ms": ms,
+                }
+                results.append(row)
+    finally:
+        indexer_kernel.launch_select_topk = launch
+        minmax.WARPS, minmax.MAX_REGISTERS = defaults
+    return results
+
+
 def quantize_sweep(sizes: list[int], device: str) -> list[dict[str, object]]:
     """The Hadamard + e4m3 quantiser over the indexer queries of N tokens ([N, 16, 64] bf16), the Triton kernel
     against its five-pass PyTorch oracle (what the layer paid before session 20)."""
@@ -353,6 +386,9 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict[str, object]]]:
     parser.add_argument(
         "--top-from-bound-rounds", type=int, default=0, metavar="N", help="only the minmax finish A-B at N"
     )
+    parser.add_argument(
+        "--select-config-rounds", type=int, default=0, metavar="N", help="only the minmax select configs at N"
+    )
     parser.add_argument("--quantize", type=int, default=0, metavar="N", help="only the e4m3 quantiser at N")
     args = parser.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -368,6 +404,10 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict[str, object]]]:
         rows = minmax_switch_rounds(args.bound_steps_rounds, device, "BOUND_STEPS")
         print(format_table(rows, f"minmax bound at 3 and 2 radix steps: 24 and 16 bits ({device})"))
         return {"minmax bound bits": rows}
+    if args.select_config_rounds:
+        rows = select_config_rounds(args.select_config_rounds, device)
+        print(format_table(rows, f"indexer + minmax top-k by select config ({device})"))
+        return {"minmax select configs": rows}
     if args.top_from_bound_rounds:
         rows = minmax_switch_rounds(args.top_from_bound_rounds, device, "TOP_FROM_BOUND")
         print(format_table(rows, f"minmax finish from the first byte or from the bound's ({device})"))

@@ -30,6 +30,7 @@ from kernels.topk.radix import (
     _digit_histogram,
     _ordered_key,
     _radix_prefix,
+    _running_count,
     _select_everything,
     _write_selected,
 )
@@ -38,6 +39,7 @@ GROUP = 16  # keys per group
 # ptxas' cap for the select kernel: 128 registers (its natural count) allow two 8-warp programs per SM, 80 three,
 # for ~100 bytes of spills (H200, session 14: 0.61 against 0.64 µs per 128K row, the same selections).
 MAX_REGISTERS = 80
+WARPS = 8  # per select program; read at each launch (the indexer bench's config rounds set it)
 # Radix steps of the bound: its top 8 * BOUND_STEPS bits (the rest zero). Two, since session 19: at 16 bits the
 # bound lists < 2 % more groups than at 24 on indexer rows, and the third step was half the histogram work.
 # Read at each launch (the bench's A/B sets it).
@@ -197,7 +199,7 @@ def _gather_candidates(
         valid = (entry < n_listed)[:, None] & (col < length)
         key = _ordered_key(tl.load(row_scores + col, mask=valid, other=0.0))
         keep = tl.reshape(valid & (key >= bound), (BLOCK,))
-        rank = n_cand + tl.cumsum(keep.to(tl.int32), 0) - 1
+        rank = n_cand + _running_count(keep.to(tl.int32)) - 1
         flat_key = tl.reshape(key, (BLOCK,))
         tl.store(row_key + rank, flat_key.to(tl.int32, bitcast=True), mask=keep)
         tl.store(row_col + rank, tl.reshape(col, (BLOCK,)), mask=keep)
@@ -247,7 +249,7 @@ def _minmax_select(
             slot = first + lanes
             high = tl.load(row_gmax + slot, mask=slot < n_groups, other=0, cache_modifier=".cg")
             listed = (slot < n_groups) & (high.to(tl.uint32, bitcast=True) >= bound)
-            rank = n_listed + tl.cumsum(listed.to(tl.int32), 0) - 1
+            rank = n_listed + _running_count(listed.to(tl.int32)) - 1
             tl.store(row_gmin + rank, slot, mask=listed)
             n_listed += tl.sum(listed.to(tl.int32), 0)
         tl.debug_barrier()  # list entries stored by some threads are read by others
@@ -322,6 +324,6 @@ def launch_minmax(
     _select_topk_minmax_kernel[(rows,)](
         scores, lengths, out, cand_key, cand_col, gmax, gmin, scores.stride(0), out.stride(0),
         cand_key.stride(0), gmax.stride(0), K=topk, BLOCK=block, GROUP=GROUP, BOUND_STEPS=BOUND_STEPS,
-        TOP_FROM_BOUND=TOP_FROM_BOUND, num_warps=8,
+        TOP_FROM_BOUND=TOP_FROM_BOUND, num_warps=WARPS,
         maxnreg=MAX_REGISTERS,
     )  # fmt: skip

@@ -20,6 +20,17 @@ def _ordered_key(x):
 
 
 @triton.jit
+def _running_count(counts, PER: tl.constexpr = 8):
+    """Inclusive prefix sum of a 1-D int32 block, in two levels: the sums of PER adjacent lanes, a cumsum over
+    those, a cumsum within each PER. Triton 3.6 scans a flat 2048-lane block (8 warps) in ~430 SASS
+    instructions, ~300 this way (a compaction loop compiled for sm_90a)."""
+    N: tl.constexpr = counts.shape[0]
+    grid = tl.reshape(counts, (N // PER, PER))
+    sums = tl.sum(grid, 1)
+    return tl.reshape((tl.cumsum(sums, 0) - sums)[:, None] + tl.cumsum(grid, 1), (N,))
+
+
+@triton.jit
 def _digit_histogram(digit, match):
     """256-bin histogram of the 8-bit `digit`s where `match` holds. The other lanes land in bin 0 and are
     taken out again: Triton 3.6 builds a histogram from a ballot per bin-index bit and a popcount per bin
@@ -116,8 +127,9 @@ def _write_selected(
         col = tl.load(row_cand_col + slot, mask=ok, other=0, cache_modifier=".cg")
         gt_mask = ok & (key > threshold)
         eq_mask = ok & (key == threshold)
-        rank_gt = taken_gt + tl.cumsum(gt_mask.to(tl.int32), 0) - 1
-        rank_eq = taken_eq + tl.cumsum(eq_mask.to(tl.int32), 0) - 1
+        both = _running_count(gt_mask.to(tl.int32) | (eq_mask.to(tl.int32) << 16))  # both counts in one scan
+        rank_gt = taken_gt + (both & 0xFFFF) - 1
+        rank_eq = taken_eq + (both >> 16) - 1
         keep_eq = eq_mask & (rank_eq < n_eq)
         slot_out = written + tl.where(gt_mask, rank_gt, n_gt + rank_eq)
         tl.store(row_out + slot_out, col, mask=(gt_mask | keep_eq) & (slot_out < K))
