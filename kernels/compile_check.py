@@ -71,19 +71,20 @@ CASES = [
     (topk._split_compact_kernel, {"K": 2048, "SLICE": 2048}, {}, 8, 3),
     (topk._split_finish_kernel, {"K": 2048, "BLOCK": 2048}, {}, 8, 3),
     (topk._select_topk_compact_kernel, {"K": 2048, "BLOCK": 2048, "GROUP": bound.GROUP}, {}, 8, 3),  # "bound"
-    (minmax._minmax_stats_kernel, {"BLOCK": 2048, "GROUP": minmax.GROUP}, {}, 8, 3),
-    (
+    (minmax._minmax_stats_kernel, {"BLOCK": minmax.LANES, "GROUP": minmax.GROUP}, {}, 8, 3),
+    (  # as it launches: its lanes, warps and register cap
         minmax._select_topk_minmax_kernel,
         {
             "K": 2048,
-            "BLOCK": 2048,
+            "BLOCK": minmax.LANES,
             "GROUP": minmax.GROUP,
             "BOUND_STEPS": minmax.BOUND_STEPS,
             "TOP_FROM_BOUND": minmax.TOP_FROM_BOUND,
         },
         {},
-        8,
+        minmax.WARPS,
         3,
+        minmax.MAX_REGISTERS,
     ),
     (
         cooperative._cooperative_topk_kernel,

@@ -273,7 +273,7 @@ def minmax_switch_rounds(tokens: int, device: str, switch: str, rounds: int = 3)
 
 
 # "minmax" select configs for `select_config_rounds`: (lanes per step, warps, register cap); the first is the default.
-SELECT_CONFIGS = [(2048, 8, 80), (1024, 8, 80), (1024, 8, 64), (1024, 4, 80), (2048, 4, 128)]
+SELECT_CONFIGS = [(1024, 8, 64), (2048, 8, 80), (1024, 4, 80), (1024, 4, 64)]
 
 
 def select_config_rounds(tokens: int, device: str, rounds: int = 2) -> list[dict[str, object]]:

@@ -26,7 +26,7 @@ import triton.language as tl
 from kernels._validate import require
 from kernels.topk.bound import GROUP, _bound_select
 from kernels.topk.cooperative import launch_cooperative
-from kernels.topk.minmax import launch_minmax
+from kernels.topk.minmax import LANES, launch_minmax
 from kernels.topk.radix import (
     _compact_select,
     _crossing_bin,
@@ -415,7 +415,7 @@ def launch_select_topk(
     *,
     method: str = "compact",
     scratch: tuple[torch.Tensor, torch.Tensor] | None = None,
-    block: int = 2048,
+    block: int | None = None,
     sample_size: int = 4096,
     slice_size: int | None = None,
     stats: tuple[torch.Tensor, torch.Tensor] | None = None,
@@ -434,11 +434,13 @@ def launch_select_topk(
     without a full-row histogram: group maxima give a lower bound of the threshold, the keys above it
     are compacted and the radix passes run over them (bound.py); "minmax" takes the bound from group
     maxima and minima (`stats`, the indexer score kernel's, or computed here) and reads only the groups
-    that reach it (minmax.py).
+    that reach it (minmax.py). `block`: lanes per program step (default 2048; "minmax" `minmax.LANES`).
     """
     rows = scores.shape[0]
     if rows == 0:
         return
+    if block is None:
+        block = LANES if method == "minmax" else 2048
     if method == "radix":
         _select_topk_kernel[(rows,)](
             scores, lengths, out, scores.stride(0), out.stride(0), K=topk, BLOCK=block, num_warps=8

@@ -36,10 +36,14 @@ from kernels.topk.radix import (
 )
 
 GROUP = 16  # keys per group
-# ptxas' cap for the select kernel: 128 registers (its natural count) allow two 8-warp programs per SM, 80 three,
-# for ~100 bytes of spills (H200, session 14: 0.61 against 0.64 µs per 128K row, the same selections).
-MAX_REGISTERS = 80
-WARPS = 8  # per select program; read at each launch (the indexer bench's config rounds set it)
+# The select's shape: 1 024 lanes per step, 8 warps, ptxas capped at 64 registers (four programs per SM, 3 spill
+# loads). H200, session 21, indexer + top-k at 256K (e4m3, positional, one process): 174.8-176.9 ms against
+# 178.4-179.3 at 2 048 lanes and 80 registers (three programs; session 14's choice over 128 registers, two), 175.6-177.2
+# at 4 warps x 1 024 lanes and 80, 182.4-182.6 at 1 024 lanes and 80, 190 at 4 warps x 2 048 and 128. WARPS and
+# MAX_REGISTERS are read at each launch (the indexer bench's config rounds set them; lanes are a launch argument).
+LANES = 1024
+WARPS = 8
+MAX_REGISTERS = 64
 # Radix steps of the bound: its top 8 * BOUND_STEPS bits (the rest zero). Two, since session 19: at 16 bits the
 # bound lists < 2 % more groups than at 24 on indexer rows, and the third step was half the histogram work.
 # Read at each launch (the bench's A/B sets it).
