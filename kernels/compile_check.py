@@ -71,7 +71,7 @@ CASES = [
     (topk._split_compact_kernel, {"K": 2048, "SLICE": 2048}, {}, 8, 3),
     (topk._split_finish_kernel, {"K": 2048, "BLOCK": 2048}, {}, 8, 3),
     (topk._select_topk_compact_kernel, {"K": 2048, "BLOCK": 2048, "GROUP": bound.GROUP}, {}, 8, 3),  # "bound"
-    (minmax._minmax_stats_kernel, {"BLOCK": minmax.LANES, "GROUP": minmax.GROUP}, {}, 8, 3),
+    (minmax._minmax_stats_kernel, {"BLOCK": minmax.STATS_LANES, "GROUP": minmax.GROUP}, {}, 8, 3),
     (  # as it launches: its lanes, warps and register cap
         minmax._select_topk_minmax_kernel,
         {

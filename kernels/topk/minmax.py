@@ -44,6 +44,8 @@ GROUP = 16  # keys per group
 LANES = 1024
 WARPS = 8
 MAX_REGISTERS = 64
+# Columns per program of `select_topk`'s stats pass (the indexer's extremes come with its scores).
+STATS_LANES = 2048
 # Radix steps of the bound: its top 8 * BOUND_STEPS bits (the rest zero). Two, since session 19: at 16 bits the
 # bound lists < 2 % more groups than at 24 on indexer rows, and the third step was half the histogram work.
 # Read at each launch (the bench's A/B sets it).
@@ -320,9 +322,9 @@ def launch_minmax(
     rows, cols = scores.shape
     if stats is None:
         stats = group_stats_buffers(rows, cols, scores.device)
-        _minmax_stats_kernel[(rows, triton.cdiv(cols, block))](
+        _minmax_stats_kernel[(rows, triton.cdiv(cols, STATS_LANES))](
             scores, lengths, stats[0], stats[1], stats[0].shape[1], scores.stride(0), stats[0].stride(0),
-            BLOCK=block, GROUP=GROUP, num_warps=8,
+            BLOCK=STATS_LANES, GROUP=GROUP, num_warps=8,
         )  # fmt: skip
     gmax, gmin = stats
     _select_topk_minmax_kernel[(rows,)](
