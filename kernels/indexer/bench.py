@@ -236,7 +236,7 @@ def head_sum_rounds(tokens: int, device: str, rounds: int = 3) -> list[dict[str,
 
 
 # The "minmax" A-B switches (module globals read at each launch) and the two values each compares.
-MINMAX_SWITCHES = {"BOUND_STEPS": (3, 2), "TOP_FROM_BOUND": (False, True)}
+MINMAX_SWITCHES = {"BOUND_STEPS": (3, 2), "TOP_FROM_BOUND": (False, True), "LAST_BITS": (8, 6)}
 
 
 def minmax_switch_rounds(tokens: int, device: str, switch: str, rounds: int = 3) -> list[dict[str, object]]:
@@ -387,6 +387,13 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict[str, object]]]:
         "--top-from-bound-rounds", type=int, default=0, metavar="N", help="only the minmax finish A-B at N"
     )
     parser.add_argument(
+        "--last-bits-rounds",
+        type=int,
+        default=0,
+        metavar="N",
+        help="only the minmax bound's last-digit A-B at N",
+    )
+    parser.add_argument(
         "--select-config-rounds", type=int, default=0, metavar="N", help="only the minmax select configs at N"
     )
     parser.add_argument("--quantize", type=int, default=0, metavar="N", help="only the e4m3 quantiser at N")
@@ -404,6 +411,12 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict[str, object]]]:
         rows = minmax_switch_rounds(args.bound_steps_rounds, device, "BOUND_STEPS")
         print(format_table(rows, f"minmax bound at 3 and 2 radix steps: 24 and 16 bits ({device})"))
         return {"minmax bound bits": rows}
+    if args.last_bits_rounds:
+        rows = minmax_switch_rounds(args.last_bits_rounds, device, "LAST_BITS")
+        print(
+            format_table(rows, f"minmax bound's last digit at 8 and 6 bits: 16 and 14 bits in all ({device})")
+        )
+        return {"minmax bound's last digit": rows}
     if args.select_config_rounds:
         rows = select_config_rounds(args.select_config_rounds, device)
         print(format_table(rows, f"indexer + minmax top-k by select config ({device})"))

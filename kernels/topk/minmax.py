@@ -50,6 +50,9 @@ STATS_LANES = 2048
 # bound lists < 2 % more groups than at 24 on indexer rows, and the third step was half the histogram work.
 # Read at each launch (the bench's A/B sets it).
 BOUND_STEPS = 2
+# Bits of the bound's last radix digit (a 2 ** LAST_BITS-bin histogram); the bound keeps 8 * (BOUND_STEPS - 1) +
+# LAST_BITS bits. Read at each launch (the bench's A/B sets it).
+LAST_BITS = 8
 # The finishing radix passes take the K-th key's top byte from the bound when they can (`_gather_candidates`):
 # on indexer rows it is the bound's top byte on > 99 % of rows (CPU count, positional and random rows of 40K), so
 # one of four histogram passes over the candidates goes. Read at each launch (the bench's A/B sets it).
@@ -144,6 +147,28 @@ def _top_byte(
 
 
 @triton.jit
+def _bound_digit(
+    row_gmax, row_gmin, n_groups, n_full, prefix, remaining, SHIFT: tl.constexpr, BITS: tl.constexpr,
+    BLOCK: tl.constexpr, GROUP: tl.constexpr,
+):  # fmt: skip
+    """One radix step of `_weighted_bound`: the top BITS bits of the byte at SHIFT, from a 2 ** BITS-bin histogram
+    of the weighted entries that match `prefix` above that byte. Returns (prefix, entries still needed)."""
+    lanes = tl.arange(0, BLOCK)
+    low_bit: tl.constexpr = SHIFT + 8 - BITS
+    hist = tl.zeros((1 << BITS,), dtype=tl.int32)
+    for first in range(0, n_groups, BLOCK):
+        high, low, high_ok, low_ok = _extremes_at(row_gmax, row_gmin, first + lanes, n_groups, n_full)
+        high_match = high_ok & (((high >> SHIFT) >> 8) == ((prefix >> SHIFT) >> 8))
+        low_match = low_ok & (((low >> SHIFT) >> 8) == ((prefix >> SHIFT) >> 8))
+        high_digit = ((high >> low_bit) & ((1 << BITS) - 1)).to(tl.int32)
+        low_digit = ((low >> low_bit) & ((1 << BITS) - 1)).to(tl.int32)
+        hist += _digit_histogram(high_digit, high_match, 1 << BITS)
+        hist += (GROUP - 1) * _digit_histogram(low_digit, low_match, 1 << BITS)
+    chosen, n_above_bin = _crossing_bin(hist, remaining)
+    return prefix | (chosen.to(tl.uint32) << low_bit), remaining - n_above_bin
+
+
+@triton.jit
 def _weighted_bound(
     row_gmax,
     row_gmin,
@@ -153,27 +178,25 @@ def _weighted_bound(
     BLOCK: tl.constexpr,
     GROUP: tl.constexpr,
     BOUND_STEPS: tl.constexpr,
+    LAST_BITS: tl.constexpr,
 ):
-    """Top 8 * BOUND_STEPS bits of the K-th largest entry of the list where each group's maximum counts
-    once and each full group's minimum GROUP - 1 more times (a full group at or above a value puts all
-    GROUP keys there); the lower bits zero. Read past L1 (".cg")."""
-    lanes = tl.arange(0, BLOCK)
+    """Top 8 * (BOUND_STEPS - 1) + LAST_BITS bits of the K-th largest entry of the list where each group's
+    maximum counts once and each full group's minimum GROUP - 1 more times (a full group at or above a value
+    puts all GROUP keys there); the lower bits zero. Read past L1 (".cg")."""
     first_byte, above_first = _top_byte(row_gmax, row_gmin, n_groups, n_full, K, BLOCK, GROUP)
     prefix = tl.where(first_byte >= 0, first_byte, 0).to(tl.uint32) << 24
     remaining = K - above_first
-    for step in tl.static_range(BOUND_STEPS):
-        shift = 24 - 8 * step  # constexpr: the loop is unrolled
-        if (step > 0) | (first_byte < 0):
-            hist = tl.zeros((256,), dtype=tl.int32)
-            for first in range(0, n_groups, BLOCK):
-                high, low, high_ok, low_ok = _extremes_at(row_gmax, row_gmin, first + lanes, n_groups, n_full)
-                high_match = high_ok & (((high >> shift) >> 8) == ((prefix >> shift) >> 8))
-                low_match = low_ok & (((low >> shift) >> 8) == ((prefix >> shift) >> 8))
-                hist += _digit_histogram(((high >> shift) & 255).to(tl.int32), high_match)
-                hist += (GROUP - 1) * _digit_histogram(((low >> shift) & 255).to(tl.int32), low_match)
-            chosen, n_above_bin = _crossing_bin(hist, remaining)
-            remaining -= n_above_bin
-            prefix = prefix | (chosen.to(tl.uint32) << shift)
+    if first_byte < 0:  # the first byte from a histogram too
+        prefix, remaining = _bound_digit(
+            row_gmax, row_gmin, n_groups, n_full, prefix, remaining, 24, 8, BLOCK, GROUP
+        )
+    for step in tl.static_range(1, BOUND_STEPS - 1):
+        prefix, remaining = _bound_digit(
+            row_gmax, row_gmin, n_groups, n_full, prefix, remaining, 24 - 8 * step, 8, BLOCK, GROUP
+        )
+    prefix, remaining = _bound_digit(
+        row_gmax, row_gmin, n_groups, n_full, prefix, remaining, 32 - 8 * BOUND_STEPS, LAST_BITS, BLOCK, GROUP
+    )
     return prefix
 
 
@@ -234,6 +257,7 @@ def _minmax_select(
     BLOCK: tl.constexpr,
     GROUP: tl.constexpr,
     BOUND_STEPS: tl.constexpr,
+    LAST_BITS: tl.constexpr,
     TOP_FROM_BOUND: tl.constexpr,
 ):
     """Exact top-K of one row with L > K from its group extremes; the minima row is reused for the
@@ -246,7 +270,7 @@ def _minmax_select(
         _compact_select(row_scores, row_out, row_key, row_col, length, K, BLOCK)
     else:
         n_groups = tl.cdiv(length, GROUP)
-        bound = _weighted_bound(row_gmax, row_gmin, n_groups, n_full, K, BLOCK, GROUP, BOUND_STEPS)
+        bound = _weighted_bound(row_gmax, row_gmin, n_groups, n_full, K, BLOCK, GROUP, BOUND_STEPS, LAST_BITS)
         tl.debug_barrier()  # every thread has read the minima before the group list overwrites them
         # The groups whose maximum reaches the bound hold every key that does, in column order.
         lanes = tl.arange(0, BLOCK)
@@ -285,6 +309,7 @@ def _select_topk_minmax_kernel(
     BLOCK: tl.constexpr,
     GROUP: tl.constexpr,
     BOUND_STEPS: tl.constexpr,
+    LAST_BITS: tl.constexpr,
     TOP_FROM_BOUND: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
@@ -296,7 +321,7 @@ def _select_topk_minmax_kernel(
         _minmax_select(
             scores_ptr + row * stride_row, row_out, cand_key_ptr + row * stride_cand,
             cand_col_ptr + row * stride_cand, gmax_ptr + row * stride_stat, gmin_ptr + row * stride_stat,
-            length, K, BLOCK, GROUP, BOUND_STEPS, TOP_FROM_BOUND,
+            length, K, BLOCK, GROUP, BOUND_STEPS, LAST_BITS, TOP_FROM_BOUND,
         )  # fmt: skip
 
 
@@ -330,6 +355,5 @@ def launch_minmax(
     _select_topk_minmax_kernel[(rows,)](
         scores, lengths, out, cand_key, cand_col, gmax, gmin, scores.stride(0), out.stride(0),
         cand_key.stride(0), gmax.stride(0), K=topk, BLOCK=block, GROUP=GROUP, BOUND_STEPS=BOUND_STEPS,
-        TOP_FROM_BOUND=TOP_FROM_BOUND, num_warps=WARPS,
-        maxnreg=MAX_REGISTERS,
+        LAST_BITS=LAST_BITS, TOP_FROM_BOUND=TOP_FROM_BOUND, num_warps=WARPS, maxnreg=MAX_REGISTERS,
     )  # fmt: skip

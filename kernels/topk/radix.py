@@ -31,14 +31,14 @@ def _running_count(counts, PER: tl.constexpr = 8):
 
 
 @triton.jit
-def _digit_histogram(digit, match):
-    """256-bin histogram of the 8-bit `digit`s where `match` holds. The other lanes land in bin 0 and are
+def _digit_histogram(digit, match, BINS: tl.constexpr = 256):
+    """BINS-bin histogram of the `digit`s where `match` holds. The other lanes land in bin 0 and are
     taken out again: Triton 3.6 builds a histogram from a ballot per bin-index bit and a popcount per bin
     and lane, so 256 bins cost 664 SASS instructions per 2048 keys (8 warps) where the 512 that a separate
     discard bin needed cost 904 (the dump of that loop, ptxas 12.8). Triton 3.9 uses shared-memory atomics."""
-    hist = tl.histogram(tl.where(match, digit, 0), 256)
+    hist = tl.histogram(tl.where(match, digit, 0), BINS)
     misses = tl.sum(tl.where(match, 0, 1), 0)
-    return hist - tl.where(tl.arange(0, 256) == 0, misses, 0)
+    return hist - tl.where(tl.arange(0, BINS) == 0, misses, 0)
 
 
 @triton.jit
