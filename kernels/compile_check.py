@@ -79,6 +79,7 @@ CASES = [
             "BLOCK": minmax.LANES,
             "GROUP": minmax.GROUP,
             "BOUND_STEPS": minmax.BOUND_STEPS,
+            "LAST_BITS": minmax.LAST_BITS,
             "TOP_FROM_BOUND": minmax.TOP_FROM_BOUND,
         },
         {},

@@ -236,7 +236,11 @@ def head_sum_rounds(tokens: int, device: str, rounds: int = 3) -> list[dict[str,
 
 
 # The "minmax" A-B switches (module globals read at each launch) and the two values each compares.
-MINMAX_SWITCHES = {"BOUND_STEPS": (3, 2), "TOP_FROM_BOUND": (False, True), "LAST_BITS": (8, 6)}
+MINMAX_SWITCHES = {
+    "BOUND_STEPS": (3, 2),
+    "TOP_FROM_BOUND": (False, True),
+    "LAST_BITS": (8, 6),
+}  # the second of each is the default
 
 
 def minmax_switch_rounds(tokens: int, device: str, switch: str, rounds: int = 3) -> list[dict[str, object]]:

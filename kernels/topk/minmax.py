@@ -51,8 +51,10 @@ STATS_LANES = 2048
 # Read at each launch (the bench's A/B sets it).
 BOUND_STEPS = 2
 # Bits of the bound's last radix digit (a 2 ** LAST_BITS-bin histogram); the bound keeps 8 * (BOUND_STEPS - 1) +
-# LAST_BITS bits. Read at each launch (the bench's A/B sets it).
-LAST_BITS = 8
+# LAST_BITS bits. Six since session 21: the 64-bin step is 486 SASS instructions per 1 024 lanes against 696, and the
+# 14-bit bound lists 0-7 % more groups than the 16-bit one (CPU count, positional rows); H200, indexer + top-k at 256K
+# e4m3 175.2-175.9 -> 169.7-171.4 ms, bf16 -1 to -2 %. Read at each launch (the bench's A/B sets it).
+LAST_BITS = 6
 # The finishing radix passes take the K-th key's top byte from the bound when they can (`_gather_candidates`):
 # on indexer rows it is the bound's top byte on > 99 % of rows (CPU count, positional and random rows of 40K), so
 # one of four histogram passes over the candidates goes. Read at each launch (the bench's A/B sets it).
