@@ -127,7 +127,8 @@ def _write_selected(
         col = tl.load(row_cand_col + slot, mask=ok, other=0, cache_modifier=".cg")
         gt_mask = ok & (key > threshold)
         eq_mask = ok & (key == threshold)
-        both = _running_count(gt_mask.to(tl.int32) | (eq_mask.to(tl.int32) << 16))  # both counts in one scan
+        tl.static_assert(BLOCK < 65536)  # each count fits 16 bits, so one scan gives both
+        both = _running_count(gt_mask.to(tl.int32) | (eq_mask.to(tl.int32) << 16))
         rank_gt = taken_gt + (both & 0xFFFF) - 1
         rank_eq = taken_eq + (both >> 16) - 1
         keep_eq = eq_mask & (rank_eq < n_eq)

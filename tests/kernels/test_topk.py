@@ -156,6 +156,26 @@ def test_minmax_finish_from_the_bounds_top_byte(
     assert_same_selection(picked, expected, scores, lengths, score_tol=0.0, what=f"minmax {kind}")
 
 
+@pytest.mark.parametrize("last_bits", [8, 6, 3])
+@pytest.mark.parametrize(
+    ("kind", "topk"), [("narrow", 64), ("spread", 100), ("outliers", 64), ("smooth", 64)]
+)
+def test_minmax_bound_at_any_last_digit_width(
+    kind: str, topk: int, last_bits: int, device: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bound's last radix digit at 8, 6 (the default) or 3 bits: any prefix of the K-th weighted entry is a
+    lower bound, so the selection is exact at every width, whether the first byte came from the counting passes
+    ("narrow", "smooth": the top byte; "spread": the byte below) or from a histogram ("outliers")."""
+    monkeypatch.setattr(minmax, "LAST_BITS", last_bits)
+    scores = make_scores(3, 1200, kind, torch.Generator().manual_seed(7))
+    lengths = torch.tensor([1200, 1100, 1025])
+    picked = select_topk(scores.to(device), topk, lengths.to(device), method="minmax")
+    expected = select_topk_ref(scores, topk, lengths)
+    assert_same_selection(
+        picked, expected, scores, lengths, score_tol=0.0, what=f"minmax {kind} {last_bits} bits"
+    )
+
+
 def test_select_topk_rejects_bad_input(device: str) -> None:
     scores = torch.randn(2, 10, device=device)
     lengths = torch.tensor([10, 10], device=device)
