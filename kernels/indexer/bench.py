@@ -403,32 +403,26 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict[str, object]]]:
     parser.add_argument("--quantize", type=int, default=0, metavar="N", help="only the e4m3 quantiser at N")
     args = parser.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    if args.quantize:
-        rows = quantize_sweep([args.quantize], device)
-        print(format_table(rows, f"indexer e4m3 quantiser ({device})"))
-        return {"indexer e4m3 quantiser (queries)": rows}
-    if args.head_sum_rounds:
-        rows = head_sum_rounds(args.head_sum_rounds, device)
-        print(format_table(rows, f"indexer + minmax top-k, FMA vs MMA head sum ({device})"))
-        return {"indexer head sum, FMA vs MMA": rows}
-    if args.bound_steps_rounds:
-        rows = minmax_switch_rounds(args.bound_steps_rounds, device, "BOUND_STEPS")
-        print(format_table(rows, f"minmax bound at 3 and 2 radix steps: 24 and 16 bits ({device})"))
-        return {"minmax bound bits": rows}
-    if args.last_bits_rounds:
-        rows = minmax_switch_rounds(args.last_bits_rounds, device, "LAST_BITS")
-        print(
-            format_table(rows, f"minmax bound's last digit at 8 and 6 bits: 16 and 14 bits in all ({device})")
-        )
-        return {"minmax bound's last digit": rows}
-    if args.select_config_rounds:
-        rows = select_config_rounds(args.select_config_rounds, device)
-        print(format_table(rows, f"indexer + minmax top-k by select config ({device})"))
-        return {"minmax select configs": rows}
-    if args.top_from_bound_rounds:
-        rows = minmax_switch_rounds(args.top_from_bound_rounds, device, "TOP_FROM_BOUND")
-        print(format_table(rows, f"minmax finish from the first byte or from the bound's ({device})"))
-        return {"minmax finish": rows}
+    # One measurement alone when its flag is given: (flag's value -> rows, result key, table title).
+    single_runs = [
+        (args.quantize, lambda n: quantize_sweep([n], device), "indexer e4m3 quantiser (queries)",
+         "indexer e4m3 quantiser"),
+        (args.head_sum_rounds, lambda n: head_sum_rounds(n, device), "indexer head sum, FMA vs MMA",
+         "indexer + minmax top-k, FMA vs MMA head sum"),
+        (args.bound_steps_rounds, lambda n: minmax_switch_rounds(n, device, "BOUND_STEPS"), "minmax bound bits",
+         "minmax bound at 3 and 2 radix steps: 24 and 16 bits"),
+        (args.last_bits_rounds, lambda n: minmax_switch_rounds(n, device, "LAST_BITS"), "minmax bound's last digit",
+         "minmax bound's last digit at 8 and 6 bits: 16 and 14 bits in all"),
+        (args.select_config_rounds, lambda n: select_config_rounds(n, device), "minmax select configs",
+         "indexer + minmax top-k by select config"),
+        (args.top_from_bound_rounds, lambda n: minmax_switch_rounds(n, device, "TOP_FROM_BOUND"), "minmax finish",
+         "minmax finish from the first byte or from the bound's"),
+    ]  # fmt: skip
+    for size, run, key, title in single_runs:
+        if size:
+            rows = run(size)
+            print(format_table(rows, f"{title} ({device})"))
+            return {key: rows}
     tables = {
         "indexer score tile configs": score_config_sweep(args.config_keys, args.config_chunk, device),
         "indexer + top-k, prefill (one sequence)": prefill_sweep(args.sizes, device, args.reference_max),
