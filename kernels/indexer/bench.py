@@ -33,7 +33,8 @@ from kernels.topk.kernel import select_topk
 from kernels.topk.minmax import group_stats_buffers
 
 HEADS, DIM, TOPK = 16, 64, 2048
-TOPK_ROWS = (1024, 131072)  # the top-k alone in `minmax_switch_rounds`: rows x columns
+TOPK_ROWS = (1024, 131072)  # the top-k alone in `switch_rounds`: rows x columns
+SCORE_TILE_SHAPE = (32768, 4096)  # the score tiles alone in `switch_rounds`: keys, queries (the last ones)
 SCORE_CONFIGS = [  # (block_t queries, block_s keys, warps, stages, e4m3 inputs, register cap (0: none), head_mma)
     (8, 64, 4, 3, False, 0, False),
     (8, 64, 4, 4, False, 0, False),
@@ -235,18 +236,21 @@ def head_sum_rounds(tokens: int, device: str, rounds: int = 3) -> list[dict[str,
     return results
 
 
-# The "minmax" A-B switches (module globals read at each launch) and the two values each compares.
-MINMAX_SWITCHES = {
-    "BOUND_STEPS": (3, 2),
-    "TOP_FROM_BOUND": (False, True),
-    "LAST_BITS": (8, 6),
-}  # the second of each is the default
+# The A-B switches (module globals read at each launch): name -> (module, the two values compared; the second is
+# the default).
+SWITCHES = {
+    "BOUND_STEPS": (minmax, (3, 2)),
+    "TOP_FROM_BOUND": (minmax, (False, True)),
+    "LAST_BITS": (minmax, (8, 6)),
+    "DIRECT_STORES": (indexer_kernel, (False, True)),
+}
 
 
-def minmax_switch_rounds(tokens: int, device: str, switch: str, rounds: int = 3) -> list[dict[str, object]]:
-    """ "minmax" with one of its switches at each of its two values, alternating in one process: the indexer
-    + top-k over one positional sequence (e4m3 with the MMA head sum, and bf16), and the top-k alone over
-    TOPK_ROWS (normal and smooth scores, its group-stats pass included)."""
+def switch_rounds(tokens: int, device: str, switch: str, rounds: int = 3) -> list[dict[str, object]]:
+    """One switch at each of its two values, alternating in one process: the indexer + "minmax" top-k over one
+    positional sequence (e4m3 with the MMA head sum, and bf16); for a select switch also the top-k alone over
+    TOPK_ROWS (normal and smooth scores, its group-stats pass included), for a score switch the score tiles
+    with group extremes at SCORE_TILE_SHAPE (e4m3, the default tile, the MMA head sum)."""
     q, w, k, (q8, q_scale), (k8, k_scale) = positional_inputs_and_e4m3(tokens, device)
     options = {"max_buffer_bytes": 3 << 32, "topk_method": "minmax"}
     cases = {
@@ -255,24 +259,36 @@ def minmax_switch_rounds(tokens: int, device: str, switch: str, rounds: int = 3)
         ),
         f"indexer+topk N={tokens} bf16": lambda: indexer_topk(q, w, k, TOPK, 0, **options),
     }
-    rows, cols = TOPK_ROWS
-    for kind in ("normal", "smooth"):
-        scores = make_rows(rows, cols, kind, device)
-        lengths = torch.full((rows,), cols, dtype=torch.int32, device=device)
-        cases[f"select_topk {rows} x {cols} {kind}"] = lambda s=scores, n=lengths: select_topk(
-            s, TOPK, n, method="minmax"
-        )
-    default = getattr(minmax, switch)
+    module, values = SWITCHES[switch]
+    if module is minmax:
+        rows, cols = TOPK_ROWS
+        for kind in ("normal", "smooth"):
+            scores = make_rows(rows, cols, kind, device)
+            lengths = torch.full((rows,), cols, dtype=torch.int32, device=device)
+            cases[f"select_topk {rows} x {cols} {kind}"] = lambda s=scores, n=lengths: select_topk(
+                s, TOPK, n, method="minmax"
+            )
+    else:
+        keys = min(SCORE_TILE_SHAPE[0], tokens)
+        chunk = min(SCORE_TILE_SHAPE[1], keys)
+        tile_q8, tile_scale = q8[keys - chunk : keys], q_scale[keys - chunk : keys]
+        out = torch.empty(chunk, keys, device=device)
+        stats = group_stats_buffers(chunk, keys, device)
+        cases[f"score tiles {chunk} x {keys} e4m3"] = lambda: launch_indexer_scores(
+            tile_q8, w[keys - chunk : keys], k8[:keys], keys - chunk, out, fill_future=False,
+            scales=(tile_scale, k_scale[:keys]), stats=stats, head_mma=True,
+        )  # fmt: skip
+    default = getattr(module, switch)
     results = []
     try:
         for round_ in range(rounds):
             for name, run in cases.items():
-                for value in MINMAX_SWITCHES[switch]:
-                    setattr(minmax, switch, value)
+                for value in values:
+                    setattr(module, switch, value)
                     ms = bench_ms(run, budget_ms=1000)
                     results.append({"case": name, "round": round_, switch: value, "ms": ms})
     finally:
-        setattr(minmax, switch, default)
+        setattr(module, switch, default)
     return results
 
 
@@ -400,6 +416,9 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict[str, object]]]:
     parser.add_argument(
         "--select-config-rounds", type=int, default=0, metavar="N", help="only the minmax select configs at N"
     )
+    parser.add_argument(
+        "--direct-stores-rounds", type=int, default=0, metavar="N", help="only the score-store A-B at N"
+    )
     parser.add_argument("--quantize", type=int, default=0, metavar="N", help="only the e4m3 quantiser at N")
     args = parser.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -409,14 +428,16 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict[str, object]]]:
          "indexer e4m3 quantiser"),
         (args.head_sum_rounds, lambda n: head_sum_rounds(n, device), "indexer head sum, FMA vs MMA",
          "indexer + minmax top-k, FMA vs MMA head sum"),
-        (args.bound_steps_rounds, lambda n: minmax_switch_rounds(n, device, "BOUND_STEPS"), "minmax bound bits",
+        (args.bound_steps_rounds, lambda n: switch_rounds(n, device, "BOUND_STEPS"), "minmax bound bits",
          "minmax bound at 3 and 2 radix steps: 24 and 16 bits"),
-        (args.last_bits_rounds, lambda n: minmax_switch_rounds(n, device, "LAST_BITS"), "minmax bound's last digit",
+        (args.last_bits_rounds, lambda n: switch_rounds(n, device, "LAST_BITS"), "minmax bound's last digit",
          "minmax bound's last digit at 8 and 6 bits: 16 and 14 bits in all"),
         (args.select_config_rounds, lambda n: select_config_rounds(n, device), "minmax select configs",
          "indexer + minmax top-k by select config"),
-        (args.top_from_bound_rounds, lambda n: minmax_switch_rounds(n, device, "TOP_FROM_BOUND"), "minmax finish",
+        (args.top_from_bound_rounds, lambda n: switch_rounds(n, device, "TOP_FROM_BOUND"), "minmax finish",
          "minmax finish from the first byte or from the bound's"),
+        (args.direct_stores_rounds, lambda n: switch_rounds(n, device, "DIRECT_STORES"), "score direct stores",
+         "score tiles storing through shared memory or from the product's layout"),
     ]  # fmt: skip
     for size, run, key, title in single_runs:
         if size:
