@@ -242,7 +242,6 @@ SWITCHES = {
     "BOUND_STEPS": (minmax, (3, 2)),
     "TOP_FROM_BOUND": (minmax, (False, True)),
     "LAST_BITS": (minmax, (8, 6)),
-    "DIRECT_STORES": (indexer_kernel, (False, True)),
 }
 
 
@@ -416,9 +415,6 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict[str, object]]]:
     parser.add_argument(
         "--select-config-rounds", type=int, default=0, metavar="N", help="only the minmax select configs at N"
     )
-    parser.add_argument(
-        "--direct-stores-rounds", type=int, default=0, metavar="N", help="only the score-store A-B at N"
-    )
     parser.add_argument("--quantize", type=int, default=0, metavar="N", help="only the e4m3 quantiser at N")
     args = parser.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -436,8 +432,6 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict[str, object]]]:
          "indexer + minmax top-k by select config"),
         (args.top_from_bound_rounds, lambda n: switch_rounds(n, device, "TOP_FROM_BOUND"), "minmax finish",
          "minmax finish from the first byte or from the bound's"),
-        (args.direct_stores_rounds, lambda n: switch_rounds(n, device, "DIRECT_STORES"), "score direct stores",
-         "score tiles storing through shared memory or from the product's layout"),
     ]  # fmt: skip
     for size, run, key, title in single_runs:
         if size:

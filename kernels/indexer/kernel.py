@@ -23,24 +23,11 @@ from kernels.topk.minmax import GROUP, _group_extremes, _ordered_key, group_stat
 
 
 @triton.jit
-def _store_b32(ptrs, values, mask):
-    """st.global of each 32-bit element where mask, from whatever layout it is in (no conversion)."""
-    return tl.inline_asm_elementwise(
-        "{ .reg .pred p; setp.ne.b32 p, $3, 0; @p st.global.b32 [$1], $2; mov.b32 $0, 0; }",
-        "=r,l,r,r",
-        [ptrs.to(tl.int64), values.to(tl.int32, bitcast=True), mask.to(tl.int32)],
-        dtype=tl.int32,
-        is_pure=False,
-        pack=1,
-    )
-
-
-@triton.jit
 def _score_tile(k_ptr, k_scale_ptr, out_rows, gmax_rows, gmin_rows, q_all, w_col, w_mat, s0, S, start, offs_t, t_ok,
                 stride_ks, HP: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr,
                 BLOCK_S: tl.constexpr, PRECISION: tl.constexpr, FP8: tl.constexpr, GROUP: tl.constexpr,
                 OFFSETS_32: tl.constexpr, MASKED: tl.constexpr, HEAD_MMA: tl.constexpr,
-                DIRECT_STORES: tl.constexpr, INTERPRETED: tl.constexpr):  # fmt: skip
+                INTERPRETED: tl.constexpr):  # fmt: skip
     """Score keys s0 .. s0 + BLOCK_S against the program's queries and store them (and their group extremes).
     MASKED = False: every query sees every key of the tile, so no mask is built (most tiles)."""
     offs_s = s0 + tl.arange(0, BLOCK_S)
@@ -91,12 +78,6 @@ def _score_tile(k_ptr, k_scale_ptr, out_rows, gmax_rows, gmin_rows, q_all, w_col
             stat_ok = t_ok[:, None] & (slot < tl.cdiv(S, GROUP))[None, :]
             tl.store(gmax_rows[:, None] + slot[None, :], group_max, mask=stat_ok)
             tl.store(gmin_rows[:, None] + slot[None, :], group_min, mask=stat_ok)
-    elif DIRECT_STORES:  # each thread stores the scores and extremes it holds: no shared-memory round trips
-        _store_b32(out_rows[None, :] + offs_s[:, None], by_key, t_ok[None, :])
-        if GROUP > 0:
-            grouped = tl.reshape(by_key, (GROUPS, GROUP, BLOCK_T))
-            _store_b32(gmax_rows[None, :] + slot[:, None], _ordered_key(tl.max(grouped, 1)), t_ok[None, :])
-            _store_b32(gmin_rows[None, :] + slot[:, None], _ordered_key(tl.min(grouped, 1)), t_ok[None, :])
     else:
         tl.store(out_rows[:, None] + offs_s[None, :], scores, mask=t_ok[:, None])
         if GROUP > 0:  # the sums start at +0.0, never -0.0, so fp32 max/min order them as their keys do
@@ -141,7 +122,6 @@ def _indexer_scores_kernel(
     GROUP: tl.constexpr,  # > 0: also write each GROUP-key group's max and min ordered key ("minmax" top-k)
     OFFSETS_32: tl.constexpr,  # every key's element offset fits int32
     HEAD_MMA: tl.constexpr,  # the weighted head sum on the tensor cores, in bf16 (`launch_indexer_scores`)
-    DIRECT_STORES: tl.constexpr,  # full tiles store from the product's layout (`DIRECT_STORES`)
     INTERPRETED: tl.constexpr,  # under TRITON_INTERPRET: no inline assembly, fp32 head products
 ):
     pid_t = tl.program_id(0)
@@ -180,11 +160,11 @@ def _indexer_scores_kernel(
         for s0 in range(s_begin, s_full, BLOCK_S):
             _score_tile(k_ptr, k_scale_ptr, out_rows, gmax_rows, gmin_rows, q_all, w_col, w_mat, s0, S, start, offs_t,
                         t_ok, stride_ks, HP, D, BLOCK_D, BLOCK_T, BLOCK_S, PRECISION, FP8, GROUP, OFFSETS_32, False,
-                        HEAD_MMA, DIRECT_STORES, INTERPRETED)  # fmt: skip
+                        HEAD_MMA, INTERPRETED)  # fmt: skip
         for s0 in range(s_full, s_end, BLOCK_S):
             _score_tile(k_ptr, k_scale_ptr, out_rows, gmax_rows, gmin_rows, q_all, w_col, w_mat, s0, S, start, offs_t,
                         t_ok, stride_ks, HP, D, BLOCK_D, BLOCK_T, BLOCK_S, PRECISION, FP8, GROUP, OFFSETS_32, True,
-                        HEAD_MMA, DIRECT_STORES, INTERPRETED)  # fmt: skip
+                        HEAD_MMA, INTERPRETED)  # fmt: skip
     if FILL_FUTURE:  # the tiles past the last one scored hold no visible key: -inf
         fill_from = s_begin + tl.cdiv(tl.maximum(s_end - s_begin, 0), BLOCK_S) * BLOCK_S
         for s0 in range(fill_from, s_stop, BLOCK_S):
@@ -201,10 +181,6 @@ INTERPRETED = not isinstance(_indexer_scores_kernel, triton.JITFunction)
 # 32K tiles 524-535 TFLOP/s against 441-512, indexer + top-k at 256K 189.0-189.2 -> 183.5-184.1 ms (same selections).
 # The FMA head sum holds 144-147 registers and spills ~175 instructions at 96: no cap there.
 E4M3_MMA_MAX_REGISTERS = 96
-# Full key tiles store their scores and group extremes from the layout the product leaves them in, one 32-bit
-# store per element (inline PTX: Triton would transpose them through shared memory, three barriers per tile).
-# Read at each launch (the indexer bench's A-B rounds flip it); the interpreter takes the tl.store path.
-DIRECT_STORES = True
 
 
 def launch_indexer_scores(
@@ -268,7 +244,7 @@ def launch_indexer_scores(
         H=heads, HP=padded_heads, D=dim, BLOCK_D=block_d, BLOCK_T=block_t, BLOCK_S=block_s, KEY_TILES=key_tiles,
         FILL_FUTURE=fill_future, PRECISION=precision, FP8=scales is not None,
         GROUP=GROUP if stats is not None else 0, OFFSETS_32=(keys - 1) * k.stride(0) + dim < 2**31, HEAD_MMA=head_mma,
-        DIRECT_STORES=DIRECT_STORES and not INTERPRETED, INTERPRETED=INTERPRETED,
+        INTERPRETED=INTERPRETED,
         num_warps=num_warps, num_stages=num_stages, **({"maxnreg": max_registers} if max_registers else {}),
     )  # fmt: skip
 
