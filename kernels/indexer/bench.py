@@ -242,6 +242,7 @@ SWITCHES = {
     "BOUND_STEPS": (minmax, (3, 2)),
     "TOP_FROM_BOUND": (minmax, (False, True)),
     "LAST_BITS": (minmax, (8, 6)),
+    "BUCKET_FINISH": (minmax, (False, True)),
 }
 
 
@@ -415,6 +416,13 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict[str, object]]]:
     parser.add_argument(
         "--select-config-rounds", type=int, default=0, metavar="N", help="only the minmax select configs at N"
     )
+    parser.add_argument(
+        "--bucket-finish-rounds",
+        type=int,
+        default=0,
+        metavar="N",
+        help="only the minmax bucket-finish A-B at N",
+    )
     parser.add_argument("--quantize", type=int, default=0, metavar="N", help="only the e4m3 quantiser at N")
     args = parser.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -432,6 +440,8 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict[str, object]]]:
          "indexer + minmax top-k by select config"),
         (args.top_from_bound_rounds, lambda n: switch_rounds(n, device, "TOP_FROM_BOUND"), "minmax finish",
          "minmax finish from the first byte or from the bound's"),
+        (args.bucket_finish_rounds, lambda n: switch_rounds(n, device, "BUCKET_FINISH"), "minmax bucket finish",
+         "minmax finish: last two bytes over every candidate or over the K-th key's 16-bit bucket"),
     ]  # fmt: skip
     for size, run, key, title in single_runs:
         if size:

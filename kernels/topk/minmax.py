@@ -28,10 +28,12 @@ from kernels.topk.radix import (
     _compact_select,
     _crossing_bin,
     _digit_histogram,
+    _finish_candidates,
     _ordered_key,
     _radix_prefix,
     _running_count,
     _select_everything,
+    _split_at_prefix,
     _write_selected,
 )
 
@@ -59,6 +61,10 @@ LAST_BITS = 6
 # on indexer rows it is the bound's top byte on > 99 % of rows (CPU count, positional and random rows of 40K), so
 # one of four histogram passes over the candidates goes. Read at each launch (the bench's A/B sets it).
 TOP_FROM_BOUND = True
+# After the finish's second byte, one pass writes the candidates above the K-th key's top 16 bits and compacts the
+# 12-65 (CPU count, positional rows of 8K-128K) that share them; the last two radix steps and the final write read
+# those only. Read at each launch (the bench's A/B sets it).
+BUCKET_FINISH = True
 _ALL_ONES = tl.constexpr(0xFFFFFFFF)  # the largest ordered key: a minimum's neutral element
 
 
@@ -216,10 +222,13 @@ def _gather_candidates(
     BLOCK: tl.constexpr,
     GROUP: tl.constexpr,
     TOP_FROM_BOUND: tl.constexpr,
+    BUCKET_FINISH: tl.constexpr,
 ):
     """The listed groups' keys at or above the bound become candidates (column order); radix passes finish.
     TOP_FROM_BOUND: when fewer than K candidates lie above the bound's top byte, that byte is the K-th key's
-    (every candidate is at or above the bound), so the radix passes start at the second byte."""
+    (every candidate is at or above the bound), so the radix passes start at the second byte. BUCKET_FINISH:
+    after the second byte, one pass selects the candidates above the K-th key's top 16 bits and keeps the few
+    that share them (`_split_at_prefix`) for the last two bytes."""
     GROUPS: tl.constexpr = BLOCK // GROUP
     n_cand = tl.zeros((), dtype=tl.int32)
     above_top = tl.zeros((), dtype=tl.int32)  # candidates whose top byte exceeds the bound's
@@ -238,12 +247,17 @@ def _gather_candidates(
         if TOP_FROM_BOUND:
             above_top += tl.sum((keep & ((flat_key >> 24) > (bound >> 24))).to(tl.int32), 0)
     tl.debug_barrier()
+    LAST: tl.constexpr = 2 if BUCKET_FINISH else 4  # radix steps over every candidate
     if TOP_FROM_BOUND & (above_top < K):
         top = (bound >> 24) << 24
-        threshold, n_eq = _radix_prefix(row_key, n_cand, top, K - above_top, BLOCK, 1, 4)
+        threshold, n_eq = _radix_prefix(row_key, n_cand, top, K - above_top, BLOCK, 1, LAST)
     else:
-        threshold, n_eq = _radix_prefix(row_key, n_cand, tl.zeros((), dtype=tl.uint32), K, BLOCK, 0, 4)
-    _write_selected(row_out, row_key, row_col, n_cand, threshold, K - n_eq, n_eq, 0, K, BLOCK)
+        threshold, n_eq = _radix_prefix(row_key, n_cand, tl.zeros((), dtype=tl.uint32), K, BLOCK, 0, LAST)
+    if BUCKET_FINISH:  # the last two steps and the write over the K-th key's 16-bit bucket only
+        n_bucket = _split_at_prefix(row_out, row_key, row_col, n_cand, threshold, BLOCK)
+        _finish_candidates(row_out, row_key, row_col, n_bucket, threshold, n_eq, K - n_eq, K, BLOCK, 2)
+    else:
+        _write_selected(row_out, row_key, row_col, n_cand, threshold, K - n_eq, n_eq, 0, K, BLOCK)
 
 
 @triton.jit
@@ -261,6 +275,7 @@ def _minmax_select(
     BOUND_STEPS: tl.constexpr,
     LAST_BITS: tl.constexpr,
     TOP_FROM_BOUND: tl.constexpr,
+    BUCKET_FINISH: tl.constexpr,
 ):
     """Exact top-K of one row with L > K from its group extremes; the minima row is reused for the
     list of groups to read once the bound is known. A row of fewer than K groups has a bound that rests
@@ -290,7 +305,7 @@ def _minmax_select(
         else:
             _gather_candidates(
                 row_scores, row_out, row_key, row_col, row_gmin, n_listed, bound, length, K, BLOCK, GROUP,
-                TOP_FROM_BOUND,
+                TOP_FROM_BOUND, BUCKET_FINISH,
             )  # fmt: skip
 
 
@@ -313,6 +328,7 @@ def _select_topk_minmax_kernel(
     BOUND_STEPS: tl.constexpr,
     LAST_BITS: tl.constexpr,
     TOP_FROM_BOUND: tl.constexpr,
+    BUCKET_FINISH: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     length = tl.load(lengths_ptr + row).to(tl.int32)
@@ -323,7 +339,7 @@ def _select_topk_minmax_kernel(
         _minmax_select(
             scores_ptr + row * stride_row, row_out, cand_key_ptr + row * stride_cand,
             cand_col_ptr + row * stride_cand, gmax_ptr + row * stride_stat, gmin_ptr + row * stride_stat,
-            length, K, BLOCK, GROUP, BOUND_STEPS, LAST_BITS, TOP_FROM_BOUND,
+            length, K, BLOCK, GROUP, BOUND_STEPS, LAST_BITS, TOP_FROM_BOUND, BUCKET_FINISH,
         )  # fmt: skip
 
 
@@ -357,5 +373,5 @@ def launch_minmax(
     _select_topk_minmax_kernel[(rows,)](
         scores, lengths, out, cand_key, cand_col, gmax, gmin, scores.stride(0), out.stride(0),
         cand_key.stride(0), gmax.stride(0), K=topk, BLOCK=block, GROUP=GROUP, BOUND_STEPS=BOUND_STEPS,
-        LAST_BITS=LAST_BITS, TOP_FROM_BOUND=TOP_FROM_BOUND, num_warps=WARPS, maxnreg=MAX_REGISTERS,
+        LAST_BITS=LAST_BITS, TOP_FROM_BOUND=TOP_FROM_BOUND, BUCKET_FINISH=BUCKET_FINISH, num_warps=WARPS, maxnreg=MAX_REGISTERS,
     )  # fmt: skip

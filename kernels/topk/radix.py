@@ -103,6 +103,36 @@ def _finish_candidates(
 
 
 @triton.jit
+def _split_at_prefix(row_out, row_cand_key, row_cand_col, n_cand, prefix, BLOCK: tl.constexpr):
+    """One pass over the candidates once the top 16 bits of the K-th key are known (`prefix`): the keys above
+    them on those bits are selected (their columns written from slot 0 on, column order), the keys that share
+    them are compacted in place to the front of the candidate list, still in column order. Returns their count.
+    On indexer rows a few dozen of ~4 000 candidates share the K-th key's top 16 bits, so the last two radix
+    steps and the final write read one block instead of every candidate."""
+    lanes = tl.arange(0, BLOCK)
+    top = prefix >> 16
+    n_above = tl.zeros((), dtype=tl.int32)
+    n_bucket = tl.zeros((), dtype=tl.int32)
+    for first in range(0, n_cand, BLOCK):
+        slot = first + lanes
+        ok = slot < n_cand
+        key = tl.load(row_cand_key + slot, mask=ok, other=0, cache_modifier=".cg").to(tl.uint32, bitcast=True)
+        col = tl.load(row_cand_col + slot, mask=ok, other=0, cache_modifier=".cg")
+        above = ok & ((key >> 16) > top)
+        bucket = ok & ((key >> 16) == top)
+        both = _running_count(above.to(tl.int32) | (bucket.to(tl.int32) << 16))
+        tl.debug_barrier()  # every lane has read its slot before any lane writes a lower one
+        tl.store(row_out + n_above + (both & 0xFFFF) - 1, col, mask=above)
+        rank = n_bucket + (both >> 16) - 1
+        tl.store(row_cand_key + rank, key.to(tl.int32, bitcast=True), mask=bucket)
+        tl.store(row_cand_col + rank, col, mask=bucket)
+        n_above += tl.sum(above.to(tl.int32), 0)
+        n_bucket += tl.sum(bucket.to(tl.int32), 0)
+    tl.debug_barrier()  # the compacted entries are read by other threads
+    return n_bucket
+
+
+@triton.jit
 def _write_selected(
     row_out,
     row_cand_key,

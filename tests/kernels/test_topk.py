@@ -60,6 +60,12 @@ def make_scores(rows: int, cols: int, kind: str, generator: torch.Generator) -> 
         scores = 1.0 + torch.arange(cols) / cols + 1e-4 * scores
         scores[:, : 16 * 40 : 16] = 1000.0
         scores[:, 1 : 16 * 40 : 16] = 1001.0
+    elif (
+        kind == "plateau"
+    ):  # noise below 1, 40 keys at 3.0 among 3 000 at 2.0: a K-th key (K = 64) in a wide bucket
+        scores = torch.rand(rows, cols, generator=generator)
+        scores[:, 1000:4000] = 2.0
+        scores[:, 7:4000:100] = 3.0
     elif kind == "constant":
         scores = torch.full((rows, cols), 0.5)
     elif kind == "signed":
@@ -174,6 +180,29 @@ def test_minmax_bound_at_any_last_digit_width(
     assert_same_selection(
         picked, expected, scores, lengths, score_tol=0.0, what=f"minmax {kind} {last_bits} bits"
     )
+
+
+@pytest.mark.parametrize("bucket_finish", [True, False], ids=["bucket", "every-candidate"])
+@pytest.mark.parametrize("kind", ["plateau", "constant", "ties", "narrow", "outliers"])
+def test_minmax_finish_over_the_kth_keys_bucket(
+    kind: str, bucket_finish: bool, device: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last two radix bytes over only the candidates that share the K-th key's top 16 bits (the others
+    written out or dropped in one pass, the bucket compacted in place) or over every candidate: exact either
+    way, with a bucket of a few keys ("narrow", "outliers"), of ties ("ties"), or several blocks wide
+    ("plateau", and "constant", where every key shares it and the columns alone decide)."""
+    monkeypatch.setattr(minmax, "BUCKET_FINISH", bucket_finish)
+    generator = torch.Generator().manual_seed(11)
+    cols = 5000
+    scores = make_scores(3, cols, kind, generator)
+    lengths = torch.tensor([cols, 4100, 2500])
+    picked = select_topk(scores.to(device), 64, lengths.to(device), method="minmax")
+    expected = select_topk_ref(scores, 64, lengths)
+    assert_same_selection(picked, expected, scores, lengths, score_tol=0.0, what=f"minmax {kind}")
+    if kind in ("plateau", "constant"):  # ties at the threshold go to the lowest columns
+        above = list(range(7, 4000, 100)) if kind == "plateau" else []
+        ties = [c for c in range(1000 if kind == "plateau" else 0, cols) if c not in above][: 64 - len(above)]
+        assert sorted(picked[0].cpu().tolist()) == sorted(above + ties)
 
 
 def test_select_topk_rejects_bad_input(device: str) -> None:
