@@ -236,21 +236,22 @@ def head_sum_rounds(tokens: int, device: str, rounds: int = 3) -> list[dict[str,
     return results
 
 
-# The A-B switches (module globals read at each launch): name -> (module, the two values compared; the second is
-# the default).
+# The A-B switches (module globals read at each launch): name -> (module, the two values compared (the second is
+# the default), the cases timed beside the indexer + top-k: the select alone, the score tiles alone).
 SWITCHES = {
-    "BOUND_STEPS": (minmax, (3, 2)),
-    "TOP_FROM_BOUND": (minmax, (False, True)),
-    "LAST_BITS": (minmax, (8, 6)),
-    "BUCKET_FINISH": (minmax, (False, True)),
+    "BOUND_STEPS": (minmax, (3, 2), ("select",)),
+    "TOP_FROM_BOUND": (minmax, (False, True), ("select",)),
+    "LAST_BITS": (minmax, (8, 6), ("select",)),
+    "BUCKET_FINISH": (minmax, (False, True), ("select",)),
+    "PACKED": (minmax, (False, True), ("select", "scores")),
 }
 
 
 def switch_rounds(tokens: int, device: str, switch: str, rounds: int = 3) -> list[dict[str, object]]:
     """One switch at each of its two values, alternating in one process: the indexer + "minmax" top-k over one
-    positional sequence (e4m3 with the MMA head sum, and bf16); for a select switch also the top-k alone over
-    TOPK_ROWS (normal and smooth scores, its group-stats pass included), for a score switch the score tiles
-    with group extremes at SCORE_TILE_SHAPE (e4m3, the default tile, the MMA head sum)."""
+    positional sequence (e4m3 with the MMA head sum, and bf16), and as the switch says the top-k alone over
+    TOPK_ROWS (normal and smooth scores, its group-stats pass included) and the score tiles with group extremes
+    at SCORE_TILE_SHAPE (e4m3, the default tile, the MMA head sum)."""
     q, w, k, (q8, q_scale), (k8, k_scale) = positional_inputs_and_e4m3(tokens, device)
     options = {"max_buffer_bytes": 3 << 32, "topk_method": "minmax"}
     cases = {
@@ -259,8 +260,8 @@ def switch_rounds(tokens: int, device: str, switch: str, rounds: int = 3) -> lis
         ),
         f"indexer+topk N={tokens} bf16": lambda: indexer_topk(q, w, k, TOPK, 0, **options),
     }
-    module, values = SWITCHES[switch]
-    if module is minmax:
+    module, values, extra = SWITCHES[switch]
+    if "select" in extra:
         rows, cols = TOPK_ROWS
         for kind in ("normal", "smooth"):
             scores = make_rows(rows, cols, kind, device)
@@ -268,7 +269,7 @@ def switch_rounds(tokens: int, device: str, switch: str, rounds: int = 3) -> lis
             cases[f"select_topk {rows} x {cols} {kind}"] = lambda s=scores, n=lengths: select_topk(
                 s, TOPK, n, method="minmax"
             )
-    else:
+    if "scores" in extra:
         keys = min(SCORE_TILE_SHAPE[0], tokens)
         chunk = min(SCORE_TILE_SHAPE[1], keys)
         tile_q8, tile_scale = q8[keys - chunk : keys], q_scale[keys - chunk : keys]
@@ -423,6 +424,9 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict[str, object]]]:
         metavar="N",
         help="only the minmax bucket-finish A-B at N",
     )
+    parser.add_argument(
+        "--packed-rounds", type=int, default=0, metavar="N", help="only the packed-extremes A-B at N"
+    )
     parser.add_argument("--quantize", type=int, default=0, metavar="N", help="only the e4m3 quantiser at N")
     args = parser.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -442,6 +446,8 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict[str, object]]]:
          "minmax finish from the first byte or from the bound's"),
         (args.bucket_finish_rounds, lambda n: switch_rounds(n, device, "BUCKET_FINISH"), "minmax bucket finish",
          "minmax finish: last two bytes over every candidate or over the K-th key's 16-bit bucket"),
+        (args.packed_rounds, lambda n: switch_rounds(n, device, "PACKED"), "minmax packed extremes",
+         "group extremes as two words or packed in one"),
     ]  # fmt: skip
     for size, run, key, title in single_runs:
         if size:

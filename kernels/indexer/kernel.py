@@ -18,15 +18,25 @@ from kernels._validate import require
 from kernels.indexer.decode import launch_indexer_decode_scores
 from kernels.indexer.reference import causal_lengths, check_indexer_args, check_indexer_fp8_args
 from kernels.indexer.rows import auto_topk_method, contiguous_last, torch_topk_rows
+from kernels.topk import minmax
 from kernels.topk.kernel import TOPK_METHODS, launch_select_topk
-from kernels.topk.minmax import GROUP, _group_extremes, _ordered_key, group_stats_buffers
+from kernels.topk.minmax import (
+    GROUP,
+    _group_extremes,
+    _max_halves,
+    _max_halves_asm,
+    _ordered_key,
+    _pack_extremes,
+    _packed_group_extremes,
+    group_stats_buffers,
+)
 
 
 @triton.jit
 def _score_tile(k_ptr, k_scale_ptr, out_rows, gmax_rows, gmin_rows, q_all, w_col, w_mat, s0, S, start, offs_t, t_ok,
                 stride_ks, HP: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr,
                 BLOCK_S: tl.constexpr, PRECISION: tl.constexpr, FP8: tl.constexpr, GROUP: tl.constexpr,
-                OFFSETS_32: tl.constexpr, MASKED: tl.constexpr, HEAD_MMA: tl.constexpr,
+                OFFSETS_32: tl.constexpr, MASKED: tl.constexpr, HEAD_MMA: tl.constexpr, PACKED: tl.constexpr,
                 INTERPRETED: tl.constexpr):  # fmt: skip
     """Score keys s0 .. s0 + BLOCK_S against the program's queries and store them (and their group extremes).
     MASKED = False: every query sees every key of the tile, so no mask is built (most tiles)."""
@@ -73,14 +83,29 @@ def _score_tile(k_ptr, k_scale_ptr, out_rows, gmax_rows, gmin_rows, q_all, w_col
         visible = offs_s[None, :] <= (start + offs_t)[:, None]
         tl.store(out_rows[:, None] + offs_s[None, :], tl.where(visible, scores, float("-inf")),
                  mask=t_ok[:, None] & (offs_s < S)[None, :])  # fmt: skip
-        if GROUP > 0:
+        stat_ok = t_ok[:, None] & (slot < tl.cdiv(S, GROUP))[None, :]
+        if (GROUP > 0) & PACKED:
+            packed = _packed_group_extremes(scores, visible, BLOCK_T, GROUPS, GROUP, INTERPRETED)
+            tl.store(gmax_rows[:, None] + slot[None, :], packed, mask=stat_ok)
+        elif GROUP > 0:
             group_max, group_min = _group_extremes(scores, visible, BLOCK_T, GROUPS, GROUP)
-            stat_ok = t_ok[:, None] & (slot < tl.cdiv(S, GROUP))[None, :]
             tl.store(gmax_rows[:, None] + slot[None, :], group_max, mask=stat_ok)
             tl.store(gmin_rows[:, None] + slot[None, :], group_min, mask=stat_ok)
     else:
         tl.store(out_rows[:, None] + offs_s[None, :], scores, mask=t_ok[:, None])
-        if GROUP > 0:  # the sums start at +0.0, never -0.0, so fp32 max/min order them as their keys do
+        if (GROUP > 0) & PACKED:  # max and min over a thread's own keys in fp32, then packed across lanes
+            halves = tl.reshape(
+                by_key, (GROUPS, 2, GROUP // 2, BLOCK_T)
+            )  # before the transpose: keys along rows
+            packed = _pack_extremes(_ordered_key(tl.max(halves, 1)), _ordered_key(tl.min(halves, 1)))
+            if INTERPRETED:
+                packed = tl.reduce(packed, 1, _max_halves)  # [GROUPS, BLOCK_T]
+            else:
+                packed = tl.reduce(packed, 1, _max_halves_asm)
+            tl.store(
+                gmax_rows[None, :] + slot[:, None], packed.to(tl.int32, bitcast=True), mask=t_ok[None, :]
+            )
+        elif GROUP > 0:  # the sums start at +0.0, never -0.0, so fp32 max/min order them as their keys do
             grouped = tl.reshape(by_key, (GROUPS, GROUP, BLOCK_T))  # before the transpose: keys along rows
             extremes = tl.join(tl.max(grouped, 1), tl.min(grouped, 1))  # [GROUPS, BLOCK_T, 2]
             which = tl.arange(0, 2)[None, None, :]
@@ -122,6 +147,7 @@ def _indexer_scores_kernel(
     GROUP: tl.constexpr,  # > 0: also write each GROUP-key group's max and min ordered key ("minmax" top-k)
     OFFSETS_32: tl.constexpr,  # every key's element offset fits int32
     HEAD_MMA: tl.constexpr,  # the weighted head sum on the tensor cores, in bf16 (`launch_indexer_scores`)
+    PACKED: tl.constexpr,  # the group extremes packed in one word (`kernels.topk.minmax.PACKED`)
     INTERPRETED: tl.constexpr,  # under TRITON_INTERPRET: no inline assembly, fp32 head products
 ):
     pid_t = tl.program_id(0)
@@ -160,11 +186,11 @@ def _indexer_scores_kernel(
         for s0 in range(s_begin, s_full, BLOCK_S):
             _score_tile(k_ptr, k_scale_ptr, out_rows, gmax_rows, gmin_rows, q_all, w_col, w_mat, s0, S, start, offs_t,
                         t_ok, stride_ks, HP, D, BLOCK_D, BLOCK_T, BLOCK_S, PRECISION, FP8, GROUP, OFFSETS_32, False,
-                        HEAD_MMA, INTERPRETED)  # fmt: skip
+                        HEAD_MMA, PACKED, INTERPRETED)  # fmt: skip
         for s0 in range(s_full, s_end, BLOCK_S):
             _score_tile(k_ptr, k_scale_ptr, out_rows, gmax_rows, gmin_rows, q_all, w_col, w_mat, s0, S, start, offs_t,
                         t_ok, stride_ks, HP, D, BLOCK_D, BLOCK_T, BLOCK_S, PRECISION, FP8, GROUP, OFFSETS_32, True,
-                        HEAD_MMA, INTERPRETED)  # fmt: skip
+                        HEAD_MMA, PACKED, INTERPRETED)  # fmt: skip
     if FILL_FUTURE:  # the tiles past the last one scored hold no visible key: -inf
         fill_from = s_begin + tl.cdiv(tl.maximum(s_end - s_begin, 0), BLOCK_S) * BLOCK_S
         for s0 in range(fill_from, s_stop, BLOCK_S):
@@ -244,7 +270,7 @@ def launch_indexer_scores(
         H=heads, HP=padded_heads, D=dim, BLOCK_D=block_d, BLOCK_T=block_t, BLOCK_S=block_s, KEY_TILES=key_tiles,
         FILL_FUTURE=fill_future, PRECISION=precision, FP8=scales is not None,
         GROUP=GROUP if stats is not None else 0, OFFSETS_32=(keys - 1) * k.stride(0) + dim < 2**31, HEAD_MMA=head_mma,
-        INTERPRETED=INTERPRETED,
+        PACKED=minmax.PACKED, INTERPRETED=INTERPRETED,
         num_warps=num_warps, num_stages=num_stages, **({"maxnreg": max_registers} if max_registers else {}),
     )  # fmt: skip
 

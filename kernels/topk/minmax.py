@@ -65,6 +65,11 @@ TOP_FROM_BOUND = True
 # 12-65 (CPU count, positional rows of 8K-128K) that share them; the last two radix steps and the final write read
 # those only. Read at each launch (the bench's A/B sets it).
 BUCKET_FINISH = True
+# Each group's (max, min) as one int32: both floored to 16 bits, the max in the upper half, the min complemented in
+# the lower (`_pack_extremes`), so one max.u16x2 per shuffle level reduces both in the score kernel (6 shuffles per
+# warp and tile instead of 12) and the select loads one word per group. Exact for bounds of up to 16 bits. Read at
+# each launch by the score kernel, the stats pass and the select (the bench's A/B sets it).
+PACKED = True
 _ALL_ONES = tl.constexpr(0xFFFFFFFF)  # the largest ordered key: a minimum's neutral element
 
 
@@ -88,6 +93,48 @@ def _group_extremes(values, visible, ROWS: tl.constexpr, GROUPS: tl.constexpr, G
 
 
 @triton.jit
+def _max_halves_asm(a, b):
+    """The larger of each 16-bit half (unsigned), one instruction (sm_90's max.u16x2)."""
+    return tl.inline_asm_elementwise(
+        "max.u16x2 $0, $1, $2;", "=r,r,r", [a, b], dtype=tl.uint32, is_pure=True, pack=1
+    )
+
+
+@triton.jit
+def _max_halves(a, b):
+    """`_max_halves_asm` without inline assembly (the interpreter runs none)."""
+    return tl.maximum(a & 0xFFFF0000, b & 0xFFFF0000) | tl.maximum(a & 0xFFFF, b & 0xFFFF)
+
+
+@triton.jit
+def _pack_extremes(high, low):
+    """One uint32 for a (max, min) pair of ordered keys, both floored to their top 16 bits: the max's in the upper
+    half, the min's complemented in the lower, so that `_max_halves` of two packs is the pack of their
+    (max, min). Comparisons against a bound of at most 16 bits (`_weighted_bound`) see the same order."""
+    return (high & 0xFFFF0000) | (~low >> 16)
+
+
+@triton.jit
+def _unpack_extremes(packed):
+    """(max, min) ordered keys of a pack, each floored to its top 16 bits (the lower 16 zero)."""
+    return packed & 0xFFFF0000, ~packed << 16
+
+
+@triton.jit
+def _packed_group_extremes(
+    values, visible, ROWS: tl.constexpr, GROUPS: tl.constexpr, GROUP: tl.constexpr, INTERPRETED: tl.constexpr
+):
+    """`_group_extremes` packed (`_pack_extremes`), as int32 bit patterns; a group with no visible entry packs to
+    0, (lowest, highest)."""
+    keys = _ordered_key(values) if values.dtype == tl.float32 else values
+    packed = tl.where(visible, _pack_extremes(keys, keys), 0)
+    grouped = tl.reshape(packed, (ROWS, GROUPS, GROUP))
+    if INTERPRETED:
+        return tl.reduce(grouped, 2, _max_halves).to(tl.int32, bitcast=True)
+    return tl.reduce(grouped, 2, _max_halves_asm).to(tl.int32, bitcast=True)
+
+
+@triton.jit
 def _minmax_stats_kernel(
     scores_ptr,
     lengths_ptr,
@@ -98,35 +145,47 @@ def _minmax_stats_kernel(
     stride_stat,
     BLOCK: tl.constexpr,
     GROUP: tl.constexpr,
+    PACKED: tl.constexpr,
+    INTERPRETED: tl.constexpr,
 ):
-    """Group extremes of one BLOCK-column slice of one row (grid: rows x slices), for `select_topk`."""
+    """Group extremes of one BLOCK-column slice of one row (grid: rows x slices), for `select_topk`; PACKED: one
+    word per group in gmax (`_pack_extremes`), gmin untouched."""
     row, part = tl.program_id(0).to(tl.int64), tl.program_id(1)
     length = tl.load(lengths_ptr + row).to(tl.int32)
     col = part * BLOCK + tl.arange(0, BLOCK)
     valid = col < length
     key = _ordered_key(tl.load(scores_ptr + row * stride_row + col, mask=valid, other=0.0))
     GROUPS: tl.constexpr = BLOCK // GROUP
-    group_max, group_min = _group_extremes(key[None, :], valid[None, :], 1, GROUPS, GROUP)
     slot = part * GROUPS + tl.arange(0, GROUPS)[None, :]
     stat = row * stride_stat + slot
-    tl.store(gmax_ptr + stat, group_max, mask=slot < n_stat_cols)
-    tl.store(gmin_ptr + stat, group_min, mask=slot < n_stat_cols)
+    if PACKED:
+        packed = _packed_group_extremes(key[None, :], valid[None, :], 1, GROUPS, GROUP, INTERPRETED)
+        tl.store(gmax_ptr + stat, packed, mask=slot < n_stat_cols)
+    else:
+        group_max, group_min = _group_extremes(key[None, :], valid[None, :], 1, GROUPS, GROUP)
+        tl.store(gmax_ptr + stat, group_max, mask=slot < n_stat_cols)
+        tl.store(gmin_ptr + stat, group_min, mask=slot < n_stat_cols)
 
 
 @triton.jit
-def _extremes_at(row_gmax, row_gmin, slot, n_groups, n_full):
+def _extremes_at(row_gmax, row_gmin, slot, n_groups, n_full, PACKED: tl.constexpr):
     """(maxima, minima) as uint32 ordered keys at `slot`, with which of them count: every group's maximum,
-    only a full group's minimum. Read past L1 (".cg")."""
+    only a full group's minimum. PACKED: both from one word of row_gmax (`_pack_extremes`). Read past L1
+    (".cg")."""
     high_ok, low_ok = slot < n_groups, slot < n_full
     high = tl.load(row_gmax + slot, mask=high_ok, other=0, cache_modifier=".cg").to(tl.uint32, bitcast=True)
-    low = tl.load(row_gmin + slot, mask=low_ok, other=0, cache_modifier=".cg").to(tl.uint32, bitcast=True)
+    if PACKED:
+        high, low = _unpack_extremes(high)
+    else:
+        low = tl.load(row_gmin + slot, mask=low_ok, other=0, cache_modifier=".cg").to(tl.uint32, bitcast=True)
     return high, low, high_ok, low_ok
 
 
 @triton.jit
 def _top_byte(
-    row_gmax, row_gmin, n_groups, n_full, K: tl.constexpr, BLOCK: tl.constexpr, GROUP: tl.constexpr
-):
+    row_gmax, row_gmin, n_groups, n_full, K: tl.constexpr, BLOCK: tl.constexpr, GROUP: tl.constexpr,
+    PACKED: tl.constexpr,
+):  # fmt: skip
     """The bound's first radix digit without its histograms, when it is the top byte of the row's largest maximum
     or the byte below: (that byte, weighted entries above it), else (-1, 0). One pass takes the largest maximum,
     one counts the weighted entries in its byte and the next; indexer scores rarely reach below (their top
@@ -142,7 +201,7 @@ def _top_byte(
     in_top = tl.zeros((BLOCK,), dtype=tl.int32)
     in_next = tl.zeros((BLOCK,), dtype=tl.int32)
     for first in range(0, n_groups, BLOCK):
-        high, low, high_ok, low_ok = _extremes_at(row_gmax, row_gmin, first + lanes, n_groups, n_full)
+        high, low, high_ok, low_ok = _extremes_at(row_gmax, row_gmin, first + lanes, n_groups, n_full, PACKED)
         high_byte, low_byte = (high >> 24).to(tl.int32), (low >> 24).to(tl.int32)
         in_top += (high_ok & (high_byte == top)).to(tl.int32)
         in_top += (GROUP - 1) * (low_ok & (low_byte == top)).to(tl.int32)
@@ -157,7 +216,7 @@ def _top_byte(
 @triton.jit
 def _bound_digit(
     row_gmax, row_gmin, n_groups, n_full, prefix, remaining, SHIFT: tl.constexpr, BITS: tl.constexpr,
-    BLOCK: tl.constexpr, GROUP: tl.constexpr,
+    BLOCK: tl.constexpr, GROUP: tl.constexpr, PACKED: tl.constexpr,
 ):  # fmt: skip
     """One radix step of `_weighted_bound`: the top BITS bits of the byte at SHIFT, from a 2 ** BITS-bin histogram
     of the weighted entries that match `prefix` above that byte. Returns (prefix, entries still needed)."""
@@ -165,7 +224,7 @@ def _bound_digit(
     low_bit: tl.constexpr = SHIFT + 8 - BITS
     hist = tl.zeros((1 << BITS,), dtype=tl.int32)
     for first in range(0, n_groups, BLOCK):
-        high, low, high_ok, low_ok = _extremes_at(row_gmax, row_gmin, first + lanes, n_groups, n_full)
+        high, low, high_ok, low_ok = _extremes_at(row_gmax, row_gmin, first + lanes, n_groups, n_full, PACKED)
         high_match = high_ok & (((high >> SHIFT) >> 8) == ((prefix >> SHIFT) >> 8))
         low_match = low_ok & (((low >> SHIFT) >> 8) == ((prefix >> SHIFT) >> 8))
         high_digit = ((high >> low_bit) & ((1 << BITS) - 1)).to(tl.int32)
@@ -187,24 +246,28 @@ def _weighted_bound(
     GROUP: tl.constexpr,
     BOUND_STEPS: tl.constexpr,
     LAST_BITS: tl.constexpr,
+    PACKED: tl.constexpr,
 ):
     """Top 8 * (BOUND_STEPS - 1) + LAST_BITS bits of the K-th largest entry of the list where each group's
     maximum counts once and each full group's minimum GROUP - 1 more times (a full group at or above a value
-    puts all GROUP keys there); the lower bits zero. Read past L1 (".cg")."""
-    first_byte, above_first = _top_byte(row_gmax, row_gmin, n_groups, n_full, K, BLOCK, GROUP)
+    puts all GROUP keys there); the lower bits zero. Read past L1 (".cg"). Packed extremes keep 16 bits, so
+    the bound keeps at most 16 (their floors order every key against it as the keys themselves do)."""
+    tl.static_assert((not PACKED) or (8 * (BOUND_STEPS - 1) + LAST_BITS <= 16))
+    first_byte, above_first = _top_byte(row_gmax, row_gmin, n_groups, n_full, K, BLOCK, GROUP, PACKED)
     prefix = tl.where(first_byte >= 0, first_byte, 0).to(tl.uint32) << 24
     remaining = K - above_first
     if first_byte < 0:  # the first byte from a histogram too
         prefix, remaining = _bound_digit(
-            row_gmax, row_gmin, n_groups, n_full, prefix, remaining, 24, 8, BLOCK, GROUP
+            row_gmax, row_gmin, n_groups, n_full, prefix, remaining, 24, 8, BLOCK, GROUP, PACKED
         )
     for step in tl.static_range(1, BOUND_STEPS - 1):
         prefix, remaining = _bound_digit(
-            row_gmax, row_gmin, n_groups, n_full, prefix, remaining, 24 - 8 * step, 8, BLOCK, GROUP
+            row_gmax, row_gmin, n_groups, n_full, prefix, remaining, 24 - 8 * step, 8, BLOCK, GROUP, PACKED
         )
     prefix, remaining = _bound_digit(
-        row_gmax, row_gmin, n_groups, n_full, prefix, remaining, 32 - 8 * BOUND_STEPS, LAST_BITS, BLOCK, GROUP
-    )
+        row_gmax, row_gmin, n_groups, n_full, prefix, remaining, 32 - 8 * BOUND_STEPS, LAST_BITS, BLOCK, GROUP,
+        PACKED,
+    )  # fmt: skip
     return prefix
 
 
@@ -276,6 +339,7 @@ def _minmax_select(
     LAST_BITS: tl.constexpr,
     TOP_FROM_BOUND: tl.constexpr,
     BUCKET_FINISH: tl.constexpr,
+    PACKED: tl.constexpr,
 ):
     """Exact top-K of one row with L > K from its group extremes; the minima row is reused for the
     list of groups to read once the bound is known. A row of fewer than K groups has a bound that rests
@@ -287,7 +351,9 @@ def _minmax_select(
         _compact_select(row_scores, row_out, row_key, row_col, length, K, BLOCK)
     else:
         n_groups = tl.cdiv(length, GROUP)
-        bound = _weighted_bound(row_gmax, row_gmin, n_groups, n_full, K, BLOCK, GROUP, BOUND_STEPS, LAST_BITS)
+        bound = _weighted_bound(
+            row_gmax, row_gmin, n_groups, n_full, K, BLOCK, GROUP, BOUND_STEPS, LAST_BITS, PACKED
+        )
         tl.debug_barrier()  # every thread has read the minima before the group list overwrites them
         # The groups whose maximum reaches the bound hold every key that does, in column order.
         lanes = tl.arange(0, BLOCK)
@@ -329,6 +395,7 @@ def _select_topk_minmax_kernel(
     LAST_BITS: tl.constexpr,
     TOP_FROM_BOUND: tl.constexpr,
     BUCKET_FINISH: tl.constexpr,
+    PACKED: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     length = tl.load(lengths_ptr + row).to(tl.int32)
@@ -339,8 +406,12 @@ def _select_topk_minmax_kernel(
         _minmax_select(
             scores_ptr + row * stride_row, row_out, cand_key_ptr + row * stride_cand,
             cand_col_ptr + row * stride_cand, gmax_ptr + row * stride_stat, gmin_ptr + row * stride_stat,
-            length, K, BLOCK, GROUP, BOUND_STEPS, LAST_BITS, TOP_FROM_BOUND, BUCKET_FINISH,
+            length, K, BLOCK, GROUP, BOUND_STEPS, LAST_BITS, TOP_FROM_BOUND, BUCKET_FINISH, PACKED,
         )  # fmt: skip
+
+
+# Under TRITON_INTERPRET no inline assembly runs: the packed extremes reduce with integer ops there.
+INTERPRETED = not isinstance(_select_topk_minmax_kernel, triton.JITFunction)
 
 
 def group_stats_buffers(rows: int, cols: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -367,11 +438,11 @@ def launch_minmax(
         stats = group_stats_buffers(rows, cols, scores.device)
         _minmax_stats_kernel[(rows, triton.cdiv(cols, STATS_LANES))](
             scores, lengths, stats[0], stats[1], stats[0].shape[1], scores.stride(0), stats[0].stride(0),
-            BLOCK=STATS_LANES, GROUP=GROUP, num_warps=8,
+            BLOCK=STATS_LANES, GROUP=GROUP, PACKED=PACKED, INTERPRETED=INTERPRETED, num_warps=8,
         )  # fmt: skip
     gmax, gmin = stats
     _select_topk_minmax_kernel[(rows,)](
         scores, lengths, out, cand_key, cand_col, gmax, gmin, scores.stride(0), out.stride(0),
         cand_key.stride(0), gmax.stride(0), K=topk, BLOCK=block, GROUP=GROUP, BOUND_STEPS=BOUND_STEPS,
-        LAST_BITS=LAST_BITS, TOP_FROM_BOUND=TOP_FROM_BOUND, BUCKET_FINISH=BUCKET_FINISH, num_warps=WARPS, maxnreg=MAX_REGISTERS,
+        LAST_BITS=LAST_BITS, TOP_FROM_BOUND=TOP_FROM_BOUND, BUCKET_FINISH=BUCKET_FINISH, PACKED=PACKED, num_warps=WARPS, maxnreg=MAX_REGISTERS,
     )  # fmt: skip

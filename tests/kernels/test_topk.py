@@ -205,6 +205,27 @@ def test_minmax_finish_over_the_kth_keys_bucket(
         assert sorted(picked[0].cpu().tolist()) == sorted(above + ties)
 
 
+@pytest.mark.parametrize("packed", [True, False], ids=["packed", "two-words"])
+@pytest.mark.parametrize(
+    ("kind", "topk"), [("narrow", 64), ("spread", 100), ("hidden", 64), ("signed", 64), ("ties", 64)]
+)
+def test_minmax_with_packed_or_separate_extremes(
+    kind: str, topk: int, packed: bool, device: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Group extremes floored to 16 bits and packed in one word (`minmax.PACKED`) give the same bound, lists and
+    selection as the exact (max, min) pair: the bound keeps at most 16 bits, and a floor at 16 bits orders every
+    key against such a bound as the key itself does ("signed": negative keys, -inf and -0.0; "spread": the
+    first byte from below the row maximum's; "hidden": from a histogram)."""
+    monkeypatch.setattr(minmax, "PACKED", packed)
+    scores = make_scores(3, 1200, kind, torch.Generator().manual_seed(13))
+    lengths = torch.tensor([1200, 1100, 1025])
+    picked = select_topk(scores.to(device), topk, lengths.to(device), method="minmax")
+    expected = select_topk_ref(scores, topk, lengths)
+    assert_same_selection(
+        picked, expected, scores, lengths, score_tol=0.0, what=f"minmax {kind} packed={packed}"
+    )
+
+
 def test_select_topk_rejects_bad_input(device: str) -> None:
     scores = torch.randn(2, 10, device=device)
     lengths = torch.tensor([10, 10], device=device)
