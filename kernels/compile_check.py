@@ -56,6 +56,7 @@ INDEXER_SCORES = {  # the score kernel's bf16 launch at Keye's shapes, with the 
     "GROUP": minmax.GROUP,
     "OFFSETS_32": True,
     "HEAD_MMA": False,
+    "PACKED": minmax.PACKED,
     "INTERPRETED": False,
 }
 FLOATS = ("qk_scale", "eps")
@@ -71,7 +72,13 @@ CASES = [
     (topk._split_compact_kernel, {"K": 2048, "SLICE": 2048}, {}, 8, 3),
     (topk._split_finish_kernel, {"K": 2048, "BLOCK": 2048}, {}, 8, 3),
     (topk._select_topk_compact_kernel, {"K": 2048, "BLOCK": 2048, "GROUP": bound.GROUP}, {}, 8, 3),  # "bound"
-    (minmax._minmax_stats_kernel, {"BLOCK": minmax.STATS_LANES, "GROUP": minmax.GROUP}, {}, 8, 3),
+    (
+        minmax._minmax_stats_kernel,
+        {"BLOCK": minmax.STATS_LANES, "GROUP": minmax.GROUP, "PACKED": minmax.PACKED, "INTERPRETED": False},
+        {},
+        8,
+        3,
+    ),
     (  # as it launches: its lanes, warps and register cap
         minmax._select_topk_minmax_kernel,
         {
@@ -81,6 +88,8 @@ CASES = [
             "BOUND_STEPS": minmax.BOUND_STEPS,
             "LAST_BITS": minmax.LAST_BITS,
             "TOP_FROM_BOUND": minmax.TOP_FROM_BOUND,
+            "BUCKET_FINISH": minmax.BUCKET_FINISH,
+            "PACKED": minmax.PACKED,
         },
         {},
         minmax.WARPS,
@@ -123,6 +132,7 @@ CASES = [
     ),
     (decode._sparse_decode_merge_kernel, {"HQ": 32, "D": 128, "BLOCK_D": 128, "BLOCK_SPLIT": 4}, {}, 4, 3),
     (indexer._indexer_scores_kernel, INDEXER_SCORES, INDEXER_POINTERS, 4, 3),
+    (indexer._indexer_scores_kernel, {**INDEXER_SCORES, "GROUP": 0}, INDEXER_POINTERS, 4, 3),  # scores alone
     (
         indexer._indexer_scores_kernel,
         {**INDEXER_SCORES, "FP8": True},  # the e4m3 path

@@ -83,11 +83,12 @@ def _score_tile(k_ptr, k_scale_ptr, out_rows, gmax_rows, gmin_rows, q_all, w_col
         visible = offs_s[None, :] <= (start + offs_t)[:, None]
         tl.store(out_rows[:, None] + offs_s[None, :], tl.where(visible, scores, float("-inf")),
                  mask=t_ok[:, None] & (offs_s < S)[None, :])  # fmt: skip
-        stat_ok = t_ok[:, None] & (slot < tl.cdiv(S, GROUP))[None, :]
         if (GROUP > 0) & PACKED:
+            stat_ok = t_ok[:, None] & (slot < tl.cdiv(S, GROUP))[None, :]
             packed = _packed_group_extremes(scores, visible, BLOCK_T, GROUPS, GROUP, INTERPRETED)
             tl.store(gmax_rows[:, None] + slot[None, :], packed, mask=stat_ok)
         elif GROUP > 0:
+            stat_ok = t_ok[:, None] & (slot < tl.cdiv(S, GROUP))[None, :]
             group_max, group_min = _group_extremes(scores, visible, BLOCK_T, GROUPS, GROUP)
             tl.store(gmax_rows[:, None] + slot[None, :], group_max, mask=stat_ok)
             tl.store(gmin_rows[:, None] + slot[None, :], group_min, mask=stat_ok)
