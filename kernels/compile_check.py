@@ -57,6 +57,7 @@ INDEXER_SCORES = {  # the score kernel's bf16 launch at Keye's shapes, with the 
     "OFFSETS_32": True,
     "HEAD_MMA": False,
     "PACKED": minmax.PACKED,
+    "SCORE_EVICTION": indexer.SCORE_EVICTION,
     "INTERPRETED": False,
 }
 FLOATS = ("qk_scale", "eps")
