@@ -56,7 +56,6 @@ INDEXER_SCORES = {  # the score kernel's bf16 launch at Keye's shapes, with the 
     "GROUP": minmax.GROUP,
     "OFFSETS_32": True,
     "HEAD_MMA": False,
-    "PACKED": minmax.PACKED,
     "SCORE_EVICTION": indexer.SCORE_EVICTION,
     "INTERPRETED": False,
 }
@@ -75,7 +74,7 @@ CASES = [
     (topk._select_topk_compact_kernel, {"K": 2048, "BLOCK": 2048, "GROUP": bound.GROUP}, {}, 8, 3),  # "bound"
     (
         minmax._minmax_stats_kernel,
-        {"BLOCK": minmax.STATS_LANES, "GROUP": minmax.GROUP, "PACKED": minmax.PACKED, "INTERPRETED": False},
+        {"BLOCK": minmax.STATS_LANES, "GROUP": minmax.GROUP, "INTERPRETED": False},
         {},
         8,
         3,
@@ -90,7 +89,7 @@ CASES = [
             "LAST_BITS": minmax.LAST_BITS,
             "TOP_FROM_BOUND": minmax.TOP_FROM_BOUND,
             "BUCKET_FINISH": minmax.BUCKET_FINISH,
-            "PACKED": minmax.PACKED,
+            "ROW_TOP": minmax.ROW_TOP,
         },
         {},
         minmax.WARPS,

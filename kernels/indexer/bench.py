@@ -243,7 +243,7 @@ SWITCHES = {
     "TOP_FROM_BOUND": (minmax, (False, True), ("select",)),
     "LAST_BITS": (minmax, (8, 6), ("select",)),
     "BUCKET_FINISH": (minmax, (False, True), ("select",)),
-    "PACKED": (minmax, (False, True), ("select", "scores")),
+    "ROW_TOP": (minmax, (False, True), ("select", "scores")),
     "SCORE_EVICTION": (indexer_kernel, ("evict_first", ""), ("scores",)),
 }
 
@@ -426,7 +426,7 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict[str, object]]]:
         help="only the minmax bucket-finish A-B at N",
     )
     parser.add_argument(
-        "--packed-rounds", type=int, default=0, metavar="N", help="only the packed-extremes A-B at N"
+        "--row-top-rounds", type=int, default=0, metavar="N", help="only the minmax row-top A-B at N"
     )
     parser.add_argument(
         "--eviction-rounds", type=int, default=0, metavar="N", help="only the score-store eviction A-B at N"
@@ -450,8 +450,8 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict[str, object]]]:
          "minmax finish from the first byte or from the bound's"),
         (args.bucket_finish_rounds, lambda n: switch_rounds(n, device, "BUCKET_FINISH"), "minmax bucket finish",
          "minmax finish: last two bytes over every candidate or over the K-th key's 16-bit bucket"),
-        (args.packed_rounds, lambda n: switch_rounds(n, device, "PACKED"), "minmax packed extremes",
-         "group extremes as two words or packed in one"),
+        (args.row_top_rounds, lambda n: switch_rounds(n, device, "ROW_TOP"), "minmax row top",
+         "the row's top byte from a pass over its extremes or from their writers"),
         (args.eviction_rounds, lambda n: switch_rounds(n, device, "SCORE_EVICTION"), "score store eviction",
          "score stores evicted first or with the default policy"),
     ]  # fmt: skip

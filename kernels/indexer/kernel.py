@@ -18,7 +18,6 @@ from kernels._validate import require
 from kernels.indexer.decode import launch_indexer_decode_scores
 from kernels.indexer.reference import causal_lengths, check_indexer_args, check_indexer_fp8_args
 from kernels.indexer.rows import auto_topk_method, contiguous_last, torch_topk_rows
-from kernels.topk import minmax
 from kernels.topk.kernel import TOPK_METHODS, launch_select_topk
 from kernels.topk.minmax import (
     GROUP,
@@ -27,19 +26,20 @@ from kernels.topk.minmax import (
     _max_halves_asm,
     _ordered_key,
     _pack_extremes,
-    _packed_group_extremes,
     group_stats_buffers,
 )
 
 
 @triton.jit
-def _score_tile(k_ptr, k_scale_ptr, out_rows, gmax_rows, gmin_rows, q_all, w_col, w_mat, s0, S, start, offs_t, t_ok,
+def _score_tile(k_ptr, k_scale_ptr, out_rows, ext_rows, q_all, w_col, w_mat, s0, S, start, offs_t, t_ok,
                 stride_ks, HP: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr,
                 BLOCK_S: tl.constexpr, PRECISION: tl.constexpr, FP8: tl.constexpr, GROUP: tl.constexpr,
-                OFFSETS_32: tl.constexpr, MASKED: tl.constexpr, HEAD_MMA: tl.constexpr, PACKED: tl.constexpr,
+                OFFSETS_32: tl.constexpr, MASKED: tl.constexpr, HEAD_MMA: tl.constexpr,
                 SCORE_EVICTION: tl.constexpr, INTERPRETED: tl.constexpr):  # fmt: skip
-    """Score keys s0 .. s0 + BLOCK_S against the program's queries and store them (and their group extremes).
-    MASKED = False: every query sees every key of the tile, so no mask is built (most tiles)."""
+    """Score keys s0 .. s0 + BLOCK_S against the program's queries and store them (and their packed group
+    extremes, `kernels.topk.minmax`). Returns those extremes as uint32 [GROUPS, BLOCK_T] (zeros without
+    GROUP), for the program's row tops. MASKED = False: every query sees every key of the tile, so no mask is
+    built (most tiles)."""
     offs_s = s0 + tl.arange(0, BLOCK_S)
     offs_d = tl.arange(0, BLOCK_D)
     key_rows = offs_s if OFFSETS_32 else offs_s.to(tl.int64)
@@ -79,42 +79,37 @@ def _score_tile(k_ptr, k_scale_ptr, out_rows, gmax_rows, gmin_rows, q_all, w_col
     scores = tl.trans(scores)  # [BLOCK_T, BLOCK_S]
     GROUPS: tl.constexpr = BLOCK_S // GROUP if GROUP > 0 else 1
     slot = s0 // GROUP + tl.arange(0, GROUPS) if GROUP > 0 else tl.arange(0, 1)
+    extremes = tl.zeros((GROUPS, BLOCK_T), dtype=tl.uint32)
     if MASKED:
         visible = offs_s[None, :] <= (start + offs_t)[:, None]
         tl.store(out_rows[:, None] + offs_s[None, :], tl.where(visible, scores, float("-inf")),
                  mask=t_ok[:, None] & (offs_s < S)[None, :], eviction_policy=SCORE_EVICTION)  # fmt: skip
-        if (GROUP > 0) & PACKED:
+        if GROUP > 0:
             stat_ok = t_ok[:, None] & (slot < tl.cdiv(S, GROUP))[None, :]
-            packed = _packed_group_extremes(scores, visible, BLOCK_T, GROUPS, GROUP, INTERPRETED)
-            tl.store(gmax_rows[:, None] + slot[None, :], packed, mask=stat_ok)
-        elif GROUP > 0:
-            stat_ok = t_ok[:, None] & (slot < tl.cdiv(S, GROUP))[None, :]
-            group_max, group_min = _group_extremes(scores, visible, BLOCK_T, GROUPS, GROUP)
-            tl.store(gmax_rows[:, None] + slot[None, :], group_max, mask=stat_ok)
-            tl.store(gmin_rows[:, None] + slot[None, :], group_min, mask=stat_ok)
+            packed = _group_extremes(
+                scores, visible, BLOCK_T, GROUPS, GROUP, INTERPRETED
+            )  # [BLOCK_T, GROUPS]
+            tl.store(ext_rows[:, None] + slot[None, :], packed, mask=stat_ok)
+            extremes = tl.trans(packed).to(tl.uint32, bitcast=True)
     else:
         tl.store(
             out_rows[:, None] + offs_s[None, :], scores, mask=t_ok[:, None], eviction_policy=SCORE_EVICTION
         )
-        if (GROUP > 0) & PACKED:  # max and min over a thread's own keys in fp32, then packed across lanes
+        if (
+            GROUP > 0
+        ):  # max and min over a thread's own keys in fp32 (never -0.0 here), then packed across lanes
             halves = tl.reshape(
                 by_key, (GROUPS, 2, GROUP // 2, BLOCK_T)
             )  # before the transpose: keys along rows
             packed = _pack_extremes(_ordered_key(tl.max(halves, 1)), _ordered_key(tl.min(halves, 1)))
             if INTERPRETED:
-                packed = tl.reduce(packed, 1, _max_halves)  # [GROUPS, BLOCK_T]
+                extremes = tl.reduce(packed, 1, _max_halves)  # [GROUPS, BLOCK_T]
             else:
-                packed = tl.reduce(packed, 1, _max_halves_asm)
+                extremes = tl.reduce(packed, 1, _max_halves_asm)
             tl.store(
-                gmax_rows[None, :] + slot[:, None], packed.to(tl.int32, bitcast=True), mask=t_ok[None, :]
+                ext_rows[None, :] + slot[:, None], extremes.to(tl.int32, bitcast=True), mask=t_ok[None, :]
             )
-        elif GROUP > 0:  # the sums start at +0.0, never -0.0, so fp32 max/min order them as their keys do
-            grouped = tl.reshape(by_key, (GROUPS, GROUP, BLOCK_T))  # before the transpose: keys along rows
-            extremes = tl.join(tl.max(grouped, 1), tl.min(grouped, 1))  # [GROUPS, BLOCK_T, 2]
-            which = tl.arange(0, 2)[None, None, :]
-            rows = tl.where(which == 0, gmax_rows[None, :, None], gmin_rows[None, :, None])
-            tl.store(rows + slot[:, None, None], _ordered_key(extremes).to(tl.int32, bitcast=True),
-                     mask=t_ok[None, :, None])  # fmt: skip
+    return extremes
 
 
 @triton.jit
@@ -125,8 +120,8 @@ def _indexer_scores_kernel(
     out_ptr,
     q_scale_ptr,
     k_scale_ptr,
-    gmax_ptr,
-    gmin_ptr,
+    ext_ptr,
+    top_ptr,
     T,
     S,
     start,
@@ -147,10 +142,9 @@ def _indexer_scores_kernel(
     FILL_FUTURE: tl.constexpr,
     PRECISION: tl.constexpr,
     FP8: tl.constexpr,  # q and k are e4m3 with per-(t, h) and per-s scales (`quantize_indexer_fp8`)
-    GROUP: tl.constexpr,  # > 0: also write each GROUP-key group's max and min ordered key ("minmax" top-k)
+    GROUP: tl.constexpr,  # > 0: also write each GROUP-key group's packed extremes and the row tops ("minmax")
     OFFSETS_32: tl.constexpr,  # every key's element offset fits int32
     HEAD_MMA: tl.constexpr,  # the weighted head sum on the tensor cores, in bf16 (`launch_indexer_scores`)
-    PACKED: tl.constexpr,  # the group extremes packed in one word (`kernels.topk.minmax.PACKED`)
     SCORE_EVICTION: tl.constexpr,  # the score stores' L2 eviction policy (`SCORE_EVICTION`)
     INTERPRETED: tl.constexpr,  # under TRITON_INTERPRET: no inline assembly, fp32 head products
 ):
@@ -185,16 +179,22 @@ def _indexer_scores_kernel(
             (cols % BLOCK_T)[:, None] * 2 == tl.arange(0, 2 * BLOCK_T)[None, :], w_col[:, None], 0.0
         )
         w_mat = w_mat.to(tl.float32 if INTERPRETED else tl.bfloat16)
-        gmax_rows = gmax_ptr + offs_t.to(tl.int64) * stride_stat
-        gmin_rows = gmin_ptr + offs_t.to(tl.int64) * stride_stat
+        ext_rows = ext_ptr + offs_t.to(tl.int64) * stride_stat
+        GROUPS: tl.constexpr = BLOCK_S // GROUP if GROUP > 0 else 1
+        best = tl.zeros((GROUPS, BLOCK_T), dtype=tl.uint32)  # the largest packed extremes seen, per query
         for s0 in range(s_begin, s_full, BLOCK_S):
-            _score_tile(k_ptr, k_scale_ptr, out_rows, gmax_rows, gmin_rows, q_all, w_col, w_mat, s0, S, start, offs_t,
+            tile_best = _score_tile(k_ptr, k_scale_ptr, out_rows, ext_rows, q_all, w_col, w_mat, s0, S, start, offs_t,
                         t_ok, stride_ks, HP, D, BLOCK_D, BLOCK_T, BLOCK_S, PRECISION, FP8, GROUP, OFFSETS_32, False,
-                        HEAD_MMA, PACKED, SCORE_EVICTION, INTERPRETED)  # fmt: skip
+                        HEAD_MMA, SCORE_EVICTION, INTERPRETED)  # fmt: skip
+            best = tl.maximum(best, tile_best)
         for s0 in range(s_full, s_end, BLOCK_S):
-            _score_tile(k_ptr, k_scale_ptr, out_rows, gmax_rows, gmin_rows, q_all, w_col, w_mat, s0, S, start, offs_t,
+            tile_best = _score_tile(k_ptr, k_scale_ptr, out_rows, ext_rows, q_all, w_col, w_mat, s0, S, start, offs_t,
                         t_ok, stride_ks, HP, D, BLOCK_D, BLOCK_T, BLOCK_S, PRECISION, FP8, GROUP, OFFSETS_32, True,
-                        HEAD_MMA, PACKED, SCORE_EVICTION, INTERPRETED)  # fmt: skip
+                        HEAD_MMA, SCORE_EVICTION, INTERPRETED)  # fmt: skip
+            best = tl.maximum(best, tile_best)
+        if GROUP > 0:  # the top byte of each row's largest key here, for the select's first digit
+            top = (tl.max(best, 0) >> 24).to(tl.int32)
+            tl.atomic_max(top_ptr + offs_t, top, mask=t_ok, sem="relaxed")
     if FILL_FUTURE:  # the tiles past the last one scored hold no visible key: -inf
         fill_from = s_begin + tl.cdiv(tl.maximum(s_end - s_begin, 0), BLOCK_S) * BLOCK_S
         for s0 in range(fill_from, s_stop, BLOCK_S):
@@ -236,8 +236,9 @@ def launch_indexer_scores(
     head_mma: bool = False,
 ) -> None:
     """Score q [T, H, D] against k [S, D] into out [T, >= S] (row stride out.stride(0)); no checks.
-    `scales` = (q_scale [T, H], k_scale [S]) for e4m3 q and k; `stats` = int32 (max, min) [T, >= ceil(S /
-    GROUP)] buffers that also receive each key group's extreme ordered keys (`kernels.topk.minmax`).
+    `scales` = (q_scale [T, H], k_scale [S]) for e4m3 q and k; `stats` = (int32 [T, >= ceil(S / GROUP)], int32
+    [T] holding zeros) (`kernels.topk.minmax.group_stats_buffers`) that also receive each key group's packed
+    extremes and the top byte of each row's largest score.
 
     A program holds `block_t` queries' q for every head in shared memory, as one [D, H * block_t] operand, and
     walks `key_tiles` tiles of `block_s` keys with one tensor-core product each (keys are the product's rows).
@@ -271,14 +272,14 @@ def launch_indexer_scores(
     precision = "tf32x3" if q.dtype == torch.float32 else "tf32"
     grid = (triton.cdiv(tokens, block_t), triton.cdiv(keys, block_s * key_tiles))
     q_scale, k_scale = scales if scales is not None else (w, w)  # unused placeholders when not FP8
-    gmax, gmin = stats if stats is not None else (out, out)  # unused placeholders without stats
+    extremes, tops = stats if stats is not None else (out, out)  # unused placeholders without stats
     _indexer_scores_kernel[grid](
-        q, w, k, out, q_scale, k_scale, gmax, gmin, tokens, keys, start,
-        q.stride(0), q.stride(1), w.stride(0), k.stride(0), out.stride(0), q_scale.stride(0), gmax.stride(0),
+        q, w, k, out, q_scale, k_scale, extremes, tops, tokens, keys, start,
+        q.stride(0), q.stride(1), w.stride(0), k.stride(0), out.stride(0), q_scale.stride(0), extremes.stride(0),
         H=heads, HP=padded_heads, D=dim, BLOCK_D=block_d, BLOCK_T=block_t, BLOCK_S=block_s, KEY_TILES=key_tiles,
         FILL_FUTURE=fill_future, PRECISION=precision, FP8=scales is not None,
         GROUP=GROUP if stats is not None else 0, OFFSETS_32=(keys - 1) * k.stride(0) + dim < 2**31, HEAD_MMA=head_mma,
-        PACKED=minmax.PACKED, SCORE_EVICTION=SCORE_EVICTION, INTERPRETED=INTERPRETED,
+        SCORE_EVICTION=SCORE_EVICTION, INTERPRETED=INTERPRETED,
         num_warps=num_warps, num_stages=num_stages, **({"maxnreg": max_registers} if max_registers else {}),
     )  # fmt: skip
 

@@ -65,31 +65,10 @@ TOP_FROM_BOUND = True
 # 12-65 (CPU count, positional rows of 8K-128K) that share them; the last two radix steps and the final write read
 # those only. Read at each launch (the bench's A/B sets it).
 BUCKET_FINISH = True
-# Each group's (max, min) as one int32: both floored to 16 bits, the max in the upper half, the min complemented in
-# the lower (`_pack_extremes`), so one max.u16x2 per shuffle level reduces both in the score kernel (6 shuffles per
-# warp and tile instead of 12) and the select loads one word per group. Exact for bounds of up to 16 bits. Read at
-# each launch by the score kernel, the stats pass and the select (the bench's A/B sets it).
-PACKED = True
-_ALL_ONES = tl.constexpr(0xFFFFFFFF)  # the largest ordered key: a minimum's neutral element
-
-
-@triton.jit
-def _group_extremes(values, visible, ROWS: tl.constexpr, GROUPS: tl.constexpr, GROUP: tl.constexpr):
-    """Per-group (max, min) ordered keys, as int32 bit patterns, of a [ROWS, GROUPS * GROUP] tile over its
-    visible entries; a group with none gets (lowest, highest) and is never read. `values` are uint32 ordered
-    keys, or fp32 scores that are never -0.0 (then fp32 max and min order them as their keys do, and only
-    the [ROWS, GROUPS] results are converted: the score kernel's sums start at +0.0, so they qualify)."""
-    if values.dtype == tl.float32:
-        lowest, highest = float("-inf"), float("inf")
-    else:
-        lowest, highest = 0, _ALL_ONES
-    high = tl.where(visible, values, tl.full(values.shape, lowest, values.dtype))
-    low = tl.where(visible, values, tl.full(values.shape, highest, values.dtype))
-    group_max = tl.max(tl.reshape(high, (ROWS, GROUPS, GROUP)), 2)
-    group_min = tl.min(tl.reshape(low, (ROWS, GROUPS, GROUP)), 2)
-    if values.dtype == tl.float32:
-        group_max, group_min = _ordered_key(group_max), _ordered_key(group_min)
-    return group_max.to(tl.int32, bitcast=True), group_min.to(tl.int32, bitcast=True)
+# The select takes the top byte of the row's largest group maximum from whoever wrote the extremes (the score
+# kernel or the stats pass, one atomic max per row and program) instead of a pass over the row's extremes. Read at
+# each launch (the bench's A/B sets it; False: the select's own pass, the row's top byte unused).
+ROW_TOP = True
 
 
 @triton.jit
@@ -121,11 +100,12 @@ def _unpack_extremes(packed):
 
 
 @triton.jit
-def _packed_group_extremes(
+def _group_extremes(
     values, visible, ROWS: tl.constexpr, GROUPS: tl.constexpr, GROUP: tl.constexpr, INTERPRETED: tl.constexpr
 ):
-    """`_group_extremes` packed (`_pack_extremes`), as int32 bit patterns; a group with no visible entry packs to
-    0, (lowest, highest)."""
+    """Per-group packed (max, min) (`_pack_extremes`), as int32 bit patterns, of a [ROWS, GROUPS * GROUP] tile
+    over its visible entries, fp32 scores or uint32 ordered keys; a group with none packs to 0, (lowest,
+    highest), and is never read."""
     keys = _ordered_key(values) if values.dtype == tl.float32 else values
     packed = tl.where(visible, _pack_extremes(keys, keys), 0)
     grouped = tl.reshape(packed, (ROWS, GROUPS, GROUP))
@@ -138,18 +118,17 @@ def _packed_group_extremes(
 def _minmax_stats_kernel(
     scores_ptr,
     lengths_ptr,
-    gmax_ptr,
-    gmin_ptr,
+    ext_ptr,
+    top_ptr,
     n_stat_cols,
     stride_row,
     stride_stat,
     BLOCK: tl.constexpr,
     GROUP: tl.constexpr,
-    PACKED: tl.constexpr,
     INTERPRETED: tl.constexpr,
 ):
-    """Group extremes of one BLOCK-column slice of one row (grid: rows x slices), for `select_topk`; PACKED: one
-    word per group in gmax (`_pack_extremes`), gmin untouched."""
+    """Packed group extremes of one BLOCK-column slice of one row (grid: rows x slices), and the top byte of
+    the slice's largest key into the row's (atomic max), for `select_topk`."""
     row, part = tl.program_id(0).to(tl.int64), tl.program_id(1)
     length = tl.load(lengths_ptr + row).to(tl.int32)
     col = part * BLOCK + tl.arange(0, BLOCK)
@@ -158,50 +137,47 @@ def _minmax_stats_kernel(
     GROUPS: tl.constexpr = BLOCK // GROUP
     slot = part * GROUPS + tl.arange(0, GROUPS)[None, :]
     stat = row * stride_stat + slot
-    if PACKED:
-        packed = _packed_group_extremes(key[None, :], valid[None, :], 1, GROUPS, GROUP, INTERPRETED)
-        tl.store(gmax_ptr + stat, packed, mask=slot < n_stat_cols)
-    else:
-        group_max, group_min = _group_extremes(key[None, :], valid[None, :], 1, GROUPS, GROUP)
-        tl.store(gmax_ptr + stat, group_max, mask=slot < n_stat_cols)
-        tl.store(gmin_ptr + stat, group_min, mask=slot < n_stat_cols)
+    extremes = _group_extremes(key[None, :], valid[None, :], 1, GROUPS, GROUP, INTERPRETED)
+    tl.store(ext_ptr + stat, extremes, mask=slot < n_stat_cols)
+    if part * BLOCK < length:
+        tl.atomic_max(top_ptr + row, (tl.max(tl.where(valid, key, 0), 0) >> 24).to(tl.int32), sem="relaxed")
 
 
 @triton.jit
-def _extremes_at(row_gmax, row_gmin, slot, n_groups, n_full, PACKED: tl.constexpr):
-    """(maxima, minima) as uint32 ordered keys at `slot`, with which of them count: every group's maximum,
-    only a full group's minimum. PACKED: both from one word of row_gmax (`_pack_extremes`). Read past L1
-    (".cg")."""
+def _extremes_at(row_ext, slot, n_groups, n_full):
+    """(maxima, minima) as uint32 ordered keys floored to 16 bits at `slot`, with which of them count: every
+    group's maximum, only a full group's minimum. Read past L1 (".cg")."""
     high_ok, low_ok = slot < n_groups, slot < n_full
-    high = tl.load(row_gmax + slot, mask=high_ok, other=0, cache_modifier=".cg").to(tl.uint32, bitcast=True)
-    if PACKED:
-        high, low = _unpack_extremes(high)
-    else:
-        low = tl.load(row_gmin + slot, mask=low_ok, other=0, cache_modifier=".cg").to(tl.uint32, bitcast=True)
+    packed = tl.load(row_ext + slot, mask=high_ok, other=0, cache_modifier=".cg").to(tl.uint32, bitcast=True)
+    high, low = _unpack_extremes(packed)
     return high, low, high_ok, low_ok
 
 
 @triton.jit
 def _top_byte(
-    row_gmax, row_gmin, n_groups, n_full, K: tl.constexpr, BLOCK: tl.constexpr, GROUP: tl.constexpr,
-    PACKED: tl.constexpr,
+    row_ext, row_top, n_groups, n_full, K: tl.constexpr, BLOCK: tl.constexpr, GROUP: tl.constexpr,
+    ROW_TOP: tl.constexpr,
 ):  # fmt: skip
     """The bound's first radix digit without its histograms, when it is the top byte of the row's largest maximum
     or the byte below: (that byte, weighted entries above it), else (-1, 0). One pass takes the largest maximum,
     one counts the weighted entries in its byte and the next; indexer scores rarely reach below (their top
     2048 lie within a factor 4 to 16 of the row's largest), and these passes cost a few instructions per
-    entry where a histogram costs ~60 under Triton 3.6 (H200, session 15: 0.78 against 0.84 µs per 128K row)."""
+    entry where a histogram costs ~60 under Triton 3.6 (H200, session 15: 0.78 against 0.84 µs per 128K row).
+    ROW_TOP: the largest maximum's top byte is `row_top`, the one the extremes' writers left for the row."""
     lanes = tl.arange(0, BLOCK)
-    largest = tl.zeros((BLOCK,), dtype=tl.int32)
-    for first in range(0, n_groups, BLOCK):
-        slot = first + lanes
-        high = tl.load(row_gmax + slot, mask=slot < n_groups, other=0, cache_modifier=".cg")
-        largest = tl.maximum(largest, (high.to(tl.uint32, bitcast=True) >> 24).to(tl.int32))
-    top = tl.max(largest, 0)
+    if ROW_TOP:
+        top = row_top
+    else:
+        largest = tl.zeros((BLOCK,), dtype=tl.int32)
+        for first in range(0, n_groups, BLOCK):
+            slot = first + lanes
+            high = tl.load(row_ext + slot, mask=slot < n_groups, other=0, cache_modifier=".cg")
+            largest = tl.maximum(largest, (high.to(tl.uint32, bitcast=True) >> 24).to(tl.int32))
+        top = tl.max(largest, 0)
     in_top = tl.zeros((BLOCK,), dtype=tl.int32)
     in_next = tl.zeros((BLOCK,), dtype=tl.int32)
     for first in range(0, n_groups, BLOCK):
-        high, low, high_ok, low_ok = _extremes_at(row_gmax, row_gmin, first + lanes, n_groups, n_full, PACKED)
+        high, low, high_ok, low_ok = _extremes_at(row_ext, first + lanes, n_groups, n_full)
         high_byte, low_byte = (high >> 24).to(tl.int32), (low >> 24).to(tl.int32)
         in_top += (high_ok & (high_byte == top)).to(tl.int32)
         in_top += (GROUP - 1) * (low_ok & (low_byte == top)).to(tl.int32)
@@ -215,8 +191,8 @@ def _top_byte(
 
 @triton.jit
 def _bound_digit(
-    row_gmax, row_gmin, n_groups, n_full, prefix, remaining, SHIFT: tl.constexpr, BITS: tl.constexpr,
-    BLOCK: tl.constexpr, GROUP: tl.constexpr, PACKED: tl.constexpr,
+    row_ext, n_groups, n_full, prefix, remaining, SHIFT: tl.constexpr, BITS: tl.constexpr, BLOCK: tl.constexpr,
+    GROUP: tl.constexpr,
 ):  # fmt: skip
     """One radix step of `_weighted_bound`: the top BITS bits of the byte at SHIFT, from a 2 ** BITS-bin histogram
     of the weighted entries that match `prefix` above that byte. Returns (prefix, entries still needed)."""
@@ -224,7 +200,7 @@ def _bound_digit(
     low_bit: tl.constexpr = SHIFT + 8 - BITS
     hist = tl.zeros((1 << BITS,), dtype=tl.int32)
     for first in range(0, n_groups, BLOCK):
-        high, low, high_ok, low_ok = _extremes_at(row_gmax, row_gmin, first + lanes, n_groups, n_full, PACKED)
+        high, low, high_ok, low_ok = _extremes_at(row_ext, first + lanes, n_groups, n_full)
         high_match = high_ok & (((high >> SHIFT) >> 8) == ((prefix >> SHIFT) >> 8))
         low_match = low_ok & (((low >> SHIFT) >> 8) == ((prefix >> SHIFT) >> 8))
         high_digit = ((high >> low_bit) & ((1 << BITS) - 1)).to(tl.int32)
@@ -237,8 +213,8 @@ def _bound_digit(
 
 @triton.jit
 def _weighted_bound(
-    row_gmax,
-    row_gmin,
+    row_ext,
+    row_top,
     n_groups,
     n_full,
     K: tl.constexpr,
@@ -246,28 +222,25 @@ def _weighted_bound(
     GROUP: tl.constexpr,
     BOUND_STEPS: tl.constexpr,
     LAST_BITS: tl.constexpr,
-    PACKED: tl.constexpr,
+    ROW_TOP: tl.constexpr,
 ):
     """Top 8 * (BOUND_STEPS - 1) + LAST_BITS bits of the K-th largest entry of the list where each group's
     maximum counts once and each full group's minimum GROUP - 1 more times (a full group at or above a value
-    puts all GROUP keys there); the lower bits zero. Read past L1 (".cg"). Packed extremes keep 16 bits, so
-    the bound keeps at most 16 (their floors order every key against it as the keys themselves do)."""
-    tl.static_assert((not PACKED) or (8 * (BOUND_STEPS - 1) + LAST_BITS <= 16))
-    first_byte, above_first = _top_byte(row_gmax, row_gmin, n_groups, n_full, K, BLOCK, GROUP, PACKED)
+    puts all GROUP keys there); the lower bits zero. Read past L1 (".cg"). The packed extremes keep 16 bits,
+    so the bound keeps at most 16 (their floors order every key against it as the keys themselves do)."""
+    tl.static_assert(8 * (BOUND_STEPS - 1) + LAST_BITS <= 16)
+    first_byte, above_first = _top_byte(row_ext, row_top, n_groups, n_full, K, BLOCK, GROUP, ROW_TOP)
     prefix = tl.where(first_byte >= 0, first_byte, 0).to(tl.uint32) << 24
     remaining = K - above_first
     if first_byte < 0:  # the first byte from a histogram too
-        prefix, remaining = _bound_digit(
-            row_gmax, row_gmin, n_groups, n_full, prefix, remaining, 24, 8, BLOCK, GROUP, PACKED
-        )
+        prefix, remaining = _bound_digit(row_ext, n_groups, n_full, prefix, remaining, 24, 8, BLOCK, GROUP)
     for step in tl.static_range(1, BOUND_STEPS - 1):
         prefix, remaining = _bound_digit(
-            row_gmax, row_gmin, n_groups, n_full, prefix, remaining, 24 - 8 * step, 8, BLOCK, GROUP, PACKED
+            row_ext, n_groups, n_full, prefix, remaining, 24 - 8 * step, 8, BLOCK, GROUP
         )
     prefix, remaining = _bound_digit(
-        row_gmax, row_gmin, n_groups, n_full, prefix, remaining, 32 - 8 * BOUND_STEPS, LAST_BITS, BLOCK, GROUP,
-        PACKED,
-    )  # fmt: skip
+        row_ext, n_groups, n_full, prefix, remaining, 32 - 8 * BOUND_STEPS, LAST_BITS, BLOCK, GROUP
+    )
     return prefix
 
 
@@ -329,8 +302,8 @@ def _minmax_select(
     row_out,
     row_key,
     row_col,
-    row_gmax,
-    row_gmin,
+    row_ext,
+    row_top,
     length,
     K: tl.constexpr,
     BLOCK: tl.constexpr,
@@ -339,9 +312,9 @@ def _minmax_select(
     LAST_BITS: tl.constexpr,
     TOP_FROM_BOUND: tl.constexpr,
     BUCKET_FINISH: tl.constexpr,
-    PACKED: tl.constexpr,
+    ROW_TOP: tl.constexpr,
 ):
-    """Exact top-K of one row with L > K from its group extremes; the minima row is reused for the
+    """Exact top-K of one row with L > K from its packed group extremes, whose row becomes, in place, the
     list of groups to read once the bound is known. A row of fewer than K groups has a bound that rests
     on minima; when those are low (an unordered row) the listed groups hold most of the row and radix
     passes over its keys would cost more than "compact"'s one histogram pass, so that path finishes it.
@@ -352,25 +325,27 @@ def _minmax_select(
     else:
         n_groups = tl.cdiv(length, GROUP)
         bound = _weighted_bound(
-            row_gmax, row_gmin, n_groups, n_full, K, BLOCK, GROUP, BOUND_STEPS, LAST_BITS, PACKED
+            row_ext, row_top, n_groups, n_full, K, BLOCK, GROUP, BOUND_STEPS, LAST_BITS, ROW_TOP
         )
-        tl.debug_barrier()  # every thread has read the minima before the group list overwrites them
-        # The groups whose maximum reaches the bound hold every key that does, in column order.
+        tl.debug_barrier()  # every thread has read the extremes before the group list overwrites them
+        # The groups whose maximum reaches the bound hold every key that does, in column order. A packed word
+        # compares with the bound (lower 16 bits zero) as its maximum does.
         lanes = tl.arange(0, BLOCK)
         n_listed = tl.zeros((), dtype=tl.int32)
         for first in range(0, n_groups, BLOCK):
             slot = first + lanes
-            high = tl.load(row_gmax + slot, mask=slot < n_groups, other=0, cache_modifier=".cg")
-            listed = (slot < n_groups) & (high.to(tl.uint32, bitcast=True) >= bound)
+            packed = tl.load(row_ext + slot, mask=slot < n_groups, other=0, cache_modifier=".cg")
+            listed = (slot < n_groups) & (packed.to(tl.uint32, bitcast=True) >= bound)
             rank = n_listed + _running_count(listed.to(tl.int32)) - 1
-            tl.store(row_gmin + rank, slot, mask=listed)
+            tl.debug_barrier()  # every lane has read its slot before any lane writes a lower one
+            tl.store(row_ext + rank, slot, mask=listed)
             n_listed += tl.sum(listed.to(tl.int32), 0)
         tl.debug_barrier()  # list entries stored by some threads are read by others
         if (n_groups < K) & (n_listed * GROUP > length // 2):
             _compact_select(row_scores, row_out, row_key, row_col, length, K, BLOCK)
         else:
             _gather_candidates(
-                row_scores, row_out, row_key, row_col, row_gmin, n_listed, bound, length, K, BLOCK, GROUP,
+                row_scores, row_out, row_key, row_col, row_ext, n_listed, bound, length, K, BLOCK, GROUP,
                 TOP_FROM_BOUND, BUCKET_FINISH,
             )  # fmt: skip
 
@@ -382,8 +357,8 @@ def _select_topk_minmax_kernel(
     out_ptr,
     cand_key_ptr,
     cand_col_ptr,
-    gmax_ptr,
-    gmin_ptr,
+    ext_ptr,
+    top_ptr,
     stride_row,
     stride_out,
     stride_cand,
@@ -395,18 +370,20 @@ def _select_topk_minmax_kernel(
     LAST_BITS: tl.constexpr,
     TOP_FROM_BOUND: tl.constexpr,
     BUCKET_FINISH: tl.constexpr,
-    PACKED: tl.constexpr,
+    ROW_TOP: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     length = tl.load(lengths_ptr + row).to(tl.int32)
     row_out = out_ptr + row * stride_out
+    row_top = tl.load(top_ptr + row)
+    tl.store(top_ptr + row, 0)  # the writers of the next rows here start from 0 (their atomic max)
     if length <= K:
         _select_everything(row_out, length, K, BLOCK)
     else:
         _minmax_select(
             scores_ptr + row * stride_row, row_out, cand_key_ptr + row * stride_cand,
-            cand_col_ptr + row * stride_cand, gmax_ptr + row * stride_stat, gmin_ptr + row * stride_stat,
-            length, K, BLOCK, GROUP, BOUND_STEPS, LAST_BITS, TOP_FROM_BOUND, BUCKET_FINISH, PACKED,
+            cand_col_ptr + row * stride_cand, ext_ptr + row * stride_stat, row_top, length, K, BLOCK, GROUP,
+            BOUND_STEPS, LAST_BITS, TOP_FROM_BOUND, BUCKET_FINISH, ROW_TOP,
         )  # fmt: skip
 
 
@@ -415,10 +392,10 @@ INTERPRETED = not isinstance(_select_topk_minmax_kernel, triton.JITFunction)
 
 
 def group_stats_buffers(rows: int, cols: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Uninitialised int32 [rows, ceil(cols / GROUP)] buffers for the group maxima and minima."""
-    shape = (2, rows, triton.cdiv(max(cols, 1), GROUP))
-    gmax, gmin = torch.empty(shape, dtype=torch.int32, device=device)
-    return gmax, gmin
+    """(uninitialised int32 [rows, ceil(cols / GROUP)] for the packed group extremes, int32 [rows] zeros for the
+    top byte of each row's largest key). The select leaves the tops at zero again, so the pair can be reused."""
+    extremes = torch.empty(rows, triton.cdiv(max(cols, 1), GROUP), dtype=torch.int32, device=device)
+    return extremes, torch.zeros(rows, dtype=torch.int32, device=device)
 
 
 def launch_minmax(
@@ -431,18 +408,19 @@ def launch_minmax(
     block: int,
     stats: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> None:
-    """Select with group extremes `stats` (the score kernel's), or compute them here first. The minima
-    buffer is overwritten (it holds each row's group list afterwards)."""
+    """Select with `stats` = (packed group extremes, row tops) (`group_stats_buffers`, the score kernel's), or
+    compute them here first. The extremes are overwritten (each row's group list) and the tops reset to 0."""
     rows, cols = scores.shape
     if stats is None:
         stats = group_stats_buffers(rows, cols, scores.device)
         _minmax_stats_kernel[(rows, triton.cdiv(cols, STATS_LANES))](
             scores, lengths, stats[0], stats[1], stats[0].shape[1], scores.stride(0), stats[0].stride(0),
-            BLOCK=STATS_LANES, GROUP=GROUP, PACKED=PACKED, INTERPRETED=INTERPRETED, num_warps=8,
+            BLOCK=STATS_LANES, GROUP=GROUP, INTERPRETED=INTERPRETED, num_warps=8,
         )  # fmt: skip
-    gmax, gmin = stats
+    extremes, tops = stats
     _select_topk_minmax_kernel[(rows,)](
-        scores, lengths, out, cand_key, cand_col, gmax, gmin, scores.stride(0), out.stride(0),
-        cand_key.stride(0), gmax.stride(0), K=topk, BLOCK=block, GROUP=GROUP, BOUND_STEPS=BOUND_STEPS,
-        LAST_BITS=LAST_BITS, TOP_FROM_BOUND=TOP_FROM_BOUND, BUCKET_FINISH=BUCKET_FINISH, PACKED=PACKED, num_warps=WARPS, maxnreg=MAX_REGISTERS,
+        scores, lengths, out, cand_key, cand_col, extremes, tops, scores.stride(0), out.stride(0),
+        cand_key.stride(0), extremes.stride(0), K=topk, BLOCK=block, GROUP=GROUP, BOUND_STEPS=BOUND_STEPS,
+        LAST_BITS=LAST_BITS, TOP_FROM_BOUND=TOP_FROM_BOUND, BUCKET_FINISH=BUCKET_FINISH, ROW_TOP=ROW_TOP,
+        num_warps=WARPS, maxnreg=MAX_REGISTERS,
     )  # fmt: skip

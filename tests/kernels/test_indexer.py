@@ -161,19 +161,15 @@ def test_indexer_topk_matches_reference(
     assert_same_selection(picked, expected, scores, lengths, score_tol=SELECT_TOL[dtype], what="indexer_topk")
 
 
-@pytest.mark.parametrize("packed", [True, False], ids=["packed", "two-words"])
 @pytest.mark.parametrize(
     ("tokens", "start"),
     [(70, 130), (5, 0), (11, 2290)],
     ids=["T70-S200", "T5-S5", "T11-S2301-two-key-ranges"],
 )
-def test_score_kernel_group_extremes_match_the_stats_pass(
-    tokens: int, start: int, packed: bool, device: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The score kernel's per-group (max, min) for "minmax" equal the standalone pass over its own scores,
-    on every group a row can read (those holding at least one visible key), packed in one word per group
-    (`minmax.PACKED`) or as two."""
-    monkeypatch.setattr(minmax, "PACKED", packed)
+def test_score_kernel_group_extremes_match_the_stats_pass(tokens: int, start: int, device: str) -> None:
+    """The score kernel's packed per-group extremes for "minmax" equal the standalone pass over its own scores
+    on every group a row can read (those holding at least one visible key), and both leave each row's top byte
+    (of its largest score's ordered key) in the row tops."""
     q, w, k = (t.to(device) for t in make_inputs(tokens, start, 4, 32, torch.float32, seed=5))
     keys = start + tokens
     scores = torch.empty(tokens, keys, device=device)
@@ -183,16 +179,14 @@ def test_score_kernel_group_extremes_match_the_stats_pass(
     alone = group_stats_buffers(tokens, keys, q.device)
     _minmax_stats_kernel[(tokens, triton.cdiv(keys, 64))](
         scores, lengths, alone[0], alone[1], alone[0].shape[1], scores.stride(0), alone[0].stride(0),
-        BLOCK=64, GROUP=GROUP, PACKED=packed, INTERPRETED=minmax.INTERPRETED,
+        BLOCK=64, GROUP=GROUP, INTERPRETED=minmax.INTERPRETED,
     )  # fmt: skip
     readable = torch.arange(alone[0].shape[1], device=q.device)[None, :] * GROUP < lengths[:, None]
-    written = (
-        1 if packed else 2
-    )  # a packed word holds both extremes; the second buffer is the select's scratch
-    for which, (ours, theirs) in enumerate(zip(fused[:written], alone[:written], strict=True)):
-        assert torch.equal(ours[readable], theirs[readable]), (
-            f"group {'extremes' if packed else 'max' if which == 0 else 'min'} differ"
-        )
+    assert torch.equal(fused[0][readable], alone[0][readable]), "group extremes differ"
+    largest = scores.max(1).values.cpu().view(torch.int32).to(torch.int64) & 0xFFFFFFFF
+    ordered = torch.where(largest >= 0x80000000, ~largest & 0xFFFFFFFF, largest | 0x80000000)
+    assert torch.equal(fused[1].cpu(), (ordered >> 24).to(torch.int32)), "row tops differ from the scores'"
+    assert torch.equal(alone[1], fused[1]), "the stats pass's row tops differ"
 
 
 def test_indexer_topk_rejects_bad_input(device: str) -> None:

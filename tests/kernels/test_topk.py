@@ -8,6 +8,8 @@ import torch
 from kernels import KernelInputError, select_topk, select_topk_ref
 from kernels.testing import assert_same_selection
 from kernels.topk import bound, minmax
+from kernels.topk.kernel import launch_select_topk
+from kernels.topk.minmax import group_stats_buffers
 
 GPU = pytest.mark.gpu
 
@@ -205,25 +207,47 @@ def test_minmax_finish_over_the_kth_keys_bucket(
         assert sorted(picked[0].cpu().tolist()) == sorted(above + ties)
 
 
-@pytest.mark.parametrize("packed", [True, False], ids=["packed", "two-words"])
+@pytest.mark.parametrize("row_top", [True, False], ids=["row-top", "own-pass"])
 @pytest.mark.parametrize(
     ("kind", "topk"), [("narrow", 64), ("spread", 100), ("hidden", 64), ("signed", 64), ("ties", 64)]
 )
-def test_minmax_with_packed_or_separate_extremes(
-    kind: str, topk: int, packed: bool, device: str, monkeypatch: pytest.MonkeyPatch
+def test_minmax_packed_extremes_with_either_row_top(
+    kind: str, topk: int, row_top: bool, device: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Group extremes floored to 16 bits and packed in one word (`minmax.PACKED`) give the same bound, lists and
-    selection as the exact (max, min) pair: the bound keeps at most 16 bits, and a floor at 16 bits orders every
-    key against such a bound as the key itself does ("signed": negative keys, -inf and -0.0; "spread": the
-    first byte from below the row maximum's; "hidden": from a histogram)."""
-    monkeypatch.setattr(minmax, "PACKED", packed)
+    """Group extremes floored to 16 bits and packed in one word give the exact selection (the bound keeps at
+    most 16 bits, and a floor at 16 bits orders every key against such a bound as the key itself does), with
+    the row's top byte from the stats pass (`minmax.ROW_TOP`) or from the select's own pass over the extremes
+    ("signed": negative keys, -inf and -0.0; "spread": the first byte from below the row maximum's; "hidden":
+    from a histogram). The select leaves the row tops at zero for the next writer."""
+    monkeypatch.setattr(minmax, "ROW_TOP", row_top)
     scores = make_scores(3, 1200, kind, torch.Generator().manual_seed(13))
     lengths = torch.tensor([1200, 1100, 1025])
     picked = select_topk(scores.to(device), topk, lengths.to(device), method="minmax")
     expected = select_topk_ref(scores, topk, lengths)
     assert_same_selection(
-        picked, expected, scores, lengths, score_tol=0.0, what=f"minmax {kind} packed={packed}"
+        picked, expected, scores, lengths, score_tol=0.0, what=f"minmax {kind} row_top={row_top}"
     )
+
+
+def test_minmax_reuses_its_stats_buffers(device: str) -> None:
+    """One pair of stats buffers serves consecutive selections (as `indexer_topk` reuses them chunk after chunk):
+    the select resets the row tops it read, so a second batch of lower rows is not bounded by the first's."""
+    generator = torch.Generator().manual_seed(17)
+    high = make_scores(2, 1200, "narrow", generator) * 1000.0
+    low = make_scores(2, 1200, "narrow", generator)
+    lengths = torch.tensor([1200, 1100], device=device)
+    stats = group_stats_buffers(2, 1200, torch.device(device))
+    for scores in (high, low):
+        rows = scores.to(device)
+        minmax._minmax_stats_kernel[(2, 1)](
+            rows, lengths, stats[0], stats[1], stats[0].shape[1], rows.stride(0), stats[0].stride(0),
+            BLOCK=2048, GROUP=minmax.GROUP, INTERPRETED=minmax.INTERPRETED,
+        )  # fmt: skip
+        picked = torch.empty(2, 64, dtype=torch.int32, device=device)
+        launch_select_topk(rows, 64, lengths, picked, method="minmax", stats=stats)
+        expected = select_topk_ref(scores, 64, lengths.cpu())
+        assert_same_selection(picked, expected, scores, lengths.cpu(), score_tol=0.0, what="reused stats")
+        assert not stats[1].any(), "the select must leave the row tops at zero"
 
 
 def test_select_topk_rejects_bad_input(device: str) -> None:
