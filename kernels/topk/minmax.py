@@ -376,7 +376,6 @@ def _select_topk_minmax_kernel(
     length = tl.load(lengths_ptr + row).to(tl.int32)
     row_out = out_ptr + row * stride_out
     row_top = tl.load(top_ptr + row)
-    tl.store(top_ptr + row, 0)  # the writers of the next rows here start from 0 (their atomic max)
     if length <= K:
         _select_everything(row_out, length, K, BLOCK)
     else:
@@ -385,6 +384,10 @@ def _select_topk_minmax_kernel(
             cand_col_ptr + row * stride_cand, ext_ptr + row * stride_stat, row_top, length, K, BLOCK, GROUP,
             BOUND_STEPS, LAST_BITS, TOP_FROM_BOUND, BUCKET_FINISH, ROW_TOP,
         )  # fmt: skip
+    # The writers of the next rows here start from 0 (an atomic max). One thread stores a scalar: after a barrier,
+    # so that no warp reads the reset instead of the top (warps that disagree on it disagree on the branches).
+    tl.debug_barrier()
+    tl.store(top_ptr + row, 0)
 
 
 # Under TRITON_INTERPRET no inline assembly runs: the packed extremes reduce with integer ops there.
