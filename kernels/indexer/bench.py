@@ -244,7 +244,6 @@ SWITCHES = {
     "LAST_BITS": (minmax, (8, 6), ("select",)),
     "BUCKET_FINISH": (minmax, (False, True), ("select",)),
     "ROW_TOP": (minmax, (False, True), ("select", "scores")),
-    "SCORE_EVICTION": (indexer_kernel, ("evict_first", ""), ("scores",)),
 }
 
 
@@ -428,9 +427,6 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict[str, object]]]:
     parser.add_argument(
         "--row-top-rounds", type=int, default=0, metavar="N", help="only the minmax row-top A-B at N"
     )
-    parser.add_argument(
-        "--eviction-rounds", type=int, default=0, metavar="N", help="only the score-store eviction A-B at N"
-    )
     parser.add_argument("--quantize", type=int, default=0, metavar="N", help="only the e4m3 quantiser at N")
     args = parser.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -452,8 +448,6 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict[str, object]]]:
          "minmax finish: last two bytes over every candidate or over the K-th key's 16-bit bucket"),
         (args.row_top_rounds, lambda n: switch_rounds(n, device, "ROW_TOP"), "minmax row top",
          "the row's top byte from a pass over its extremes or from their writers"),
-        (args.eviction_rounds, lambda n: switch_rounds(n, device, "SCORE_EVICTION"), "score store eviction",
-         "score stores evicted first or with the default policy"),
     ]  # fmt: skip
     for size, run, key, title in single_runs:
         if size:

@@ -35,7 +35,7 @@ def _score_tile(k_ptr, k_scale_ptr, out_rows, ext_rows, q_all, w_col, w_mat, s0,
                 stride_ks, HP: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr,
                 BLOCK_S: tl.constexpr, PRECISION: tl.constexpr, FP8: tl.constexpr, GROUP: tl.constexpr,
                 OFFSETS_32: tl.constexpr, MASKED: tl.constexpr, HEAD_MMA: tl.constexpr,
-                SCORE_EVICTION: tl.constexpr, INTERPRETED: tl.constexpr):  # fmt: skip
+                INTERPRETED: tl.constexpr):  # fmt: skip
     """Score keys s0 .. s0 + BLOCK_S against the program's queries and store them (and their packed group
     extremes, `kernels.topk.minmax`). Returns those extremes as uint32 [GROUPS, BLOCK_T] (zeros without
     GROUP), for the program's row tops. MASKED = False: every query sees every key of the tile, so no mask is
@@ -83,7 +83,7 @@ def _score_tile(k_ptr, k_scale_ptr, out_rows, ext_rows, q_all, w_col, w_mat, s0,
     if MASKED:
         visible = offs_s[None, :] <= (start + offs_t)[:, None]
         tl.store(out_rows[:, None] + offs_s[None, :], tl.where(visible, scores, float("-inf")),
-                 mask=t_ok[:, None] & (offs_s < S)[None, :], eviction_policy=SCORE_EVICTION)  # fmt: skip
+                 mask=t_ok[:, None] & (offs_s < S)[None, :])  # fmt: skip
         if GROUP > 0:
             stat_ok = t_ok[:, None] & (slot < tl.cdiv(S, GROUP))[None, :]
             packed = _group_extremes(
@@ -92,9 +92,7 @@ def _score_tile(k_ptr, k_scale_ptr, out_rows, ext_rows, q_all, w_col, w_mat, s0,
             tl.store(ext_rows[:, None] + slot[None, :], packed, mask=stat_ok)
             extremes = tl.trans(packed).to(tl.uint32, bitcast=True)
     else:
-        tl.store(
-            out_rows[:, None] + offs_s[None, :], scores, mask=t_ok[:, None], eviction_policy=SCORE_EVICTION
-        )
+        tl.store(out_rows[:, None] + offs_s[None, :], scores, mask=t_ok[:, None])
         if (
             GROUP > 0
         ):  # max and min over a thread's own keys in fp32 (never -0.0 here), then packed across lanes
@@ -145,7 +143,6 @@ def _indexer_scores_kernel(
     GROUP: tl.constexpr,  # > 0: also write each GROUP-key group's packed extremes and the row tops ("minmax")
     OFFSETS_32: tl.constexpr,  # every key's element offset fits int32
     HEAD_MMA: tl.constexpr,  # the weighted head sum on the tensor cores, in bf16 (`launch_indexer_scores`)
-    SCORE_EVICTION: tl.constexpr,  # the score stores' L2 eviction policy (`SCORE_EVICTION`)
     INTERPRETED: tl.constexpr,  # under TRITON_INTERPRET: no inline assembly, fp32 head products
 ):
     pid_t = tl.program_id(0)
@@ -185,12 +182,12 @@ def _indexer_scores_kernel(
         for s0 in range(s_begin, s_full, BLOCK_S):
             tile_best = _score_tile(k_ptr, k_scale_ptr, out_rows, ext_rows, q_all, w_col, w_mat, s0, S, start, offs_t,
                         t_ok, stride_ks, HP, D, BLOCK_D, BLOCK_T, BLOCK_S, PRECISION, FP8, GROUP, OFFSETS_32, False,
-                        HEAD_MMA, SCORE_EVICTION, INTERPRETED)  # fmt: skip
+                        HEAD_MMA, INTERPRETED)  # fmt: skip
             best = tl.maximum(best, tile_best)
         for s0 in range(s_full, s_end, BLOCK_S):
             tile_best = _score_tile(k_ptr, k_scale_ptr, out_rows, ext_rows, q_all, w_col, w_mat, s0, S, start, offs_t,
                         t_ok, stride_ks, HP, D, BLOCK_D, BLOCK_T, BLOCK_S, PRECISION, FP8, GROUP, OFFSETS_32, True,
-                        HEAD_MMA, SCORE_EVICTION, INTERPRETED)  # fmt: skip
+                        HEAD_MMA, INTERPRETED)  # fmt: skip
             best = tl.maximum(best, tile_best)
         if GROUP > 0:  # the top byte of each row's largest key here, for the select's first digit
             top = (tl.max(best, 0) >> 24).to(tl.int32)
@@ -211,10 +208,6 @@ INTERPRETED = not isinstance(_indexer_scores_kernel, triton.JITFunction)
 # 32K tiles 524-535 TFLOP/s against 441-512, indexer + top-k at 256K 189.0-189.2 -> 183.5-184.1 ms (same selections).
 # The FMA head sum holds 144-147 registers and spills ~175 instructions at 96: no cap there.
 E4M3_MMA_MAX_REGISTERS = 96
-# The select reads back ~5 % of the scores (the listed groups' keys), so the score stores may leave L2 first
-# ("evict_first") and keep the key tiles and the group extremes there; "" is the default policy. Read at each
-# launch (the indexer bench's A-B sets it).
-SCORE_EVICTION = ""
 
 
 def launch_indexer_scores(
@@ -279,7 +272,7 @@ def launch_indexer_scores(
         H=heads, HP=padded_heads, D=dim, BLOCK_D=block_d, BLOCK_T=block_t, BLOCK_S=block_s, KEY_TILES=key_tiles,
         FILL_FUTURE=fill_future, PRECISION=precision, FP8=scales is not None,
         GROUP=GROUP if stats is not None else 0, OFFSETS_32=(keys - 1) * k.stride(0) + dim < 2**31, HEAD_MMA=head_mma,
-        SCORE_EVICTION=SCORE_EVICTION, INTERPRETED=INTERPRETED,
+        INTERPRETED=INTERPRETED,
         num_warps=num_warps, num_stages=num_stages, **({"maxnreg": max_registers} if max_registers else {}),
     )  # fmt: skip
 
