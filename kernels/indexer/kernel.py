@@ -374,7 +374,7 @@ def indexer_topk(
     require(topk_method in methods, f"topk_method must be one of {methods}, got {topk_method!r}")
     # Bytes per score entry: fp32 score + key/column scratch (12), + "split"'s two 512-bin int32 histograms
     # per 2048-column slice (which "cooperative" falls back to when a chunk's slices do not fit on the GPU
-    # at once), + "minmax"'s two int32 group extremes per GROUP columns; "auto" may use any of them.
+    # at once), + "minmax"'s packed int32 group extremes per GROUP columns; "auto" may use any of them.
     bytes_per_entry = {"radix": 4, "torch": 4, "bound": 12, "compact": 12, "sample": 12}.get(topk_method, 14)
     chunk = max(64, (max_buffer_bytes // (bytes_per_entry * max(keys, 1))) // 64 * 64)
     buffer = scratch = stats = None

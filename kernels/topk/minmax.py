@@ -13,6 +13,12 @@ and within one group's spread of the threshold on smooth ones. Then only the gro
 reaches the bound are read (a list of them, then a gather of their keys), the keys at or above
 the bound are compacted in column order, and the radix passes finish over those few.
 
+A group's max and min travel as one int32 (`_pack_extremes`): both floored to their top 16 bits, the max in
+the upper half and the complemented min in the lower, so one unsigned 16x2 max reduces both and the select
+loads one word per group. The bound keeps at most 16 bits, and against such a bound a key and its 16-bit floor
+compare alike, so the floors lose nothing. The writers also leave each row's top byte (of its largest key) for
+the select's first digit.
+
 Rows with fewer than K / GROUP full groups go through "compact"'s path, and so do rows of fewer than
 K groups whose listed groups hold over half the row (unordered short rows: their bound rests on
 minima, which are low there).
