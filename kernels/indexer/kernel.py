@@ -86,19 +86,15 @@ def _score_tile(k_ptr, k_scale_ptr, out_rows, ext_rows, q_all, w_col, w_mat, s0,
                  mask=t_ok[:, None] & (offs_s < S)[None, :])  # fmt: skip
         if GROUP > 0:
             stat_ok = t_ok[:, None] & (slot < tl.cdiv(S, GROUP))[None, :]
-            packed = _group_extremes(
-                scores, visible, BLOCK_T, GROUPS, GROUP, INTERPRETED
-            )  # [BLOCK_T, GROUPS]
+            packed = _group_extremes(scores, visible, BLOCK_T, GROUPS, GROUP, INTERPRETED)  # [T, GROUPS]
             tl.store(ext_rows[:, None] + slot[None, :], packed, mask=stat_ok)
             extremes = tl.trans(packed).to(tl.uint32, bitcast=True)
     else:
         tl.store(out_rows[:, None] + offs_s[None, :], scores, mask=t_ok[:, None])
-        if (
-            GROUP > 0
-        ):  # max and min over a thread's own keys in fp32 (never -0.0 here), then packed across lanes
-            halves = tl.reshape(
-                by_key, (GROUPS, 2, GROUP // 2, BLOCK_T)
-            )  # before the transpose: keys along rows
+        if GROUP > 0:
+            # Max and min over a thread's own keys in fp32 (sums start at +0.0, never -0.0, so fp32 orders them as
+            # their keys do), then packed and reduced across lanes; before the transpose: keys along rows.
+            halves = tl.reshape(by_key, (GROUPS, 2, GROUP // 2, BLOCK_T))
             packed = _pack_extremes(_ordered_key(tl.max(halves, 1)), _ordered_key(tl.min(halves, 1)))
             if INTERPRETED:
                 extremes = tl.reduce(packed, 1, _max_halves)  # [GROUPS, BLOCK_T]
