@@ -62,9 +62,8 @@ def make_scores(rows: int, cols: int, kind: str, generator: torch.Generator) -> 
         scores = 1.0 + torch.arange(cols) / cols + 1e-4 * scores
         scores[:, : 16 * 40 : 16] = 1000.0
         scores[:, 1 : 16 * 40 : 16] = 1001.0
-    elif (
-        kind == "plateau"
-    ):  # noise below 1, 40 keys at 3.0 among 3 000 at 2.0: a K-th key (K = 64) in a wide bucket
+    elif kind == "plateau":
+        # noise below 1, 40 keys at 3.0 among 3 000 at 2.0: a K-th key (K = 64) in a bucket three blocks wide
         scores = torch.rand(rows, cols, generator=generator)
         scores[:, 1000:4000] = 2.0
         scores[:, 7:4000:100] = 3.0
@@ -231,7 +230,9 @@ def test_minmax_packed_extremes_with_either_row_top(
 
 def test_minmax_reuses_its_stats_buffers(device: str) -> None:
     """One pair of stats buffers serves consecutive selections (as `indexer_topk` reuses them chunk after chunk):
-    the select resets the row tops it read, so a second batch of lower rows is not bounded by the first's."""
+    the select resets the row tops it read. (A stale, higher top would not change a selection — the bound would
+    take its first byte from a histogram instead — but it would cost every later row the counting pass's
+    shortcut, so the reset is checked directly.)"""
     generator = torch.Generator().manual_seed(17)
     high = make_scores(2, 1200, "narrow", generator) * 1000.0
     low = make_scores(2, 1200, "narrow", generator)
