@@ -169,7 +169,9 @@ def _top_byte(
     one counts the weighted entries in its byte and the next; indexer scores rarely reach below (their top
     2048 lie within a factor 4 to 16 of the row's largest), and these passes cost a few instructions per
     entry where a histogram costs ~60 under Triton 3.6 (H200, session 15: 0.78 against 0.84 µs per 128K row).
-    ROW_TOP: the largest maximum's top byte is `row_top`, the one the extremes' writers left for the row."""
+    ROW_TOP: the largest maximum's top byte is `row_top`, the one the extremes' writers left for the row. Only the
+    path depends on it: a top above the true one (a stale atomic max) finds no entries in its byte and falls to
+    the histogram, one below counts a subset; either way the bound stays a lower bound."""
     lanes = tl.arange(0, BLOCK)
     if ROW_TOP:
         top = row_top
