@@ -398,58 +398,32 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict[str, object]]]:
     parser.add_argument("--config-chunk", type=int, default=4096)
     parser.add_argument("--reference-max", type=int, default=8192)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64], help="decode batch sizes")
-    parser.add_argument(
-        "--head-sum-rounds", type=int, default=0, metavar="N", help="only the FMA/MMA A-B at N"
-    )
-    parser.add_argument(
-        "--bound-steps-rounds", type=int, default=0, metavar="N", help="only the minmax bound-bits A-B at N"
-    )
-    parser.add_argument(
-        "--top-from-bound-rounds", type=int, default=0, metavar="N", help="only the minmax finish A-B at N"
-    )
-    parser.add_argument(
-        "--last-bits-rounds",
-        type=int,
-        default=0,
-        metavar="N",
-        help="only the minmax bound's last-digit A-B at N",
-    )
-    parser.add_argument(
-        "--select-config-rounds", type=int, default=0, metavar="N", help="only the minmax select configs at N"
-    )
-    parser.add_argument(
-        "--bucket-finish-rounds",
-        type=int,
-        default=0,
-        metavar="N",
-        help="only the minmax bucket-finish A-B at N",
-    )
-    parser.add_argument(
-        "--row-top-rounds", type=int, default=0, metavar="N", help="only the minmax row-top A-B at N"
-    )
-    parser.add_argument("--quantize", type=int, default=0, metavar="N", help="only the e4m3 quantiser at N")
-    args = parser.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    # One measurement alone when its flag is given: (flag's value -> rows, result key, table title).
+    # One measurement alone when its flag is given: (flag, what it times, N -> rows, result key, table title).
     single_runs = [
-        (args.quantize, lambda n: quantize_sweep([n], device), "indexer e4m3 quantiser (queries)",
-         "indexer e4m3 quantiser"),
-        (args.head_sum_rounds, lambda n: head_sum_rounds(n, device), "indexer head sum, FMA vs MMA",
+        ("quantize", "the e4m3 quantiser", lambda n: quantize_sweep([n], device),
+         "indexer e4m3 quantiser (queries)", "indexer e4m3 quantiser"),
+        ("head-sum-rounds", "the FMA/MMA A-B", lambda n: head_sum_rounds(n, device), "indexer head sum, FMA vs MMA",
          "indexer + minmax top-k, FMA vs MMA head sum"),
-        (args.bound_steps_rounds, lambda n: switch_rounds(n, device, "BOUND_STEPS"), "minmax bound bits",
-         "minmax bound at 3 and 2 radix steps: 24 and 16 bits"),
-        (args.last_bits_rounds, lambda n: switch_rounds(n, device, "LAST_BITS"), "minmax bound's last digit",
-         "minmax bound's last digit at 8 and 6 bits: 16 and 14 bits in all"),
-        (args.select_config_rounds, lambda n: select_config_rounds(n, device), "minmax select configs",
-         "indexer + minmax top-k by select config"),
-        (args.top_from_bound_rounds, lambda n: switch_rounds(n, device, "TOP_FROM_BOUND"), "minmax finish",
-         "minmax finish from the first byte or from the bound's"),
-        (args.bucket_finish_rounds, lambda n: switch_rounds(n, device, "BUCKET_FINISH"), "minmax bucket finish",
+        ("bound-steps-rounds", "the minmax bound-bits A-B", lambda n: switch_rounds(n, device, "BOUND_STEPS"),
+         "minmax bound bits", "minmax bound at 3 and 2 radix steps: 24 and 16 bits"),
+        ("last-bits-rounds", "the minmax bound's last-digit A-B", lambda n: switch_rounds(n, device, "LAST_BITS"),
+         "minmax bound's last digit", "minmax bound's last digit at 8 and 6 bits: 16 and 14 bits in all"),
+        ("select-config-rounds", "the minmax select configs", lambda n: select_config_rounds(n, device),
+         "minmax select configs", "indexer + minmax top-k by select config"),
+        ("top-from-bound-rounds", "the minmax finish A-B", lambda n: switch_rounds(n, device, "TOP_FROM_BOUND"),
+         "minmax finish", "minmax finish from the first byte or from the bound's"),
+        ("bucket-finish-rounds", "the minmax bucket-finish A-B", lambda n: switch_rounds(n, device, "BUCKET_FINISH"),
+         "minmax bucket finish",
          "minmax finish: last two bytes over every candidate or over the K-th key's 16-bit bucket"),
-        (args.row_top_rounds, lambda n: switch_rounds(n, device, "ROW_TOP"), "minmax row top",
+        ("row-top-rounds", "the minmax row-top A-B", lambda n: switch_rounds(n, device, "ROW_TOP"), "minmax row top",
          "the row's top byte from a pass over its extremes or from their writers"),
     ]  # fmt: skip
-    for size, run, key, title in single_runs:
+    for flag, what, *_ in single_runs:
+        parser.add_argument(f"--{flag}", type=int, default=0, metavar="N", help=f"only {what} at N")
+    args = parser.parse_args(argv)
+    for flag, _, run, key, title in single_runs:
+        size = getattr(args, flag.replace("-", "_"))
         if size:
             rows = run(size)
             print(format_table(rows, f"{title} ({device})"))

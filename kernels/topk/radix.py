@@ -103,6 +103,16 @@ def _finish_candidates(
 
 
 @triton.jit
+def _candidates_at(row_cand_key, row_cand_col, slot, n_cand):
+    """(uint32 keys, columns, which slots hold a candidate) of the candidate list at `slot`, read past L1
+    (".cg": other threads, or in cooperative.py other programs, wrote them)."""
+    ok = slot < n_cand
+    key = tl.load(row_cand_key + slot, mask=ok, other=0, cache_modifier=".cg").to(tl.uint32, bitcast=True)
+    col = tl.load(row_cand_col + slot, mask=ok, other=0, cache_modifier=".cg")
+    return key, col, ok
+
+
+@triton.jit
 def _split_at_prefix(row_out, row_cand_key, row_cand_col, n_cand, prefix, BLOCK: tl.constexpr):
     """One pass over the candidates once the top 16 bits of the K-th key are known (`prefix`): the keys above
     them on those bits are selected (their columns written from slot 0 on, column order), the keys that share
@@ -115,9 +125,7 @@ def _split_at_prefix(row_out, row_cand_key, row_cand_col, n_cand, prefix, BLOCK:
     n_bucket = tl.zeros((), dtype=tl.int32)
     for first in range(0, n_cand, BLOCK):
         slot = first + lanes
-        ok = slot < n_cand
-        key = tl.load(row_cand_key + slot, mask=ok, other=0, cache_modifier=".cg").to(tl.uint32, bitcast=True)
-        col = tl.load(row_cand_col + slot, mask=ok, other=0, cache_modifier=".cg")
+        key, col, ok = _candidates_at(row_cand_key, row_cand_col, slot, n_cand)
         above = ok & ((key >> 16) > top)
         bucket = ok & ((key >> 16) == top)
         both = _running_count(above.to(tl.int32) | (bucket.to(tl.int32) << 16))
@@ -152,9 +160,7 @@ def _write_selected(
     taken_eq = tl.zeros((), dtype=tl.int32)
     for first in range(0, n_cand, BLOCK):
         slot = first + lanes
-        ok = slot < n_cand
-        key = tl.load(row_cand_key + slot, mask=ok, other=0, cache_modifier=".cg").to(tl.uint32, bitcast=True)
-        col = tl.load(row_cand_col + slot, mask=ok, other=0, cache_modifier=".cg")
+        key, col, ok = _candidates_at(row_cand_key, row_cand_col, slot, n_cand)
         gt_mask = ok & (key > threshold)
         eq_mask = ok & (key == threshold)
         tl.static_assert(BLOCK < 65536)  # each count fits 16 bits, so one scan gives both

@@ -145,6 +145,17 @@ def keys_above_the_bounds_top_byte(row: torch.Tensor, k: int) -> int:
     return int(((keys >> 24) > bound_top_byte).sum())
 
 
+def assert_minmax_exact(
+    scores: torch.Tensor, topk: int, lengths: list[int], device: str, what: str
+) -> torch.Tensor:
+    """ "minmax" over `scores` against the reference, tie-aware and exact; returns its selection."""
+    lengths_t = torch.tensor(lengths)
+    picked = select_topk(scores.to(device), topk, lengths_t.to(device), method="minmax")
+    expected = select_topk_ref(scores, topk, lengths_t)
+    assert_same_selection(picked, expected, scores, lengths_t, score_tol=0.0, what=what)
+    return picked
+
+
 @pytest.mark.parametrize("top_from_bound", [True, False], ids=["top-from-bound", "four-steps"])
 @pytest.mark.parametrize(("kind", "above"), [("hidden", 80), ("outliers", 12), ("narrow", 0)])
 def test_minmax_finish_from_the_bounds_top_byte(
@@ -157,10 +168,7 @@ def test_minmax_finish_from_the_bounds_top_byte(
     monkeypatch.setattr(minmax, "TOP_FROM_BOUND", top_from_bound)
     scores = make_scores(3, 1200, kind, torch.Generator().manual_seed(5))
     assert keys_above_the_bounds_top_byte(scores[0], 64) == above  # the branch this case is meant to take
-    lengths = torch.tensor([1200, 1100, 1025])
-    picked = select_topk(scores.to(device), 64, lengths.to(device), method="minmax")
-    expected = select_topk_ref(scores, 64, lengths)
-    assert_same_selection(picked, expected, scores, lengths, score_tol=0.0, what=f"minmax {kind}")
+    assert_minmax_exact(scores, 64, [1200, 1100, 1025], device, f"minmax {kind}")
 
 
 @pytest.mark.parametrize("last_bits", [8, 6, 3])
@@ -175,12 +183,7 @@ def test_minmax_bound_at_any_last_digit_width(
     ("narrow", "smooth": the top byte; "spread": the byte below) or from a histogram ("outliers")."""
     monkeypatch.setattr(minmax, "LAST_BITS", last_bits)
     scores = make_scores(3, 1200, kind, torch.Generator().manual_seed(7))
-    lengths = torch.tensor([1200, 1100, 1025])
-    picked = select_topk(scores.to(device), topk, lengths.to(device), method="minmax")
-    expected = select_topk_ref(scores, topk, lengths)
-    assert_same_selection(
-        picked, expected, scores, lengths, score_tol=0.0, what=f"minmax {kind} {last_bits} bits"
-    )
+    assert_minmax_exact(scores, topk, [1200, 1100, 1025], device, f"minmax {kind} {last_bits} bits")
 
 
 @pytest.mark.parametrize("bucket_finish", [True, False], ids=["bucket", "every-candidate"])
@@ -196,10 +199,7 @@ def test_minmax_finish_over_the_kth_keys_bucket(
     generator = torch.Generator().manual_seed(11)
     cols = 5000
     scores = make_scores(3, cols, kind, generator)
-    lengths = torch.tensor([cols, 4100, 2500])
-    picked = select_topk(scores.to(device), 64, lengths.to(device), method="minmax")
-    expected = select_topk_ref(scores, 64, lengths)
-    assert_same_selection(picked, expected, scores, lengths, score_tol=0.0, what=f"minmax {kind}")
+    picked = assert_minmax_exact(scores, 64, [cols, 4100, 2500], device, f"minmax {kind}")
     if kind in ("plateau", "constant"):  # ties at the threshold go to the lowest columns
         above = list(range(7, 4000, 100)) if kind == "plateau" else []
         ties = [c for c in range(1000 if kind == "plateau" else 0, cols) if c not in above][: 64 - len(above)]
@@ -217,15 +217,10 @@ def test_minmax_packed_extremes_with_either_row_top(
     most 16 bits, and a floor at 16 bits orders every key against such a bound as the key itself does), with
     the row's top byte from the stats pass (`minmax.ROW_TOP`) or from the select's own pass over the extremes
     ("signed": negative keys, -inf and -0.0; "spread": the first byte from below the row maximum's; "hidden":
-    from a histogram). The select leaves the row tops at zero for the next writer."""
+    from a histogram)."""
     monkeypatch.setattr(minmax, "ROW_TOP", row_top)
     scores = make_scores(3, 1200, kind, torch.Generator().manual_seed(13))
-    lengths = torch.tensor([1200, 1100, 1025])
-    picked = select_topk(scores.to(device), topk, lengths.to(device), method="minmax")
-    expected = select_topk_ref(scores, topk, lengths)
-    assert_same_selection(
-        picked, expected, scores, lengths, score_tol=0.0, what=f"minmax {kind} row_top={row_top}"
-    )
+    assert_minmax_exact(scores, topk, [1200, 1100, 1025], device, f"minmax {kind} row_top={row_top}")
 
 
 def test_minmax_reuses_its_stats_buffers(device: str) -> None:
