@@ -236,19 +236,19 @@ def head_sum_rounds(tokens: int, device: str, rounds: int = 3) -> list[dict[str,
     return results
 
 
-# The A-B switches (module globals read at each launch): name -> (module, the two values compared (the second is
-# the default), the cases timed beside the indexer + top-k: the select alone, the score tiles alone).
+# The "minmax" A-B switches (module globals read at each launch): name -> (the two values compared, the second
+# the default; the cases timed beside the indexer + top-k: the select alone, the score tiles alone).
 SWITCHES = {
-    "BOUND_STEPS": (minmax, (3, 2), ("select",)),
-    "TOP_FROM_BOUND": (minmax, (False, True), ("select",)),
-    "LAST_BITS": (minmax, (8, 6), ("select",)),
-    "BUCKET_FINISH": (minmax, (False, True), ("select",)),
-    "ROW_TOP": (minmax, (False, True), ("select", "scores")),
+    "BOUND_STEPS": ((3, 2), ("select",)),
+    "TOP_FROM_BOUND": ((False, True), ("select",)),
+    "LAST_BITS": ((8, 6), ("select",)),
+    "BUCKET_FINISH": ((False, True), ("select",)),
+    "ROW_TOP": ((False, True), ("select", "scores")),
 }
 
 
 def switch_rounds(tokens: int, device: str, switch: str, rounds: int = 3) -> list[dict[str, object]]:
-    """One switch at each of its two values, alternating in one process: the indexer + "minmax" top-k over one
+    """One "minmax" switch at each of its two values, alternating in one process: the indexer + "minmax" top-k over one
     positional sequence (e4m3 with the MMA head sum, and bf16), and as the switch says the top-k alone over
     TOPK_ROWS (normal and smooth scores, its group-stats pass included) and the score tiles with group extremes
     at SCORE_TILE_SHAPE (e4m3, the default tile, the MMA head sum)."""
@@ -260,7 +260,7 @@ def switch_rounds(tokens: int, device: str, switch: str, rounds: int = 3) -> lis
         ),
         f"indexer+topk N={tokens} bf16": lambda: indexer_topk(q, w, k, TOPK, 0, **options),
     }
-    module, values, extra = SWITCHES[switch]
+    values, extra = SWITCHES[switch]
     if "select" in extra:
         rows, cols = TOPK_ROWS
         for kind in ("normal", "smooth"):
@@ -279,17 +279,17 @@ def switch_rounds(tokens: int, device: str, switch: str, rounds: int = 3) -> lis
             tile_q8, w[keys - chunk : keys], k8[:keys], keys - chunk, out, fill_future=False,
             scales=(tile_scale, k_scale[:keys]), stats=stats, head_mma=True,
         )  # fmt: skip
-    default = getattr(module, switch)
+    default = getattr(minmax, switch)
     results = []
     try:
         for round_ in range(rounds):
             for name, run in cases.items():
                 for value in values:
-                    setattr(module, switch, value)
+                    setattr(minmax, switch, value)
                     ms = bench_ms(run, budget_ms=1000)
                     results.append({"case": name, "round": round_, switch: value, "ms": ms})
     finally:
-        setattr(module, switch, default)
+        setattr(minmax, switch, default)
     return results
 
 
