@@ -42,6 +42,7 @@ from kernels.topk.radix import (
     _split_at_prefix,
     _write_selected,
 )
+from kernels.topk.tiled import _col_offsets, _group_offsets, _row_offsets
 
 GROUP = 16  # keys per group
 # The select's shape: 1 024 lanes per step, 8 warps, ptxas capped at 64 registers (four programs per SM, 3 spill
@@ -75,6 +76,10 @@ BUCKET_FINISH = True
 # kernel or the stats pass, one atomic max per row and program) instead of a pass over the row's extremes. Read at
 # each launch (the bench's A/B sets it; False: the select's own pass, the row's top byte unused).
 ROW_TOP = True
+# The indexer's score kernel stores its scores in tile order (`kernels.topk.tiled`: each warp's fragment is one
+# 128-byte line per store, no transpose through shared memory) and the select reads them so. Read at each
+# `indexer_topk` call (the bench's A-B sets it); `select_topk` rows are always row-major.
+TILED_SCORES = True
 
 
 @triton.jit
@@ -267,6 +272,7 @@ def _gather_candidates(
     GROUP: tl.constexpr,
     TOP_FROM_BOUND: tl.constexpr,
     BUCKET_FINISH: tl.constexpr,
+    TILED: tl.constexpr,
 ):
     """The listed groups' keys at or above the bound become candidates (column order); radix passes finish.
     TOP_FROM_BOUND: when fewer than K candidates lie above the bound's top byte, that byte is the K-th key's
@@ -281,7 +287,8 @@ def _gather_candidates(
         group = tl.load(row_list + entry, mask=entry < n_listed, other=0, cache_modifier=".cg")
         col = group[:, None] * GROUP + tl.arange(0, GROUP)[None, :]  # [GROUPS, GROUP]
         valid = (entry < n_listed)[:, None] & (col < length)
-        key = _ordered_key(tl.load(row_scores + col, mask=valid, other=0.0))
+        at = _group_offsets(group, TILED)[:, None] + _col_offsets(tl.arange(0, GROUP), TILED)[None, :]
+        key = _ordered_key(tl.load(row_scores + at, mask=valid, other=0.0))
         keep = tl.reshape(valid & (key >= bound), (BLOCK,))
         rank = n_cand + _running_count(keep.to(tl.int32)) - 1
         flat_key = tl.reshape(key, (BLOCK,))
@@ -321,6 +328,7 @@ def _minmax_select(
     TOP_FROM_BOUND: tl.constexpr,
     BUCKET_FINISH: tl.constexpr,
     ROW_TOP: tl.constexpr,
+    TILED: tl.constexpr,
 ):
     """Exact top-K of one row with L > K from its packed group extremes, whose row becomes, in place, the
     list of groups to read once the bound is known. A row of fewer than K groups has a bound that rests
@@ -329,7 +337,7 @@ def _minmax_select(
     (With K groups or more the maxima alone bound it: listing half the groups still leaves few keys.)"""
     n_full = length // GROUP
     if n_full * GROUP < K:
-        _compact_select(row_scores, row_out, row_key, row_col, length, K, BLOCK)
+        _compact_select(row_scores, row_out, row_key, row_col, length, K, BLOCK, TILED)
     else:
         n_groups = tl.cdiv(length, GROUP)
         bound = _weighted_bound(
@@ -350,11 +358,11 @@ def _minmax_select(
             n_listed += tl.sum(listed.to(tl.int32), 0)
         tl.debug_barrier()  # list entries stored by some threads are read by others
         if (n_groups < K) & (n_listed * GROUP > length // 2):
-            _compact_select(row_scores, row_out, row_key, row_col, length, K, BLOCK)
+            _compact_select(row_scores, row_out, row_key, row_col, length, K, BLOCK, TILED)
         else:
             _gather_candidates(
                 row_scores, row_out, row_key, row_col, row_ext, n_listed, bound, length, K, BLOCK, GROUP,
-                TOP_FROM_BOUND, BUCKET_FINISH,
+                TOP_FROM_BOUND, BUCKET_FINISH, TILED,
             )  # fmt: skip
 
 
@@ -379,6 +387,7 @@ def _select_topk_minmax_kernel(
     TOP_FROM_BOUND: tl.constexpr,
     BUCKET_FINISH: tl.constexpr,
     ROW_TOP: tl.constexpr,
+    TILED: tl.constexpr,  # the scores are in tile order (`kernels.topk.tiled`)
 ):
     row = tl.program_id(0).to(tl.int64)
     length = tl.load(lengths_ptr + row).to(tl.int32)
@@ -388,9 +397,9 @@ def _select_topk_minmax_kernel(
         _select_everything(row_out, length, K, BLOCK)
     else:
         _minmax_select(
-            scores_ptr + row * stride_row, row_out, cand_key_ptr + row * stride_cand,
+            scores_ptr + _row_offsets(row, stride_row, TILED), row_out, cand_key_ptr + row * stride_cand,
             cand_col_ptr + row * stride_cand, ext_ptr + row * stride_stat, row_top, length, K, BLOCK, GROUP,
-            BOUND_STEPS, LAST_BITS, TOP_FROM_BOUND, BUCKET_FINISH, ROW_TOP,
+            BOUND_STEPS, LAST_BITS, TOP_FROM_BOUND, BUCKET_FINISH, ROW_TOP, TILED,
         )  # fmt: skip
     # The writers of the next rows here start from 0 (an atomic max). One thread stores a scalar: after a barrier,
     # so that no warp reads the reset instead of the top (warps that disagree on it disagree on the branches).
@@ -418,11 +427,15 @@ def launch_minmax(
     cand_col: torch.Tensor,
     block: int,
     stats: tuple[torch.Tensor, torch.Tensor] | None = None,
+    tiled: bool = False,
 ) -> None:
     """Select with `stats` = (packed group extremes, row tops) (`group_stats_buffers`, the score kernel's), or
-    compute them here first. The extremes are overwritten (each row's group list) and the tops reset to 0."""
+    compute them here first. The extremes are overwritten (each row's group list) and the tops reset to 0.
+    `tiled`: `scores` is the first R rows of a tile-order buffer (`kernels.topk.tiled`; only with `stats`, its
+    writer's)."""
     rows, cols = scores.shape
     if stats is None:
+        assert not tiled, "the stats pass reads row-major scores"
         stats = group_stats_buffers(rows, cols, scores.device)
         _minmax_stats_kernel[(rows, triton.cdiv(cols, STATS_LANES))](
             scores, lengths, stats[0], stats[1], stats[0].shape[1], scores.stride(0), stats[0].stride(0),
@@ -433,5 +446,5 @@ def launch_minmax(
         scores, lengths, out, cand_key, cand_col, extremes, tops, scores.stride(0), out.stride(0),
         cand_key.stride(0), extremes.stride(0), K=topk, BLOCK=block, GROUP=GROUP, BOUND_STEPS=BOUND_STEPS,
         LAST_BITS=LAST_BITS, TOP_FROM_BOUND=TOP_FROM_BOUND, BUCKET_FINISH=BUCKET_FINISH, ROW_TOP=ROW_TOP,
-        num_warps=WARPS, maxnreg=MAX_REGISTERS,
+        TILED=tiled, num_warps=WARPS, maxnreg=MAX_REGISTERS,
     )  # fmt: skip
