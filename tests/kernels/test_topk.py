@@ -254,7 +254,7 @@ def test_tile_order_is_the_documented_layout() -> None:
     buffer = to_tiled(matrix)
     assert buffer.shape == tiled_shape(rows, cols) == (24, 48)
     t, s = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
-    at = (t // 8) * 8 * 48 + (s // 16) * 128 + 64 * (s % 16 // 8) + 8 * (t % 8) + s % 8
+    at = (t // 8) * 8 * 48 + (s // 16) * 128 + 16 * (t % 8) + 2 * (s % 8) + s % 16 // 8
     assert torch.equal(buffer.flatten()[at], matrix)
     assert torch.equal(from_tiled(buffer, rows, cols), matrix)
     assert int(buffer.count_nonzero()) == rows * cols - 1  # the padding is zero (and so is entry 0)
