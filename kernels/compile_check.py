@@ -91,6 +91,7 @@ CASES = [
             "BUCKET_FINISH": minmax.BUCKET_FINISH,
             "ROW_TOP": minmax.ROW_TOP,
             "TILED": minmax.TILED_SCORES,
+            "WHOLE_GROUPS": True,
         },
         {},
         minmax.WARPS,

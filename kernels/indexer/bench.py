@@ -246,6 +246,7 @@ SWITCHES = {
     "BUCKET_FINISH": ((False, True), ("select",)),
     "ROW_TOP": ((False, True), ("select", "scores")),
     "TILED_SCORES": ((False, True), ("scores",)),
+    "GROUP_LOADS": ((False, True), ()),
 }
 
 
@@ -422,6 +423,8 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict[str, object]]]:
          "the row's top byte from a pass over its extremes or from their writers"),
         ("tiled-scores-rounds", "the score order A-B", lambda n: switch_rounds(n, device, "TILED_SCORES"),
          "minmax score order", "scores row-major (transposed through shared memory) or in tile order"),
+        ("group-loads-rounds", "the minmax gather-load A-B", lambda n: switch_rounds(n, device, "GROUP_LOADS"),
+         "minmax gather loads", "the gather's loads masked per key or per group"),
     ]  # fmt: skip
     for flag, what, *_ in single_runs:
         parser.add_argument(f"--{flag}", type=int, default=0, metavar="N", help=f"only {what} at N")

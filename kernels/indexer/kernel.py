@@ -35,18 +35,13 @@ from kernels.topk.tiled import _col_offsets, _row_offsets, _tile_col_offsets, ti
 
 
 @triton.jit
-def _store_pair(ptrs, first, second, mask):
-    """One 64-bit st.global of two fp32 values (first at ptrs, second after it) where mask, from whatever layout
-    they are in (Triton would first convert them to a layout of its choice, through shared memory)."""
+def _store_b32(ptrs, values, mask):
+    """st.global of each 32-bit element where mask, from whatever layout it is in (Triton would first convert
+    it to a layout of its choice, through shared memory)."""
     return tl.inline_asm_elementwise(
-        "{ .reg .pred p; setp.ne.b32 p, $4, 0; @p st.global.v2.b32 [$1], {$2, $3}; mov.b32 $0, 0; }",
-        "=r,l,r,r,r",
-        [
-            ptrs.to(tl.int64),
-            first.to(tl.int32, bitcast=True),
-            second.to(tl.int32, bitcast=True),
-            mask.to(tl.int32),
-        ],
+        "{ .reg .pred p; setp.ne.b32 p, $3, 0; @p st.global.b32 [$1], $2; mov.b32 $0, 0; }",
+        "=r,l,r,r",
+        [ptrs.to(tl.int64), values.to(tl.int32, bitcast=True), mask.to(tl.int32)],
         dtype=tl.int32,
         is_pure=False,
         pack=1,
@@ -114,13 +109,10 @@ def _score_tile(k_ptr, k_scale_ptr, out_rows, ext_rows, q_all, w_col, w_mat, s0,
             tl.store(ext_rows[:, None] + slot[None, :], packed, mask=stat_ok)
             extremes = tl.trans(packed).to(tl.uint32, bitcast=True)
     else:
-        if TILED and not INTERPRETED:  # keys r and r + 8 of a query in one store, a warp's two whole lines
-            pairs = tl.permute(tl.reshape(by_key, (BLOCK_S // 16, 2, 8, BLOCK_T)), (0, 2, 3, 1))
-            first, second = tl.split(pairs)  # [groups, key r, query]: keys 16 g + r and 16 g + r + 8
-            at = s0 * 8 + (tl.arange(0, BLOCK_S // 16) * 128)[:, None] + (tl.arange(0, 8) * 2)[None, :]
-            _store_pair(out_rows[None, None, :] + at[:, :, None], first, second, t_ok[None, None, :])
+        cols = _tile_col_offsets(s0, BLOCK_S, TILED)
+        if TILED and not INTERPRETED:  # each warp's 32-bit store covers 256 contiguous bytes: no transpose
+            _store_b32(out_rows[None, :] + cols[:, None], by_key, t_ok[None, :])
         else:
-            cols = _tile_col_offsets(s0, BLOCK_S, TILED)
             tl.store(out_rows[:, None] + cols[None, :], scores, mask=t_ok[:, None])
         if GROUP > 0:
             # Max and min over a thread's own keys in fp32 (sums start at +0.0, never -0.0, so fp32 orders them as

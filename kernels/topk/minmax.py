@@ -42,7 +42,7 @@ from kernels.topk.radix import (
     _split_at_prefix,
     _write_selected,
 )
-from kernels.topk.tiled import _col_offsets, _group_offsets, _row_offsets
+from kernels.topk.tiled import _group_offsets, _row_offsets
 
 GROUP = 16  # keys per group
 # The select's shape: 1 024 lanes per step, 8 warps, ptxas capped at 64 registers (four programs per SM, 3 spill
@@ -80,6 +80,10 @@ ROW_TOP = True
 # 128-byte line per store, no transpose through shared memory) and the select reads them so. Read at each
 # `indexer_topk` call (the bench's A-B sets it); `select_topk` rows are always row-major.
 TILED_SCORES = True
+# The gather loads each listed group whole (one 16-byte load per thread, the keys past the row's length dropped
+# after the load) where the buffer holds whole groups (rows a multiple of GROUP long: `indexer_topk`'s always),
+# instead of masking every key by the row's length (four 4-byte loads). Read at each launch (the bench's A-B sets it).
+GROUP_LOADS = True
 
 
 @triton.jit
@@ -273,12 +277,14 @@ def _gather_candidates(
     TOP_FROM_BOUND: tl.constexpr,
     BUCKET_FINISH: tl.constexpr,
     TILED: tl.constexpr,
+    WHOLE_GROUPS: tl.constexpr,
 ):
     """The listed groups' keys at or above the bound become candidates (column order); radix passes finish.
     TOP_FROM_BOUND: when fewer than K candidates lie above the bound's top byte, that byte is the K-th key's
     (every candidate is at or above the bound), so the radix passes start at the second byte. BUCKET_FINISH:
     after the second byte, one pass selects the candidates above the K-th key's top 16 bits and keeps the few
-    that share them (`_split_at_prefix`) for the last two bytes."""
+    that share them (`_split_at_prefix`) for the last two bytes. WHOLE_GROUPS: the buffer holds every listed
+    group's 16 columns (its row length is a multiple of GROUP), so they load whole."""
     GROUPS: tl.constexpr = BLOCK // GROUP
     n_cand = tl.zeros((), dtype=tl.int32)
     above_top = tl.zeros((), dtype=tl.int32)  # candidates whose top byte exceeds the bound's
@@ -286,9 +292,17 @@ def _gather_candidates(
         entry = first + tl.arange(0, GROUPS)
         group = tl.load(row_list + entry, mask=entry < n_listed, other=0, cache_modifier=".cg")
         col = group[:, None] * GROUP + tl.arange(0, GROUP)[None, :]  # [GROUPS, GROUP]
-        valid = (entry < n_listed)[:, None] & (col < length)
-        at = _group_offsets(group, TILED)[:, None] + _col_offsets(tl.arange(0, GROUP), TILED)[None, :]
-        key = _ordered_key(tl.load(row_scores + at, mask=valid, other=0.0))
+        listed = entry < n_listed
+        valid = listed[:, None] & (col < length)
+        at = (
+            _group_offsets(group, TILED)[:, None] + tl.arange(0, GROUP)[None, :]
+        )  # a group is one run either way
+        if (
+            WHOLE_GROUPS
+        ):  # one mask per group, so 16-byte loads (the keys past the row's length are dropped below)
+            key = _ordered_key(tl.load(row_scores + at, mask=listed[:, None], other=0.0))
+        else:
+            key = _ordered_key(tl.load(row_scores + at, mask=valid, other=0.0))
         keep = tl.reshape(valid & (key >= bound), (BLOCK,))
         rank = n_cand + _running_count(keep.to(tl.int32)) - 1
         flat_key = tl.reshape(key, (BLOCK,))
@@ -329,6 +343,7 @@ def _minmax_select(
     BUCKET_FINISH: tl.constexpr,
     ROW_TOP: tl.constexpr,
     TILED: tl.constexpr,
+    WHOLE_GROUPS: tl.constexpr,
 ):
     """Exact top-K of one row with L > K from its packed group extremes, whose row becomes, in place, the
     list of groups to read once the bound is known. A row of fewer than K groups has a bound that rests
@@ -362,7 +377,7 @@ def _minmax_select(
         else:
             _gather_candidates(
                 row_scores, row_out, row_key, row_col, row_ext, n_listed, bound, length, K, BLOCK, GROUP,
-                TOP_FROM_BOUND, BUCKET_FINISH, TILED,
+                TOP_FROM_BOUND, BUCKET_FINISH, TILED, WHOLE_GROUPS,
             )  # fmt: skip
 
 
@@ -388,6 +403,7 @@ def _select_topk_minmax_kernel(
     BUCKET_FINISH: tl.constexpr,
     ROW_TOP: tl.constexpr,
     TILED: tl.constexpr,  # the scores are in tile order (`kernels.topk.tiled`)
+    WHOLE_GROUPS: tl.constexpr,  # rows of whole groups: the gather loads groups unmasked by the length
 ):
     row = tl.program_id(0).to(tl.int64)
     length = tl.load(lengths_ptr + row).to(tl.int32)
@@ -399,7 +415,7 @@ def _select_topk_minmax_kernel(
         _minmax_select(
             scores_ptr + _row_offsets(row, stride_row, TILED), row_out, cand_key_ptr + row * stride_cand,
             cand_col_ptr + row * stride_cand, ext_ptr + row * stride_stat, row_top, length, K, BLOCK, GROUP,
-            BOUND_STEPS, LAST_BITS, TOP_FROM_BOUND, BUCKET_FINISH, ROW_TOP, TILED,
+            BOUND_STEPS, LAST_BITS, TOP_FROM_BOUND, BUCKET_FINISH, ROW_TOP, TILED, WHOLE_GROUPS,
         )  # fmt: skip
     # The writers of the next rows here start from 0 (an atomic max). One thread stores a scalar: after a barrier,
     # so that no warp reads the reset instead of the top (warps that disagree on it disagree on the branches).
@@ -446,5 +462,5 @@ def launch_minmax(
         scores, lengths, out, cand_key, cand_col, extremes, tops, scores.stride(0), out.stride(0),
         cand_key.stride(0), extremes.stride(0), K=topk, BLOCK=block, GROUP=GROUP, BOUND_STEPS=BOUND_STEPS,
         LAST_BITS=LAST_BITS, TOP_FROM_BOUND=TOP_FROM_BOUND, BUCKET_FINISH=BUCKET_FINISH, ROW_TOP=ROW_TOP,
-        TILED=tiled, num_warps=WARPS, maxnreg=MAX_REGISTERS,
+        TILED=tiled, WHOLE_GROUPS=GROUP_LOADS and cols % GROUP == 0, num_warps=WARPS, maxnreg=MAX_REGISTERS,
     )  # fmt: skip

@@ -4,14 +4,13 @@ The score kernel's head-sum product leaves each warp 16 keys x 8 queries, a thre
 queries (c, c + 4) for lane 4 r + c. Row-major scores make each 32-bit store of that fragment touch four rows
 (four L1 wavefronts; session 22 measured it +11 % slower than Triton's transpose through shared memory). In tile
 order rows come in blocks of 8 and columns in groups of 16; each (block, group) pair is one 128-element chunk
-holding its 8 rows' 16 keys as 64 contiguous bytes each, keys r and r + 8 side by side:
+holding its 8 rows' 16 keys as 64 contiguous bytes each, in column order:
 
-    (t, s) -> (t // 8) * 8 * stride + (s // 16) * 128 + 16 * (t % 8) + 2 * (s % 8) + (s % 16) // 8
+    (t, s) -> (t // 8) * 8 * stride + (s // 16) * 128 + 16 * (t % 8) + s % 16
 
-so a thread stores its two keys of a query in one 64-bit store, a warp's store fills two whole 128-byte lines,
-and a row's group is still one aligned 64-byte run for the select (session 23: 32-byte runs 256 bytes apart, the
-first version, made its gather read twice the bytes from DRAM). A buffer holds ceil(rows / 8) * 8 rows of
-ceil(cols / 16) * 16 columns; `stride` is that padded row length. Offsets are shifts and masks: the compiler
+so each 32-bit store of the fragment covers four 32-byte sectors of 256 contiguous bytes (two lines), and a row's
+group is one aligned 64-byte run for the select, read 16 bytes per thread. A buffer holds ceil(rows / 8) * 8 rows
+of ceil(cols / 16) * 16 columns; `stride` is that padded row length. Offsets are shifts and masks: the compiler
 cannot tell that columns are never negative, and signed division by 16 costs a sign fix per element.
 """
 
@@ -37,7 +36,7 @@ def _row_offsets(row, stride_row, TILED: tl.constexpr):
 def _col_offsets(col, TILED: tl.constexpr):
     """Element offset of `col` from its row's column 0."""
     if TILED:
-        return ((col >> 4) << 7) | ((col & 7) << 1) | ((col >> 3) & 1)
+        return ((col >> 4) << 7) + (col & 15)
     return col
 
 
@@ -69,11 +68,11 @@ def to_tiled(scores: torch.Tensor) -> torch.Tensor:
     padded[:rows, :cols] = scores
     blocks, groups = padded.shape[0] // 8, padded.shape[1] // 16
     logical = padded.view(blocks, 8, groups, 2, 8)  # [block, row % 8, group, key half, key % 8]
-    return logical.permute(0, 2, 1, 4, 3).contiguous().view(padded.shape)
+    return logical.permute(0, 2, 1, 3, 4).contiguous().view(padded.shape)
 
 
 def from_tiled(buffer: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
     """The row-major [rows, cols] matrix a tile-order buffer holds."""
     blocks, groups = buffer.shape[0] // 8, buffer.shape[1] // 16
-    chunks = buffer.view(blocks, groups, 8, 8, 2)  # [block, group, row % 8, key % 8, key half]
-    return chunks.permute(0, 2, 1, 4, 3).reshape(buffer.shape)[:rows, :cols]
+    chunks = buffer.view(blocks, groups, 8, 16)  # [block, group, row % 8, key % 16]
+    return chunks.permute(0, 2, 1, 3).reshape(buffer.shape)[:rows, :cols]

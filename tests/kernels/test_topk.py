@@ -254,7 +254,7 @@ def test_tile_order_is_the_documented_layout() -> None:
     buffer = to_tiled(matrix)
     assert buffer.shape == tiled_shape(rows, cols) == (24, 48)
     t, s = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
-    at = (t // 8) * 8 * 48 + (s // 16) * 128 + 16 * (t % 8) + 2 * (s % 8) + s % 16 // 8
+    at = (t // 8) * 8 * 48 + (s // 16) * 128 + 16 * (t % 8) + s % 16
     assert torch.equal(buffer.flatten()[at], matrix)
     assert torch.equal(from_tiled(buffer, rows, cols), matrix)
     assert int(buffer.count_nonzero()) == rows * cols - 1  # the padding is zero (and so is entry 0)
@@ -264,10 +264,15 @@ def test_tile_order_is_the_documented_layout() -> None:
     ("kind", "topk"),
     [("narrow", 64), ("smooth", 64), ("ties", 64), ("signed", 64), ("spread", 700), ("hidden", 64)],
 )
-def test_minmax_reads_scores_in_tile_order(kind: str, topk: int, device: str) -> None:
+@pytest.mark.parametrize("group_loads", [True, False], ids=["group-loads", "key-loads"])
+def test_minmax_reads_scores_in_tile_order(
+    kind: str, topk: int, group_loads: bool, device: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The select reads tile-order scores (`launch_select_topk(tiled=True)`, as `indexer_topk` writes them) and
     selects exactly what the row-major rows give, through the group list and through "compact"'s path ("spread"
-    at K = 700: fewer than K groups), over 11 rows (a part-empty second block) of different lengths."""
+    at K = 700: fewer than K groups), over 11 rows (a part-empty second block) of different lengths, their last
+    groups part-past the length, loaded whole or key by key (`minmax.GROUP_LOADS`)."""
+    monkeypatch.setattr(minmax, "GROUP_LOADS", group_loads)
     generator = torch.Generator().manual_seed(19)
     rows, cols = 11, 1200
     scores = make_scores(rows, cols, kind, generator)
