@@ -246,7 +246,7 @@ SWITCHES = {
     "BUCKET_FINISH": ((False, True), ("select",)),
     "ROW_TOP": ((False, True), ("select", "scores")),
     "TILED_SCORES": ((False, True), ("scores",)),
-    "GROUP_LOADS": ((False, True), ()),
+    "GROUP_LOADS": ((False, True), ("select",)),
 }
 
 
