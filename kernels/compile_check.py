@@ -56,7 +56,6 @@ INDEXER_SCORES = {  # the score kernel's bf16 launch at Keye's shapes, with the 
     "GROUP": minmax.GROUP,
     "OFFSETS_32": True,
     "HEAD_MMA": False,
-    "TILED": False,
     "INTERPRETED": False,
 }
 FLOATS = ("qk_scale", "eps")
@@ -90,8 +89,7 @@ CASES = [
             "TOP_FROM_BOUND": minmax.TOP_FROM_BOUND,
             "BUCKET_FINISH": minmax.BUCKET_FINISH,
             "ROW_TOP": minmax.ROW_TOP,
-            "TILED": minmax.TILED_SCORES,
-            "WHOLE_GROUPS": True,
+            "WHOLE_GROUPS": minmax.GROUP_LOADS,
         },
         {},
         minmax.WARPS,
@@ -144,12 +142,7 @@ CASES = [
     ),
     (
         indexer._indexer_scores_kernel,
-        {
-            **INDEXER_SCORES,
-            "FP8": True,
-            "HEAD_MMA": True,
-            "TILED": minmax.TILED_SCORES,
-        },  # as "minmax" launches it
+        {**INDEXER_SCORES, "FP8": True, "HEAD_MMA": True},  # the e4m3 path, heads summed by a product
         {**INDEXER_POINTERS, "q_ptr": "*fp8e4nv", "k_ptr": "*fp8e4nv"},
         4,
         3,

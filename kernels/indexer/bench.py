@@ -31,7 +31,6 @@ from kernels.topk import minmax
 from kernels.topk.bench import make_rows
 from kernels.topk.kernel import select_topk
 from kernels.topk.minmax import group_stats_buffers
-from kernels.topk.tiled import tiled_shape
 
 HEADS, DIM, TOPK = 16, 64, 2048
 TOPK_ROWS = (1024, 131072)  # the top-k alone in `switch_rounds`: rows x columns
@@ -245,7 +244,6 @@ SWITCHES = {
     "LAST_BITS": ((8, 6), ("select",)),
     "BUCKET_FINISH": ((False, True), ("select",)),
     "ROW_TOP": ((False, True), ("select", "scores")),
-    "TILED_SCORES": ((False, True), ("scores",)),
     "GROUP_LOADS": ((False, True), ("select",)),
 }
 
@@ -276,11 +274,11 @@ def switch_rounds(tokens: int, device: str, switch: str, rounds: int = 3) -> lis
         keys = min(SCORE_TILE_SHAPE[0], tokens)
         chunk = min(SCORE_TILE_SHAPE[1], keys)
         tile_q8, tile_scale = q8[keys - chunk : keys], q_scale[keys - chunk : keys]
-        out = torch.empty(tiled_shape(chunk, keys), device=device)  # holds either order
+        out = torch.empty(chunk, keys, device=device)
         stats = group_stats_buffers(chunk, keys, device)
         cases[f"score tiles {chunk} x {keys} e4m3"] = lambda: launch_indexer_scores(
             tile_q8, w[keys - chunk : keys], k8[:keys], keys - chunk, out, fill_future=False,
-            scales=(tile_scale, k_scale[:keys]), stats=stats, head_mma=True, tiled=minmax.TILED_SCORES,
+            scales=(tile_scale, k_scale[:keys]), stats=stats, head_mma=True,
         )  # fmt: skip
     default = getattr(minmax, switch)
     results = []
@@ -421,8 +419,6 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict[str, object]]]:
          "minmax finish: last two bytes over every candidate or over the K-th key's 16-bit bucket"),
         ("row-top-rounds", "the minmax row-top A-B", lambda n: switch_rounds(n, device, "ROW_TOP"), "minmax row top",
          "the row's top byte from a pass over its extremes or from their writers"),
-        ("tiled-scores-rounds", "the score order A-B", lambda n: switch_rounds(n, device, "TILED_SCORES"),
-         "minmax score order", "scores row-major (transposed through shared memory) or in tile order"),
         ("group-loads-rounds", "the minmax gather-load A-B", lambda n: switch_rounds(n, device, "GROUP_LOADS"),
          "minmax gather loads", "the gather's loads masked per key or per group"),
     ]  # fmt: skip

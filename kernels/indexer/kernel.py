@@ -5,9 +5,7 @@ tiles: one tensor-core product k_tile . [q of every (head, query)]^T per tile, R
 over heads in fp32 registers (a thread holds every head of its queries). Tiles wholly above the causal
 diagonal are skipped. `indexer_topk` streams the queries in chunks: each chunk's
 scores go to one reusable fp32 buffer [chunk, S] (bounded by `max_buffer_bytes`, so the full
-[T, S] matrix never exists) and the top-k kernel (`kernels.topk`) reads them straight back; for
-"minmax" they go in tile order (`kernels.topk.tiled`), which the product's layout stores without a
-transpose.
+[T, S] matrix never exists) and the top-k kernel (`kernels.topk`) reads them straight back.
 """
 
 from __future__ import annotations
@@ -20,7 +18,6 @@ from kernels._validate import require
 from kernels.indexer.decode import launch_indexer_decode_scores
 from kernels.indexer.reference import causal_lengths, check_indexer_args, check_indexer_fp8_args
 from kernels.indexer.rows import auto_topk_method, contiguous_last, torch_topk_rows
-from kernels.topk import minmax
 from kernels.topk.kernel import TOPK_METHODS, launch_select_topk
 from kernels.topk.minmax import (
     GROUP,
@@ -31,34 +28,18 @@ from kernels.topk.minmax import (
     _pack_extremes,
     group_stats_buffers,
 )
-from kernels.topk.tiled import _col_offsets, _row_offsets, _tile_col_offsets, tiled_shape
-
-
-@triton.jit
-def _store_b32(ptrs, values, mask):
-    """st.global of each 32-bit element where mask, from whatever layout it is in (Triton would first convert
-    it to a layout of its choice, through shared memory)."""
-    return tl.inline_asm_elementwise(
-        "{ .reg .pred p; setp.ne.b32 p, $3, 0; @p st.global.b32 [$1], $2; mov.b32 $0, 0; }",
-        "=r,l,r,r",
-        [ptrs.to(tl.int64), values.to(tl.int32, bitcast=True), mask.to(tl.int32)],
-        dtype=tl.int32,
-        is_pure=False,
-        pack=1,
-    )
 
 
 @triton.jit
 def _score_tile(k_ptr, k_scale_ptr, out_rows, ext_rows, q_all, w_col, w_mat, s0, S, start, offs_t, t_ok,
                 stride_ks, HP: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr,
                 BLOCK_S: tl.constexpr, PRECISION: tl.constexpr, FP8: tl.constexpr, GROUP: tl.constexpr,
-                OFFSETS_32: tl.constexpr, MASKED: tl.constexpr, HEAD_MMA: tl.constexpr, TILED: tl.constexpr,
+                OFFSETS_32: tl.constexpr, MASKED: tl.constexpr, HEAD_MMA: tl.constexpr,
                 INTERPRETED: tl.constexpr):  # fmt: skip
     """Score keys s0 .. s0 + BLOCK_S against the program's queries and store them (and their packed group
     extremes, `kernels.topk.minmax`). Returns those extremes as uint32 [GROUPS, BLOCK_T] (zeros without
     GROUP), for the program's row tops. MASKED = False: every query sees every key of the tile, so no mask is
-    built (most tiles). TILED: the scores go out in tile order (`kernels.topk.tiled`), where full tiles store
-    them from the product's layout, each warp's 32-bit store one 128-byte line."""
+    built (most tiles)."""
     offs_s = s0 + tl.arange(0, BLOCK_S)
     offs_d = tl.arange(0, BLOCK_D)
     key_rows = offs_s if OFFSETS_32 else offs_s.to(tl.int64)
@@ -101,7 +82,7 @@ def _score_tile(k_ptr, k_scale_ptr, out_rows, ext_rows, q_all, w_col, w_mat, s0,
     extremes = tl.zeros((GROUPS, BLOCK_T), dtype=tl.uint32)
     if MASKED:
         visible = offs_s[None, :] <= (start + offs_t)[:, None]
-        tl.store(out_rows[:, None] + _col_offsets(offs_s, TILED)[None, :], tl.where(visible, scores, float("-inf")),
+        tl.store(out_rows[:, None] + offs_s[None, :], tl.where(visible, scores, float("-inf")),
                  mask=t_ok[:, None] & (offs_s < S)[None, :])  # fmt: skip
         if GROUP > 0:
             stat_ok = t_ok[:, None] & (slot < tl.cdiv(S, GROUP))[None, :]
@@ -109,11 +90,7 @@ def _score_tile(k_ptr, k_scale_ptr, out_rows, ext_rows, q_all, w_col, w_mat, s0,
             tl.store(ext_rows[:, None] + slot[None, :], packed, mask=stat_ok)
             extremes = tl.trans(packed).to(tl.uint32, bitcast=True)
     else:
-        cols = _tile_col_offsets(s0, BLOCK_S, TILED)
-        if TILED and not INTERPRETED:  # each warp's 32-bit store covers 256 contiguous bytes: no transpose
-            _store_b32(out_rows[None, :] + cols[:, None], by_key, t_ok[None, :])
-        else:
-            tl.store(out_rows[:, None] + cols[None, :], scores, mask=t_ok[:, None])
+        tl.store(out_rows[:, None] + offs_s[None, :], scores, mask=t_ok[:, None])
         if GROUP > 0:
             # Max and min over a thread's own keys in fp32 (sums start at +0.0, never -0.0, so fp32 orders them as
             # their keys do), then packed and reduced across lanes; before the transpose: keys along rows.
@@ -162,7 +139,6 @@ def _indexer_scores_kernel(
     GROUP: tl.constexpr,  # > 0: also write each GROUP-key group's packed extremes and the row tops ("minmax")
     OFFSETS_32: tl.constexpr,  # every key's element offset fits int32
     HEAD_MMA: tl.constexpr,  # the weighted head sum on the tensor cores, in bf16 (`launch_indexer_scores`)
-    TILED: tl.constexpr,  # out is in tile order (`kernels.topk.tiled`), stride_ot its padded row length
     INTERPRETED: tl.constexpr,  # under TRITON_INTERPRET: no inline assembly, fp32 head products
 ):
     pid_t = tl.program_id(0)
@@ -174,7 +150,7 @@ def _indexer_scores_kernel(
     s_end = tl.minimum(s_stop, last_position + 1)  # ... of which its queries see some
     offs_t = t0 + tl.arange(0, BLOCK_T)
     t_ok = offs_t < T
-    out_rows = out_ptr + _row_offsets(offs_t.to(tl.int64), stride_ot, TILED)
+    out_rows = out_ptr + offs_t.to(tl.int64) * stride_ot
     if s_begin < s_end:
         # Tiles before s_full hold only keys that every query of the block sees.
         s_full = tl.maximum(tl.minimum(s_end, (start + t0 + 1) // BLOCK_S * BLOCK_S), s_begin)
@@ -202,12 +178,12 @@ def _indexer_scores_kernel(
         for s0 in range(s_begin, s_full, BLOCK_S):
             tile_best = _score_tile(k_ptr, k_scale_ptr, out_rows, ext_rows, q_all, w_col, w_mat, s0, S, start, offs_t,
                         t_ok, stride_ks, HP, D, BLOCK_D, BLOCK_T, BLOCK_S, PRECISION, FP8, GROUP, OFFSETS_32, False,
-                        HEAD_MMA, TILED, INTERPRETED)  # fmt: skip
+                        HEAD_MMA, INTERPRETED)  # fmt: skip
             best = tl.maximum(best, tile_best)
         for s0 in range(s_full, s_end, BLOCK_S):
             tile_best = _score_tile(k_ptr, k_scale_ptr, out_rows, ext_rows, q_all, w_col, w_mat, s0, S, start, offs_t,
                         t_ok, stride_ks, HP, D, BLOCK_D, BLOCK_T, BLOCK_S, PRECISION, FP8, GROUP, OFFSETS_32, True,
-                        HEAD_MMA, TILED, INTERPRETED)  # fmt: skip
+                        HEAD_MMA, INTERPRETED)  # fmt: skip
             best = tl.maximum(best, tile_best)
         if GROUP > 0:  # the top byte of each row's largest key here, for the select's first digit
             top = (tl.max(best, 0) >> 24).to(tl.int32)
@@ -217,8 +193,7 @@ def _indexer_scores_kernel(
         for s0 in range(fill_from, s_stop, BLOCK_S):
             offs_s = s0 + tl.arange(0, BLOCK_S)
             tile = tl.full((BLOCK_T, BLOCK_S), float("-inf"), dtype=tl.float32)
-            tl.store(out_rows[:, None] + _col_offsets(offs_s, TILED)[None, :], tile,
-                     mask=t_ok[:, None] & (offs_s < S)[None, :])  # fmt: skip
+            tl.store(out_rows[:, None] + offs_s[None, :], tile, mask=t_ok[:, None] & (offs_s < S)[None, :])
 
 
 # The interpreter (TRITON_INTERPRET=1) runs no inline assembly, and Triton 3.9's interpreter multiplies bf16 dots
@@ -248,10 +223,8 @@ def launch_indexer_scores(
     num_stages: int = 3,
     max_registers: int | None = None,
     head_mma: bool = False,
-    tiled: bool = False,
 ) -> None:
-    """Score q [T, H, D] against k [S, D] into out [T, >= S] (row stride out.stride(0)); no checks. `tiled`: out
-    is a contiguous tile-order buffer of at least `kernels.topk.tiled.tiled_shape(T, S)`.
+    """Score q [T, H, D] against k [S, D] into out [T, >= S] (row stride out.stride(0)); no checks.
     `scales` = (q_scale [T, H], k_scale [S]) for e4m3 q and k; `stats` = (int32 [T, >= ceil(S / GROUP)], int32
     [T] holding zeros) (`kernels.topk.minmax.group_stats_buffers`) that also receive each key group's packed
     extremes and the top byte of each row's largest score.
@@ -295,7 +268,7 @@ def launch_indexer_scores(
         H=heads, HP=padded_heads, D=dim, BLOCK_D=block_d, BLOCK_T=block_t, BLOCK_S=block_s, KEY_TILES=key_tiles,
         FILL_FUTURE=fill_future, PRECISION=precision, FP8=scales is not None,
         GROUP=GROUP if stats is not None else 0, OFFSETS_32=(keys - 1) * k.stride(0) + dim < 2**31, HEAD_MMA=head_mma,
-        TILED=tiled, INTERPRETED=INTERPRETED,
+        INTERPRETED=INTERPRETED,
         num_warps=num_warps, num_stages=num_stages, **({"maxnreg": max_registers} if max_registers else {}),
     )  # fmt: skip
 
@@ -413,16 +386,17 @@ def indexer_topk(
                 scores[: last - first], topk, lengths[first:last], out[first:last], method="radix"
             )
             continue
-        if buffer is None:  # padded so that it can hold the scores in tile order too
-            buffer = torch.empty(tiled_shape(min(chunk, tokens), keys), dtype=torch.float32, device=q.device)
+        if (
+            buffer is None
+        ):  # rows of whole GROUP-key groups, which "minmax" loads whole (`minmax.GROUP_LOADS`)
+            padded = triton.cdiv(keys, GROUP) * GROUP
+            buffer = torch.empty(min(chunk, tokens), padded, dtype=torch.float32, device=q.device)
         if scratch is None and method not in ("radix", "torch"):
             scratch = tuple(torch.empty(buffer.shape, dtype=torch.int32, device=q.device) for _ in range(2))
         if stats is None and method == "minmax":
             stats = group_stats_buffers(*buffer.shape, q.device)
         single = last - first == 1 and scales is None
         chunk_stats = stats if method == "minmax" and not single else None  # else launch_minmax makes them
-        # Tile order only where the select reads the scores group by group ("minmax" over the kernel's extremes).
-        tiled = chunk_stats is not None and minmax.TILED_SCORES
         if single:  # one query (decode): the decode kernel's [keys, heads] products, no padded query rows
             launch_indexer_decode_scores(
                 q[first:last], w[first:last], k[:visible], lengths[first:last], lengths[first:last],
@@ -432,7 +406,7 @@ def indexer_topk(
             chunk_scales = None if scales is None else (scales[0][first:last], scales[1][:visible])
             launch_indexer_scores(
                 q[first:last], w[first:last], k[:visible], start + first, buffer, fill_future=method == "torch",
-                scales=chunk_scales, stats=chunk_stats, head_mma=head_mma, tiled=tiled,
+                scales=chunk_scales, stats=chunk_stats, head_mma=head_mma,
             )  # fmt: skip
         if method == "torch":
             torch_topk_rows(buffer[: last - first, :visible], topk, lengths[first:last], out[first:last])
@@ -445,6 +419,5 @@ def indexer_topk(
                 method=method,
                 scratch=scratch,
                 stats=chunk_stats,
-                tiled=tiled,
             )
     return out

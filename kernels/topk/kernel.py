@@ -419,7 +419,6 @@ def launch_select_topk(
     sample_size: int = 4096,
     slice_size: int | None = None,
     stats: tuple[torch.Tensor, torch.Tensor] | None = None,
-    tiled: bool = False,
 ) -> None:
     """Write the selection of each row of `scores` into `out` (int32 [R, topk]); no checks.
 
@@ -436,7 +435,6 @@ def launch_select_topk(
     are compacted and the radix passes run over them (bound.py); "minmax" takes the bound from group
     maxima and minima (`stats`, the indexer score kernel's, or computed here) and reads only the groups
     that reach it (minmax.py). `block`: lanes per program step (default 2048; "minmax" `minmax.LANES`).
-    `tiled`: "minmax" with `stats` reads `scores` in tile order (`kernels.topk.tiled`), as the indexer wrote it.
     """
     rows = scores.shape[0]
     if rows == 0:
@@ -464,7 +462,7 @@ def launch_select_topk(
         _launch_split(scores, topk, lengths, out, cand_key, cand_col, split_slice, block)
         return
     if method == "minmax":
-        launch_minmax(scores, topk, lengths, out, cand_key, cand_col, block, stats, tiled)
+        launch_minmax(scores, topk, lengths, out, cand_key, cand_col, block, stats)
         return
     if method == "sample" and scores.shape[1] < (1 << 20):  # columns must fit the 20-bit packing
         _select_topk_sample_kernel[(rows,)](

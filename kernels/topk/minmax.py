@@ -42,7 +42,6 @@ from kernels.topk.radix import (
     _split_at_prefix,
     _write_selected,
 )
-from kernels.topk.tiled import _group_offsets, _row_offsets
 
 GROUP = 16  # keys per group
 # The select's shape: 1 024 lanes per step, 8 warps, ptxas capped at 64 registers (four programs per SM, 3 spill
@@ -76,13 +75,11 @@ BUCKET_FINISH = True
 # kernel or the stats pass, one atomic max per row and program) instead of a pass over the row's extremes. Read at
 # each launch (the bench's A/B sets it; False: the select's own pass, the row's top byte unused).
 ROW_TOP = True
-# The indexer's score kernel stores its scores in tile order (`kernels.topk.tiled`: each warp's fragment is one
-# 128-byte line per store, no transpose through shared memory) and the select reads them so. Read at each
-# `indexer_topk` call (the bench's A-B sets it); `select_topk` rows are always row-major.
-TILED_SCORES = True
 # The gather loads each listed group whole (one 16-byte load per thread, the keys past the row's length dropped
 # after the load) where the buffer holds whole groups (rows a multiple of GROUP long: `indexer_topk`'s always),
-# instead of masking every key by the row's length (four 4-byte loads). Read at each launch (the bench's A-B sets it).
+# instead of masking every key by the row's length (four 4-byte loads). H200, session 23: `select_topk` 1024 x 128K
+# normal rows -2.5 to -5 %, smooth level to -1 %; indexer + top-k at 256K level. Read at each launch (the bench's
+# A-B sets it).
 GROUP_LOADS = True
 
 
@@ -276,7 +273,6 @@ def _gather_candidates(
     GROUP: tl.constexpr,
     TOP_FROM_BOUND: tl.constexpr,
     BUCKET_FINISH: tl.constexpr,
-    TILED: tl.constexpr,
     WHOLE_GROUPS: tl.constexpr,
 ):
     """The listed groups' keys at or above the bound become candidates (column order); radix passes finish.
@@ -284,7 +280,7 @@ def _gather_candidates(
     (every candidate is at or above the bound), so the radix passes start at the second byte. BUCKET_FINISH:
     after the second byte, one pass selects the candidates above the K-th key's top 16 bits and keeps the few
     that share them (`_split_at_prefix`) for the last two bytes. WHOLE_GROUPS: the buffer holds every listed
-    group's 16 columns (its row length is a multiple of GROUP), so they load whole."""
+    group's GROUP columns (its rows are a multiple of GROUP long), so each loads whole."""
     GROUPS: tl.constexpr = BLOCK // GROUP
     n_cand = tl.zeros((), dtype=tl.int32)
     above_top = tl.zeros((), dtype=tl.int32)  # candidates whose top byte exceeds the bound's
@@ -294,15 +290,12 @@ def _gather_candidates(
         col = group[:, None] * GROUP + tl.arange(0, GROUP)[None, :]  # [GROUPS, GROUP]
         listed = entry < n_listed
         valid = listed[:, None] & (col < length)
-        at = (
-            _group_offsets(group, TILED)[:, None] + tl.arange(0, GROUP)[None, :]
-        )  # a group is one run either way
         if (
             WHOLE_GROUPS
         ):  # one mask per group, so 16-byte loads (the keys past the row's length are dropped below)
-            key = _ordered_key(tl.load(row_scores + at, mask=listed[:, None], other=0.0))
+            key = _ordered_key(tl.load(row_scores + col, mask=listed[:, None], other=0.0))
         else:
-            key = _ordered_key(tl.load(row_scores + at, mask=valid, other=0.0))
+            key = _ordered_key(tl.load(row_scores + col, mask=valid, other=0.0))
         keep = tl.reshape(valid & (key >= bound), (BLOCK,))
         rank = n_cand + _running_count(keep.to(tl.int32)) - 1
         flat_key = tl.reshape(key, (BLOCK,))
@@ -342,7 +335,6 @@ def _minmax_select(
     TOP_FROM_BOUND: tl.constexpr,
     BUCKET_FINISH: tl.constexpr,
     ROW_TOP: tl.constexpr,
-    TILED: tl.constexpr,
     WHOLE_GROUPS: tl.constexpr,
 ):
     """Exact top-K of one row with L > K from its packed group extremes, whose row becomes, in place, the
@@ -352,7 +344,7 @@ def _minmax_select(
     (With K groups or more the maxima alone bound it: listing half the groups still leaves few keys.)"""
     n_full = length // GROUP
     if n_full * GROUP < K:
-        _compact_select(row_scores, row_out, row_key, row_col, length, K, BLOCK, TILED)
+        _compact_select(row_scores, row_out, row_key, row_col, length, K, BLOCK)
     else:
         n_groups = tl.cdiv(length, GROUP)
         bound = _weighted_bound(
@@ -373,11 +365,11 @@ def _minmax_select(
             n_listed += tl.sum(listed.to(tl.int32), 0)
         tl.debug_barrier()  # list entries stored by some threads are read by others
         if (n_groups < K) & (n_listed * GROUP > length // 2):
-            _compact_select(row_scores, row_out, row_key, row_col, length, K, BLOCK, TILED)
+            _compact_select(row_scores, row_out, row_key, row_col, length, K, BLOCK)
         else:
             _gather_candidates(
                 row_scores, row_out, row_key, row_col, row_ext, n_listed, bound, length, K, BLOCK, GROUP,
-                TOP_FROM_BOUND, BUCKET_FINISH, TILED, WHOLE_GROUPS,
+                TOP_FROM_BOUND, BUCKET_FINISH, WHOLE_GROUPS,
             )  # fmt: skip
 
 
@@ -402,7 +394,6 @@ def _select_topk_minmax_kernel(
     TOP_FROM_BOUND: tl.constexpr,
     BUCKET_FINISH: tl.constexpr,
     ROW_TOP: tl.constexpr,
-    TILED: tl.constexpr,  # the scores are in tile order (`kernels.topk.tiled`)
     WHOLE_GROUPS: tl.constexpr,  # rows of whole groups: the gather loads groups unmasked by the length
 ):
     row = tl.program_id(0).to(tl.int64)
@@ -413,9 +404,9 @@ def _select_topk_minmax_kernel(
         _select_everything(row_out, length, K, BLOCK)
     else:
         _minmax_select(
-            scores_ptr + _row_offsets(row, stride_row, TILED), row_out, cand_key_ptr + row * stride_cand,
+            scores_ptr + row * stride_row, row_out, cand_key_ptr + row * stride_cand,
             cand_col_ptr + row * stride_cand, ext_ptr + row * stride_stat, row_top, length, K, BLOCK, GROUP,
-            BOUND_STEPS, LAST_BITS, TOP_FROM_BOUND, BUCKET_FINISH, ROW_TOP, TILED, WHOLE_GROUPS,
+            BOUND_STEPS, LAST_BITS, TOP_FROM_BOUND, BUCKET_FINISH, ROW_TOP, WHOLE_GROUPS,
         )  # fmt: skip
     # The writers of the next rows here start from 0 (an atomic max). One thread stores a scalar: after a barrier,
     # so that no warp reads the reset instead of the top (warps that disagree on it disagree on the branches).
@@ -443,15 +434,11 @@ def launch_minmax(
     cand_col: torch.Tensor,
     block: int,
     stats: tuple[torch.Tensor, torch.Tensor] | None = None,
-    tiled: bool = False,
 ) -> None:
     """Select with `stats` = (packed group extremes, row tops) (`group_stats_buffers`, the score kernel's), or
-    compute them here first. The extremes are overwritten (each row's group list) and the tops reset to 0.
-    `tiled`: `scores` is the first R rows of a tile-order buffer (`kernels.topk.tiled`; only with `stats`, its
-    writer's)."""
+    compute them here first. The extremes are overwritten (each row's group list) and the tops reset to 0."""
     rows, cols = scores.shape
     if stats is None:
-        assert not tiled, "the stats pass reads row-major scores"
         stats = group_stats_buffers(rows, cols, scores.device)
         _minmax_stats_kernel[(rows, triton.cdiv(cols, STATS_LANES))](
             scores, lengths, stats[0], stats[1], stats[0].shape[1], scores.stride(0), stats[0].stride(0),
@@ -462,5 +449,5 @@ def launch_minmax(
         scores, lengths, out, cand_key, cand_col, extremes, tops, scores.stride(0), out.stride(0),
         cand_key.stride(0), extremes.stride(0), K=topk, BLOCK=block, GROUP=GROUP, BOUND_STEPS=BOUND_STEPS,
         LAST_BITS=LAST_BITS, TOP_FROM_BOUND=TOP_FROM_BOUND, BUCKET_FINISH=BUCKET_FINISH, ROW_TOP=ROW_TOP,
-        TILED=tiled, WHOLE_GROUPS=GROUP_LOADS and cols % GROUP == 0, num_warps=WARPS, maxnreg=MAX_REGISTERS,
+        WHOLE_GROUPS=GROUP_LOADS and cols % GROUP == 0, num_warps=WARPS, maxnreg=MAX_REGISTERS,
     )  # fmt: skip

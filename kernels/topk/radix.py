@@ -10,8 +10,6 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from kernels.topk.tiled import _col_offsets
-
 
 @triton.jit
 def _ordered_key(x):
@@ -193,18 +191,16 @@ def _total_at(total, chosen):
 
 @triton.jit
 def _compact_select(
-    row_scores, row_out, row_cand_key, row_cand_col, length, K: tl.constexpr, BLOCK: tl.constexpr,
-    TILED: tl.constexpr = False,
-):  # fmt: skip
-    """Exact top-K of one row with L > K: two row reads, then radix passes over the candidates. TILED: the row
-    is in tile order (`kernels.topk.tiled`)."""
+    row_scores, row_out, row_cand_key, row_cand_col, length, K: tl.constexpr, BLOCK: tl.constexpr
+):
+    """Exact top-K of one row with L > K: two row reads, then radix passes over the candidates."""
     lanes = tl.arange(0, BLOCK)
     # Pass 1: histogram of the top 8 key bits over the whole row.
     hist = tl.zeros((256,), dtype=tl.int32)
     for first in range(0, length, BLOCK):
         col = first + lanes
         valid = col < length
-        key = _ordered_key(tl.load(row_scores + _col_offsets(col, TILED), mask=valid, other=0.0))
+        key = _ordered_key(tl.load(row_scores + col, mask=valid, other=0.0))
         hist += _digit_histogram((key >> 24).to(tl.int32), valid)
     top_bin, n_above = _crossing_bin(hist, K)
     needed = K - n_above
@@ -214,7 +210,7 @@ def _compact_select(
     for first in range(0, length, BLOCK):
         col = first + lanes
         valid = col < length
-        key = _ordered_key(tl.load(row_scores + _col_offsets(col, TILED), mask=valid, other=0.0))
+        key = _ordered_key(tl.load(row_scores + col, mask=valid, other=0.0))
         digit = (key >> 24).to(tl.int32)
         above_mask = valid & (digit > top_bin)
         cand_mask = valid & (digit == top_bin)

@@ -11,21 +11,13 @@ import pytest
 import torch
 import triton
 
-from kernels import (
-    KernelInputError,
-    indexer_scores,
-    indexer_scores_ref,
-    indexer_topk,
-    indexer_topk_ref,
-    quantize_indexer_fp8,
-)
+from kernels import KernelInputError, indexer_scores, indexer_scores_ref, indexer_topk, indexer_topk_ref
 from kernels.indexer.kernel import INTERPRETED, launch_indexer_scores
 from kernels.indexer.reference import causal_lengths
 from kernels.testing import assert_close, assert_same_selection
 from kernels.topk import minmax
 from kernels.topk.minmax import GROUP, _minmax_stats_kernel, group_stats_buffers
 from kernels.topk.reference import select_topk_ref
-from kernels.topk.tiled import from_tiled, tiled_shape
 
 GPU = pytest.mark.gpu
 SCORE_TOL = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 1e-3}
@@ -195,63 +187,6 @@ def test_score_kernel_group_extremes_match_the_stats_pass(tokens: int, start: in
     ordered = torch.where(largest >= 0x80000000, ~largest & 0xFFFFFFFF, largest | 0x80000000)
     assert torch.equal(fused[1].cpu(), (ordered >> 24).to(torch.int32)), "row tops differ from the scores'"
     assert torch.equal(alone[1], fused[1]), "the stats pass's row tops differ"
-
-
-@pytest.mark.parametrize(
-    ("tokens", "start", "inputs"),
-    [
-        (13, 70, "bf16"),
-        (13, 70, "bf16-head-mma"),
-        (21, 0, "e4m3-head-mma"),
-        (70, 4096 - 70, "e4m3-head-mma"),
-        pytest.param(300, 4700, "e4m3-head-mma", marks=GPU),
-        pytest.param(2049, 0, "bf16", marks=GPU),
-    ],
-)
-def test_score_kernel_writes_tile_order(tokens: int, start: int, inputs: str, device: str) -> None:
-    """Scores in tile order (`kernels.topk.tiled`, what "minmax" reads back in `indexer_topk`) are bit for bit the
-    row-major ones, full key tiles (stored from the product's layout on the GPU) and diagonal ones alike, at row
-    counts that leave a block part-empty; entries past the causal range and the buffer's padding stay as they
-    were, and the group extremes and row tops are the row-major launch's."""
-    q, w, k = (t.to(device) for t in make_inputs(tokens, start, 16, 64, torch.bfloat16, seed=3))
-    options = {"fill_future": False, "head_mma": inputs != "bf16"}
-    if inputs.startswith("e4m3"):
-        (q, q_scale), (k, k_scale) = quantize_indexer_fp8(q), quantize_indexer_fp8(k)
-        options["scales"] = (q_scale.float(), k_scale.float())
-    keys = start + tokens
-    row_major = torch.full((tokens, keys), float("nan"), device=device)
-    plain_stats = group_stats_buffers(tokens, keys, q.device)
-    launch_indexer_scores(q, w, k, start, row_major, stats=plain_stats, **options)
-    tiled = torch.full(tiled_shape(tokens, keys), float("nan"), device=device)
-    tiled_stats = group_stats_buffers(tokens, keys, q.device)
-    launch_indexer_scores(q, w, k, start, tiled, stats=tiled_stats, tiled=True, **options)
-    unpacked = from_tiled(tiled, *tiled.shape)
-    positions = start + torch.arange(tokens, device=device)
-    visible = torch.arange(keys, device=device)[None, :] <= positions[:, None]
-    assert torch.equal(unpacked[:tokens, :keys][visible], row_major[visible]), "tile-order scores differ"
-    written = torch.zeros_like(unpacked, dtype=torch.bool)  # row-major: every visible entry, no padding
-    written[:tokens, :keys] = ~torch.isnan(row_major)
-    assert torch.equal(~torch.isnan(unpacked), written), "tile order wrote other entries than row-major"
-    readable = torch.arange(plain_stats[0].shape[1], device=device)[None, :] * GROUP <= positions[:, None]
-    assert torch.equal(tiled_stats[0][readable], plain_stats[0][readable]), "group extremes differ"
-    assert torch.equal(tiled_stats[1], plain_stats[1]), "row tops differ"
-
-
-@pytest.mark.parametrize("tiled", [True, False], ids=["tile-order", "row-major"])
-@pytest.mark.parametrize("buffer", [BIG, 1], ids=["one-chunk", "64-row-chunks"])
-def test_indexer_topk_minmax_with_scores_in_either_order(
-    tiled: bool, buffer: int, device: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The "minmax" select over scores in tile order (`minmax.TILED_SCORES`) or row-major selects exactly the top-k, with the
-    buffer reused across chunks whose rows end mid-block (70 and 133 rows)."""
-    monkeypatch.setattr(minmax, "TILED_SCORES", tiled)
-    for tokens, start in ((70, 700), (133, 300)):
-        q, w, k = (t.to(device) for t in make_inputs(tokens, start, 4, 16, torch.float32, seed=13))
-        picked = indexer_topk(q, w, k, 24, start, max_buffer_bytes=buffer, topk_method="minmax")
-        scores = indexer_scores_ref(q, w, k, start)
-        lengths = causal_lengths(tokens, start, q.device)
-        expected = indexer_topk_ref(q, w, k, 24, start)
-        assert_same_selection(picked, expected, scores, lengths, score_tol=1e-5, what=f"minmax tiled={tiled}")
 
 
 def test_indexer_topk_rejects_bad_input(device: str) -> None:

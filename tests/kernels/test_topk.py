@@ -10,7 +10,6 @@ from kernels.testing import assert_same_selection
 from kernels.topk import bound, minmax
 from kernels.topk.kernel import launch_select_topk
 from kernels.topk.minmax import group_stats_buffers
-from kernels.topk.tiled import from_tiled, tiled_shape, to_tiled
 
 GPU = pytest.mark.gpu
 
@@ -224,6 +223,23 @@ def test_minmax_packed_extremes_with_either_row_top(
     assert_minmax_exact(scores, topk, [1200, 1100, 1025], device, f"minmax {kind} row_top={row_top}")
 
 
+@pytest.mark.parametrize("group_loads", [True, False], ids=["group-loads", "key-loads"])
+@pytest.mark.parametrize("cols", [1200, 1190], ids=["whole-groups", "part-group-row-end"])
+@pytest.mark.parametrize("kind", ["narrow", "ties", "signed", "hidden"])
+def test_minmax_gather_drops_keys_past_the_length(
+    kind: str, cols: int, group_loads: bool, device: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gather loads a listed group whole (`minmax.GROUP_LOADS`, where rows are a multiple of GROUP long) or
+    key by key; either way the keys past a row's length never count. Those columns hold the largest scores of the
+    row (+inf, 1e30, NaN), so one that leaked in would be selected."""
+    monkeypatch.setattr(minmax, "GROUP_LOADS", group_loads)
+    scores = make_scores(4, cols, kind, torch.Generator().manual_seed(23))
+    lengths = [cols, 1100, 1025, 1170]
+    for row, length in enumerate(lengths):
+        scores[row, length:] = torch.tensor([float("inf"), 1e30, float("nan")]).repeat(cols)[: cols - length]
+    assert_minmax_exact(scores, 64, lengths, device, f"minmax {kind} group_loads={group_loads}")
+
+
 def test_minmax_reuses_its_stats_buffers(device: str) -> None:
     """One pair of stats buffers serves consecutive selections (as `indexer_topk` reuses them chunk after chunk):
     the select resets the row tops it read. (A stale, higher top would not change a selection — the bound would
@@ -245,50 +261,6 @@ def test_minmax_reuses_its_stats_buffers(device: str) -> None:
         expected = select_topk_ref(scores, 64, lengths.cpu())
         assert_same_selection(picked, expected, scores, lengths.cpu(), score_tol=0.0, what="reused stats")
         assert not stats[1].any(), "the select must leave the row tops at zero"
-
-
-def test_tile_order_is_the_documented_layout() -> None:
-    """`to_tiled` puts (t, s) where `kernels.topk.tiled` says, and `from_tiled` takes it back, padding and all."""
-    rows, cols = 19, 45
-    matrix = torch.arange(rows * cols, dtype=torch.float32).view(rows, cols)
-    buffer = to_tiled(matrix)
-    assert buffer.shape == tiled_shape(rows, cols) == (24, 48)
-    t, s = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
-    at = (t // 8) * 8 * 48 + (s // 16) * 128 + 16 * (t % 8) + s % 16
-    assert torch.equal(buffer.flatten()[at], matrix)
-    assert torch.equal(from_tiled(buffer, rows, cols), matrix)
-    assert int(buffer.count_nonzero()) == rows * cols - 1  # the padding is zero (and so is entry 0)
-
-
-@pytest.mark.parametrize(
-    ("kind", "topk"),
-    [("narrow", 64), ("smooth", 64), ("ties", 64), ("signed", 64), ("spread", 700), ("hidden", 64)],
-)
-@pytest.mark.parametrize("group_loads", [True, False], ids=["group-loads", "key-loads"])
-def test_minmax_reads_scores_in_tile_order(
-    kind: str, topk: int, group_loads: bool, device: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The select reads tile-order scores (`launch_select_topk(tiled=True)`, as `indexer_topk` writes them) and
-    selects exactly what the row-major rows give, through the group list and through "compact"'s path ("spread"
-    at K = 700: fewer than K groups), over 11 rows (a part-empty second block) of different lengths, their last
-    groups part-past the length, loaded whole or key by key (`minmax.GROUP_LOADS`)."""
-    monkeypatch.setattr(minmax, "GROUP_LOADS", group_loads)
-    generator = torch.Generator().manual_seed(19)
-    rows, cols = 11, 1200
-    scores = make_scores(rows, cols, kind, generator)
-    lengths = torch.tensor([1200, 1100, 1025, 1199, 1200, 800, 1150, 1000, 1200, 1130, 1190])
-    rows_d, lengths_d = scores.to(device), lengths.to(device)
-    stats = group_stats_buffers(rows, cols, torch.device(device))
-    minmax._minmax_stats_kernel[(rows, 1)](
-        rows_d, lengths_d, stats[0], stats[1], stats[0].shape[1], rows_d.stride(0), stats[0].stride(0),
-        BLOCK=2048, GROUP=minmax.GROUP, INTERPRETED=minmax.INTERPRETED,
-    )  # fmt: skip
-    tiled = to_tiled(rows_d)
-    assert torch.equal(from_tiled(tiled, rows, cols), rows_d)
-    picked = torch.empty(rows, topk, dtype=torch.int32, device=device)
-    launch_select_topk(tiled[:rows], topk, lengths_d, picked, method="minmax", stats=stats, tiled=True)
-    expected = select_topk_ref(scores, topk, lengths)
-    assert_same_selection(picked, expected, scores, lengths, score_tol=0.0, what=f"tile-order minmax {kind}")
 
 
 def test_select_topk_rejects_bad_input(device: str) -> None:
