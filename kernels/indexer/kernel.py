@@ -386,9 +386,8 @@ def indexer_topk(
                 scores[: last - first], topk, lengths[first:last], out[first:last], method="radix"
             )
             continue
-        if (
-            buffer is None
-        ):  # rows of whole GROUP-key groups, which "minmax" loads whole (`minmax.GROUP_LOADS`)
+        if buffer is None:
+            # Rows of whole GROUP-key groups, which "minmax" loads whole (`minmax.GROUP_LOADS`).
             padded = triton.cdiv(keys, GROUP) * GROUP
             buffer = torch.empty(min(chunk, tokens), padded, dtype=torch.float32, device=q.device)
         if scratch is None and method not in ("radix", "torch"):

@@ -290,12 +290,9 @@ def _gather_candidates(
         col = group[:, None] * GROUP + tl.arange(0, GROUP)[None, :]  # [GROUPS, GROUP]
         listed = entry < n_listed
         valid = listed[:, None] & (col < length)
-        if (
-            WHOLE_GROUPS
-        ):  # one mask per group, so 16-byte loads (the keys past the row's length are dropped below)
-            key = _ordered_key(tl.load(row_scores + col, mask=listed[:, None], other=0.0))
-        else:
-            key = _ordered_key(tl.load(row_scores + col, mask=valid, other=0.0))
+        # WHOLE_GROUPS: one mask per group, so 16-byte loads (the keys past the row's length are dropped below).
+        loaded = listed[:, None] if WHOLE_GROUPS else valid
+        key = _ordered_key(tl.load(row_scores + col, mask=loaded, other=0.0))
         keep = tl.reshape(valid & (key >= bound), (BLOCK,))
         rank = n_cand + _running_count(keep.to(tl.int32)) - 1
         flat_key = tl.reshape(key, (BLOCK,))
