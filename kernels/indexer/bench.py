@@ -297,11 +297,11 @@ def switch_rounds(tokens: int, device: str, switch: str, rounds: int = 3) -> lis
 # Score-tile launches for `f16_logits_rounds` (e4m3, the MMA head sum): name -> options; the first is the old default.
 F16_TILE_VARIANTS = {
     "fp32 logits, cap 96": {"f16_logits": False},
-    "fp16 logits, cap 80": {"f16_logits": True},
+    "fp16 logits, cap 80": {"f16_logits": True, "max_registers": 80},
     "fp16 logits, cap 72": {"f16_logits": True, "max_registers": 72},
-    "fp16 logits, cap 64": {"f16_logits": True, "max_registers": 64},
-    "fp16 logits, cap 80, 64 key tiles": {"f16_logits": True, "key_tiles": 64},
+    "fp16 logits, cap 72, 64 key tiles": {"f16_logits": True, "max_registers": 72, "key_tiles": 64},
 }
+F16_CAPS = (80, 72)  # fp16-logit register caps timed in the indexer + top-k
 
 
 def selection_overlap(picked: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
@@ -312,18 +312,21 @@ def selection_overlap(picked: torch.Tensor, other: torch.Tensor) -> torch.Tensor
     return ((mine.gather(1, at) == theirs) & valid).sum(1) / valid.sum(1).clamp_min(1)
 
 
-def f16_logits_rounds(tokens: int, device: str, rounds: int = 3) -> list[dict[str, object]]:
+def f16_logits_rounds(tokens: int, device: str, rounds: int = 4) -> list[dict[str, object]]:
     """fp16 against fp32 logits (e4m3, the MMA head sum), alternating in one process: the indexer + "minmax" top-k
-    over one positional sequence, the score tiles with group extremes at SCORE_TILE_SHAPE in each of
-    F16_TILE_VARIANTS, and how much of the fp32-logit selection the fp16 one keeps (4096 rows, evenly spaced)."""
+    over one positional sequence (fp16 at each of F16_CAPS), the score tiles with group extremes at SCORE_TILE_SHAPE
+    in each of F16_TILE_VARIANTS, and how much of the fp32-logit selection the fp16 one keeps (4096 rows, evenly spaced)."""
     _, w, _, (q8, q_scale), (k8, k_scale) = positional_inputs_and_e4m3(tokens, device)
     options = {"max_buffer_bytes": 3 << 32, "topk_method": "minmax", "scales": (q_scale, k_scale)}
-    cases = {
-        f"indexer+topk N={tokens} e4m3, {kind} logits": functools.partial(
-            indexer_topk, q8, w, k8, TOPK, 0, f16_logits=kind == "fp16", **options
-        )
-        for kind in ("fp32", "fp16")
-    }
+
+    def with_cap(cap: int | None) -> torch.Tensor:  # fp32 logits when cap is None
+        indexer_kernel.E4M3_F16_MAX_REGISTERS = cap or default_cap
+        return indexer_topk(q8, w, k8, TOPK, 0, f16_logits=cap is not None, **options)
+
+    default_cap = indexer_kernel.E4M3_F16_MAX_REGISTERS
+    cases = {f"indexer+topk N={tokens} e4m3, fp32 logits": functools.partial(with_cap, None)}
+    for cap in F16_CAPS:
+        cases[f"indexer+topk N={tokens} e4m3, fp16 logits, cap {cap}"] = functools.partial(with_cap, cap)
     keys = min(SCORE_TILE_SHAPE[0], tokens)
     chunk = min(SCORE_TILE_SHAPE[1], keys)
     out = torch.empty(chunk, keys, device=device)
@@ -336,9 +339,12 @@ def f16_logits_rounds(tokens: int, device: str, rounds: int = 3) -> list[dict[st
             **variant,
         )  # fmt: skip
     results = []
-    for round_ in range(rounds):
-        for name, run in cases.items():
-            results.append({"case": name, "round": round_, "ms": bench_ms(run, budget_ms=1000)})
+    try:
+        for round_ in range(rounds):
+            for name, run in cases.items():
+                results.append({"case": name, "round": round_, "ms": bench_ms(run, budget_ms=1000)})
+    finally:
+        indexer_kernel.E4M3_F16_MAX_REGISTERS = default_cap
     rows = torch.linspace(0, tokens - 1, min(tokens, 4096), device=device).long()
     fp32_pick, fp16_pick = (run()[rows] for run in list(cases.values())[:2])
     kept = selection_overlap(fp16_pick, fp32_pick)
