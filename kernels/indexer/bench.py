@@ -294,70 +294,6 @@ def switch_rounds(tokens: int, device: str, switch: str, rounds: int = 3) -> lis
     return results
 
 
-# Score-tile launches for `f16_logits_rounds` (e4m3, the MMA head sum): name -> options; the first is the old default.
-F16_TILE_VARIANTS = {
-    "fp32 logits, cap 96": {"f16_logits": False},
-    "fp16 logits, cap 80": {"f16_logits": True, "max_registers": 80},
-    "fp16 logits, cap 72": {"f16_logits": True, "max_registers": 72},
-    "fp16 logits, cap 72, 64 key tiles": {"f16_logits": True, "max_registers": 72, "key_tiles": 64},
-}
-F16_CAPS = (80, 72)  # fp16-logit register caps timed in the indexer + top-k
-
-
-def selection_overlap(picked: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
-    """Per row, the fraction of `other`'s valid ids [R, K] (-1 padding) that `picked` [R, K] also holds."""
-    mine, theirs = picked.sort(dim=1).values, other.sort(dim=1).values
-    at = torch.searchsorted(mine, theirs).clamp(max=mine.shape[1] - 1)
-    valid = theirs >= 0
-    return ((mine.gather(1, at) == theirs) & valid).sum(1) / valid.sum(1).clamp_min(1)
-
-
-def f16_logits_rounds(tokens: int, device: str, rounds: int = 4) -> list[dict[str, object]]:
-    """fp16 against fp32 logits (e4m3, the MMA head sum), alternating in one process: the indexer + "minmax" top-k
-    over one positional sequence (fp16 at each of F16_CAPS), the score tiles with group extremes at SCORE_TILE_SHAPE
-    in each of F16_TILE_VARIANTS, and how much of the fp32-logit selection the fp16 one keeps (4096 rows, evenly spaced)."""
-    _, w, _, (q8, q_scale), (k8, k_scale) = positional_inputs_and_e4m3(tokens, device)
-    options = {"max_buffer_bytes": 3 << 32, "topk_method": "minmax", "scales": (q_scale, k_scale)}
-
-    def with_cap(cap: int | None) -> torch.Tensor:  # fp32 logits when cap is None
-        indexer_kernel.E4M3_F16_MAX_REGISTERS = cap or default_cap
-        return indexer_topk(q8, w, k8, TOPK, 0, f16_logits=cap is not None, **options)
-
-    default_cap = indexer_kernel.E4M3_F16_MAX_REGISTERS
-    cases = {f"indexer+topk N={tokens} e4m3, fp32 logits": functools.partial(with_cap, None)}
-    for cap in F16_CAPS:
-        cases[f"indexer+topk N={tokens} e4m3, fp16 logits, cap {cap}"] = functools.partial(with_cap, cap)
-    keys = min(SCORE_TILE_SHAPE[0], tokens)
-    chunk = min(SCORE_TILE_SHAPE[1], keys)
-    out = torch.empty(chunk, keys, device=device)
-    stats = group_stats_buffers(chunk, keys, device)
-    tile_args = (q8[keys - chunk : keys], w[keys - chunk : keys], k8[:keys], keys - chunk, out)
-    tile_scales = (q_scale[keys - chunk : keys], k_scale[:keys])
-    for name, variant in F16_TILE_VARIANTS.items():
-        cases[f"score tiles {chunk} x {keys}, {name}"] = functools.partial(
-            launch_indexer_scores, *tile_args, fill_future=False, scales=tile_scales, stats=stats, head_mma=True,
-            **variant,
-        )  # fmt: skip
-    results = []
-    try:
-        for round_ in range(rounds):
-            for name, run in cases.items():
-                results.append({"case": name, "round": round_, "ms": bench_ms(run, budget_ms=1000)})
-    finally:
-        indexer_kernel.E4M3_F16_MAX_REGISTERS = default_cap
-    rows = torch.linspace(0, tokens - 1, min(tokens, 4096), device=device).long()
-    fp32_pick, fp16_pick = (run()[rows] for run in list(cases.values())[:2])
-    kept = selection_overlap(fp16_pick, fp32_pick)
-    results.append(
-        {
-            "case": "fp16-logit selection keeps of fp32's",
-            "kept_mean": kept.mean().item(),
-            "kept_min": kept.min().item(),
-        }
-    )
-    return results
-
-
 # "minmax" select configs for `select_config_rounds`: (lanes per step, warps, register cap); the first is the default.
 SELECT_CONFIGS = [(1024, 8, 64), (2048, 8, 80), (1024, 4, 80), (1024, 4, 64)]
 
@@ -485,8 +421,6 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict[str, object]]]:
          "the row's top byte from a pass over its extremes or from their writers"),
         ("group-loads-rounds", "the minmax gather-load A-B", lambda n: switch_rounds(n, device, "GROUP_LOADS"),
          "minmax gather loads", "the gather's loads masked per key or per group"),
-        ("f16-logits-rounds", "the fp16/fp32 logit A-B", lambda n: f16_logits_rounds(n, device), "indexer fp16 logits",
-         "indexer e4m3: fp32 against fp16 logits (indexer + top-k, score tile variants, selections kept)"),
     ]  # fmt: skip
     for flag, what, *_ in single_runs:
         parser.add_argument(f"--{flag}", type=int, default=0, metavar="N", help=f"only {what} at N")
