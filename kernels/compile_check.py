@@ -56,7 +56,6 @@ INDEXER_SCORES = {  # the score kernel's bf16 launch at Keye's shapes, with the 
     "GROUP": minmax.GROUP,
     "OFFSETS_32": True,
     "HEAD_MMA": False,
-    "STORE_SCORES": True,
     "INTERPRETED": False,
 }
 FLOATS = ("qk_scale", "eps")

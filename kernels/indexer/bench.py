@@ -294,71 +294,6 @@ def switch_rounds(tokens: int, device: str, switch: str, rounds: int = 3) -> lis
     return results
 
 
-# The score stores probed by `score_store_rounds`: name -> (buffer dtype, store_scores).
-SCORE_STORES = {
-    "fp32 scores": (torch.float32, True),
-    "bf16 scores": (torch.bfloat16, True),
-    "extremes only": (None, False),
-}
-
-
-def score_store_rounds(tokens: int, device: str, rounds: int = 3) -> list[dict[str, object]]:
-    """What the score stores cost: the e4m3 score pass of `indexer_topk` at N (its "minmax" chunking, group extremes,
-    the MMA head sum; no select) and the score tiles at SCORE_TILE_SHAPE, each storing fp32 scores (today), bf16
-    ones (half the bytes) or none (the extremes alone), alternating in one process; the whole indexer + top-k too."""
-    _, w, _, (q8, q_scale), (k8, k_scale) = positional_inputs_and_e4m3(tokens, device)
-    chunk = max(64, ((3 << 32) // (14 * tokens)) // 64 * 64)  # `indexer_topk`'s chunk for "minmax"
-    padded = -(-tokens // minmax.GROUP) * minmax.GROUP
-    buffers = {torch.float32: torch.empty(min(chunk, tokens), padded, device=device)}
-    buffers[torch.bfloat16] = torch.empty(min(chunk, tokens), padded, device=device, dtype=torch.bfloat16)
-    stats = group_stats_buffers(min(chunk, tokens), padded, device)
-
-    def score_pass(dtype: torch.dtype | None, store: bool) -> None:
-        for first in range(0, tokens, chunk):
-            last = min(first + chunk, tokens)
-            launch_indexer_scores(
-                q8[first:last], w[first:last], k8[:last], first, buffers[dtype or torch.float32], fill_future=False,
-                scales=(q_scale[first:last], k_scale[:last]), stats=stats, head_mma=True, store_scores=store,
-            )  # fmt: skip
-
-    keys = min(SCORE_TILE_SHAPE[0], tokens)
-    rows = min(SCORE_TILE_SHAPE[1], keys)
-    tile_out = {
-        dtype: torch.empty(rows, keys, device=device, dtype=dtype)
-        for dtype in (torch.float32, torch.bfloat16)
-    }
-    tile_stats = group_stats_buffers(rows, keys, device)
-
-    def tile(dtype: torch.dtype | None, store: bool) -> None:
-        launch_indexer_scores(
-            q8[keys - rows : keys], w[keys - rows : keys], k8[:keys], keys - rows, tile_out[dtype or torch.float32],
-            fill_future=False, scales=(q_scale[keys - rows : keys], k_scale[:keys]), stats=tile_stats, head_mma=True,
-            store_scores=store,
-        )  # fmt: skip
-
-    cases = {
-        f"indexer+topk N={tokens} e4m3": functools.partial(
-            indexer_topk,
-            q8,
-            w,
-            k8,
-            TOPK,
-            0,
-            max_buffer_bytes=3 << 32,
-            topk_method="minmax",
-            scales=(q_scale, k_scale),
-        )
-    }
-    for name, (dtype, store) in SCORE_STORES.items():
-        cases[f"score pass N={tokens}, {name}"] = functools.partial(score_pass, dtype, store)
-        cases[f"score tiles {rows} x {keys}, {name}"] = functools.partial(tile, dtype, store)
-    results = []
-    for round_ in range(rounds):
-        for name, run in cases.items():
-            results.append({"case": name, "round": round_, "ms": bench_ms(run, budget_ms=1000)})
-    return results
-
-
 # "minmax" select configs for `select_config_rounds`: (lanes per step, warps, register cap); the first is the default.
 SELECT_CONFIGS = [(1024, 8, 64), (2048, 8, 80), (1024, 4, 80), (1024, 4, 64)]
 
@@ -486,8 +421,6 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict[str, object]]]:
          "the row's top byte from a pass over its extremes or from their writers"),
         ("group-loads-rounds", "the minmax gather-load A-B", lambda n: switch_rounds(n, device, "GROUP_LOADS"),
          "minmax gather loads", "the gather's loads masked per key or per group"),
-        ("score-store-rounds", "the score-store probe", lambda n: score_store_rounds(n, device),
-         "indexer score stores", "indexer e4m3 score pass and tiles: fp32, bf16 or no score stores"),
     ]  # fmt: skip
     for flag, what, *_ in single_runs:
         parser.add_argument(f"--{flag}", type=int, default=0, metavar="N", help=f"only {what} at N")

@@ -35,7 +35,7 @@ def _score_tile(k_ptr, k_scale_ptr, out_rows, ext_rows, q_all, w_col, w_mat, s0,
                 stride_ks, HP: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr,
                 BLOCK_S: tl.constexpr, PRECISION: tl.constexpr, FP8: tl.constexpr, GROUP: tl.constexpr,
                 OFFSETS_32: tl.constexpr, MASKED: tl.constexpr, HEAD_MMA: tl.constexpr,
-                STORE_SCORES: tl.constexpr, INTERPRETED: tl.constexpr):  # fmt: skip
+                INTERPRETED: tl.constexpr):  # fmt: skip
     """Score keys s0 .. s0 + BLOCK_S against the program's queries and store them (and their packed group
     extremes, `kernels.topk.minmax`). Returns those extremes as uint32 [GROUPS, BLOCK_T] (zeros without
     GROUP), for the program's row tops. MASKED = False: every query sees every key of the tile, so no mask is
@@ -82,17 +82,15 @@ def _score_tile(k_ptr, k_scale_ptr, out_rows, ext_rows, q_all, w_col, w_mat, s0,
     extremes = tl.zeros((GROUPS, BLOCK_T), dtype=tl.uint32)
     if MASKED:
         visible = offs_s[None, :] <= (start + offs_t)[:, None]
-        if STORE_SCORES:
-            tl.store(out_rows[:, None] + offs_s[None, :], tl.where(visible, scores, float("-inf")),
-                     mask=t_ok[:, None] & (offs_s < S)[None, :])  # fmt: skip
+        tl.store(out_rows[:, None] + offs_s[None, :], tl.where(visible, scores, float("-inf")),
+                 mask=t_ok[:, None] & (offs_s < S)[None, :])  # fmt: skip
         if GROUP > 0:
             stat_ok = t_ok[:, None] & (slot < tl.cdiv(S, GROUP))[None, :]
             packed = _group_extremes(scores, visible, BLOCK_T, GROUPS, GROUP, INTERPRETED)  # [T, GROUPS]
             tl.store(ext_rows[:, None] + slot[None, :], packed, mask=stat_ok)
             extremes = tl.trans(packed).to(tl.uint32, bitcast=True)
     else:
-        if STORE_SCORES:
-            tl.store(out_rows[:, None] + offs_s[None, :], scores, mask=t_ok[:, None])
+        tl.store(out_rows[:, None] + offs_s[None, :], scores, mask=t_ok[:, None])
         if GROUP > 0:
             # Max and min over a thread's own keys in fp32 (sums start at +0.0, never -0.0, so fp32 orders them as
             # their keys do), then packed and reduced across lanes; before the transpose: keys along rows.
@@ -141,7 +139,6 @@ def _indexer_scores_kernel(
     GROUP: tl.constexpr,  # > 0: also write each GROUP-key group's packed extremes and the row tops ("minmax")
     OFFSETS_32: tl.constexpr,  # every key's element offset fits int32
     HEAD_MMA: tl.constexpr,  # the weighted head sum on the tensor cores, in bf16 (`launch_indexer_scores`)
-    STORE_SCORES: tl.constexpr,  # False: the group extremes alone (a probe, `launch_indexer_scores`)
     INTERPRETED: tl.constexpr,  # under TRITON_INTERPRET: no inline assembly, fp32 head products
 ):
     pid_t = tl.program_id(0)
@@ -181,12 +178,12 @@ def _indexer_scores_kernel(
         for s0 in range(s_begin, s_full, BLOCK_S):
             tile_best = _score_tile(k_ptr, k_scale_ptr, out_rows, ext_rows, q_all, w_col, w_mat, s0, S, start, offs_t,
                         t_ok, stride_ks, HP, D, BLOCK_D, BLOCK_T, BLOCK_S, PRECISION, FP8, GROUP, OFFSETS_32, False,
-                        HEAD_MMA, STORE_SCORES, INTERPRETED)  # fmt: skip
+                        HEAD_MMA, INTERPRETED)  # fmt: skip
             best = tl.maximum(best, tile_best)
         for s0 in range(s_full, s_end, BLOCK_S):
             tile_best = _score_tile(k_ptr, k_scale_ptr, out_rows, ext_rows, q_all, w_col, w_mat, s0, S, start, offs_t,
                         t_ok, stride_ks, HP, D, BLOCK_D, BLOCK_T, BLOCK_S, PRECISION, FP8, GROUP, OFFSETS_32, True,
-                        HEAD_MMA, STORE_SCORES, INTERPRETED)  # fmt: skip
+                        HEAD_MMA, INTERPRETED)  # fmt: skip
             best = tl.maximum(best, tile_best)
         if GROUP > 0:  # the top byte of each row's largest key here, for the select's first digit
             top = (tl.max(best, 0) >> 24).to(tl.int32)
@@ -226,7 +223,6 @@ def launch_indexer_scores(
     num_stages: int = 3,
     max_registers: int | None = None,
     head_mma: bool = False,
-    store_scores: bool = True,
 ) -> None:
     """Score q [T, H, D] against k [S, D] into out [T, >= S] (row stride out.stride(0)); no checks.
     `scales` = (q_scale [T, H], k_scale [S]) for e4m3 q and k; `stats` = (int32 [T, >= ceil(S / GROUP)], int32
@@ -249,10 +245,7 @@ def launch_indexer_scores(
     relative error twice (the logit's rounding and w's), so a score is within 2^-7 of sum_h |w_h| ReLU(.)
     of the fp32 sum: far below e4m3 inputs' own rounding, a visible loosening for bf16 ones. Session 19 on the
     H200: the loop step 274 -> 176 instructions, 168 -> 112 registers; e4m3 tiles +5-20 % (32K sweep, two
-    machines), indexer + top-k at 256K 11 % faster; bf16 level to +13 % in the sweep, 3-4 % at 256K.
-
-    `store_scores` = False writes only the group extremes (a probe of what the score stores cost; `out` untouched
-    but for `fill_future`)."""
+    machines), indexer + top-k at 256K 11 % faster; bf16 level to +13 % in the sweep, 3-4 % at 256K."""
     tokens, heads, dim = q.shape
     keys = k.shape[0]
     if tokens == 0 or keys == 0:
@@ -275,7 +268,7 @@ def launch_indexer_scores(
         H=heads, HP=padded_heads, D=dim, BLOCK_D=block_d, BLOCK_T=block_t, BLOCK_S=block_s, KEY_TILES=key_tiles,
         FILL_FUTURE=fill_future, PRECISION=precision, FP8=scales is not None,
         GROUP=GROUP if stats is not None else 0, OFFSETS_32=(keys - 1) * k.stride(0) + dim < 2**31, HEAD_MMA=head_mma,
-        STORE_SCORES=store_scores, INTERPRETED=INTERPRETED,
+        INTERPRETED=INTERPRETED,
         num_warps=num_warps, num_stages=num_stages, **({"maxnreg": max_registers} if max_registers else {}),
     )  # fmt: skip
 
