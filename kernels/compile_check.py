@@ -56,7 +56,6 @@ INDEXER_SCORES = {  # the score kernel's bf16 launch at Keye's shapes, with the 
     "GROUP": minmax.GROUP,
     "OFFSETS_32": True,
     "HEAD_MMA": False,
-    "F16_LOGITS": False,
     "INTERPRETED": False,
 }
 FLOATS = ("qk_scale", "eps")
@@ -147,15 +146,7 @@ CASES = [
         {**INDEXER_POINTERS, "q_ptr": "*fp8e4nv", "k_ptr": "*fp8e4nv"},
         4,
         3,
-        indexer.E4M3_MMA_MAX_REGISTERS,  # its launch with fp32 logits: five programs per SM
-    ),
-    (
-        indexer._indexer_scores_kernel,
-        {**INDEXER_SCORES, "FP8": True, "HEAD_MMA": True, "F16_LOGITS": True},  # ... on fp16 logits: the default
-        {**INDEXER_POINTERS, "q_ptr": "*fp8e4nv", "k_ptr": "*fp8e4nv"},
-        4,
-        3,
-        indexer.E4M3_F16_MAX_REGISTERS,  # six programs per SM
+        indexer.E4M3_MMA_MAX_REGISTERS,  # its default launch: five programs per SM
     ),
     (
         indexer_quantize._quantize_kernel,

@@ -294,68 +294,6 @@ def switch_rounds(tokens: int, device: str, switch: str, rounds: int = 3) -> lis
     return results
 
 
-# Score-kernel launches for `f16_logits_rounds` (e4m3, the MMA head sum): name -> (f16_logits, launch options); the
-# first is the default before session 25.
-F16_VARIANTS = {
-    "fp32 logits, 8 queries, cap 96": (False, {}),
-    "fp16 logits, 16 queries": (True, {"block_t": 16, "max_registers": 0}),
-    "fp16 logits, 16 queries, cap 128": (True, {"block_t": 16, "max_registers": 128}),
-    "fp32 logits, 16 queries": (False, {"block_t": 16, "max_registers": 0}),
-    "fp16 logits, 8 queries, cap 72": (True, {"max_registers": 72}),
-}
-
-
-def selection_overlap(picked: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
-    """Per row, the fraction of `other`'s valid ids [R, K] (-1 padding) that `picked` [R, K] also holds."""
-    mine, theirs = picked.sort(dim=1).values, other.sort(dim=1).values
-    at = torch.searchsorted(mine, theirs).clamp(max=mine.shape[1] - 1)
-    valid = theirs >= 0
-    return ((mine.gather(1, at) == theirs) & valid).sum(1) / valid.sum(1).clamp_min(1)
-
-
-def f16_logits_rounds(tokens: int, device: str, rounds: int = 3) -> list[dict[str, object]]:
-    """fp16 against fp32 logits and 16 against 8 queries per program (e4m3, the MMA head sum; F16_VARIANTS),
-    alternating in one process: the indexer + "minmax" top-k over one positional sequence, the score tiles with group
-    extremes at SCORE_TILE_SHAPE, and how much of the first variant's selection the second keeps (4096 rows)."""
-    _, w, _, (q8, q_scale), (k8, k_scale) = positional_inputs_and_e4m3(tokens, device)
-    options = {"max_buffer_bytes": 3 << 32, "topk_method": "minmax", "scales": (q_scale, k_scale)}
-    launch = indexer_kernel.launch_indexer_scores
-
-    def whole(f16: bool, variant: dict[str, int]) -> torch.Tensor:
-        indexer_kernel.launch_indexer_scores = functools.partial(launch, **variant)
-        try:
-            return indexer_topk(q8, w, k8, TOPK, 0, f16_logits=f16, **options)
-        finally:
-            indexer_kernel.launch_indexer_scores = launch
-
-    keys = min(SCORE_TILE_SHAPE[0], tokens)
-    chunk = min(SCORE_TILE_SHAPE[1], keys)
-    out = torch.empty(chunk, keys, device=device)
-    stats = group_stats_buffers(chunk, keys, device)
-    tile_args = (q8[keys - chunk : keys], w[keys - chunk : keys], k8[:keys], keys - chunk, out)
-    tile_scales = (q_scale[keys - chunk : keys], k_scale[:keys])
-    cases = {}
-    for name, (f16, variant) in F16_VARIANTS.items():
-        cases[f"indexer+topk N={tokens} e4m3, {name}"] = functools.partial(whole, f16, variant)
-    for name, (f16, variant) in F16_VARIANTS.items():
-        cases[f"score tiles {chunk} x {keys}, {name}"] = functools.partial(
-            launch, *tile_args, fill_future=False, scales=tile_scales, stats=stats, head_mma=True, f16_logits=f16,
-            **variant,
-        )  # fmt: skip
-    results = []
-    for round_ in range(rounds):
-        for name, run in cases.items():
-            results.append({"case": name, "round": round_, "ms": bench_ms(run, budget_ms=1000)})
-    rows = torch.linspace(0, tokens - 1, min(tokens, 4096), device=device).long()
-    first, second = (run()[rows] for run in list(cases.values())[:2])
-    kept = selection_overlap(second, first)
-    results.append(
-        {"case": "second variant's selection keeps of the first's", "kept_mean": kept.mean().item(),
-         "kept_min": kept.min().item()}
-    )  # fmt: skip
-    return results
-
-
 # "minmax" select configs for `select_config_rounds`: (lanes per step, warps, register cap); the first is the default.
 SELECT_CONFIGS = [(1024, 8, 64), (2048, 8, 80), (1024, 4, 80), (1024, 4, 64)]
 
@@ -483,8 +421,6 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict[str, object]]]:
          "the row's top byte from a pass over its extremes or from their writers"),
         ("group-loads-rounds", "the minmax gather-load A-B", lambda n: switch_rounds(n, device, "GROUP_LOADS"),
          "minmax gather loads", "the gather's loads masked per key or per group"),
-        ("f16-logits-rounds", "the fp16/fp32 logit A-B", lambda n: f16_logits_rounds(n, device), "indexer fp16 logits",
-         "indexer e4m3: fp32 against fp16 logits (indexer + top-k, score tile variants, selections kept)"),
     ]  # fmt: skip
     for flag, what, *_ in single_runs:
         parser.add_argument(f"--{flag}", type=int, default=0, metavar="N", help=f"only {what} at N")

@@ -16,7 +16,6 @@ import triton.language as tl
 
 from kernels._validate import require
 from kernels.indexer.decode import launch_indexer_decode_scores
-from kernels.indexer.e4m3 import round_to_e4m3
 from kernels.indexer.reference import causal_lengths, check_indexer_args, check_indexer_fp8_args
 from kernels.indexer.rows import auto_topk_method, contiguous_last, torch_topk_rows
 from kernels.topk.kernel import TOPK_METHODS, launch_select_topk
@@ -32,10 +31,10 @@ from kernels.topk.minmax import (
 
 
 @triton.jit
-def _score_tile(k_ptr, k_scale_ptr, out_rows, ext_rows, q_all, w_col, w_mat, row_scale, s0, S, start, offs_t,
-                t_ok, stride_ks, HP: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr,
+def _score_tile(k_ptr, k_scale_ptr, out_rows, ext_rows, q_all, w_col, w_mat, s0, S, start, offs_t, t_ok,
+                stride_ks, HP: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr,
                 BLOCK_S: tl.constexpr, PRECISION: tl.constexpr, FP8: tl.constexpr, GROUP: tl.constexpr,
-                OFFSETS_32: tl.constexpr, MASKED: tl.constexpr, HEAD_MMA: tl.constexpr, F16_LOGITS: tl.constexpr,
+                OFFSETS_32: tl.constexpr, MASKED: tl.constexpr, HEAD_MMA: tl.constexpr,
                 INTERPRETED: tl.constexpr):  # fmt: skip
     """Score keys s0 .. s0 + BLOCK_S against the program's queries and store them (and their packed group
     extremes, `kernels.topk.minmax`). Returns those extremes as uint32 [GROUPS, BLOCK_T] (zeros without
@@ -50,22 +49,10 @@ def _score_tile(k_ptr, k_scale_ptr, out_rows, ext_rows, q_all, w_col, w_mat, row
     else:
         k_tile = tl.load(k_ptrs)  # [BLOCK_S, BLOCK_D]
     # [BLOCK_S, HP * BLOCK_T]; e4m3 products are exact in fp32 and take no precision argument
-    if F16_LOGITS and not INTERPRETED:  # summed in fp16 (q's columns shrunk to fit, `_shrink_for_f16_logits`)
-        logits = tl.dot(k_tile, q_all, out_dtype=tl.float16)
-    else:
-        logits = tl.dot(k_tile, q_all) if FP8 else tl.dot(k_tile, q_all, input_precision=PRECISION)
+    logits = tl.dot(k_tile, q_all) if FP8 else tl.dot(k_tile, q_all, input_precision=PRECISION)
     if HEAD_MMA:  # the weighted head sum as a second product, ReLU'd logits rounded to w_mat's 16 bits
-        if INTERPRETED:  # no inline assembly or fp16 sums there: the product in fp32, logits rounded once
-            relu = tl.maximum(logits.to(tl.float16).to(tl.float32) if F16_LOGITS else logits, 0.0)
-        elif F16_LOGITS:  # ReLU of two fp16 logits in one instruction
-            relu = tl.inline_asm_elementwise(
-                "{ .reg .b32 z; mov.b32 z, 0; max.f16x2 $0, $1, z; }",
-                "=r,r",
-                [logits],
-                dtype=tl.float16,
-                is_pure=True,
-                pack=2,
-            )
+        if INTERPRETED:  # no inline assembly there: the same product in fp32, unrounded
+            relu = tl.maximum(logits, 0.0)
         else:  # ReLU and the bf16 rounding of two logits in one instruction
             relu = tl.inline_asm_elementwise(
                 "cvt.rn.relu.bf16x2.f32 $0, $2, $1;",
@@ -78,8 +65,6 @@ def _score_tile(k_ptr, k_scale_ptr, out_rows, ext_rows, q_all, w_col, w_mat, row
         pairs = tl.dot(relu, w_mat)  # [BLOCK_S, 2 * BLOCK_T]: query t in column 2 t, the odd columns 0
         scores, _ = tl.split(tl.reshape(pairs, (BLOCK_S, BLOCK_T, 2)))
         scores = scores + 0.0  # a sum of -0.0 products may come out -0.0; the ordering below needs +0.0
-        if F16_LOGITS:
-            scores = scores * row_scale[None, :]  # the per-query power of two taken out of w_mat
     else:
         # Column h * BLOCK_T + t: each thread holds every head of its queries, so this sum stays in its registers.
         scores = tl.sum(tl.reshape(tl.maximum(logits, 0.0) * w_col[None, :], (BLOCK_S, HP, BLOCK_T)), 1)
@@ -121,33 +106,6 @@ def _score_tile(k_ptr, k_scale_ptr, out_rows, ext_rows, q_all, w_col, w_mat, row
     return extremes
 
 
-# The fp16 logits' budget: below fp16's largest value (65504) by the growth that q's re-rounding to e4m3 can add
-# (a factor 1 + 2^-4 and 64 half-steps of its smallest subnormal, 2^-10, times k's 448).
-LOGIT_BOUND = tl.constexpr(60000.0)
-
-
-@triton.jit
-def _shrink_for_f16_logits(q_all, w_col, HP: tl.constexpr, BLOCK_T: tl.constexpr, INTERPRETED: tl.constexpr):
-    """Scale q [D, HP * BLOCK_T] and w [HP * BLOCK_T] for the fp16 path: no partial sum of an e4m3 logit may leave
-    fp16's range, and |q . k| <= sum |q| * 448 for any e4m3 k, so each (head, query) column is divided by the power
-    of two that brings that bound under LOGIT_BOUND (exact but for values that become e4m3 subnormals, rounded
-    once more) and its weight multiplied by it. Then each query's weights are divided by the power of two at or
-    below their largest magnitude, so w_mat fits fp16 whatever the scales; returned as row_scale [BLOCK_T]."""
-    q_wide = q_all.to(tl.float32)
-    bound = tl.maximum(tl.sum(tl.abs(q_wide), 0) * (448.0 / LOGIT_BOUND), 1.0)
-    shift_bits = (bound.to(tl.int32, bitcast=True) + 0x7FFFFF) & 0x7F800000  # 2^ceil(log2(bound))
-    inverse = (0x7F000000 - shift_bits).to(tl.float32, bitcast=True)
-    q_shrunk = q_wide * inverse[None, :]
-    if INTERPRETED:  # its e4m3 cast drops the carry when rounding crosses a power of two (`round_to_e4m3`)
-        q_shrunk = round_to_e4m3(q_shrunk)
-    q_all = q_shrunk.to(tl.float8e4nv)  # round to nearest even (the GPU's cvt.rn)
-    w_col = w_col * shift_bits.to(tl.float32, bitcast=True)
-    top_bits = tl.max(tl.reshape(tl.abs(w_col), (HP, BLOCK_T)), 0).to(tl.int32, bitcast=True) & 0x7F800000
-    row_scale = tl.where(top_bits > 0, top_bits.to(tl.float32, bitcast=True), 1.0)  # [BLOCK_T]
-    w_col = w_col / tl.reshape(tl.broadcast_to(row_scale[None, :], (HP, BLOCK_T)), (HP * BLOCK_T,))
-    return q_all, w_col, row_scale
-
-
 @triton.jit
 def _indexer_scores_kernel(
     q_ptr,
@@ -181,7 +139,6 @@ def _indexer_scores_kernel(
     GROUP: tl.constexpr,  # > 0: also write each GROUP-key group's packed extremes and the row tops ("minmax")
     OFFSETS_32: tl.constexpr,  # every key's element offset fits int32
     HEAD_MMA: tl.constexpr,  # the weighted head sum on the tensor cores, in bf16 (`launch_indexer_scores`)
-    F16_LOGITS: tl.constexpr,  # e4m3 logits summed in fp16 and the head sum in fp16 (`launch_indexer_scores`)
     INTERPRETED: tl.constexpr,  # under TRITON_INTERPRET: no inline assembly, fp32 head products
 ):
     pid_t = tl.program_id(0)
@@ -210,29 +167,23 @@ def _indexer_scores_kernel(
         w_col = tl.load(w_ptr + col_t * stride_wt + col_h, mask=col_ok, other=0.0).to(tl.float32)
         if FP8:  # the query's positive power-of-two scale joins its weight
             w_col = w_col * tl.load(q_scale_ptr + col_t * stride_qst + col_h, mask=col_ok, other=0.0)
-        row_scale = tl.full((BLOCK_T,), 1.0, dtype=tl.float32)
-        if F16_LOGITS:
-            q_all, w_col, row_scale = _shrink_for_f16_logits(q_all, w_col, HP, BLOCK_T, INTERPRETED)
         # w_mat[h * BLOCK_T + t, 2 * t] = w[t, h]: the head sum as a product (HEAD_MMA); other entries 0
         w_mat = tl.where(
             (cols % BLOCK_T)[:, None] * 2 == tl.arange(0, 2 * BLOCK_T)[None, :], w_col[:, None], 0.0
         )
-        if INTERPRETED:  # fp32 products there, on the values fp16 would hold
-            w_mat = w_mat.to(tl.float16).to(tl.float32) if F16_LOGITS else w_mat
-        else:
-            w_mat = w_mat.to(tl.float16 if F16_LOGITS else tl.bfloat16)
+        w_mat = w_mat.to(tl.float32 if INTERPRETED else tl.bfloat16)
         ext_rows = ext_ptr + offs_t.to(tl.int64) * stride_stat
         GROUPS: tl.constexpr = BLOCK_S // GROUP if GROUP > 0 else 1
         best = tl.zeros((GROUPS, BLOCK_T), dtype=tl.uint32)  # the largest packed extremes seen, per query
         for s0 in range(s_begin, s_full, BLOCK_S):
-            tile_best = _score_tile(k_ptr, k_scale_ptr, out_rows, ext_rows, q_all, w_col, w_mat, row_scale, s0, S,
-                        start, offs_t, t_ok, stride_ks, HP, D, BLOCK_D, BLOCK_T, BLOCK_S, PRECISION, FP8, GROUP,
-                        OFFSETS_32, False, HEAD_MMA, F16_LOGITS, INTERPRETED)  # fmt: skip
+            tile_best = _score_tile(k_ptr, k_scale_ptr, out_rows, ext_rows, q_all, w_col, w_mat, s0, S, start, offs_t,
+                        t_ok, stride_ks, HP, D, BLOCK_D, BLOCK_T, BLOCK_S, PRECISION, FP8, GROUP, OFFSETS_32, False,
+                        HEAD_MMA, INTERPRETED)  # fmt: skip
             best = tl.maximum(best, tile_best)
         for s0 in range(s_full, s_end, BLOCK_S):
-            tile_best = _score_tile(k_ptr, k_scale_ptr, out_rows, ext_rows, q_all, w_col, w_mat, row_scale, s0, S,
-                        start, offs_t, t_ok, stride_ks, HP, D, BLOCK_D, BLOCK_T, BLOCK_S, PRECISION, FP8, GROUP,
-                        OFFSETS_32, True, HEAD_MMA, F16_LOGITS, INTERPRETED)  # fmt: skip
+            tile_best = _score_tile(k_ptr, k_scale_ptr, out_rows, ext_rows, q_all, w_col, w_mat, s0, S, start, offs_t,
+                        t_ok, stride_ks, HP, D, BLOCK_D, BLOCK_T, BLOCK_S, PRECISION, FP8, GROUP, OFFSETS_32, True,
+                        HEAD_MMA, INTERPRETED)  # fmt: skip
             best = tl.maximum(best, tile_best)
         if GROUP > 0:  # the top byte of each row's largest key here, for the select's first digit
             top = (tl.max(best, 0) >> 24).to(tl.int32)
@@ -253,9 +204,6 @@ INTERPRETED = not isinstance(_indexer_scores_kernel, triton.JITFunction)
 # 32K tiles 524-535 TFLOP/s against 441-512, indexer + top-k at 256K 189.0-189.2 -> 183.5-184.1 ms (same selections).
 # The FMA head sum holds 144-147 registers and spills ~175 instructions at 96: no cap there.
 E4M3_MMA_MAX_REGISTERS = 96
-# ... and with fp16 logits (`f16_logits`), whose accumulators take half the registers: 80 holds six programs per SM
-# with no spill (78 used, Triton 3.6); 72 (seven) spills two instructions in the loop.
-E4M3_F16_MAX_REGISTERS = 80
 
 
 def launch_indexer_scores(
@@ -275,7 +223,6 @@ def launch_indexer_scores(
     num_stages: int = 3,
     max_registers: int | None = None,
     head_mma: bool = False,
-    f16_logits: bool = False,
 ) -> None:
     """Score q [T, H, D] against k [S, D] into out [T, >= S] (row stride out.stride(0)); no checks.
     `scales` = (q_scale [T, H], k_scale [S]) for e4m3 q and k; `stats` = (int32 [T, >= ceil(S / GROUP)], int32
@@ -298,15 +245,7 @@ def launch_indexer_scores(
     relative error twice (the logit's rounding and w's), so a score is within 2^-7 of sum_h |w_h| ReLU(.)
     of the fp32 sum: far below e4m3 inputs' own rounding, a visible loosening for bf16 ones. Session 19 on the
     H200: the loop step 274 -> 176 instructions, 168 -> 112 registers; e4m3 tiles +5-20 % (32K sweep, two
-    machines), indexer + top-k at 256K 11 % faster; bf16 level to +13 % in the sweep, 3-4 % at 256K.
-
-    `f16_logits` (e4m3 with `head_mma`) accumulates the logits in fp16 and sums the heads with fp16 weights:
-    half the accumulator registers, so more programs per SM for a tile that is latency-bound. Each program first
-    divides each of its q columns by the power of two that keeps any logit's partial sums inside fp16 for any
-    e4m3 key (`_shrink_for_f16_logits`; the weight takes the factor back), which rounds only the values that
-    become e4m3 subnormals; a logit then carries fp16's 2^-11 relative rounding per accumulation step instead
-    of bf16's 2^-8 once."""
-    require(not f16_logits or (head_mma and scales is not None), "f16_logits needs e4m3 inputs and head_mma")
+    machines), indexer + top-k at 256K 11 % faster; bf16 level to +13 % in the sweep, 3-4 % at 256K."""
     tokens, heads, dim = q.shape
     keys = k.shape[0]
     if tokens == 0 or keys == 0:
@@ -318,8 +257,7 @@ def launch_indexer_scores(
     # The register cap where it was measured: e4m3, MMA head sum, Keye's 16 x 64 at the default tile.
     if max_registers is None:
         measured = (block_t, block_s, block_d, padded_heads, num_warps) == (8, 64, 64, 16, 4)
-        cap = E4M3_F16_MAX_REGISTERS if f16_logits else E4M3_MMA_MAX_REGISTERS
-        max_registers = cap if head_mma and scales is not None and measured else 0
+        max_registers = E4M3_MMA_MAX_REGISTERS if head_mma and scales is not None and measured else 0
     precision = "tf32x3" if q.dtype == torch.float32 else "tf32"
     grid = (triton.cdiv(tokens, block_t), triton.cdiv(keys, block_s * key_tiles))
     q_scale, k_scale = scales if scales is not None else (w, w)  # unused placeholders when not FP8
@@ -330,7 +268,7 @@ def launch_indexer_scores(
         H=heads, HP=padded_heads, D=dim, BLOCK_D=block_d, BLOCK_T=block_t, BLOCK_S=block_s, KEY_TILES=key_tiles,
         FILL_FUTURE=fill_future, PRECISION=precision, FP8=scales is not None,
         GROUP=GROUP if stats is not None else 0, OFFSETS_32=(keys - 1) * k.stride(0) + dim < 2**31, HEAD_MMA=head_mma,
-        F16_LOGITS=f16_logits, INTERPRETED=INTERPRETED,
+        INTERPRETED=INTERPRETED,
         num_warps=num_warps, num_stages=num_stages, **({"maxnreg": max_registers} if max_registers else {}),
     )  # fmt: skip
 
@@ -366,20 +304,15 @@ def indexer_scores_fp8(
     start: int,
     *,
     head_mma: bool = False,
-    f16_logits: bool = False,
 ) -> torch.Tensor:
     """`indexer_scores` on FP8 inputs (`quantize_indexer_fp8`: Hadamard-rotated e4m3 with power-of-two
     per-vector scales): one FP8 tensor-core product per head and tile, scaled after the sum. The oracle is
-    `indexer_scores_fp8_ref`; fp32 [T, S] with -inf above the causal diagonal. `head_mma` and `f16_logits` as in
-    `launch_indexer_scores`."""
+    `indexer_scores_fp8_ref`; fp32 [T, S] with -inf above the causal diagonal."""
     check_indexer_fp8_args(q8, q_scale, w, k8, k_scale, start)
-    require(not f16_logits or head_mma, "f16_logits needs head_mma")
     q8, w, k8 = contiguous_last(q8), contiguous_last(w), contiguous_last(k8)
     scales = (q_scale.float().contiguous(), k_scale.float().contiguous())
     out = torch.empty(q8.shape[0], k8.shape[0], dtype=torch.float32, device=q8.device)
-    launch_indexer_scores(
-        q8, w, k8, start, out, fill_future=True, scales=scales, head_mma=head_mma, f16_logits=f16_logits
-    )
+    launch_indexer_scores(q8, w, k8, start, out, fill_future=True, scales=scales, head_mma=head_mma)
     return out
 
 
@@ -394,7 +327,6 @@ def indexer_topk(
     topk_method: str = "auto",
     scales: tuple[torch.Tensor, torch.Tensor] | None = None,
     head_mma: bool | None = None,
-    f16_logits: bool | None = None,
 ) -> torch.Tensor:
     """Per query, the `topk` causal keys with the largest indexer scores.
 
@@ -415,8 +347,6 @@ def indexer_topk(
             None: for e4m3 inputs only, whose own rounding is 16x coarser (session 19 on the H200: the
             indexer + top-k at 256K 11 % faster, bf16 inputs 3-4 %). A chunk of one bf16 query is scored by
             the decode kernel, exactly, either way.
-        f16_logits: e4m3 logits and the head sum in fp16 (`launch_indexer_scores`); None: wherever e4m3
-            inputs take the MMA head sum.
 
     Returns:
         int32 [T, topk] key positions in no particular order. A query that sees L <= topk keys
@@ -432,9 +362,6 @@ def indexer_topk(
     require(topk >= 1, f"topk must be >= 1, got {topk}")
     if head_mma is None:
         head_mma = scales is not None
-    if f16_logits is None:
-        f16_logits = head_mma and scales is not None
-    require(not f16_logits or (head_mma and scales is not None), "f16_logits needs e4m3 inputs and head_mma")
     q, w, k = contiguous_last(q), contiguous_last(w), contiguous_last(k)
     tokens, keys = q.shape[0], k.shape[0]
     out = torch.empty(tokens, topk, dtype=torch.int32, device=q.device)
@@ -478,7 +405,7 @@ def indexer_topk(
             chunk_scales = None if scales is None else (scales[0][first:last], scales[1][:visible])
             launch_indexer_scores(
                 q[first:last], w[first:last], k[:visible], start + first, buffer, fill_future=method == "torch",
-                scales=chunk_scales, stats=chunk_stats, head_mma=head_mma, f16_logits=f16_logits,
+                scales=chunk_scales, stats=chunk_stats, head_mma=head_mma,
             )  # fmt: skip
         if method == "torch":
             torch_topk_rows(buffer[: last - first, :visible], topk, lengths[first:last], out[first:last])

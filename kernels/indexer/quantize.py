@@ -18,7 +18,6 @@ import triton
 import triton.language as tl
 
 from kernels._validate import require
-from kernels.indexer.e4m3 import round_to_e4m3
 from kernels.indexer.kernel import INTERPRETED
 from kernels.indexer.reference import E4M3_MAX, hadamard
 
@@ -27,6 +26,20 @@ _AMAX_FLOOR = tl.constexpr(1e-30)
 _E4M3_MAX = tl.constexpr(E4M3_MAX)
 _FP32_MAX = tl.constexpr(3.4028234663852886e38)
 _NAN_BITS = tl.constexpr(0x7FC00000)
+
+
+@triton.jit
+def _round_to_e4m3(v):
+    """fp32 values within +-448 rounded to the nearest e4m3 value, ties to even, still in fp32 (so the final
+    conversion is exact: Triton 3.9's interpreter drops the carry when its own rounding crosses a power of two)."""
+    bits = v.to(tl.int32, bitcast=True)
+    # normal e4m3 (|v| >= 2^-6): keep 3 of fp32's 23 mantissa bits, round half to even on the dropped 20
+    normal = ((bits + 0x7FFFF + ((bits >> 20) & 1)) & ~0xFFFFF).to(tl.float32, bitcast=True)
+    # subnormal e4m3: multiples of 2^-9; adding 1.5 * 2^14 puts |v| where fp32's own spacing is 2^-9. The sign bit
+    # goes back on by bits, so values that round to zero stay -0.0 as in torch (Triton lowers -x as 0 - x: +0.0)
+    magnitude = (tl.abs(v) + 24576.0) - 24576.0
+    subnormal = (magnitude.to(tl.int32, bitcast=True) | ((bits >> 31) << 31)).to(tl.float32, bitcast=True)
+    return tl.where(tl.abs(v) < 0.015625, subnormal, normal)
 
 
 @triton.jit
@@ -49,7 +62,7 @@ def _quantize_kernel(
     # 2^ceil(log2(ratio)): round the bits up to the next power of two (an exact power stays as it is)
     scale_bits = (ratio.to(tl.int32, bitcast=True) + 0x7FFFFF) & 0x7F800000
     inverse = (0x7F000000 - scale_bits).to(tl.float32, bitcast=True)  # 2^-e for scale 2^e: exact
-    q = round_to_e4m3(rotated * inverse[:, None]).to(tl.float8e4nv)  # exact scaling, one rounding
+    q = _round_to_e4m3(rotated * inverse[:, None]).to(tl.float8e4nv)  # exact scaling, one rounding
     # A row with an inf or a NaN gets a NaN scale, which the FP8 score kernels' argument check rejects.
     finite = tl.min((tl.abs(rotated) <= _FP32_MAX).to(tl.int32), 1) == 1
     scale_bits = tl.where(finite, scale_bits, _NAN_BITS)

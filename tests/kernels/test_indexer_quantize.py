@@ -20,7 +20,7 @@ from kernels import (
     quantize_indexer_fp8,
     quantize_indexer_fp8_ref,
 )
-from kernels.indexer.e4m3 import round_to_e4m3
+from kernels.indexer.quantize import _round_to_e4m3
 from kernels.testing import assert_close
 
 GPU = pytest.mark.gpu
@@ -66,7 +66,7 @@ def test_quantiser_matches_the_oracle(shape: tuple[int, ...], dtype: torch.dtype
 @triton.jit
 def _round_kernel(x_ptr, out_ptr, n, BLOCK: tl.constexpr):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    tl.store(out_ptr + offs, round_to_e4m3(tl.load(x_ptr + offs, mask=offs < n)), mask=offs < n)
+    tl.store(out_ptr + offs, _round_to_e4m3(tl.load(x_ptr + offs, mask=offs < n)), mask=offs < n)
 
 
 def test_rounding_to_e4m3_is_torchs(device: str) -> None:
